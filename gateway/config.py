@@ -1,0 +1,175 @@
+"""The one configuration object: a TOML file, then ``RETAILGRAPH_*`` environment overrides.
+
+Everything that runs (gateway, demo, simulators, CLI) reads a :class:`Settings`; the demo builds
+one in memory and goes through the same overrides, so the simulators sign webhooks with exactly
+the secrets the gateway verifies.
+
+Environment overrides:
+- ``RETAILGRAPH_<FIELD>`` for a top-level field (``RETAILGRAPH_REDIS_URL``, ``RETAILGRAPH_PORT``).
+- ``RETAILGRAPH_<NAME>_<FIELD>`` for a field of backend NAME
+  (``RETAILGRAPH_POS_WEBHOOK_SECRET``, ``RETAILGRAPH_WMS_BASE_URL``, ``RETAILGRAPH_ERP_TOKEN``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, get_args
+
+BackendFormat = Literal["square", "shopify", "epcis", "erp"]
+BACKEND_FORMATS: tuple[str, ...] = get_args(BackendFormat)
+ENV_PREFIX = "RETAILGRAPH_"
+
+
+class ConfigError(ValueError):
+    """The configuration is incomplete or contradictory; the message names the setting."""
+
+
+@dataclass(slots=True)
+class BackendSettings:
+    """How to reach one backend system and how it signs its webhooks."""
+
+    name: str
+    format: BackendFormat
+    base_url: str
+    token: str = ""
+    timeout: float = 5.0
+    connect_timeout: float = 2.0
+    retries: int = 2
+    webhook_secret: str = ""
+    # Accepted as well during a secret rotation.
+    webhook_previous_secret: str = ""
+    # Square signs the notification URL; behind a proxy set the public URL here.
+    notification_url: str = ""
+
+
+@dataclass(slots=True)
+class Settings:
+    """Gateway-wide settings."""
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    redis_url: str = ""
+    backends: dict[str, BackendSettings] = field(default_factory=dict)
+    # Identifiers the systems' own catalogs cannot resolve: {"system:kind:value": "unified id"}.
+    mapping_file: str = ""
+    max_page_size: int = 100
+    max_body_bytes: int = 1_048_576
+    webhook_tolerance_seconds: int = 300
+
+    def backend_for(self, fmt: BackendFormat) -> BackendSettings:
+        """The backend speaking ``fmt``; each format plays one role in the merge rules."""
+        for backend in self.backends.values():
+            if backend.format == fmt:
+                return backend
+        raise ConfigError(f"no backend with format {fmt!r} is configured")
+
+    def validate(self) -> Settings:
+        missing = [f for f in BACKEND_FORMATS if all(b.format != f for b in self.backends.values())]
+        if missing:
+            raise ConfigError(f"backends missing for format(s): {', '.join(missing)}")
+        for backend in self.backends.values():
+            if backend.format not in BACKEND_FORMATS:
+                raise ConfigError(
+                    f"backends.{backend.name}.format: {backend.format!r} is not one of "
+                    f"{', '.join(BACKEND_FORMATS)}"
+                )
+            if not backend.base_url:
+                raise ConfigError(f"backends.{backend.name}.base_url is required")
+        return self
+
+
+def _coerce(value: str, target: Any, setting: str) -> Any:
+    try:
+        if target is int or target == "int":
+            return int(value)
+        if target is float or target == "float":
+            return float(value)
+    except ValueError as exc:
+        raise ConfigError(f"{setting}: {value!r} is not a number") from exc
+    return value
+
+
+def _field_types(cls: type) -> dict[str, str]:
+    return {f.name: str(f.type) for f in dataclasses.fields(cls)}
+
+
+def _apply(obj: Any, values: Mapping[str, Any], where: str) -> None:
+    types = _field_types(type(obj))
+    for key, value in values.items():
+        if key not in types or key in ("backends", "name"):
+            raise ConfigError(f"{where}{key}: unknown setting")
+        setattr(obj, key, _coerce(value, types[key], where + key) if isinstance(value, str) else value)
+
+
+def apply_env(settings: Settings, environ: Mapping[str, str] | None = None) -> Settings:
+    """Apply ``RETAILGRAPH_*`` overrides in place and return ``settings``."""
+    env = os.environ if environ is None else environ
+    top = {f: t for f, t in _field_types(Settings).items() if f != "backends"}
+    for f, t in top.items():
+        raw = env.get(ENV_PREFIX + f.upper())
+        if raw is not None:
+            setattr(settings, f, _coerce(raw, t, ENV_PREFIX + f.upper()))
+    backend_fields = [f for f in _field_types(BackendSettings) if f != "name"]
+    for backend in settings.backends.values():
+        for f in backend_fields:
+            var = f"{ENV_PREFIX}{backend.name.upper()}_{f.upper()}"
+            raw = env.get(var)
+            if raw is not None:
+                setattr(backend, f, _coerce(raw, _field_types(BackendSettings)[f], var))
+    return settings
+
+
+def from_mapping(data: Mapping[str, Any]) -> Settings:
+    """Build settings from a parsed TOML document (``[gateway]`` and ``[backends.NAME]``)."""
+    settings = Settings()
+    _apply(settings, data.get("gateway", {}), "gateway.")
+    for name, raw in data.get("backends", {}).items():
+        if not isinstance(raw, Mapping):
+            raise ConfigError(f"backends.{name} must be a table")
+        if "format" not in raw or "base_url" not in raw:
+            raise ConfigError(f"backends.{name} needs 'format' and 'base_url'")
+        backend = BackendSettings(name=name, format=raw["format"], base_url=raw["base_url"])
+        _apply(backend, {k: v for k, v in raw.items() if k not in ("format", "base_url")},
+               f"backends.{name}.")
+        settings.backends[name] = backend
+    unknown = set(data) - {"gateway", "backends"}
+    if unknown:
+        raise ConfigError(f"unknown section(s): {', '.join(sorted(unknown))}")
+    return settings
+
+
+def load(path: str | Path, environ: Mapping[str, str] | None = None) -> Settings:
+    """Read a TOML config file, apply environment overrides and validate."""
+    try:
+        with open(path, "rb") as fh:
+            data = tomllib.load(fh)
+    except FileNotFoundError as exc:
+        raise ConfigError(f"config file not found: {path}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: {exc}") from exc
+    return apply_env(from_mapping(data), environ).validate()
+
+
+DEMO_ROLES: tuple[tuple[str, BackendFormat], ...] = (
+    ("pos", "square"),
+    ("wms", "epcis"),
+    ("erp", "erp"),
+    ("commerce", "shopify"),
+)
+
+
+def demo_settings(host: str = "127.0.0.1", port: int = 8000,
+                  environ: Mapping[str, str] | None = None) -> Settings:
+    """Settings for ``retailgraph demo``: the four simulators on PORT+1..PORT+4."""
+    settings = Settings(host=host, port=port)
+    for offset, (name, fmt) in enumerate(DEMO_ROLES, start=1):
+        settings.backends[name] = BackendSettings(
+            name=name, format=fmt, base_url=f"http://{host}:{port + offset}",
+            token=f"demo-{name}-token", webhook_secret=f"demo-{name}-webhook-secret",
+        )
+    return apply_env(settings, environ).validate()

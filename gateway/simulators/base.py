@@ -1,0 +1,118 @@
+"""What every simulator shares: auth, request counting, webhook lifespan, ``/_sim`` controls.
+
+A simulator is a plain Starlette app built by :func:`simulator_app` around its own routes.
+``/_sim/*`` is the simulator's back door for tests and the demo (never part of the imitated
+vendor API): request counts, recent webhook deliveries, delivery fault knobs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from gateway.simulators.webhooks import WebhookSender
+
+
+class RequestCounter:
+    """Pure ASGI middleware counting requests per ``METHOD path`` (tests count backend calls)."""
+
+    def __init__(self, app: ASGIApp, counts: Counter[str]) -> None:
+        self.app = app
+        self.counts = counts
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and not scope["path"].startswith("/_sim/"):
+            self.counts[f"{scope['method']} {scope['path']}"] += 1
+        await self.app(scope, receive, send)
+
+
+class TokenAuth:
+    """Pure ASGI middleware: the vendor API answers 401 without the configured credential."""
+
+    def __init__(self, app: ASGIApp, check: Callable[[dict[str, str]], bool],
+                 unauthorized: Callable[[], Response]) -> None:
+        self.app = app
+        self.check = check
+        self.unauthorized = unauthorized
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and not scope["path"].startswith("/_sim/"):
+            headers = {k.decode("latin-1").lower(): v.decode("latin-1")
+                       for k, v in scope["headers"]}
+            if not self.check(headers):
+                await self.unauthorized()(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def bearer_check(token: str) -> Callable[[dict[str, str]], bool]:
+    def check(headers: dict[str, str]) -> bool:
+        return not token or headers.get("authorization") == f"Bearer {token}"
+    return check
+
+
+def simulator_app(name: str, routes: Sequence[BaseRoute], sender: WebhookSender,
+                  auth: Callable[[dict[str, str]], bool],
+                  unauthorized: Callable[[], Response],
+                  state: Any) -> Starlette:
+    """Wrap a simulator's vendor routes with the shared controls and middleware."""
+    counts: Counter[str] = Counter()
+
+    async def stats(request: Request) -> Response:
+        if request.method == "DELETE":
+            counts.clear()
+        return JSONResponse({"requests": dict(counts), "webhooks_pending": sender.pending,
+                             "webhooks_sent": sender.sent_total,
+                             "webhooks_failed": len(sender.failed),
+                             "webhooks_dropped": len(sender.dropped)})
+
+    async def deliveries(request: Request) -> Response:
+        limit = int(request.query_params.get("limit", "100"))
+        items = list(sender.history)[-limit:]
+        return JSONResponse({"deliveries": [d.as_json() for d in items]})
+
+    async def faults(request: Request) -> Response:
+        if request.method == "POST":
+            body = await request.json()
+            for key, value in body.items():
+                if not hasattr(sender.options, key):
+                    return JSONResponse({"error": f"unknown option {key!r}"}, status_code=400)
+                setattr(sender.options, key, type(getattr(sender.options, key))(value))
+        opts = sender.options
+        return JSONResponse({k: getattr(opts, k) for k in opts.__slots__})
+
+    async def drain(request: Request) -> Response:
+        await sender.drain(float(request.query_params.get("timeout", "10")))
+        return JSONResponse({"pending": sender.pending})
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await sender.start()
+        try:
+            yield
+        finally:
+            await sender.stop()
+
+    app = Starlette(
+        routes=[*routes,
+                Route("/_sim/stats", stats, methods=["GET", "DELETE"]),
+                Route("/_sim/webhooks", deliveries),
+                Route("/_sim/webhooks/drain", drain, methods=["POST"]),
+                Route("/_sim/faults", faults, methods=["GET", "POST"])],
+        lifespan=lifespan,
+    )
+    app.state.name = name
+    app.state.sim = state
+    app.state.sender = sender
+    app.state.counts = counts
+    app.add_middleware(TokenAuth, check=auth, unauthorized=unauthorized)
+    app.add_middleware(RequestCounter, counts=counts)
+    return app

@@ -1,0 +1,48 @@
+"""Errors raised by connectors, as a hierarchy (the httpx way)::
+
+    RetailgraphError
+    └── BackendError                 a backend could not answer usefully
+        ├── BackendUnavailable       connect error, connection reset (code BACKEND_UNAVAILABLE)
+        ├── BackendTimeout           no answer in time (code BACKEND_TIMEOUT)
+        ├── BackendStatusError       a non-2xx answer (code BACKEND_ERROR)
+        └── BackendProtocolError     a 2xx answer we cannot read (code BACKEND_BAD_RESPONSE)
+
+GraphQL errors carry ``extensions.code`` and ``extensions.backend`` from these, so a client
+knows which system failed while the rest of its response stays intact.
+"""
+
+from __future__ import annotations
+
+
+class RetailgraphError(Exception):
+    """Base class of every error retailgraph raises on purpose."""
+
+    code = "INTERNAL"
+
+
+class BackendError(RetailgraphError):
+    code = "BACKEND_ERROR"
+
+    def __init__(self, backend: str, message: str) -> None:
+        super().__init__(f"{backend}: {message}")
+        self.backend = backend
+
+
+class BackendUnavailable(BackendError):
+    code = "BACKEND_UNAVAILABLE"
+
+
+class BackendTimeout(BackendError):
+    code = "BACKEND_TIMEOUT"
+
+
+class BackendStatusError(BackendError):
+    code = "BACKEND_ERROR"
+
+    def __init__(self, backend: str, status: int, message: str) -> None:
+        super().__init__(backend, f"HTTP {status}: {message}")
+        self.status = status
+
+
+class BackendProtocolError(BackendError):
+    code = "BACKEND_BAD_RESPONSE"

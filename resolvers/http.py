@@ -1,0 +1,110 @@
+"""One long-lived ``httpx.AsyncClient`` per backend, with retries and typed errors.
+
+Retries live in a transport (the httpx way), so a test can swap the network for any other
+``httpx.AsyncBaseTransport``. Only idempotent requests are retried: GETs, and POSTs the
+connector marks as reads with ``extensions={"idempotent": True}`` (batch-retrieve endpoints).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from typing import Any
+
+import httpx
+import orjson
+
+from gateway.config import BackendSettings
+from resolvers.errors import (
+    BackendProtocolError,
+    BackendStatusError,
+    BackendTimeout,
+    BackendUnavailable,
+)
+
+RETRY_STATUSES = frozenset({429, 502, 503, 504})
+
+
+class RetryTransport(httpx.AsyncBaseTransport):
+    """Retries idempotent requests on connection errors and 429/502/503/504, with backoff."""
+
+    def __init__(self, inner: httpx.AsyncBaseTransport, retries: int = 2,
+                 backoff: float = 0.05) -> None:
+        self.inner = inner
+        self.retries = retries
+        self.backoff = backoff
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        idempotent = request.method in ("GET", "HEAD") or request.extensions.get("idempotent")
+        attempts = self.retries + 1 if idempotent else 1
+        for attempt in range(attempts):
+            last = attempt == attempts - 1
+            try:
+                response = await self.inner.handle_async_request(request)
+            except (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError):
+                if last:
+                    raise
+            else:
+                if response.status_code not in RETRY_STATUSES or last:
+                    return response
+                await response.aclose()
+            await asyncio.sleep(self.backoff * 2**attempt)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+def auth_headers(settings: BackendSettings) -> dict[str, str]:
+    """Each vendor's way of presenting an API credential."""
+    if not settings.token:
+        return {}
+    if settings.format == "shopify":
+        return {"X-Shopify-Access-Token": settings.token}
+    headers = {"Authorization": f"Bearer {settings.token}"}
+    if settings.format == "square":
+        headers["Square-Version"] = "2025-01-23"
+    return headers
+
+
+class BackendClient:
+    """JSON over HTTP to one backend; every failure becomes a :class:`BackendError`."""
+
+    def __init__(self, settings: BackendSettings,
+                 transport: httpx.AsyncBaseTransport | None = None) -> None:
+        self.name = settings.name
+        inner = transport or httpx.AsyncHTTPTransport(
+            limits=httpx.Limits(max_connections=50, max_keepalive_connections=20))
+        self.http = httpx.AsyncClient(
+            base_url=settings.base_url,
+            transport=RetryTransport(inner, retries=settings.retries),
+            timeout=httpx.Timeout(settings.timeout, connect=settings.connect_timeout),
+            headers={"Accept": "application/json", **auth_headers(settings)},
+        )
+
+    async def request(self, method: str, path: str, *, params: Mapping[str, Any] | None = None,
+                      json: Any = None, idempotent: bool = False) -> httpx.Response:
+        content = orjson.dumps(json) if json is not None else None
+        headers = {"Content-Type": "application/json"} if content is not None else None
+        try:
+            response = await self.http.request(
+                method, path, params=params, content=content, headers=headers,
+                extensions={"idempotent": True} if idempotent else None)
+        except httpx.TimeoutException as exc:
+            raise BackendTimeout(self.name, f"{method} {path} timed out") from exc
+        except httpx.TransportError as exc:
+            raise BackendUnavailable(self.name, f"{method} {path}: {type(exc).__name__}") from exc
+        if not response.is_success:
+            raise BackendStatusError(self.name, response.status_code,
+                                     f"{method} {path}: {response.text[:200]}")
+        return response
+
+    async def json(self, method: str, path: str, **kwargs: Any) -> Any:
+        response = await self.request(method, path, **kwargs)
+        try:
+            return orjson.loads(response.content)
+        except orjson.JSONDecodeError as exc:
+            raise BackendProtocolError(self.name, f"{method} {path}: body is not JSON") from exc
+
+    async def aclose(self) -> None:
+        await self.http.aclose()
