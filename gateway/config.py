@@ -103,7 +103,9 @@ def _apply(obj: Any, values: Mapping[str, Any], where: str) -> None:
     for key, value in values.items():
         if key not in types or key in ("backends", "name"):
             raise ConfigError(f"{where}{key}: unknown setting")
-        setattr(obj, key, _coerce(value, types[key], where + key) if isinstance(value, str) else value)
+        if isinstance(value, str):
+            value = _coerce(value, types[key], where + key)
+        setattr(obj, key, value)
 
 
 def apply_env(settings: Settings, environ: Mapping[str, str] | None = None) -> Settings:

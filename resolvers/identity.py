@@ -138,7 +138,8 @@ class IdentityMap:
 
     # -- building --------------------------------------------------------------------------------
 
-    def learn_master(self, items: Iterable[MasterItem], locations: Iterable[LocationRecord]) -> None:
+    def learn_master(self, items: Iterable[MasterItem],
+                     locations: Iterable[LocationRecord]) -> None:
         for item in items:
             self.known_skus.add(item.sku)
             self.add_sku(ERP_ITEM, item.item_number, item.sku)

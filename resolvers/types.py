@@ -9,10 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
-from enum import Enum
+from enum import StrEnum
 
 
-class LocationType(str, Enum):
+class LocationType(StrEnum):
     STORE = "STORE"
     WAREHOUSE = "WAREHOUSE"
 

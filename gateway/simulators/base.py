@@ -7,6 +7,7 @@ vendor API): request counts, recent webhook deliveries, delivery fault knobs.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -90,7 +91,9 @@ def simulator_app(name: str, routes: Sequence[BaseRoute], sender: WebhookSender,
         return JSONResponse({k: getattr(opts, k) for k in opts.__slots__})
 
     async def drain(request: Request) -> Response:
-        await sender.drain(float(request.query_params.get("timeout", "10")))
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(float(request.query_params.get("timeout", "10"))):
+                await sender.drain()
         return JSONResponse({"pending": sender.pending})
 
     @contextlib.asynccontextmanager

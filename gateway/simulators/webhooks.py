@@ -111,12 +111,9 @@ class WebhookSender:
             await self._client.aclose()
             self._client = None
 
-    async def drain(self, timeout: float = 10.0) -> None:
+    async def drain(self) -> None:
         """Wait until everything queued so far has been delivered or given up."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while (self._queue.qsize() or self._in_flight) and loop.time() < deadline:
-            await asyncio.sleep(0.01)
+        await self._queue.join()
 
     @property
     def pending(self) -> int:
@@ -133,13 +130,14 @@ class WebhookSender:
                 await self._deliver(item)
             finally:
                 self._in_flight -= 1
+                self._queue.task_done()
 
     async def _deliver(self, item: _Pending) -> None:
         assert self._client is not None
         status: int | None = None
         headers: dict[str, str] = {}
         attempt = 0
-        for attempt in range(self.options.max_attempts):  # noqa: B007
+        for attempt in range(self.options.max_attempts):
             headers = {"Content-Type": "application/json",
                        **self.sign(item.body, attempt, item.delivery_id)}
             try:
