@@ -1,0 +1,672 @@
+"""Shopify Admin REST (2025-01) subset: the e-commerce platform of the demo retailer.
+
+The shop's locations are the World's warehouses (they fulfil online orders). Every World item
+is one product with one variant; one extra product, "Gift Card" (SKU ``GIFTCARD-500``), is not
+in the ERP, so identity resolution has something to report. Its ids are the World's id scheme
+at index ``n_skus`` (one past the last item).
+
+Endpoints, all under ``/admin/api/2025-01/`` with ``X-Shopify-Access-Token``:
+
+- ``GET shop.json`` -> ``{"shop": {id, name, myshopify_domain, currency: "NOK", ...}}``
+- ``GET products.json?limit=1..250 (50)&page_info=`` -> ``{"products": [...]}``; cursor
+  pagination in the ``Link`` header (``<...page_info=...>; rel="previous", <...>; rel="next"``).
+- ``GET locations.json`` -> ``{"locations": [...]}``
+- ``GET inventory_levels.json?inventory_item_ids=&location_ids=&limit=`` (at least one id list,
+  at most 50 ids each) -> ``{"inventory_levels": [{inventory_item_id, location_id, available,
+  updated_at, admin_graphql_api_id}]}`` + ``Link`` pagination.
+- ``POST inventory_levels/set.json {location_id, inventory_item_id, available}`` and
+  ``POST inventory_levels/adjust.json {location_id, inventory_item_id, available_adjustment}``
+  -> ``{"inventory_level": {...}}``.
+- ``POST orders.json {"order": {"line_items": [{variant_id, quantity}], "email"?,
+  "location_id"?}}`` -> 201 ``{"order": {...}}``; commits stock at the fulfilment location
+  (available -= q, committed += q); 422 when a line cannot be reserved (policy ``deny``).
+- ``POST orders/{id}/fulfillments.json {"fulfillment": {"location_id"?}}`` -> 201
+  ``{"fulfillment": {...}}``; ships the whole order (committed -= q).
+
+Errors use Shopify's shapes: 400 ``{"errors": {field: "Required parameter missing or
+invalid"}}`` for missing or unreadable parameters, 422 ``{"errors": {field: [msg]}}`` for
+invalid values, 404 ``{"errors": "Not Found"}`` for unknown ids, 401 for a bad token.
+
+Webhooks (body = the REST resource; headers ``X-Shopify-Topic``, ``-Hmac-Sha256``,
+``-Shop-Domain``, ``-API-Version``, ``-Webhook-Id`` (per delivery, same across retries),
+``-Event-Id`` (per merchant action), ``-Triggered-At``):
+``inventory_levels/update`` (one per changed level), ``orders/create``, ``orders/fulfilled``.
+
+Timestamps are RFC 3339 UTC with fixed-width milliseconds and strictly increase, so a level's
+``updated_at`` orders its versions both as a time and as a string.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import random
+import re
+import uuid
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import orjson
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from gateway.config import BackendSettings
+from gateway.signatures import shopify_sign
+from gateway.simulators.base import simulator_app
+from gateway.simulators.webhooks import DeliveryOptions, WebhookSender
+from gateway.simulators.world import CITIES, EPOCH, Item, Location, World
+
+API_VERSION = "2025-01"
+API = f"/admin/api/{API_VERSION}"
+CURRENCY = "NOK"
+VENDOR = "RetailGraph"
+GIFT_CARD_SKU = "GIFTCARD-500"
+GIFT_CARD_OPENING = 500
+MAX_LIMIT = 250
+DEFAULT_LIMIT = 50
+MAX_IDS = 50
+UNAUTHORIZED = "[API] Invalid API key or access token (unrecognized login or wrong password)"
+MISSING = "Required parameter missing or invalid"
+ORDER_ID_BASE = 5_500_000_000_000
+LINE_ITEM_ID_BASE = 13_000_000_000_000
+FULFILLMENT_ID_BASE = 4_800_000_000_000
+_INT = re.compile(r"-?\d{1,18}")
+
+
+class ApiError(Exception):
+    """A request the imitated API refuses; carries Shopify's status and ``errors`` value."""
+
+    def __init__(self, status: int, errors: Any) -> None:
+        super().__init__(str(errors))
+        self.status = status
+        self.errors = errors
+
+
+def missing(field: str) -> ApiError:
+    return ApiError(400, {field: MISSING})
+
+
+def invalid(field: str, message: str) -> ApiError:
+    return ApiError(422, {field: [message]})
+
+
+NOT_FOUND = ApiError(404, "Not Found")
+
+
+def stamp(moment: datetime) -> str:
+    """RFC 3339 UTC, fixed-width milliseconds (string order = time order)."""
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+def as_int(value: Any) -> int | None:
+    """Shopify takes ids and quantities as JSON integers or numeric strings."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and _INT.fullmatch(value.strip()):
+        return int(value)
+    return None
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+
+
+@dataclass(slots=True)
+class Level:
+    """One inventory level; ``on_hand = available + committed`` in Shopify's terms."""
+
+    available: int
+    committed: int
+    updated_at: str
+
+
+@dataclass(frozen=True, slots=True)
+class Variant:
+    """What the shop sells under one variant id: a World item, or the gift card (item None)."""
+
+    index: int
+    item: Item | None
+    product_id: int
+    variant_id: int
+    inventory_item_id: int
+
+    @property
+    def sku(self) -> str:
+        return self.item.sku if self.item else GIFT_CARD_SKU
+
+    @property
+    def title(self) -> str:
+        return self.item.name if self.item else "Gift Card"
+
+    @property
+    def price(self) -> Decimal:
+        return self.item.online_price if self.item else Decimal("500.00")
+
+
+class Shop:
+    """The shop's mutable state (only changed levels are stored) and its webhook sender."""
+
+    def __init__(self, world: World, settings: BackendSettings, webhook_url: str,
+                 options: DeliveryOptions | None) -> None:
+        self.world = world
+        self.secret = settings.webhook_secret
+        self.domain = f"retailgraph-{world.seed}.myshopify.com"
+        first = world.item(0)
+        self._bases = (first.shopify_product_id, first.shopify_variant_id,
+                       first.shopify_inventory_item_id)
+        self.locations: dict[int, Location] = {
+            loc.shopify_id: loc for loc in world.warehouses if loc.shopify_id is not None}
+        self.location_ids = sorted(self.locations)
+        self.opened_at = stamp(world.snapshot_as_of)
+        self.levels: dict[tuple[int, int], Level] = {}
+        self.orders: dict[int, dict[str, Any]] = {}
+        self._line_items = 0
+        self._last = world.snapshot_as_of
+        self._rng = random.Random(world.seed)
+        # Webhook id -> (topic, event id, triggered at): the headers every retry repeats.
+        self._meta: OrderedDict[str, tuple[str, str, str]] = OrderedDict()
+        self.sender = WebhookSender(webhook_url, self.sign, options, seed=world.seed)
+
+    # -- catalog ---------------------------------------------------------------------------------
+
+    @property
+    def n_variants(self) -> int:
+        return self.world.n_skus + 1
+
+    def variant(self, index: int) -> Variant:
+        item = self.world.item(index) if index < self.world.n_skus else None
+        product, variant, inventory = (base + index for base in self._bases)
+        return Variant(index, item, product, variant, inventory)
+
+    def _index(self, native_id: int, base: int) -> int | None:
+        index = native_id - base
+        return index if 0 <= index < self.n_variants else None
+
+    def by_variant_id(self, variant_id: int) -> Variant | None:
+        index = self._index(variant_id, self._bases[1])
+        return None if index is None else self.variant(index)
+
+    def by_inventory_item_id(self, inventory_item_id: int) -> Variant | None:
+        index = self._index(inventory_item_id, self._bases[2])
+        return None if index is None else self.variant(index)
+
+    # -- inventory -------------------------------------------------------------------------------
+
+    def level(self, variant: Variant, location_id: int) -> Level:
+        key = (variant.index, location_id)
+        found = self.levels.get(key)
+        if found is not None:
+            return found
+        if variant.item is None:
+            return Level(GIFT_CARD_OPENING, 0, self.opened_at)
+        loc = self.locations[location_id].index
+        committed = self.world.online_committed(variant.index, loc)
+        available = self.world.warehouse_balance(variant.index, loc).available - committed
+        return Level(max(0, available), committed, self.opened_at)
+
+    def next_line_item_id(self) -> int:
+        self._line_items += 1
+        return LINE_ITEM_ID_BASE + self._line_items
+
+    def store(self, variant: Variant, location_id: int, level: Level) -> None:
+        self.levels[(variant.index, location_id)] = level
+
+    def now(self) -> str:
+        """Strictly increasing: two changes never share an ``updated_at``."""
+        moment = datetime.now(UTC)
+        moment = moment.replace(microsecond=moment.microsecond // 1000 * 1000)
+        self._last = max(moment, self._last + timedelta(milliseconds=1))
+        return stamp(self._last)
+
+    # -- webhooks --------------------------------------------------------------------------------
+
+    def _uuid(self) -> str:
+        return str(uuid.UUID(int=self._rng.getrandbits(128), version=4))
+
+    def emit(self, triggered_at: str, deliveries: list[tuple[str, Any]]) -> None:
+        """Send the webhooks of one merchant action; they share one ``X-Shopify-Event-Id``."""
+        event_id = self._uuid()
+        for topic, payload in deliveries:
+            webhook_id = self._uuid()
+            self._meta[webhook_id] = (topic, event_id, triggered_at)
+            while len(self._meta) > 100_000:
+                self._meta.popitem(last=False)
+            self.sender.send(topic, webhook_id, payload)
+
+    def sign(self, body: bytes, attempt: int, webhook_id: str) -> dict[str, str]:
+        topic, event_id, triggered_at = self._meta[webhook_id]
+        return {"X-Shopify-Topic": topic,
+                "X-Shopify-Hmac-Sha256": shopify_sign(self.secret, body),
+                "X-Shopify-Shop-Domain": self.domain,
+                "X-Shopify-API-Version": API_VERSION,
+                "X-Shopify-Webhook-Id": webhook_id,
+                "X-Shopify-Event-Id": event_id,
+                "X-Shopify-Triggered-At": triggered_at}
+
+
+# -- REST resources ---------------------------------------------------------------------------
+
+
+def level_json(inventory_item_id: int, location_id: int, level: Level) -> dict[str, Any]:
+    return {"inventory_item_id": inventory_item_id, "location_id": location_id,
+            "available": level.available, "updated_at": level.updated_at,
+            "admin_graphql_api_id": (f"gid://shopify/InventoryLevel/{location_id}"
+                                     f"?inventory_item_id={inventory_item_id}")}
+
+
+def product_json(shop: Shop, v: Variant) -> dict[str, Any]:
+    created = stamp(EPOCH + timedelta(minutes=v.index))
+    item = v.item
+    compare_at = str(item.list_price) if item and item.list_price > item.online_price else None
+    quantity = sum(shop.level(v, loc).available for loc in shop.location_ids)
+    variant = {
+        "id": v.variant_id, "product_id": v.product_id, "title": "Default Title",
+        "price": str(v.price), "compare_at_price": compare_at, "sku": v.sku,
+        "barcode": item.gtin13 if item else None, "position": 1,
+        "inventory_policy": "deny", "inventory_management": "shopify",
+        "fulfillment_service": "manual", "inventory_item_id": v.inventory_item_id,
+        "inventory_quantity": quantity, "option1": "Default Title", "option2": None,
+        "option3": None, "taxable": True, "requires_shipping": item is not None,
+        "grams": 0, "weight": 0.0, "weight_unit": "kg", "created_at": created,
+        "updated_at": created, "admin_graphql_api_id": f"gid://shopify/ProductVariant/{v.variant_id}",
+    }
+    return {
+        "id": v.product_id, "title": v.title, "body_html": f"<p>{v.title}</p>",
+        "vendor": VENDOR, "product_type": item.category if item else "Gift Cards",
+        "handle": slug(f"{v.title} {v.sku}"), "status": "active", "tags": "",
+        "created_at": created, "updated_at": created, "published_at": created,
+        "published_scope": "global", "template_suffix": None,
+        "admin_graphql_api_id": f"gid://shopify/Product/{v.product_id}",
+        "variants": [variant],
+        "options": [{"id": v.product_id, "product_id": v.product_id, "name": "Title",
+                     "position": 1, "values": ["Default Title"]}],
+        "images": [], "image": None,
+    }
+
+
+def location_json(loc: Location, opened_at: str) -> dict[str, Any]:
+    assert loc.shopify_id is not None
+    return {"id": loc.shopify_id, "name": loc.name, "address1": f"Lagerveien {loc.index + 1}",
+            "address2": None, "city": CITIES[loc.index % len(CITIES)], "zip": None,
+            "province": None, "country": "NO", "country_code": "NO", "country_name": "Norway",
+            "phone": None, "created_at": stamp(EPOCH), "updated_at": opened_at,
+            "active": True, "legacy": False, "localized_country_name": "Norway",
+            "localized_province_name": None,
+            "admin_graphql_api_id": f"gid://shopify/Location/{loc.shopify_id}"}
+
+
+# -- cursor pagination ------------------------------------------------------------------------
+
+
+def encode_cursor(data: dict[str, Any]) -> str:
+    return base64.urlsafe_b64encode(orjson.dumps(data)).decode().rstrip("=")
+
+
+def decode_cursor(page_info: str) -> dict[str, Any]:
+    try:
+        data = orjson.loads(base64.urlsafe_b64decode(page_info + "=" * (-len(page_info) % 4)))
+    except (binascii.Error, ValueError) as exc:
+        raise ApiError(400, {"page_info": "Invalid value."}) from exc
+    if not isinstance(data, dict) or data.get("direction") not in ("next", "prev") \
+            or not isinstance(data.get("last_position"), int):
+        raise ApiError(400, {"page_info": "Invalid value."})
+    return data
+
+
+def cursor_ids(cursor: dict[str, Any], name: str) -> list[int] | None:
+    """The id filter a level cursor carries (Shopify forbids filters next to page_info)."""
+    ids = cursor.get(name)
+    if ids is None:
+        return None
+    if not isinstance(ids, list) or not all(type(i) is int for i in ids):
+        raise ApiError(400, {"page_info": "Invalid value."})
+    return ids
+
+
+def page_limit(request: Request) -> int:
+    raw = request.query_params.get("limit", str(DEFAULT_LIMIT))
+    limit = as_int(raw)
+    if limit is None or not 1 <= limit <= MAX_LIMIT:
+        raise ApiError(400, {"limit": "Invalid value."})
+    return limit
+
+
+def page_window(cursor: dict[str, Any] | None, limit: int, total: int) -> range:
+    """Positions of the page: after ``last_position`` (next) or before it (prev)."""
+    if cursor is None:
+        start = 0
+    elif cursor["direction"] == "next":
+        start = cursor["last_position"]
+    else:
+        start = max(0, cursor["last_position"] - limit)
+    start = min(max(0, start), total)
+    stop = cursor["last_position"] if cursor and cursor["direction"] == "prev" else start + limit
+    return range(start, min(max(start, stop), total))
+
+
+def link_header(request: Request, limit: int, window: range, total: int,
+                extra: dict[str, Any]) -> dict[str, str]:
+    """Shopify's ``Link`` header, pointing at the request's own base URL."""
+    base = f"{request.url.scheme}://{request.url.netloc}{request.url.path}?limit={limit}"
+    links = []
+    if window.start > 0:
+        cursor = encode_cursor({**extra, "direction": "prev", "last_position": window.start})
+        links.append(f'<{base}&page_info={cursor}>; rel="previous"')
+    if window.stop < total:
+        cursor = encode_cursor({**extra, "direction": "next", "last_position": window.stop})
+        links.append(f'<{base}&page_info={cursor}>; rel="next"')
+    return {"Link": ", ".join(links)} if links else {}
+
+
+# -- request handling -------------------------------------------------------------------------
+
+
+def reply(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(orjson.dumps(data), status, headers, media_type="application/json")
+
+
+async def read_body(request: Request, root: str) -> dict[str, Any]:
+    try:
+        body = orjson.loads(await request.body())
+    except orjson.JSONDecodeError as exc:
+        raise ApiError(400, "body is not valid JSON") from exc
+    if not isinstance(body, dict):
+        raise missing(root)
+    return body
+
+
+def parse_ids(request: Request, name: str) -> list[int] | None:
+    raw = request.query_params.get(name)
+    if raw is None or raw == "":
+        return None
+    ids = [as_int(part) for part in raw.split(",")]
+    if any(i is None for i in ids):
+        raise ApiError(400, {name: "Invalid value."})
+    if len(ids) > MAX_IDS:
+        raise invalid(name, f"must contain at most {MAX_IDS} ids")
+    return sorted({i for i in ids if i is not None})
+
+
+class CommerceApi:
+    """Route handlers over one :class:`Shop`."""
+
+    def __init__(self, shop: Shop) -> None:
+        self.shop = shop
+
+    async def shop_info(self, request: Request) -> Response:
+        shop = self.shop
+        return reply({"shop": {
+            "id": 60_000_000_000 + shop.world.seed % 1_000_000_000,
+            "name": "RetailGraph Demo", "domain": shop.domain,
+            "myshopify_domain": shop.domain, "currency": CURRENCY,
+            "enabled_presentment_currencies": [CURRENCY], "money_format": "{{amount}} kr",
+            "country_code": "NO", "iana_timezone": "Europe/Oslo", "created_at": stamp(EPOCH),
+        }})
+
+    async def products(self, request: Request) -> Response:
+        limit = page_limit(request)
+        page_info = request.query_params.get("page_info")
+        cursor = decode_cursor(page_info) if page_info else None
+        total = self.shop.n_variants
+        window = page_window(cursor, limit, total)
+        products = [product_json(self.shop, self.shop.variant(i)) for i in window]
+        return reply({"products": products},
+                     headers=link_header(request, limit, window, total, {}))
+
+    async def locations(self, request: Request) -> Response:
+        shop = self.shop
+        return reply({"locations": [location_json(shop.locations[i], shop.opened_at)
+                                    for i in shop.location_ids]})
+
+    async def inventory_levels(self, request: Request) -> Response:
+        limit = page_limit(request)
+        page_info = request.query_params.get("page_info")
+        if page_info:
+            cursor: dict[str, Any] | None = decode_cursor(page_info)
+            assert cursor is not None
+            items = cursor_ids(cursor, "inventory_item_ids")
+            locs = cursor_ids(cursor, "location_ids")
+        else:
+            cursor = None
+            items = parse_ids(request, "inventory_item_ids")
+            locs = parse_ids(request, "location_ids")
+            if items is None and locs is None:
+                raise invalid("base", "inventory_item_ids or location_ids is required")
+        variants = self._variants(items)
+        location_ids = [i for i in (locs or self.shop.location_ids) if i in self.shop.locations]
+        total = len(variants) * len(location_ids)
+        window = page_window(cursor, limit, total)
+        levels = []
+        for position in window:
+            variant = variants[position // len(location_ids)]
+            loc = location_ids[position % len(location_ids)]
+            levels.append(level_json(variant.inventory_item_id, loc,
+                                     self.shop.level(variant, loc)))
+        extra = {"inventory_item_ids": items, "location_ids": locs}
+        return reply({"inventory_levels": levels},
+                     headers=link_header(request, limit, window, total, extra))
+
+    def _variants(self, inventory_item_ids: list[int] | None) -> _VariantAxis:
+        if inventory_item_ids is None:
+            return _VariantAxis(self.shop, None)
+        found = [self.shop.by_inventory_item_id(i) for i in inventory_item_ids]
+        return _VariantAxis(self.shop, [v for v in found if v is not None])
+
+    async def set_level(self, request: Request) -> Response:
+        return await self._change(request, "available", absolute=True)
+
+    async def adjust_level(self, request: Request) -> Response:
+        return await self._change(request, "available_adjustment", absolute=False)
+
+    async def _change(self, request: Request, field: str, absolute: bool) -> Response:
+        body = await read_body(request, field)
+        values = {}
+        for name in ("location_id", "inventory_item_id", field):
+            if body.get(name) is None:
+                raise missing(name)
+            value = as_int(body[name])
+            if value is None:
+                raise invalid(name, "must be an integer")
+            values[name] = value
+        variant = self.shop.by_inventory_item_id(values["inventory_item_id"])
+        location_id = values["location_id"]
+        if variant is None or location_id not in self.shop.locations:
+            raise NOT_FOUND
+        level = self.shop.level(variant, location_id)
+        target = values[field] if absolute else level.available + values[field]
+        if target != level.available:
+            at = self.shop.now()
+            level = Level(target, level.committed, at)
+            self.shop.store(variant, location_id, level)
+            payload = level_json(variant.inventory_item_id, location_id, level)
+            self.shop.emit(at, [("inventory_levels/update", payload)])
+        return reply({"inventory_level": level_json(variant.inventory_item_id, location_id,
+                                                    level)})
+
+    async def create_order(self, request: Request) -> Response:
+        body = await read_body(request, "order")
+        order = body.get("order")
+        if not isinstance(order, dict):
+            raise missing("order")
+        location_id = self._order_location(order.get("location_id"))
+        email = order.get("email")
+        if email is not None and not isinstance(email, str):
+            raise invalid("email", "is invalid")
+        lines = self._order_lines(order.get("line_items"))
+        self._reserve_check(lines, location_id)
+        return reply({"order": self._place(lines, location_id, email)}, 201)
+
+    def _order_location(self, raw: Any) -> int:
+        if raw is None:
+            return self.shop.location_ids[0]
+        location_id = as_int(raw)
+        if location_id is None or location_id not in self.shop.locations:
+            raise invalid("location_id", "is not a location of this shop")
+        return location_id
+
+    def _order_lines(self, raw: Any) -> list[tuple[Variant, int]]:
+        if not isinstance(raw, list) or not raw:
+            raise invalid("line_items", "must have at least one line item")
+        lines = []
+        for line in raw:
+            if not isinstance(line, dict):
+                raise invalid("line_items", "is invalid")
+            variant_id, quantity = as_int(line.get("variant_id")), as_int(line.get("quantity"))
+            variant = None if variant_id is None else self.shop.by_variant_id(variant_id)
+            if variant is None:
+                raise invalid("line_items", f"variant {line.get('variant_id')!r} does not exist")
+            if quantity is None or quantity < 1:
+                raise invalid("line_items", "quantity must be greater than or equal to 1")
+            lines.append((variant, quantity))
+        return lines
+
+    def _reserve_check(self, lines: list[tuple[Variant, int]], location_id: int) -> None:
+        wanted: dict[int, int] = {}
+        for variant, quantity in lines:
+            wanted[variant.index] = wanted.get(variant.index, 0) + quantity
+        for variant, _ in lines:
+            available = self.shop.level(variant, location_id).available
+            if wanted[variant.index] > available:
+                raise invalid("line_items", f"{variant.title} has only {max(0, available)} "
+                              "available at this location")
+
+    def _place(self, lines: list[tuple[Variant, int]], location_id: int,
+               email: str | None) -> dict[str, Any]:
+        shop = self.shop
+        at = shop.now()
+        number = 1001 + len(shop.orders)
+        order_id = ORDER_ID_BASE + number
+        line_items = [self._line_json(v, q) for v, q in lines]
+        total = sum((v.price * q for v, q in lines), Decimal(0)).quantize(Decimal("0.01"))
+        order = {
+            "id": order_id, "admin_graphql_api_id": f"gid://shopify/Order/{order_id}",
+            "name": f"#{number}", "order_number": number, "email": email,
+            "created_at": at, "updated_at": at, "processed_at": at, "closed_at": None,
+            "cancelled_at": None, "financial_status": "paid", "fulfillment_status": None,
+            "currency": CURRENCY, "presentment_currency": CURRENCY,
+            "subtotal_price": str(total), "total_price": str(total), "total_tax": "0.00",
+            "location_id": location_id, "line_items": line_items, "fulfillments": [],
+        }
+        shop.orders[order_id] = order
+        changed: dict[int, Variant] = {}
+        for variant, quantity in lines:
+            level = shop.level(variant, location_id)
+            shop.store(variant, location_id, Level(level.available - quantity,
+                                                   level.committed + quantity, at))
+            changed[variant.index] = variant
+        updates = [("inventory_levels/update",
+                    level_json(v.inventory_item_id, location_id, shop.level(v, location_id)))
+                   for v in changed.values()]
+        shop.emit(at, [("orders/create", order), *updates])
+        return order
+
+    def _line_json(self, v: Variant, quantity: int) -> dict[str, Any]:
+        line_id = self.shop.next_line_item_id()
+        return {"id": line_id, "admin_graphql_api_id": f"gid://shopify/LineItem/{line_id}",
+                "variant_id": v.variant_id, "product_id": v.product_id, "sku": v.sku,
+                "quantity": quantity, "fulfillable_quantity": quantity,
+                "fulfillment_status": None, "price": str(v.price), "title": v.title,
+                "name": v.title, "variant_title": None, "vendor": VENDOR,
+                "gift_card": v.item is None, "requires_shipping": v.item is not None}
+
+    async def fulfil_order(self, request: Request) -> Response:
+        order_id = as_int(request.path_params["order_id"])
+        order = self.shop.orders.get(order_id) if order_id is not None else None
+        if order is None:
+            raise NOT_FOUND
+        body = await read_body(request, "fulfillment")
+        fulfillment = body.get("fulfillment")
+        if not isinstance(fulfillment, dict):
+            raise missing("fulfillment")
+        raw_location = fulfillment.get("location_id")
+        if raw_location is not None and as_int(raw_location) != order["location_id"]:
+            raise invalid("location_id", "must be the location the order is assigned to")
+        if order["fulfillment_status"] == "fulfilled":
+            raise invalid("base", "Line items are already fulfilled")
+        return reply({"fulfillment": self._ship(order)}, 201)
+
+    def _ship(self, order: dict[str, Any]) -> dict[str, Any]:
+        shop = self.shop
+        at = shop.now()
+        location_id = order["location_id"]
+        for line in order["line_items"]:
+            variant = shop.by_variant_id(line["variant_id"])
+            assert variant is not None
+            level = shop.level(variant, location_id)
+            shop.store(variant, location_id,
+                       Level(level.available, level.committed - line["quantity"],
+                             level.updated_at))
+            line["fulfillable_quantity"] = 0
+            line["fulfillment_status"] = "fulfilled"
+        fulfillment_id = FULFILLMENT_ID_BASE + order["order_number"]
+        fulfillment = {
+            "id": fulfillment_id, "order_id": order["id"], "status": "success",
+            "name": f"{order['name']}.1", "location_id": location_id, "created_at": at,
+            "updated_at": at, "line_items": [dict(line) for line in order["line_items"]],
+            "admin_graphql_api_id": f"gid://shopify/Fulfillment/{fulfillment_id}",
+        }
+        order.update(fulfillment_status="fulfilled", updated_at=at, fulfillments=[fulfillment])
+        shop.emit(at, [("orders/fulfilled", order)])
+        return fulfillment
+
+
+class _VariantAxis:
+    """The variants of a level listing: the requested ones, or every variant (lazily)."""
+
+    def __init__(self, shop: Shop, variants: list[Variant] | None) -> None:
+        self.shop = shop
+        self.variants = variants
+
+    def __len__(self) -> int:
+        return self.shop.n_variants if self.variants is None else len(self.variants)
+
+    def __getitem__(self, position: int) -> Variant:
+        return self.shop.variant(position) if self.variants is None else self.variants[position]
+
+
+Endpoint = Callable[[Request], Awaitable[Response]]
+
+
+def _handler(fn: Endpoint) -> Endpoint:
+    """Turn :class:`ApiError` into Shopify's ``{"errors": ...}`` response."""
+
+    async def handle(request: Request) -> Response:
+        try:
+            return await fn(request)
+        except ApiError as exc:
+            return reply({"errors": exc.errors}, exc.status)
+    return handle
+
+
+def create_app(world: World, settings: BackendSettings, webhook_url: str,
+               options: DeliveryOptions | None = None) -> Starlette:
+    shop = Shop(world, settings, webhook_url, options)
+    api = CommerceApi(shop)
+    routes = [
+        Route(f"{API}/shop.json", _handler(api.shop_info)),
+        Route(f"{API}/products.json", _handler(api.products)),
+        Route(f"{API}/locations.json", _handler(api.locations)),
+        Route(f"{API}/inventory_levels.json", _handler(api.inventory_levels)),
+        Route(f"{API}/inventory_levels/set.json", _handler(api.set_level), methods=["POST"]),
+        Route(f"{API}/inventory_levels/adjust.json", _handler(api.adjust_level),
+              methods=["POST"]),
+        Route(f"{API}/orders.json", _handler(api.create_order), methods=["POST"]),
+        Route(f"{API}/orders/{{order_id}}/fulfillments.json", _handler(api.fulfil_order),
+              methods=["POST"]),
+    ]
+
+    def auth(headers: dict[str, str]) -> bool:
+        return not settings.token or headers.get("x-shopify-access-token") == settings.token
+
+    def unauthorized() -> Response:
+        return reply({"errors": UNAUTHORIZED}, 401)
+
+    return simulator_app(settings.name, routes, shop.sender, auth, unauthorized, shop)
