@@ -98,6 +98,20 @@ class Payload:
         return Payload(self.backend, f"{self.where}.{key}", self.data.get(key))
 
 
+def parse_item(raw: Payload, identity: IdentityMap) -> MasterItem:
+    """An ERP item resource (API page or ``item.updated`` webhook data) as a MasterItem."""
+    gtin = raw.optional("gtin", str)
+    gtin14 = normalize_gtin(gtin) if gtin else None
+    if gtin and gtin14 is None:
+        identity.report(GTIN, gtin, f"invalid GTIN on ERP item {raw.text('sku')}", raw.backend)
+    cost = raw.decimal("cost") if raw.data.get("cost") is not None else None
+    return MasterItem(
+        sku=raw.text("sku"), item_number=raw.text("itemNumber"), gtin14=gtin14,
+        name=raw.text("description"), category=raw.optional("category", str),
+        list_price=raw.decimal("listPrice"), cost=cost, currency=raw.text("currency"),
+        safety_stock=raw.integer("safetyStock"), source=raw.backend, as_of=raw.time("updatedAt"))
+
+
 class ErpConnector:
     """Reads the ERP's masters and stock; every batch call chunks and follows cursors."""
 
@@ -150,17 +164,7 @@ class ErpConnector:
     # -- items -----------------------------------------------------------------------------------
 
     def _item(self, raw: Payload) -> MasterItem:
-        gtin = raw.optional("gtin", str)
-        gtin14 = normalize_gtin(gtin) if gtin else None
-        if gtin and gtin14 is None:
-            self.identity.report(GTIN, gtin, f"invalid GTIN on ERP item {raw.text('sku')}",
-                                 self.name)
-        cost = raw.decimal("cost") if raw.data.get("cost") is not None else None
-        return MasterItem(
-            sku=raw.text("sku"), item_number=raw.text("itemNumber"), gtin14=gtin14,
-            name=raw.text("description"), category=raw.optional("category", str),
-            list_price=raw.decimal("listPrice"), cost=cost, currency=raw.text("currency"),
-            safety_stock=raw.integer("safetyStock"), source=self.name, as_of=raw.time("updatedAt"))
+        return parse_item(raw, self.identity)
 
     def _items(self, pages: list[Payload]) -> list[MasterItem]:
         return [self._item(raw) for page in pages for raw in page.objects("items")]

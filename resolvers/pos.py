@@ -67,9 +67,9 @@ def _fold(states: Mapping[str, int], partial: bool) -> Quantities:
 
     available, committed = get("IN_STOCK"), get("RESERVED_FOR_SALE")
     quality_control, incoming = get("RECEIVED_FROM_VENDOR"), get(*INCOMING)
-    parts = (available, committed, quality_control)
-    on_hand = None if any(p is None for p in parts) else sum(p or 0 for p in parts)
-    return Quantities(on_hand=on_hand, available=available, committed=committed,
+    # Square has no on-hand count: the merge derives it from these parts, so a webhook that
+    # changes one state keeps on-hand right without knowing the others.
+    return Quantities(on_hand=None, available=available, committed=committed,
                       incoming=incoming, quality_control=quality_control, damaged=0)
 
 

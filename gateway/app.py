@@ -1,0 +1,127 @@
+"""The gateway's ASGI application.
+
+Routes: ``/graphql`` (HTTP and WebSocket, GraphiQL on GET), ``POST /webhooks/{backend}``,
+``/healthz`` (liveness). The lifespan connects Redis (or starts the embedded server), loads
+the identity catalog, and runs the event-log consumer and the catalog refresher.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import httpx
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route, WebSocketRoute
+
+from gateway.applier import Applier, LogConsumer
+from gateway.cache import Cache, ResponseCache, connect
+from gateway.config import Settings
+from gateway.events import EventLog
+from gateway.graphql import GraphQLApp
+from gateway.redis_server import EmbeddedRedis
+from gateway.response_cache import ResponseCacheMiddleware
+from gateway.webhooks import WebhookIntake
+from resolvers.errors import BackendError
+from resolvers.graph import RetailGraph
+
+log = logging.getLogger("retailgraph.app")
+CATALOG_RETRY_SECONDS = 2.0
+CATALOG_REFRESH_SECONDS = 300.0
+
+
+async def _keep_catalog_fresh(graph: RetailGraph) -> None:
+    """Refresh the catalogs periodically; soon again while any backend's catalog is missing."""
+    while True:
+        incomplete = graph.catalog is None or graph.catalog.missing
+        await asyncio.sleep(CATALOG_RETRY_SECONDS if incomplete else CATALOG_REFRESH_SECONDS)
+        try:
+            await graph.refresh_catalog()
+        except BackendError as exc:
+            log.warning("catalog not loaded (%s); retrying", exc)
+
+
+@dataclass(slots=True)
+class Runtime:
+    """What the lifespan builds; routes reach it through ``app.state.runtime``."""
+
+    settings: Settings
+    graph: RetailGraph
+    redis_url: str = ""
+    embedded: EmbeddedRedis | None = None
+    cache: Cache | None = None
+    responses: ResponseCache | None = None
+    events: EventLog | None = None
+    intake: WebhookIntake | None = None
+    consumer: LogConsumer | None = None
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    async def start(self) -> None:
+        url = self.settings.redis_url
+        if not url:
+            self.embedded = EmbeddedRedis()
+            url = await self.embedded.start()
+        self.redis_url = url
+        client = await connect(url)
+        self.cache = Cache(client)
+        self.responses = ResponseCache(client)
+        self.events = EventLog(client)
+        applier = Applier(self.cache, self.responses)
+        self.graph.cache = self.cache
+        self.intake = WebhookIntake(self.settings, self.graph, self.events, applier)
+        self.consumer = LogConsumer(client, applier)
+        with contextlib.suppress(BackendError):
+            await self.graph.refresh_catalog()
+        self.tasks = [asyncio.create_task(_keep_catalog_fresh(self.graph)),
+                      asyncio.create_task(self.consumer.run())]
+
+    async def stop(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+        for task in self.tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self.graph.aclose()
+        if self.cache is not None:
+            await self.cache.aclose()
+        if self.embedded is not None:
+            await self.embedded.stop()
+
+
+def create_app(settings: Settings, transport: httpx.AsyncBaseTransport | None = None) -> Starlette:
+    graph = RetailGraph.from_settings(settings, transport=transport)
+    runtime = Runtime(settings, graph)
+    graphql = GraphQLApp(graph, graphql_ide="graphiql")
+
+    async def healthz(request: Request) -> JSONResponse:
+        return JSONResponse({"status": "ok"})
+
+    async def webhook(request: Request) -> Response:
+        if runtime.intake is None:
+            return JSONResponse({"error": "starting up"}, status_code=503)
+        return await runtime.intake(request)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await runtime.start()
+        try:
+            yield
+        finally:
+            await runtime.stop()
+
+    app = Starlette(routes=[
+        Route("/graphql", graphql, methods=["GET", "POST"]),
+        WebSocketRoute("/graphql", graphql),
+        Route("/webhooks/{backend}", webhook, methods=["POST"]),
+        Route("/healthz", healthz),
+    ], lifespan=lifespan)
+    app.add_middleware(ResponseCacheMiddleware, runtime=runtime)
+    app.state.runtime = runtime
+    app.state.graph = graph
+    app.state.settings = settings
+    return app

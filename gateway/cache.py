@@ -1,0 +1,381 @@
+"""The event cache: Redis holds what the resolvers read, kept current by events.
+
+One module owns Redis for the gateway: the client (single server or Cluster), the atomic Lua
+scripts, the key layout, the stock/master entries and the response cache. aiocache provides
+the serialisation and the in-process layer; redis-py does streams and scripts.
+
+Key layout (every script touches one key, so one hash slot; hash tags keep it Cluster-ready):
+
+- ``rg:{s:<sku>}:views:<source>`` hash, one per SKU and backend. Fields per location:
+  ``<loc>/<quantity>`` value, ``<loc>/<quantity>#v`` its source version, ``<loc>/_as_of``,
+  ``<loc>/_full`` (set when the whole cell is known), and ``_gen``, bumped by every event.
+- ``rg:{s:<sku>}:master`` hash, field ``item``: the item master record, same versioning.
+
+Races are closed in the scripts:
+
+- An event applies a field only if its version is newer than the stored one, so duplicated
+  or reordered deliveries converge to the newest state.
+- A read-through fill remembers ``_gen`` when it read the entry and writes only if no event
+  has touched the entry since: a backend read that started before an event can never write
+  its older result over the event's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass, fields
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+import redis.asyncio as aioredis
+from aiocache.serializers import BaseSerializer
+from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import RedisError
+
+from resolvers.types import Quantities, StockView
+
+log = logging.getLogger("retailgraph.cache")
+
+QUANTITY_FIELDS = tuple(f.name for f in fields(Quantities))
+DEFAULT_TTL = 24 * 3600  # a safety net only: events keep entries current
+
+APPLY_LUA = """
+local applied = 0
+for i = 2, #ARGV, 3 do
+  local f, ver = ARGV[i], tonumber(ARGV[i + 2])
+  local cur = tonumber(redis.call('HGET', KEYS[1], f .. '#v') or '-1')
+  if ver > cur then
+    redis.call('HSET', KEYS[1], f, ARGV[i + 1], f .. '#v', ARGV[i + 2])
+    applied = applied + 1
+  end
+end
+if applied > 0 then redis.call('HINCRBY', KEYS[1], '_gen', 1) end
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+return applied
+"""
+
+FILL_LUA = """
+local gen = tonumber(redis.call('HGET', KEYS[1], '_gen') or '0')
+if gen ~= tonumber(ARGV[2]) then return -1 end
+local applied = 0
+for i = 3, #ARGV, 3 do
+  local f, ver = ARGV[i], tonumber(ARGV[i + 2])
+  local cur = tonumber(redis.call('HGET', KEYS[1], f .. '#v') or '-1')
+  if ver >= cur then
+    redis.call('HSET', KEYS[1], f, ARGV[i + 1], f .. '#v', ARGV[i + 2])
+    applied = applied + 1
+  end
+end
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+return applied
+"""
+
+INVALIDATE_LUA = """
+redis.call('HINCRBY', KEYS[1], '_gen', 1)
+local keep = {}
+for _, f in ipairs(redis.call('HKEYS', KEYS[1])) do
+  if f ~= '_gen' then table.insert(keep, f) end
+end
+if #keep > 0 then redis.call('HDEL', KEYS[1], unpack(keep)) end
+return #keep
+"""
+
+
+class CacheUnavailable(Exception):
+    """Redis cannot be reached; callers fall back to the backends."""
+
+
+class OrjsonSerializer(BaseSerializer):
+    """aiocache serializer for cache payloads (orjson: fast, handles datetimes)."""
+
+    DEFAULT_ENCODING = None
+
+    def dumps(self, value: Any) -> bytes:
+        return orjson.dumps(value)
+
+    def loads(self, value: bytes | str | None) -> Any:
+        return None if value is None else orjson.loads(value)
+
+
+SERIALIZER = OrjsonSerializer()
+
+
+def version_number(version: str, as_of: datetime) -> int:
+    """A source version as an integer that orders like the source does.
+
+    Sequence numbers are used as they are; timestamps become epoch microseconds.
+    """
+    if version.isdigit():
+        return int(version)
+    if version:
+        try:
+            return _micros(datetime.fromisoformat(version.replace("Z", "+00:00")))
+        except ValueError:
+            pass
+    return _micros(as_of)
+
+
+def _micros(moment: datetime) -> int:
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return int(moment.timestamp() * 1_000_000)
+
+
+def views_key(sku: str, source: str) -> str:
+    return f"rg:{{s:{sku}}}:views:{source}"
+
+
+def master_key(sku: str) -> str:
+    return f"rg:{{s:{sku}}}:master"
+
+
+def view_fields(view: StockView, full: bool) -> list[str]:
+    """Flatten a view into (field, value, version) triples for the scripts."""
+    ver = str(version_number(view.version, view.as_of))
+    loc = view.location_id
+    out: list[str] = []
+    for name in QUANTITY_FIELDS:
+        value = getattr(view.quantities, name)
+        if value is not None:
+            out += [f"{loc}/{name}", str(value), ver]
+    out += [f"{loc}/_as_of", view.as_of.isoformat(), ver]
+    if full:
+        out += [f"{loc}/_full", "1", ver]
+    return out
+
+
+def parse_views(sku: str, source: str, raw: dict[bytes, bytes],
+                location_ids: Iterable[str] | None = None) -> tuple[int, dict[str, StockView]]:
+    """The entry's ``_gen`` and its complete cells as views."""
+    data = {k.decode(): v.decode() for k, v in raw.items()}
+    gen = int(data.get("_gen", "0"))
+    locs = location_ids if location_ids is not None else {
+        k.split("/", 1)[0] for k in data if k.endswith("/_full")}
+    out: dict[str, StockView] = {}
+    for loc in locs:
+        if f"{loc}/_full" not in data:
+            continue
+        quantities = Quantities(**{
+            name: int(data[f"{loc}/{name}"]) for name in QUANTITY_FIELDS
+            if f"{loc}/{name}" in data})
+        versions = [int(v) for k, v in data.items() if k.startswith(f"{loc}/") and k.endswith("#v")]
+        out[loc] = StockView(sku=sku, location_id=loc, source=source, quantities=quantities,
+                             as_of=datetime.fromisoformat(data[f"{loc}/_as_of"]),
+                             version=str(max(versions, default=0)))
+    return gen, out
+
+
+@dataclass(slots=True)
+class ViewsResult:
+    """Views of SKUs from one source, and whether they came from the cache."""
+
+    views: dict[str, list[StockView]]
+    from_cache: set[str]
+    from_backend: set[str]
+
+
+Fetch = Callable[[list[str]], Awaitable[list[StockView]]]
+
+
+class Cache:
+    """Redis-backed entries with versioned, race-free updates."""
+
+    def __init__(self, client: aioredis.Redis | RedisCluster, ttl: int = DEFAULT_TTL) -> None:
+        self.redis = client
+        self.ttl = ttl
+        self._apply = client.register_script(APPLY_LUA)
+        self._fill = client.register_script(FILL_LUA)
+        self._invalidate = client.register_script(INVALIDATE_LUA)
+        self._inflight: dict[tuple[str, str], asyncio.Future[list[StockView]]] = {}
+        # Test hook: awaited between a backend read and the cache fill, to force interleavings.
+        self.before_fill: Callable[[], Awaitable[None]] | None = None
+
+    async def aclose(self) -> None:
+        await self.redis.aclose()
+
+    async def ping(self) -> bool:
+        try:
+            return bool(await self.redis.ping())
+        except (RedisError, OSError):
+            return False
+
+    # -- event path ------------------------------------------------------------------------------
+
+    async def apply_view(self, view: StockView, full: bool) -> int:
+        """Apply an event's view of a cell; fields older than the cache's are ignored."""
+        return int(await self._apply(keys=[views_key(view.sku, view.source)],
+                                     args=[self.ttl, *view_fields(view, full)]))
+
+    async def apply_master(self, sku: str, payload: bytes, version: int) -> int:
+        return int(await self._apply(keys=[master_key(sku)],
+                                     args=[self.ttl, "item", payload, version]))
+
+    async def invalidate_views(self, sku: str, source: str) -> int:
+        return int(await self._invalidate(keys=[views_key(sku, source)]))
+
+    # -- read path -------------------------------------------------------------------------------
+
+    async def views(self, source: str, skus: Sequence[str], location_ids: Sequence[str],
+                    fetch: Fetch) -> ViewsResult:
+        """Views of ``skus`` at ``location_ids``: cached cells, the rest read through.
+
+        Concurrent misses on the same SKU in this process share one backend call.
+        """
+        try:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for sku in skus:
+                    pipe.hgetall(views_key(sku, source))
+                raws: list[dict[bytes, bytes]] = await pipe.execute()
+        except (RedisError, OSError) as exc:
+            raise CacheUnavailable(str(exc)) from exc
+        result = ViewsResult(views={}, from_cache=set(), from_backend=set())
+        gens: dict[str, int] = {}
+        missing: list[str] = []
+        for sku, raw in zip(skus, raws, strict=True):
+            gen, cells = parse_views(sku, source, raw, location_ids)
+            if len(cells) == len(location_ids):
+                result.views[sku] = [cells[loc] for loc in location_ids]
+                result.from_cache.add(sku)
+            else:
+                gens[sku] = gen
+                missing.append(sku)
+        if missing:
+            fetched = await self._read_through(source, missing, gens, fetch)
+            for sku in missing:
+                result.views[sku] = fetched.get(sku, [])
+                result.from_backend.add(sku)
+        return result
+
+    async def _read_through(self, source: str, skus: list[str], gens: dict[str, int],
+                            fetch: Fetch) -> dict[str, list[StockView]]:
+        loop = asyncio.get_running_loop()
+        waiting = {s: self._inflight[(source, s)] for s in skus if (source, s) in self._inflight}
+        mine = [s for s in skus if s not in waiting]
+        futures = {s: loop.create_future() for s in mine}
+        for sku, fut in futures.items():
+            self._inflight[(source, sku)] = fut
+        out: dict[str, list[StockView]] = {}
+        try:
+            if mine:
+                views = await fetch(mine)
+                grouped: dict[str, list[StockView]] = {s: [] for s in mine}
+                for view in views:
+                    grouped.setdefault(view.sku, []).append(view)
+                for sku, fut in futures.items():
+                    fut.set_result(grouped[sku])
+                out.update(grouped)
+                await self._store(source, grouped, gens)
+        except BaseException as exc:
+            for fut in futures.values():
+                if not fut.done():
+                    fut.set_exception(exc)
+                    fut.exception()  # retrieved: waiters re-raise it themselves
+            raise
+        finally:
+            for sku in mine:
+                self._inflight.pop((source, sku), None)
+        for sku, fut in waiting.items():
+            out[sku] = await asyncio.shield(fut)
+        return out
+
+    async def _store(self, source: str, grouped: dict[str, list[StockView]],
+                     gens: dict[str, int]) -> None:
+        if self.before_fill is not None:
+            await self.before_fill()
+        try:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for sku, views in grouped.items():
+                    if not views:
+                        continue
+                    args: list[Any] = [self.ttl, gens.get(sku, 0)]
+                    for view in views:
+                        args += view_fields(view, full=True)
+                    await self._fill(keys=[views_key(sku, source)], args=args, client=pipe)
+                await pipe.execute()
+        except (RedisError, OSError) as exc:
+            log.warning("cache fill for %s failed: %s", source, exc)
+
+
+# -- response cache ------------------------------------------------------------------------------
+# All keys share the {rc} hash tag, so each script runs on one slot (node) of a Cluster.
+RC_SEQ = "rg:{rc}:seq"
+
+RESPONSE_PUT_LUA = """
+local epoch = tonumber(ARGV[2])
+for i = 4, #ARGV do
+  local tv = tonumber(redis.call('GET', 'rg:{rc}:tv:' .. ARGV[i]) or '0')
+  if tv > epoch then return 0 end
+end
+redis.call('SET', KEYS[1], ARGV[3], 'EX', ARGV[1])
+for i = 4, #ARGV do
+  local tagset = 'rg:{rc}:t:' .. ARGV[i]
+  redis.call('SADD', tagset, KEYS[1])
+  redis.call('EXPIRE', tagset, ARGV[1])
+end
+return 1
+"""
+
+RESPONSE_INVALIDATE_LUA = """
+local seq = redis.call('INCR', KEYS[1])
+local dropped = 0
+for i = 1, #ARGV do
+  redis.call('SET', 'rg:{rc}:tv:' .. ARGV[i], seq, 'EX', 86400)
+  local tagset = 'rg:{rc}:t:' .. ARGV[i]
+  local members = redis.call('SMEMBERS', tagset)
+  if #members > 0 then dropped = dropped + redis.call('DEL', unpack(members)) end
+  redis.call('DEL', tagset)
+end
+return dropped
+"""
+
+
+def response_key(digest: str) -> str:
+    return f"rg:{{rc}}:r:{digest}"
+
+
+class ResponseCache:
+    """Whole encoded GraphQL responses, tagged by the entities they contain.
+
+    A miss reads the invalidation sequence *before* executing; the put succeeds only if no
+    event touching one of the response's tags was applied since. So a response computed from
+    pre-event data can never be stored after the event invalidated its tags.
+    """
+
+    def __init__(self, client: Any, ttl: int = 300) -> None:
+        self.redis = client
+        self.ttl = ttl
+        self._put = client.register_script(RESPONSE_PUT_LUA)
+        self._invalidate = client.register_script(RESPONSE_INVALIDATE_LUA)
+
+    async def get(self, digest: str) -> bytes | None:
+        value = await self.redis.get(response_key(digest))
+        return bytes(value) if value is not None else None
+
+    async def epoch(self) -> int:
+        return int(await self.redis.get(RC_SEQ) or 0)
+
+    async def put(self, digest: str, body: bytes, tags: Iterable[str], epoch: int) -> bool:
+        return bool(await self._put(keys=[response_key(digest)],
+                                    args=[self.ttl, epoch, body, *sorted(set(tags))]))
+
+    async def invalidate(self, tags: Iterable[str]) -> int:
+        tags = sorted(set(tags))
+        if not tags:
+            return 0
+        return int(await self._invalidate(keys=[RC_SEQ], args=tags))
+
+
+async def connect(url: str) -> aioredis.Redis | RedisCluster:
+    """A client for ``redis://``, ``rediss://`` (TLS), ``unix://`` or ``redis+cluster://``.
+
+    Credentials (ACL user and password) go in the URL: ``redis://user:pass@host:6379/0``.
+    """
+    if url.startswith(("redis+cluster://", "rediss+cluster://")):
+        cluster_url = url.replace("+cluster", "", 1)
+        client: aioredis.Redis | RedisCluster = RedisCluster.from_url(cluster_url)
+        await client.initialize()  # type: ignore[union-attr]
+        return client
+    return aioredis.Redis.from_url(url, health_check_interval=10, socket_connect_timeout=2)

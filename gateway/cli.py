@@ -1,0 +1,130 @@
+"""The ``retailgraph`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Sequence
+
+from gateway import config
+
+
+def _world_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--seed", type=int, default=42, help="same seed, same data and ids")
+    p.add_argument("--skus", type=int, default=200)
+    p.add_argument("--stores", type=int, default=8)
+    p.add_argument("--warehouses", type=int, default=2)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="retailgraph",
+        description="One always-current GraphQL endpoint over POS, WMS, ERP and e-commerce.")
+    parser.add_argument("--log-level", default="INFO")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="run four simulated backends and the gateway")
+    demo.add_argument("--host", default="127.0.0.1")
+    demo.add_argument("--port", type=int, default=8000,
+                      help="gateway port; simulators use PORT+1..PORT+4 (pos, wms, erp, commerce)")
+    _world_args(demo)
+    demo.add_argument("--activity", type=float, default=0.0, metavar="EVENTS_PER_SEC",
+                      help="background sales, orders, receipts and transfers (0 = none)")
+
+    serve = sub.add_parser("serve", help="run the gateway against configured backends")
+    serve.add_argument("--config", required=True, help="TOML file (see retailgraph.example.toml)")
+    serve.add_argument("--host", default=None, help="overrides [gateway].host")
+    serve.add_argument("--port", type=int, default=None, help="overrides [gateway].port")
+    serve.add_argument("--check", action="store_true",
+                       help="validate the configuration, print it without secrets and exit")
+
+    sim = sub.add_parser("sim", help="run one simulated backend alone")
+    sim.add_argument("backend", choices=[name for name, _ in config.DEMO_ROLES])
+    sim.add_argument("--host", default="127.0.0.1")
+    sim.add_argument("--port", type=int, required=True)
+    sim.add_argument("--config", default=None,
+                     help="take token and webhook secret of this backend from a TOML file")
+    sim.add_argument("--webhook-url", default="",
+                     help="where to send webhooks (default: none are sent)")
+    _world_args(sim)
+
+    sub.add_parser("schema", help="print the GraphQL schema (SDL)")
+    return parser
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from gateway.app import create_app
+    from gateway.serving import make_server, run_together
+
+    settings = config.load(args.config)
+    if args.host:
+        settings.host = args.host
+    if args.port:
+        settings.port = args.port
+    if args.check:
+        for name, b in settings.backends.items():
+            print(f"{name}: format={b.format} base_url={b.base_url} timeout={b.timeout}s "
+                  f"token={'set' if b.token else 'unset'} "
+                  f"webhook_secret={'set' if b.webhook_secret else 'unset'}")
+        print(f"gateway: http://{settings.host}:{settings.port}/graphql")
+        return 0
+    server = make_server(create_app(settings), settings.host, settings.port)
+    print(f"retailgraph serving http://{settings.host}:{settings.port}/graphql", flush=True)
+    asyncio.run(run_together([[server]]))
+    return 0
+
+
+def _sim(args: argparse.Namespace) -> int:
+    from gateway.demo import simulator_app
+    from gateway.serving import make_server, run_together
+    from gateway.simulators.world import World
+
+    if args.config:
+        settings = config.load(args.config)
+    else:
+        settings = config.demo_settings(args.host, args.port - 1 - [
+            n for n, _ in config.DEMO_ROLES].index(args.backend))
+    backend = settings.backends[args.backend]
+    backend.base_url = f"http://{args.host}:{args.port}"
+    world = World(args.seed, args.skus, args.stores, args.warehouses)
+    app = simulator_app(world, backend, args.webhook_url)
+    server = make_server(app, args.host, args.port)
+    target = args.webhook_url or "nowhere (no --webhook-url)"
+    print(f"{args.backend} ({backend.format}) simulator on {backend.base_url}; "
+          f"webhooks to {target}", flush=True)
+    asyncio.run(run_together([[server]]))
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from gateway.demo import DemoOptions, run
+
+    asyncio.run(run(DemoOptions(host=args.host, port=args.port, seed=args.seed, skus=args.skus,
+                                stores=args.stores, warehouses=args.warehouses,
+                                activity=args.activity)))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        if args.command == "schema":
+            from schema import sdl
+
+            sys.stdout.write(sdl())
+            return 0
+        handler = {"demo": _demo, "serve": _serve, "sim": _sim}[args.command]
+        return handler(args)
+    except config.ConfigError as exc:
+        print(f"retailgraph: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,207 @@
+"""The canonical event envelope and the durable event log (a Redis Stream).
+
+Every accepted webhook, whatever its format, becomes one or more :class:`Envelope` s (one per
+SKU x location it touches) appended to ``rg:{ev}:log`` *before* the sender gets its 2xx.
+Appending is one Lua script that also records the delivery's dedupe key, so a delivery is
+logged exactly once however often it is retried; events that cannot be applied go to the
+dead-letter stream ``rg:{ev}:dlq`` with the reason and the raw body, for replay.
+
+Envelope fields (documented in ``docs/events.md``)::
+
+    id               gateway-assigned ULID (sortable)
+    kind             LEVEL_SNAPSHOT | MOVEMENT | MASTER_UPDATE | INVALIDATE | NOTICE
+    source, system   backend name and its format (square, shopify, epcis, erp)
+    topic            the vendor's event type / topic / bizStep
+    source_event_id  the vendor's idempotency id (Square event_id, Shopify X-Shopify-Event-Id,
+                     EPCIS eventID, ERP event id)
+    delivery_id      the vendor's delivery id (X-Shopify-Webhook-Id, webhook-id, ...)
+    occurred_at      when it happened at the source; received_at when we got it
+    source_version   integer ordering events of one source for one entry
+    sku, location_id unified identifiers
+    quantities       the cell's quantities after the event (only those the source sent)
+    full             True when quantities describe the whole cell
+    movement         what caused the change: type, quantity, bizStep, states, documents
+    data             master data payload (item updates)
+    raw_ref          sha256 of the raw body, which the DLQ keeps in full
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+import orjson
+
+from resolvers.types import Quantities
+
+LOG_KEY = "rg:{ev}:log"
+DLQ_KEY = "rg:{ev}:dlq"
+DEDUPE_TTL = 7 * 24 * 3600
+
+
+class EventKind(StrEnum):
+    LEVEL_SNAPSHOT = "LEVEL_SNAPSHOT"
+    MOVEMENT = "MOVEMENT"
+    MASTER_UPDATE = "MASTER_UPDATE"
+    INVALIDATE = "INVALIDATE"
+    NOTICE = "NOTICE"
+
+
+class MovementType(StrEnum):
+    SALE = "SALE"
+    RETURN = "RETURN"
+    RECEIPT = "RECEIPT"
+    PUTAWAY = "PUTAWAY"
+    ALLOCATION = "ALLOCATION"
+    TRANSFER_OUT = "TRANSFER_OUT"
+    TRANSFER_IN = "TRANSFER_IN"
+    COUNT = "COUNT"
+    ONLINE_ORDER = "ONLINE_ORDER"
+    FULFILMENT = "FULFILMENT"
+    ADJUSTMENT = "ADJUSTMENT"
+    REPAIR = "REPAIR"
+    OTHER = "OTHER"
+
+
+@dataclass(frozen=True, slots=True)
+class Movement:
+    type: MovementType
+    quantity: int
+    biz_step: str | None = None
+    from_state: str | None = None
+    to_state: str | None = None
+    documents: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    id: str
+    kind: EventKind
+    source: str
+    system: str
+    topic: str
+    source_event_id: str
+    delivery_id: str
+    occurred_at: datetime
+    received_at: datetime
+    source_version: int
+    sku: str | None = None
+    location_id: str | None = None
+    quantities: Quantities | None = None
+    full: bool = False
+    movement: Movement | None = None
+    data: dict[str, Any] | None = None
+    raw_ref: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def encode(self) -> bytes:
+        return orjson.dumps(dataclasses.asdict(self))
+
+    @classmethod
+    def decode(cls, raw: bytes | str) -> Envelope:
+        d = orjson.loads(raw)
+        d["kind"] = EventKind(d["kind"])
+        d["occurred_at"] = datetime.fromisoformat(d["occurred_at"])
+        d["received_at"] = datetime.fromisoformat(d["received_at"])
+        if d.get("quantities") is not None:
+            d["quantities"] = Quantities(**d["quantities"])
+        if d.get("movement") is not None:
+            m = d["movement"]
+            d["movement"] = Movement(
+                type=MovementType(m["type"]), quantity=m["quantity"], biz_step=m["biz_step"],
+                from_state=m["from_state"], to_state=m["to_state"],
+                documents=tuple(tuple(x) for x in m["documents"]))
+        return cls(**d)
+
+
+APPEND_LUA = """
+local seen = redis.call('GET', KEYS[1])
+if seen then return {0, seen} end
+local ids = {}
+for i = 3, #ARGV do
+  ids[#ids + 1] = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', 'e', ARGV[i])
+end
+local joined = table.concat(ids, ',')
+redis.call('SET', KEYS[1], joined, 'EX', ARGV[1])
+return {1, joined}
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Appended:
+    """Result of logging a delivery: ``new`` is False for a duplicate delivery."""
+
+    new: bool
+    ids: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    id: str
+    source: str
+    reason: str
+    topic: str
+    received_at: str
+    body: bytes
+    headers: dict[str, str]
+
+
+def _s(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+class EventLog:
+    """Append-only log of envelopes in a Redis Stream, with dedupe and a dead-letter stream."""
+
+    def __init__(self, redis: Any, max_len: int = 1_000_000) -> None:
+        self.redis = redis
+        self.max_len = max_len
+        self._append = redis.register_script(APPEND_LUA)
+
+    async def append(self, source: str, dedupe_id: str, envelopes: list[Envelope]) -> Appended:
+        """Log a delivery's envelopes atomically, once per ``(source, dedupe_id)``."""
+        key = f"rg:{{ev}}:dedupe:{source}:{dedupe_id}"
+        new, joined = await self._append(
+            keys=[key, LOG_KEY],
+            args=[DEDUPE_TTL, self.max_len, *(e.encode() for e in envelopes)])
+        ids = tuple(x for x in _s(joined).split(",") if x)
+        return Appended(bool(new), ids)
+
+    async def dead_letter(self, source: str, dedupe_id: str, reason: str, topic: str,
+                          received_at: datetime, body: bytes, headers: dict[str, str]) -> Appended:
+        """Keep a delivery we cannot apply, with why, once per ``(source, dedupe_id)``."""
+        letter = orjson.dumps({"source": source, "reason": reason, "topic": topic,
+                               "received_at": received_at.isoformat(),
+                               "body": body.decode("utf-8", "replace"), "headers": headers,
+                               "dedupe_id": dedupe_id})
+        key = f"rg:{{ev}}:dlqseen:{source}:{dedupe_id}"
+        new, joined = await self._append(keys=[key, DLQ_KEY],
+                                         args=[DEDUPE_TTL, self.max_len, letter])
+        return Appended(bool(new), tuple(_s(joined).split(",")))
+
+    async def dead_letters(self, count: int = 1000) -> list[DeadLetter]:
+        out = []
+        for entry_id, fields in await self.redis.xrange(DLQ_KEY, count=count):
+            d = orjson.loads(fields[b"e"])
+            out.append(DeadLetter(id=_s(entry_id), source=d["source"], reason=d["reason"],
+                                  topic=d["topic"], received_at=d["received_at"],
+                                  body=d["body"].encode(), headers=d["headers"]))
+        return out
+
+    async def forget_dead_letter(self, letter: DeadLetter) -> None:
+        await self.redis.xdel(DLQ_KEY, letter.id)
+
+    async def read(self, after: str = "0-0", count: int = 1000) -> list[tuple[str, Envelope]]:
+        """Envelopes logged after stream id ``after``, oldest first."""
+        entries = await self.redis.xrange(LOG_KEY, min=f"({after}", count=count)
+        return [(_s(i), Envelope.decode(f[b"e"])) for i, f in entries]
+
+    async def read_range(self, first: str, last: str) -> list[tuple[str, Envelope]]:
+        entries = await self.redis.xrange(LOG_KEY, min=first, max=last)
+        return [(_s(i), Envelope.decode(f[b"e"])) for i, f in entries]
+
+    async def length(self) -> int:
+        return int(await self.redis.xlen(LOG_KEY))

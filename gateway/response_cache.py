@@ -1,0 +1,130 @@
+"""Pure ASGI middleware serving repeated GraphQL queries from Redis without executing them.
+
+The key is the query document, variables, operation name and the caller's scope. A hit is
+one Redis GET and the stored bytes; only ``extensions.freshness.responseCache`` is rewritten
+to say ``hit``. A miss executes normally and stores the response, tagged with the entities it
+read, unless it has errors, stale values, or an event touched one of its entities while it
+was being computed (see :class:`gateway.cache.ResponseCache`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from redis.exceptions import RedisError
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from resolvers.graph import Freshness
+
+if TYPE_CHECKING:
+    from gateway.app import Runtime
+
+log = logging.getLogger("retailgraph.response_cache")
+
+MISS_MARKER = b'"responseCache":"miss"'
+HIT_MARKER = b'"responseCache":"hit"'
+FRESHNESS_STATE = "retailgraph_freshness"
+SCOPE_STATE = "retailgraph_scope"
+
+
+def cache_key(body: bytes, caller_scope: str) -> str | None:
+    """Digest of what determines a response, or None when the request is not cacheable."""
+    try:
+        payload = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(payload, dict) or not isinstance(payload.get("query"), str):
+        return None
+    query: str = payload["query"]
+    if query.lstrip().startswith(("mutation", "subscription")):
+        return None
+    canonical = orjson.dumps([query, payload.get("variables") or {},
+                              payload.get("operationName"), caller_scope],
+                             option=orjson.OPT_SORT_KEYS)
+    return hashlib.sha256(canonical).hexdigest()
+
+
+class ResponseCacheMiddleware:
+    def __init__(self, app: ASGIApp, runtime: Runtime) -> None:
+        self.app = app
+        self.runtime = runtime
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        responses = self.runtime.responses
+        if (scope["type"] != "http" or scope["path"] != "/graphql"
+                or scope["method"] != "POST" or responses is None):
+            await self.app(scope, receive, send)
+            return
+        body = await _read_body(receive)
+        state: dict[str, Any] = scope.setdefault("state", {})
+        freshness = Freshness()
+        state[FRESHNESS_STATE] = freshness
+        digest = cache_key(body, str(state.get(SCOPE_STATE, "public")))
+        epoch: int | None = None
+        if digest is not None:
+            try:
+                hit = await responses.get(digest)
+                if hit is not None:
+                    await _send_hit(send, hit)
+                    return
+                epoch = await responses.epoch()
+            except (RedisError, OSError) as exc:
+                log.debug("response cache unavailable: %s", exc)
+                digest = None
+        status = 0
+        chunks: list[bytes] = []
+
+        async def capture(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            elif message["type"] == "http.response.body":
+                chunks.append(message.get("body", b""))
+            await send(message)
+
+        await self.app(scope, _replay(body), capture)
+        if digest is None or epoch is None or status != 200:
+            return
+        encoded = b"".join(chunks)
+        if (freshness.tags and not freshness.stale and freshness.cache == "on"
+                and b'"errors"' not in encoded):
+            try:
+                await responses.put(digest, encoded, freshness.tags, epoch)
+            except (RedisError, OSError) as exc:
+                log.debug("response cache put failed: %s", exc)
+
+
+async def _read_body(receive: Receive) -> bytes:
+    chunks = []
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            break
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            break
+    return b"".join(chunks)
+
+
+def _replay(body: bytes) -> Receive:
+    sent = False
+
+    async def receive() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return {"type": "http.disconnect"}
+    return receive
+
+
+async def _send_hit(send: Send, stored: bytes) -> None:
+    at = stored.rfind(MISS_MARKER)
+    body = stored if at < 0 else stored[:at] + HIT_MARKER + stored[at + len(MISS_MARKER):]
+    await send({"type": "http.response.start", "status": 200, "headers": [
+        (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+        (b"x-retailgraph-cache", b"hit")]})
+    await send({"type": "http.response.body", "body": body})

@@ -1,0 +1,192 @@
+"""``POST /webhooks/{backend}``: verify, normalise, log durably, apply, then acknowledge.
+
+Answers, and what each means to the sender:
+
+- 200 ``accepted`` / ``duplicate``: logged (now or before) and applied; every later query
+  on every replica sees it. 202 ``dead-lettered``: logged to the DLQ, stop retrying.
+- 401 wrong or missing signature, or a signed timestamp outside the tolerance (replay);
+  400 malformed payload (the message names the problem); 413 body over the limit;
+  404 unknown backend; 503 the event could not be recorded (Redis down): retry later.
+  None of these changes any state.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from redis.exceptions import RedisError
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse, Response
+
+from gateway import signatures
+from gateway.applier import Applier
+from gateway.config import BackendSettings, Settings
+from gateway.events import Envelope, EventLog
+from gateway.normalize import NORMALIZERS, Delivery, Malformed, Unappliable
+from resolvers.graph import RetailGraph
+
+log = logging.getLogger("retailgraph.webhooks")
+
+
+class Rejected(Exception):
+    """A delivery we refuse; ``reason`` is a short label for metrics."""
+
+    def __init__(self, status: int, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.reason = reason
+        self.message = message
+
+
+@dataclass(slots=True)
+class IntakeStats:
+    """Per-backend counters: accepted, duplicates, dead letters, rejects by reason."""
+
+    accepted: dict[str, int] = field(default_factory=dict)
+    duplicates: dict[str, int] = field(default_factory=dict)
+    dead_letters: dict[str, int] = field(default_factory=dict)
+    rejected: dict[tuple[str, str], int] = field(default_factory=dict)
+
+    def bump(self, counter: dict[Any, int], key: Any) -> None:
+        counter[key] = counter.get(key, 0) + 1
+
+
+def verify(backend: BackendSettings, body: bytes, headers: dict[str, str], url: str,
+           tolerance: int, now: float | None = None) -> None:
+    """Check the vendor's signature on the raw body; raise :class:`Rejected` (401) if wrong."""
+    secrets = [s for s in (backend.webhook_secret, backend.webhook_previous_secret) if s]
+    if not secrets:
+        raise Rejected(401, "no_secret", f"no webhook secret is configured for {backend.name}")
+
+    def need(name: str) -> str:
+        value = headers.get(name)
+        if not value:
+            raise Rejected(401, "missing_signature", f"missing {name} header")
+        return value
+
+    if backend.format == "shopify":
+        ok = signatures.shopify_verify(secrets, body, need("x-shopify-hmac-sha256"))
+    elif backend.format == "square":
+        ok = signatures.square_verify(secrets, backend.notification_url or url, body,
+                                      need("x-square-hmacsha256-signature"))
+    else:
+        msg_id, signature = need("webhook-id"), need("webhook-signature")
+        try:
+            stamp = int(need("webhook-timestamp"))
+        except ValueError as exc:
+            raise Rejected(401, "bad_timestamp", "webhook-timestamp is not an integer") from exc
+        if abs((now or time.time()) - stamp) > tolerance:
+            raise Rejected(401, "replay", f"webhook-timestamp is more than {tolerance}s away "
+                                          "from now (replayed or delayed delivery)")
+        ok = signatures.standard_verify(secrets, msg_id, stamp, body, signature)
+    if not ok:
+        raise Rejected(401, "bad_signature", "signature does not match the body")
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise Rejected(413, "too_large", f"body of {declared} bytes is over the {limit}-byte limit")
+    chunks, size = [], 0
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise Rejected(413, "too_large", f"body is over the {limit}-byte limit")
+            chunks.append(chunk)
+    except ClientDisconnect as exc:
+        raise Rejected(400, "disconnected", "client disconnected before sending the body") from exc
+    return b"".join(chunks)
+
+
+class WebhookIntake:
+    """The Starlette endpoint; one instance per app."""
+
+    def __init__(self, settings: Settings, graph: RetailGraph, events: EventLog,
+                 applier: Applier) -> None:
+        self.settings = settings
+        self.graph = graph
+        self.events = events
+        self.applier = applier
+        self.stats = IntakeStats()
+
+    async def __call__(self, request: Request) -> Response:
+        name = request.path_params["backend"]
+        try:
+            backend = self.settings.backends.get(name)
+            if backend is None:
+                raise Rejected(404, "unknown_backend", f"unknown backend {name!r}")
+            return await self._accept(backend, request)
+        except Rejected as exc:
+            self.stats.bump(self.stats.rejected, (name, exc.reason))
+            log.info("webhook for %s rejected (%s): %s", name, exc.status, exc.message)
+            return JSONResponse({"error": exc.message, "reason": exc.reason},
+                                status_code=exc.status)
+
+    async def _accept(self, backend: BackendSettings, request: Request) -> Response:
+        body = await read_body(request, self.settings.max_body_bytes)
+        headers = {k.lower(): v for k, v in request.headers.items()}
+        verify(backend, body, headers, str(request.url), self.settings.webhook_tolerance_seconds)
+        try:
+            payload = orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            raise Rejected(400, "malformed", f"body is not valid JSON: {exc}") from exc
+        catalog = self.graph.catalog
+        if catalog is None:
+            raise Rejected(503, "not_ready", "identity catalog not loaded yet; retry later")
+        delivery = Delivery(backend=backend, body=body, payload=payload, headers=headers,
+                            received_at=datetime.now(UTC))
+        try:
+            dedupe_id, envelopes = NORMALIZERS[backend.format](delivery, catalog.identity)
+        except Malformed as exc:
+            raise Rejected(400, "malformed", str(exc)) from exc
+        except Unappliable as exc:
+            return await self._dead_letter(backend, delivery, headers, str(exc))
+        if not dedupe_id:
+            raise Rejected(400, "malformed", "delivery carries no event or delivery id")
+        try:
+            appended = await self.events.append(backend.name, dedupe_id, envelopes)
+        except (RedisError, OSError) as exc:
+            raise Rejected(503, "log_unavailable",
+                           f"event log unavailable, retry later ({type(exc).__name__})") from exc
+        if appended.new:
+            entries = list(zip(appended.ids, envelopes, strict=True))
+            self.stats.bump(self.stats.accepted, backend.name)
+        else:
+            entries = await self._logged(appended.ids)
+            self.stats.bump(self.stats.duplicates, backend.name)
+        try:
+            await self.applier.apply_all(entries)
+        except (RedisError, OSError) as exc:
+            # Logged durably: the log consumer applies it once Redis answers again.
+            log.warning("event %s logged but not applied yet: %s", dedupe_id, exc)
+        return JSONResponse({"status": "accepted" if appended.new else "duplicate",
+                             "events": list(appended.ids)})
+
+    async def _logged(self, ids: tuple[str, ...]) -> list[tuple[str, Envelope]]:
+        out = []
+        for entry_id in ids:
+            for found_id, envelope in await self.events.read_range(entry_id, entry_id):
+                out.append((found_id, envelope))
+        return out
+
+    async def _dead_letter(self, backend: BackendSettings, delivery: Delivery,
+                           headers: dict[str, str], reason: str) -> Response:
+        kept = {k: v for k, v in headers.items() if "signature" not in k and "hmac" not in k}
+        dedupe_id = (headers.get("webhook-id") or headers.get("x-shopify-webhook-id")
+                     or delivery.raw_ref)
+        try:
+            await self.events.dead_letter(backend.name, dedupe_id, reason,
+                                          headers.get("x-shopify-topic", ""),
+                                          delivery.received_at, delivery.body, kept)
+        except (RedisError, OSError) as exc:
+            raise Rejected(503, "log_unavailable",
+                           f"event log unavailable, retry later ({type(exc).__name__})") from exc
+        self.stats.bump(self.stats.dead_letters, backend.name)
+        log.warning("webhook for %s dead-lettered: %s", backend.name, reason)
+        return JSONResponse({"status": "dead-lettered", "reason": reason}, status_code=202)

@@ -1,0 +1,367 @@
+"""The retail graph service: connectors, the catalog that resolves identity, and per-request
+DataLoaders that batch every field's needs into the backends' batch endpoints.
+
+The schema calls only this module. Per request, each backend gets at most one batched call
+per kind of data (chunked to the vendor's limits), however many products and locations the
+query touches: no N+1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import defaultdict
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import httpx
+from strawberry.dataloader import DataLoader
+
+from gateway.cache import Cache, CacheUnavailable
+from gateway.config import Settings
+from resolvers import merge
+from resolvers.commerce import CommerceConnector
+from resolvers.erp import ErpConnector
+from resolvers.errors import BackendError
+from resolvers.identity import IdentityMap
+from resolvers.pos import PosConnector
+from resolvers.types import (
+    LocationRecord,
+    LocationType,
+    MasterItem,
+    NativeLocation,
+    OnlineListing,
+    PurchaseOrderLine,
+    StockView,
+    StoreListing,
+    UnmappedIdentifier,
+)
+from resolvers.wms import WmsConnector
+
+log = logging.getLogger("retailgraph.graph")
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+class BackendHealth:
+    """Which backends failed their last call; their cached values are served as stale."""
+
+    def __init__(self) -> None:
+        self.down: dict[str, str] = {}
+
+    def failed(self, backend: str, reason: str) -> None:
+        if backend not in self.down:
+            log.warning("backend %s is down: %s", backend, reason)
+        self.down[backend] = reason
+
+    def ok(self, backend: str) -> None:
+        if self.down.pop(backend, None) is not None:
+            log.info("backend %s is back", backend)
+
+
+@dataclass(slots=True)
+class SourceFreshness:
+    newest: datetime | None = None
+    oldest: datetime | None = None
+    served_from: set[str] = field(default_factory=set)  # "cache" | "backend"
+    stale: bool = False
+
+    def see(self, as_of: datetime, origin: str) -> None:
+        self.newest = as_of if self.newest is None else max(self.newest, as_of)
+        self.oldest = as_of if self.oldest is None else min(self.oldest, as_of)
+        self.served_from.add(origin)
+
+
+@dataclass(slots=True)
+class Freshness:
+    """What a response is made of: per source, the age range of its values and their origin.
+
+    ``tags`` name the entities read (``sku:<sku>``, ``locations``, ``products``); the
+    response cache is invalidated through them.
+    """
+
+    sources: dict[str, SourceFreshness] = field(default_factory=dict)
+    tags: set[str] = field(default_factory=set)
+    cache: str = "off"  # "on" | "off" | "unavailable"
+
+    def see(self, source: str, as_of: datetime, origin: str) -> None:
+        self.sources.setdefault(source, SourceFreshness()).see(as_of, origin)
+
+    @property
+    def stale(self) -> bool:
+        return any(s.stale for s in self.sources.values())
+
+    def summary(self) -> dict[str, Any]:
+        return {"cache": self.cache, "sources": {
+            name: {"newest": s.newest.isoformat() if s.newest else None,
+                   "oldest": s.oldest.isoformat() if s.oldest else None,
+                   "servedFrom": sorted(s.served_from), "stale": s.stale}
+            for name, s in sorted(self.sources.items())}}
+
+
+class CatalogNotReady(BackendError):
+    """Identity could not be resolved yet because a catalog has never loaded."""
+
+    code = "CATALOG_NOT_READY"
+
+
+@dataclass(slots=True)
+class Catalog:
+    """Everything learned from the systems' catalogs; swapped whole on each refresh."""
+
+    identity: IdentityMap
+    items: list[MasterItem]
+    locations: dict[str, LocationRecord]
+    online: dict[str, OnlineListing]
+    store: dict[str, StoreListing]
+    loaded_at: datetime
+    missing: tuple[str, ...] = ()  # backends whose catalog failed to load
+
+
+@dataclass(slots=True)
+class Backends:
+    """One connector per backend, each on its own long-lived HTTP client."""
+
+    pos: PosConnector
+    wms: WmsConnector
+    erp: ErpConnector
+    commerce: CommerceConnector
+
+    @classmethod
+    def from_settings(cls, settings: Settings, identity: IdentityMap,
+                      transport: httpx.AsyncBaseTransport | None = None) -> Backends:
+        return cls(
+            pos=PosConnector(settings.backend_for("square"), identity, transport),
+            wms=WmsConnector(settings.backend_for("epcis"), identity, transport),
+            erp=ErpConnector(settings.backend_for("erp"), identity, transport),
+            commerce=CommerceConnector(settings.backend_for("shopify"), identity, transport),
+        )
+
+    def all(self) -> tuple[Any, ...]:
+        return (self.pos, self.wms, self.erp, self.commerce)
+
+    def use_identity(self, identity: IdentityMap) -> None:
+        for connector in self.all():
+            connector.identity = identity
+
+    async def aclose(self) -> None:
+        await asyncio.gather(*(c.aclose() for c in self.all()))
+
+
+class RetailGraph:
+    """Process-wide service behind the schema; cheap per-request state lives in Loaders."""
+
+    def __init__(self, settings: Settings, backends: Backends,
+                 cache: Cache | None = None) -> None:
+        self.settings = settings
+        self.backends = backends
+        self.cache = cache
+        self.catalog: Catalog | None = None
+        self.health = BackendHealth()
+        self._refresh_lock = asyncio.Lock()
+
+    @classmethod
+    def from_settings(cls, settings: Settings, cache: Cache | None = None,
+                      transport: httpx.AsyncBaseTransport | None = None) -> RetailGraph:
+        return cls(settings, Backends.from_settings(settings, IdentityMap(), transport), cache)
+
+    async def aclose(self) -> None:
+        await self.backends.aclose()
+
+    # -- catalog -------------------------------------------------------------------------------
+
+    async def refresh_catalog(self) -> Catalog:
+        """Reload every catalog and rebuild identity; a failing backend keeps its last data."""
+        async with self._refresh_lock:
+            b = self.backends
+            names = ("erp items", "erp locations", "commerce products", "pos catalog",
+                     "commerce locations", "pos locations", "wms sites")
+            results = await asyncio.gather(
+                b.erp.all_items(), b.erp.locations(), b.commerce.products(), b.pos.catalog(),
+                b.commerce.locations(), b.pos.locations(), b.wms.sites(),
+                return_exceptions=True)
+            previous = self.catalog
+            failed = [n for n, r in zip(names, results, strict=True) if isinstance(r, Exception)]
+            for name, result in zip(names, results, strict=True):
+                if isinstance(result, BaseException):
+                    log.warning("catalog %s failed: %s", name, result)
+            if ("erp items" in failed or "erp locations" in failed) and previous is None:
+                err = next(r for r in results[:2] if isinstance(r, BaseException))
+                raise CatalogNotReady(b.erp.name, f"item master not loaded yet: {err}")
+
+            def pick(i: int, fallback: list[Any]) -> list[Any]:
+                value = results[i]
+                return fallback if isinstance(value, BaseException) else list(value)
+
+            old = previous
+            items: list[MasterItem] = pick(0, old.items if old else [])
+            locations: list[LocationRecord] = pick(1, list(old.locations.values()) if old else [])
+            online: list[OnlineListing] = pick(2, list(old.online.values()) if old else [])
+            store: list[StoreListing] = pick(3, list(old.store.values()) if old else [])
+            identity = IdentityMap()
+            if self.settings.mapping_file:
+                identity.load_mapping_file(self.settings.mapping_file)
+            identity.learn_master(items, locations)
+            identity.learn_online(online)
+            identity.learn_store(store)
+            natives: list[NativeLocation] = [*pick(4, []), *pick(5, []), *pick(6, [])]
+            identity.check_locations(natives)
+            catalog = Catalog(
+                identity=identity, items=items,
+                locations={loc.id: loc for loc in sorted(locations, key=lambda x: x.id)},
+                online={x.sku: x for x in online if x.sku in identity.known_skus},
+                store={x.sku: x for x in store if x.sku and x.sku in identity.known_skus},
+                loaded_at=datetime.now(UTC), missing=tuple(failed))
+            self.backends.use_identity(identity)
+            self.catalog = catalog
+            return catalog
+
+    async def ready_catalog(self) -> Catalog:
+        if self.catalog is None:
+            return await self.refresh_catalog()
+        return self.catalog
+
+    def unmapped(self) -> list[UnmappedIdentifier]:
+        if self.catalog is None:
+            return []
+        return sorted(self.catalog.identity.unmapped.values(),
+                      key=lambda u: (u.namespace, u.kind, u.value))
+
+    def location_ids(self, location_type: LocationType) -> list[str]:
+        assert self.catalog is not None
+        return [lid for lid, loc in self.catalog.locations.items() if loc.type is location_type]
+
+    def loaders(self, freshness: Freshness | None = None) -> Loaders:
+        return Loaders(self, freshness or Freshness())
+
+
+def _group(views: Sequence[StockView]) -> dict[str, list[StockView]]:
+    out: dict[str, list[StockView]] = defaultdict(list)
+    for view in views:
+        out[view.sku].append(view)
+    return out
+
+
+@dataclass(slots=True)
+class Loaders:
+    """Per-request DataLoaders, one per kind of backend data, reading through the cache."""
+
+    graph: RetailGraph
+    freshness: Freshness
+    master: DataLoader[str, MasterItem | None] = field(init=False)
+    store_stock: DataLoader[str, list[StockView]] = field(init=False)
+    warehouse_stock: DataLoader[str, list[StockView]] = field(init=False)
+    purchase_orders: DataLoader[str, list[PurchaseOrderLine]] = field(init=False)
+
+    def __post_init__(self) -> None:
+        b = self.graph.backends
+        self.master = DataLoader(load_fn=self._load_master, max_batch_size=1000)
+        self.store_stock = DataLoader(
+            load_fn=lambda skus: self._load_views(b.pos.name, b.pos.counts,
+                                                  LocationType.STORE, skus),
+            max_batch_size=1000)
+        self.warehouse_stock = DataLoader(
+            load_fn=lambda skus: self._load_views(b.wms.name, b.wms.balances,
+                                                  LocationType.WAREHOUSE, skus),
+            max_batch_size=1000)
+        self.purchase_orders = DataLoader(load_fn=self._load_purchase_orders,
+                                          max_batch_size=1000)
+
+    async def _backend(self, name: str, call: Awaitable[V]) -> V:
+        """Await a backend call, keeping the backend's health current."""
+        try:
+            result = await call
+        except BackendError as exc:
+            self.graph.health.failed(name, str(exc))
+            raise
+        self.graph.health.ok(name)
+        return result
+
+    async def _load_views(self, source: str,
+                          fetch: Callable[[Sequence[str], Sequence[str]], Awaitable[list[StockView]]],
+                          location_type: LocationType,
+                          skus: list[str]) -> list[list[StockView] | BaseException]:
+        await self.graph.ready_catalog()
+        location_ids = self.graph.location_ids(location_type)
+        self.freshness.tags.update(f"sku:{s}" for s in skus)
+
+        async def from_backend(missing: list[str]) -> list[StockView]:
+            return await self._backend(source, fetch(missing, location_ids))
+
+        try:
+            grouped, cached = await self._through_cache(source, skus, location_ids, from_backend)
+        except BackendError as exc:
+            return [exc] * len(skus)
+        stale = source in self.graph.health.down
+        for sku, views in grouped.items():
+            origin = "cache" if sku in cached else "backend"
+            for view in views:
+                self.freshness.see(source, view.as_of, origin)
+        if stale and cached:
+            self.freshness.sources.setdefault(source, SourceFreshness()).stale = True
+        return [grouped.get(s, []) for s in skus]
+
+    async def _through_cache(self, source: str, skus: list[str], location_ids: list[str],
+                             fetch: Callable[[list[str]], Awaitable[list[StockView]]],
+                             ) -> tuple[dict[str, list[StockView]], set[str]]:
+        cache = self.graph.cache
+        if cache is not None:
+            try:
+                result = await cache.views(source, skus, location_ids, fetch)
+                self.freshness.cache = "on"
+                return result.views, result.from_cache
+            except CacheUnavailable:
+                self.freshness.cache = "unavailable"
+        return _group(await fetch(skus)), set()
+
+    async def _load_master(self, skus: list[str]) -> list[MasterItem | None | BaseException]:
+        erp = self.graph.backends.erp
+        self.freshness.tags.update(f"sku:{s}" for s in skus)
+        try:
+            found = await self._backend(erp.name, erp.items(skus))
+        except BackendError as exc:
+            return [exc] * len(skus)
+        for item in found.values():
+            self.freshness.see(erp.name, item.as_of, "backend")
+        return [found.get(s) for s in skus]
+
+    async def _load_purchase_orders(self, skus: list[str]
+                                    ) -> list[list[PurchaseOrderLine] | BaseException]:
+        erp = self.graph.backends.erp
+        try:
+            lines = await self._backend(erp.name, erp.purchase_orders(skus))
+        except BackendError as exc:
+            return [exc] * len(skus)
+        out: dict[str, list[PurchaseOrderLine]] = defaultdict(list)
+        for line in lines:
+            out[line.sku].append(line)
+        return [out.get(s, []) for s in skus]
+
+    async def stock(self, sku: str, location_ids: Sequence[str] | None = None,
+                    location_type: LocationType | None = None) -> list[merge.StockLevelRecord]:
+        """Merged levels of a SKU from each location type's system of record."""
+        catalog = await self.graph.ready_catalog()
+        types = [location_type] if location_type else list(LocationType)
+        if location_ids is not None:
+            wanted = {catalog.locations[x].type for x in location_ids if x in catalog.locations}
+            types = [t for t in types if t in wanted]
+        loaders = {LocationType.STORE: self.store_stock,
+                   LocationType.WAREHOUSE: self.warehouse_stock}
+        master, *chunks = await asyncio.gather(self.master.load(sku),
+                                               *(loaders[t].load(sku) for t in types))
+        views = [v for chunk in chunks for v in chunk]
+        safety = master.safety_stock if master else 0
+        stale = set(self.graph.health.down) if self.graph.cache is not None else set()
+        return merge.levels_for(views, catalog.locations, safety, location_ids, stale)
+
+
+@dataclass(slots=True)
+class RequestContext:
+    """What every resolver gets as ``info.context``: the service and this request's loaders."""
+
+    graph: RetailGraph
+    loaders: Loaders
+    request: Any = None
+    response: Any = None

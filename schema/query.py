@@ -1,0 +1,89 @@
+"""Root query fields."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from typing import Annotated
+
+import strawberry
+from graphql import GraphQLError
+
+from resolvers.types import LocationType as LocationTypeEnum
+from schema.types import (
+    Ctx,
+    Location,
+    PageInfo,
+    Product,
+    ProductConnection,
+    ProductEdge,
+    StockLevel,
+    UnmappedIdentifier,
+)
+
+CURSOR_PREFIX = "sku:"
+
+
+def encode_cursor(sku: str) -> str:
+    return base64.urlsafe_b64encode((CURSOR_PREFIX + sku).encode()).decode()
+
+
+def decode_cursor(cursor: str) -> str:
+    try:
+        raw = base64.urlsafe_b64decode(cursor.encode()).decode()
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        raw = ""
+    if not raw.startswith(CURSOR_PREFIX):
+        raise GraphQLError(f"invalid cursor {cursor!r}", extensions={"code": "BAD_USER_INPUT"})
+    return raw.removeprefix(CURSOR_PREFIX)
+
+
+@strawberry.type(description="Read the unified retail graph.")
+class Query:
+    @strawberry.field(description="One product by SKU; null if the item master has no such SKU.")
+    async def product(self, info: Ctx, sku: strawberry.ID) -> Product | None:
+        item = await info.context.loaders.master.load(str(sku))
+        return Product.of(item) if item else None
+
+    @strawberry.field(description="Products in SKU order, Relay-style.")
+    async def products(self, info: Ctx,
+                       first: Annotated[int, strawberry.argument(
+                           description="Page size, 1 to the configured maximum.")] = 50,
+                       after: Annotated[str | None, strawberry.argument(
+                           description="endCursor of the previous page.")] = None,
+                       ) -> ProductConnection:
+        limit = info.context.graph.settings.max_page_size
+        if not 1 <= first <= limit:
+            raise GraphQLError(f"first must be between 1 and {limit}, got {first}",
+                               extensions={"code": "BAD_USER_INPUT"})
+        after_sku = decode_cursor(after) if after else None
+        items, next_cursor = await info.context.graph.backends.erp.items_page(after_sku, first)
+        info.context.loaders.master.prime_many({item.sku: item for item in items})
+        edges = [ProductEdge(cursor=encode_cursor(i.sku), node=Product.of(i)) for i in items]
+        return ProductConnection(edges=edges, page_info=PageInfo(
+            has_next_page=next_cursor is not None, has_previous_page=after is not None,
+            start_cursor=edges[0].cursor if edges else None,
+            end_cursor=edges[-1].cursor if edges else None))
+
+    @strawberry.field(description="One location by id.")
+    async def location(self, info: Ctx, id: strawberry.ID) -> Location | None:
+        catalog = await info.context.graph.ready_catalog()
+        record = catalog.locations.get(str(id))
+        return Location.of(record) if record else None
+
+    @strawberry.field(description="All locations, optionally of one type, ordered by id.")
+    async def locations(self, info: Ctx, type: LocationTypeEnum | None = None) -> list[Location]:
+        catalog = await info.context.graph.ready_catalog()
+        return [Location.of(r) for r in catalog.locations.values() if type is None or r.type is type]
+
+    @strawberry.field(description="Stock of one SKU at one location.")
+    async def stock_level(self, info: Ctx, sku: strawberry.ID,
+                          location_id: strawberry.ID) -> StockLevel | None:
+        levels = await info.context.loaders.stock(str(sku), [str(location_id)])
+        return StockLevel.of(levels[0]) if levels else None
+
+    @strawberry.field(description="Identifiers some system sent that map to no SKU or location. "
+                                  "Fix them in the systems or in the mapping file.")
+    async def unmapped_identifiers(self, info: Ctx) -> list[UnmappedIdentifier]:
+        await info.context.graph.ready_catalog()
+        return [UnmappedIdentifier.of(u) for u in info.context.graph.unmapped()]

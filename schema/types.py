@@ -1,0 +1,258 @@
+"""The unified retail model: GraphQL object types, each a thin view over a merged record.
+
+Leaf fields are plain attributes (sync, cheap); only fields that need another backend's data
+are async and go through the request's DataLoaders (see ``resolvers/graph.py``).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+from typing import TYPE_CHECKING, Annotated
+
+import strawberry
+from strawberry.types import Info
+
+from resolvers import merge
+from resolvers.graph import RequestContext
+from resolvers.types import (
+    LocationRecord,
+    MasterItem,
+    PurchaseOrderLine as PurchaseOrderLineRecord,
+    UnmappedIdentifier as UnmappedRecord,
+)
+from resolvers.types import LocationType as LocationTypeEnum
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+Ctx = Info[RequestContext, None]
+
+LocationType = strawberry.enum(LocationTypeEnum, name="LocationType",
+                               description="What a location is for.")
+Channel = strawberry.enum(merge.Channel, name="Channel",
+                          description="A sales channel: ONLINE ships from warehouses, "
+                                      "STORE sells from store shelves.")
+
+
+@strawberry.type(description="An amount of money in a currency.")
+class Money:
+    amount: Decimal = strawberry.field(description="Amount in major units, as a decimal string.")
+    currency_code: str = strawberry.field(description="ISO 4217 currency code.")
+
+
+@strawberry.type(description="This thing's identifier in another system.")
+class ExternalId:
+    namespace: str = strawberry.field(description="Identifier scheme: square, shopify, erp, gs1.")
+    kind: str = strawberry.field(description="Which identifier, e.g. catalog_object_id, gln.")
+    value: str = strawberry.field(description="The identifier as that system spells it.")
+
+
+@strawberry.type(description="A store or warehouse, from the ERP's location master.")
+class Location:
+    id: strawberry.ID = strawberry.field(description="Unified location id (ERP location code).")
+    name: str = strawberry.field(description="Display name.")
+    type: LocationType = strawberry.field(description="STORE or WAREHOUSE.")
+    gln: str | None = strawberry.field(description="GS1 Global Location Number.")
+    external_ids: list[ExternalId] = strawberry.field(
+        description="This location's ids in the POS, e-commerce platform and WMS.")
+
+    @classmethod
+    def of(cls, r: LocationRecord) -> Location:
+        refs = [ExternalId(namespace=x.namespace, kind=x.kind, value=x.value) for x in r.refs]
+        if r.gln:
+            refs.append(ExternalId(namespace="gs1", kind="gln", value=r.gln))
+        return cls(id=strawberry.ID(r.id), name=r.name, type=r.type, gln=r.gln,
+                   external_ids=refs)
+
+
+@strawberry.type(description="Stock of one SKU at one location, from that location's system "
+                             "of record (stores: POS; warehouses: WMS).")
+class StockLevel:
+    sku: strawberry.ID = strawberry.field(description="The SKU.")
+    location: Location = strawberry.field(description="Where the stock is.")
+    on_hand: int = strawberry.field(description="Physically present: available + committed + "
+                                                "quality control + damaged.")
+    available: int = strawberry.field(description="Can be sold now at this location.")
+    committed: int = strawberry.field(description="On orders (or reserved for sale), not yet "
+                                                  "shipped or picked up.")
+    incoming: int = strawberry.field(description="On its way here (purchase orders, transfers); "
+                                                 "not on hand.")
+    quality_control: int = strawberry.field(description="Received, awaiting inspection/putaway.")
+    damaged: int = strawberry.field(description="On hand but not sellable.")
+    safety_stock: int = strawberry.field(description="Held back from online sale (ERP setting).")
+    sellable: int = strawberry.field(description="available minus safety stock, at least 0.")
+    source: str = strawberry.field(description="Backend this value came from.")
+    as_of: datetime = strawberry.field(description="When the source computed this value.")
+    stale: bool = strawberry.field(description="True when served from cache while the source is "
+                                               "unreachable.")
+
+    @classmethod
+    def of(cls, r: merge.StockLevelRecord) -> StockLevel:
+        return cls(sku=strawberry.ID(r.sku), location=Location.of(r.location), on_hand=r.on_hand,
+                   available=r.available, committed=r.committed, incoming=r.incoming,
+                   quality_control=r.quality_control, damaged=r.damaged,
+                   safety_stock=r.safety_stock, sellable=r.sellable, source=r.source,
+                   as_of=r.as_of, stale=r.stale)
+
+
+@strawberry.type(description="How many units of a SKU can be promised on a channel.")
+class Availability:
+    channel: Channel = strawberry.field(description="The channel.")
+    available: int = strawberry.field(
+        description="ONLINE: sum over warehouses of max(0, WMS available - safety stock). "
+                    "STORE: sum of the stores' sellable counts.")
+    by_location: list[StockLevel] = strawberry.field(
+        description="The levels this number is made of.")
+    sources: list[str] = strawberry.field(description="Backends the number was computed from.")
+    as_of: datetime | None = strawberry.field(description="Newest asOf of the levels used.")
+
+    @classmethod
+    def of(cls, r: merge.AvailabilityRecord) -> Availability:
+        return cls(channel=r.channel, available=r.available,
+                   by_location=[StockLevel.of(x) for x in r.by_location], sources=r.sources,
+                   as_of=r.as_of)
+
+
+@strawberry.type(description="A price on a channel, with where it came from.")
+class ChannelPrice:
+    channel: Channel | None = strawberry.field(description="Channel; null for the ERP list price.")
+    price: Money = strawberry.field(description="The price.")
+    source: str = strawberry.field(description="Backend the price came from.")
+    as_of: datetime = strawberry.field(description="When the source last changed it.")
+
+
+@strawberry.type(description="The product as the web shop presents it.")
+class OnlineListing:
+    title: str = strawberry.field(description="Title shown online.")
+    status: str = strawberry.field(description="Shop status, e.g. active, draft, archived.")
+    product_id: str = strawberry.field(description="Shop product id.")
+    variant_id: str = strawberry.field(description="Shop variant id.")
+    source: str = strawberry.field(description="Backend the listing came from.")
+    as_of: datetime = strawberry.field(description="When the listing last changed.")
+
+
+@strawberry.type(description="An open purchase-order line: stock on its way to a location.")
+class PurchaseOrderLine:
+    po_number: str = strawberry.field(description="ERP purchase order number.")
+    location_id: strawberry.ID = strawberry.field(description="Receiving location.")
+    quantity_ordered: int = strawberry.field(description="Units ordered.")
+    quantity_received: int = strawberry.field(description="Units received so far.")
+    expected_at: datetime | None = strawberry.field(description="Expected delivery.")
+    status: str = strawberry.field(description="OPEN, PARTIALLY_RECEIVED or RECEIVED.")
+
+    @classmethod
+    def of(cls, r: PurchaseOrderLineRecord) -> PurchaseOrderLine:
+        return cls(po_number=r.po_number, location_id=strawberry.ID(r.location_id),
+                   quantity_ordered=r.quantity_ordered, quantity_received=r.quantity_received,
+                   expected_at=r.expected_at, status=r.status)
+
+
+@strawberry.type(description="An identifier a system sent that maps to no SKU or location.")
+class UnmappedIdentifier:
+    namespace: str = strawberry.field(description="Identifier scheme.")
+    kind: str = strawberry.field(description="Which identifier.")
+    value: str = strawberry.field(description="The identifier.")
+    reason: str = strawberry.field(description="Why it could not be mapped.")
+    seen_in: str = strawberry.field(description="Where it was seen.")
+
+    @classmethod
+    def of(cls, r: UnmappedRecord) -> UnmappedIdentifier:
+        return cls(namespace=r.namespace, kind=r.kind, value=r.value, reason=r.reason,
+                   seen_in=r.seen_in)
+
+
+@strawberry.type(description="A sellable item: master data from the ERP, joined with its "
+                             "online listing, store price and stock everywhere.")
+class Product:
+    sku: strawberry.ID = strawberry.field(description="Unified SKU.")
+    item_number: str = strawberry.field(description="ERP item number.")
+    gtin: str | None = strawberry.field(description="GTIN-14.")
+    name: str = strawberry.field(description="Product name from the item master.")
+    category: str | None = strawberry.field(description="Category from the item master.")
+    price: Money = strawberry.field(description="ERP list price.")
+    safety_stock: int = strawberry.field(description="Units per warehouse held back from online "
+                                                     "sale.")
+    source: str = strawberry.field(description="Backend of the master data.")
+    as_of: datetime = strawberry.field(description="When the master record last changed.")
+
+    @classmethod
+    def of(cls, r: MasterItem) -> Product:
+        return cls(sku=strawberry.ID(r.sku), item_number=r.item_number, gtin=r.gtin14,
+                   name=r.name, category=r.category,
+                   price=Money(amount=r.list_price, currency_code=r.currency),
+                   safety_stock=r.safety_stock, source=r.source, as_of=r.as_of)
+
+    @strawberry.field(description="Stock at every location (or the given ones), each from its "
+                                  "system of record.")
+    async def stock(self, info: Ctx,
+                    location_ids: list[strawberry.ID] | None = None) -> list[StockLevel]:
+        levels = await info.context.loaders.stock(str(self.sku), location_ids)
+        return [StockLevel.of(x) for x in levels]
+
+    @strawberry.field(description="What can be promised on a channel.")
+    async def availability(self, info: Ctx,
+                           channel: Annotated[merge.Channel, strawberry.argument(
+                               description="ONLINE or STORE.")]) -> Availability:
+        location_type = merge.CHANNEL_LOCATIONS[channel]
+        levels = await info.context.loaders.stock(str(self.sku), location_type=location_type)
+        return Availability.of(merge.availability(channel, levels))
+
+    @strawberry.field(description="The web shop's listing, if the product is sold online.")
+    def online(self, info: Ctx) -> OnlineListing | None:
+        catalog = info.context.graph.catalog
+        listing = catalog.online.get(str(self.sku)) if catalog else None
+        if listing is None:
+            return None
+        return OnlineListing(title=listing.title, status=listing.status,
+                             product_id=listing.product_id, variant_id=listing.variant_id,
+                             source=listing.source, as_of=listing.as_of)
+
+    @strawberry.field(description="List price (ERP), online price (web shop) and store price "
+                                  "(POS).")
+    def prices(self, info: Ctx) -> list[ChannelPrice]:
+        out = [ChannelPrice(channel=None, price=self.price, source=self.source, as_of=self.as_of)]
+        catalog = info.context.graph.catalog
+        sku = str(self.sku)
+        if catalog and (online := catalog.online.get(sku)):
+            out.append(ChannelPrice(channel=merge.Channel.ONLINE,
+                                    price=Money(amount=online.price, currency_code=online.currency),
+                                    source=online.source, as_of=online.as_of))
+        if catalog and (store := catalog.store.get(sku)) and store.price is not None:
+            out.append(ChannelPrice(channel=merge.Channel.STORE,
+                                    price=Money(amount=store.price, currency_code=store.currency),
+                                    source=store.source, as_of=store.as_of))
+        return out
+
+    @strawberry.field(description="Open purchase-order lines for this SKU (ERP).")
+    async def purchase_orders(self, info: Ctx) -> list[PurchaseOrderLine]:
+        lines = await info.context.loaders.purchase_orders.load(str(self.sku))
+        return [PurchaseOrderLine.of(x) for x in lines]
+
+
+@strawberry.type(description="Relay page information.")
+class PageInfo:
+    has_next_page: bool
+    has_previous_page: bool
+    start_cursor: str | None
+    end_cursor: str | None
+
+
+@strawberry.type(description="A product and its cursor.")
+class ProductEdge:
+    cursor: str
+    node: Product
+
+
+@strawberry.type(description="A page of products, ordered by SKU.")
+class ProductConnection:
+    edges: list[ProductEdge]
+    page_info: PageInfo
+
+    @strawberry.field(description="The products of this page, without cursors.")
+    def nodes(self) -> list[Product]:
+        return [edge.node for edge in self.edges]
+
+
+def stock_levels(records: Sequence[merge.StockLevelRecord]) -> list[StockLevel]:
+    return [StockLevel.of(r) for r in records]
