@@ -6,7 +6,7 @@ Appending is one Lua script that also records the delivery's dedupe key, so a de
 logged exactly once however often it is retried; events that cannot be applied go to the
 dead-letter stream ``rg:{ev}:dlq`` with the reason and the raw body, for replay.
 
-Envelope fields (documented in ``docs/events.md``)::
+Envelope fields (also in the README, "Event envelope")::
 
     id               gateway-assigned ULID (sortable)
     kind             LEVEL_SNAPSHOT | MOVEMENT | MASTER_UPDATE | INVALIDATE | NOTICE

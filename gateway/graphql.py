@@ -84,8 +84,8 @@ def make_schema() -> strawberry.Schema:
     return build_schema(extensions=[
         lambda: MaxTokensLimiter(max_token_count=MAX_TOKENS),
         lambda: AddValidationRules(_LIMIT_RULES),
-        ParserCache(maxsize=256),
-        ValidationCache(maxsize=256),
+        lambda: ParserCache(maxsize=256),
+        lambda: ValidationCache(maxsize=256),
         ErrorCodes,
         FreshnessReport,
     ])

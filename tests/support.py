@@ -8,6 +8,9 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
+
+import httpx
 
 import uvicorn
 from starlette.types import ASGIApp
@@ -57,3 +60,84 @@ def serve(app: ASGIApp, port: int | None = None) -> Iterator[ServerThread]:
         yield server
     finally:
         server.stop()
+
+
+class Stack:
+    """The four simulators and gateway replicas on loopback ports, like ``retailgraph demo``.
+
+    ``Stack(redis_url, replicas=2)`` runs two gateways sharing one Redis; the simulators send
+    their webhooks to the first.
+    """
+
+    def __init__(self, redis_url: str, *, seed: int = 7, skus: int = 60, stores: int = 3,
+                 warehouses: int = 2, replicas: int = 1,
+                 options: dict[str, Any] | None = None) -> None:
+        from gateway.config import demo_settings
+        from gateway.simulators.world import World
+
+        self.world = World(seed, skus, stores, warehouses)
+        self.gateway_ports = [free_port() for _ in range(replicas)]
+        self.settings = demo_settings("127.0.0.1", self.gateway_ports[0], environ={})
+        for backend in self.settings.backends.values():
+            backend.base_url = f"http://127.0.0.1:{free_port()}"
+        self.settings.redis_url = redis_url
+        self.options = options or {}
+        self.sims: dict[str, ServerThread] = {}
+        self.gateways: list[ServerThread] = []
+
+    def __enter__(self) -> Stack:
+        from gateway.app import create_app
+        from gateway.demo import simulator_app, webhook_url
+        from gateway.simulators.webhooks import DeliveryOptions
+
+        try:
+            for name, backend in self.settings.backends.items():
+                app = simulator_app(self.world, backend, webhook_url(self.settings, name),
+                                    DeliveryOptions(**self.options))
+                port = int(backend.base_url.rsplit(":", 1)[1])
+                self.sims[name] = ServerThread(app, port).start()
+            for port in self.gateway_ports:
+                self.gateways.append(ServerThread(create_app(self.settings), port).start())
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for server in [*self.gateways, *self.sims.values()]:
+            server.stop()
+
+    @property
+    def url(self) -> str:
+        return self.gateways[0].url
+
+    def graphql(self, query: str, variables: dict[str, Any] | None = None,
+                replica: int = 0, headers: dict[str, str] | None = None) -> dict[str, Any]:
+        response = httpx.post(f"{self.gateways[replica].url}/graphql",
+                              json={"query": query, "variables": variables or {}},
+                              headers=headers, timeout=30)
+        body: dict[str, Any] = response.json()
+        return body
+
+    def sim(self, name: str) -> httpx.Client:
+        """An HTTP client for simulator ``name`` with its credentials."""
+        from resolvers.http import auth_headers
+
+        backend = self.settings.backends[name]
+        return httpx.Client(base_url=backend.base_url, headers=auth_headers(backend), timeout=30)
+
+    def requests(self, name: str) -> dict[str, int]:
+        """Requests the simulator has served, by ``METHOD path``."""
+        with self.sim(name) as client:
+            counts: dict[str, int] = client.get("/_sim/stats").json()["requests"]
+        return counts
+
+    def reset_requests(self) -> None:
+        for name in self.sims:
+            with self.sim(name) as client:
+                client.delete("/_sim/stats")
+
+    def drain_webhooks(self) -> None:
+        for name in self.sims:
+            with self.sim(name) as client:
+                client.post("/_sim/webhooks/drain")
