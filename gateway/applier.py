@@ -54,7 +54,8 @@ class Applier:
     async def apply(self, entry_id: str, envelope: Envelope) -> None:
         e = envelope
         if e.kind in (EventKind.LEVEL_SNAPSHOT, EventKind.MOVEMENT) and e.quantities is not None:
-            assert e.sku is not None and e.location_id is not None
+            assert e.sku is not None
+            assert e.location_id is not None
             view = StockView(sku=e.sku, location_id=e.location_id, source=e.source,
                              quantities=e.quantities, as_of=e.occurred_at,
                              version=str(e.source_version))

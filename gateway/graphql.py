@@ -27,9 +27,9 @@ from strawberry.extensions import (
     ValidationCache,
 )
 
+from gateway.response_cache import FRESHNESS_STATE
 from resolvers.errors import RetailgraphError
 from resolvers.graph import RequestContext, RetailGraph
-from gateway.response_cache import FRESHNESS_STATE
 from schema import build_schema
 
 log = logging.getLogger("retailgraph.graphql")

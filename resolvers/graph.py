@@ -280,7 +280,8 @@ class Loaders:
         return result
 
     async def _load_views(self, source: str,
-                          fetch: Callable[[Sequence[str], Sequence[str]], Awaitable[list[StockView]]],
+                          fetch: Callable[[Sequence[str], Sequence[str]],
+                                          Awaitable[list[StockView]]],
                           location_type: LocationType,
                           skus: list[str]) -> list[list[StockView] | BaseException]:
         await self.graph.ready_catalog()
@@ -316,7 +317,7 @@ class Loaders:
                 self.freshness.cache = "unavailable"
         return _group(await fetch(skus)), set()
 
-    async def _load_master(self, skus: list[str]) -> list[MasterItem | None | BaseException]:
+    async def _load_master(self, skus: list[str]) -> list[MasterItem | BaseException | None]:
         erp = self.graph.backends.erp
         self.freshness.tags.update(f"sku:{s}" for s in skus)
         try:

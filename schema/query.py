@@ -74,7 +74,8 @@ class Query:
     @strawberry.field(description="All locations, optionally of one type, ordered by id.")
     async def locations(self, info: Ctx, type: LocationTypeEnum | None = None) -> list[Location]:
         catalog = await info.context.graph.ready_catalog()
-        return [Location.of(r) for r in catalog.locations.values() if type is None or r.type is type]
+        return [Location.of(r) for r in catalog.locations.values()
+                if type is None or r.type is type]
 
     @strawberry.field(description="Stock of one SKU at one location.")
     async def stock_level(self, info: Ctx, sku: strawberry.ID,

@@ -18,10 +18,14 @@ from resolvers.graph import RequestContext
 from resolvers.types import (
     LocationRecord,
     MasterItem,
-    PurchaseOrderLine as PurchaseOrderLineRecord,
-    UnmappedIdentifier as UnmappedRecord,
 )
 from resolvers.types import LocationType as LocationTypeEnum
+from resolvers.types import (
+    PurchaseOrderLine as PurchaseOrderLineRecord,
+)
+from resolvers.types import (
+    UnmappedIdentifier as UnmappedRecord,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Sequence

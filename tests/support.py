@@ -11,7 +11,6 @@ from contextlib import contextmanager
 from typing import Any
 
 import httpx
-
 import uvicorn
 from starlette.types import ASGIApp
 
