@@ -26,6 +26,7 @@ from gateway.events import EventLog
 from gateway.graphql import GraphQLApp
 from gateway.redis_server import EmbeddedRedis
 from gateway.response_cache import ResponseCacheMiddleware
+from gateway.subscriptions import ChangeFeed, ChangePublisher
 from gateway.webhooks import WebhookIntake
 from resolvers.errors import BackendError
 from resolvers.graph import RetailGraph
@@ -46,6 +47,15 @@ async def _keep_catalog_fresh(graph: RetailGraph) -> None:
             log.warning("catalog not loaded (%s); retrying", exc)
 
 
+async def _probe_backends(graph: RetailGraph, interval: float) -> None:
+    """Keep backend health current: down backends every interval, all every 5 intervals."""
+    tick = 0
+    while True:
+        await asyncio.sleep(interval)
+        tick += 1
+        await graph.probe(only_down=tick % 5 != 0)
+
+
 @dataclass(slots=True)
 class Runtime:
     """What the lifespan builds; routes reach it through ``app.state.runtime``."""
@@ -59,6 +69,7 @@ class Runtime:
     events: EventLog | None = None
     intake: WebhookIntake | None = None
     consumer: LogConsumer | None = None
+    feed: ChangeFeed | None = None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     async def start(self) -> None:
@@ -71,16 +82,25 @@ class Runtime:
         self.cache = Cache(client)
         self.responses = ResponseCache(client)
         self.events = EventLog(client)
-        applier = Applier(self.cache, self.responses)
+        applier = Applier(self.cache, self.responses,
+                          ChangePublisher(client, self.settings.change_retention_seconds,
+                                          self.graph.current_view))
+        self.feed = ChangeFeed(client, self.settings.subscriber_buffer)
+        self.graph.feed = self.feed
         self.graph.cache = self.cache
         self.intake = WebhookIntake(self.settings, self.graph, self.events, applier)
         self.consumer = LogConsumer(client, applier)
         with contextlib.suppress(BackendError):
             await self.graph.refresh_catalog()
         self.tasks = [asyncio.create_task(_keep_catalog_fresh(self.graph)),
-                      asyncio.create_task(self.consumer.run())]
+                      asyncio.create_task(_probe_backends(self.graph,
+                                                          self.settings.probe_interval_seconds)),
+                      asyncio.create_task(self.consumer.run()),
+                      asyncio.create_task(self.feed.run())]
 
     async def stop(self) -> None:
+        if self.feed is not None:
+            self.feed.close_all()
         for task in self.tasks:
             task.cancel()
         for task in self.tasks:
@@ -96,7 +116,8 @@ class Runtime:
 def create_app(settings: Settings, transport: httpx.AsyncBaseTransport | None = None) -> Starlette:
     graph = RetailGraph.from_settings(settings, transport=transport)
     runtime = Runtime(settings, graph)
-    graphql = GraphQLApp(graph, graphql_ide="graphiql")
+    graphql = GraphQLApp(graph, graphql_ide="graphiql", keep_alive=True,
+                         keep_alive_interval=settings.ws_keepalive_seconds)
 
     async def healthz(request: Request) -> JSONResponse:
         return JSONResponse({"status": "ok"})

@@ -60,6 +60,14 @@ class Settings:
     max_page_size: int = 100
     max_body_bytes: int = 1_048_576
     webhook_tolerance_seconds: int = 300
+    # How often backend health is probed (down backends' cached values are served as stale).
+    probe_interval_seconds: float = 2.0
+    # How long stock changes stay replayable by cursor (subscriptions, stockEvents).
+    change_retention_seconds: int = 86_400
+    # Changes buffered per subscriber before it is switched to conflation (latest per cell).
+    subscriber_buffer: int = 1000
+    # Server keep-alive for WebSocket clients (protocol pings; legacy graphql-ws also "ka").
+    ws_keepalive_seconds: float = 15.0
 
     def backend_for(self, fmt: BackendFormat) -> BackendSettings:
         """The backend speaking ``fmt``; each format plays one role in the merge rules."""

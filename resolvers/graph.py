@@ -118,6 +118,10 @@ class Catalog:
     store: dict[str, StoreListing]
     loaded_at: datetime
     missing: tuple[str, ...] = ()  # backends whose catalog failed to load
+    items_by_sku: dict[str, MasterItem] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.items_by_sku = {item.sku: item for item in self.items}
 
 
 @dataclass(slots=True)
@@ -160,6 +164,8 @@ class RetailGraph:
         self.cache = cache
         self.catalog: Catalog | None = None
         self.health = BackendHealth()
+        # The replica's change feed (gateway.subscriptions.ChangeFeed) once Redis is up.
+        self.feed: Any = None
         self._refresh_lock = asyncio.Lock()
 
     @classmethod
@@ -223,11 +229,53 @@ class RetailGraph:
             return await self.refresh_catalog()
         return self.catalog
 
+    async def probe(self, only_down: bool = False) -> None:
+        """Ask each backend a cheap question, so health is known even while every read
+        is served from the cache (cached values of a down backend are flagged stale)."""
+        b = self.backends
+        checks = {b.pos.name: b.pos.locations, b.wms.name: b.wms.sites,
+                  b.erp.name: b.erp.locations, b.commerce.name: b.commerce.locations}
+        names = [n for n in checks if not only_down or n in self.health.down]
+
+        async def check(name: str) -> None:
+            try:
+                await checks[name]()
+            except BackendError as exc:
+                self.health.failed(name, str(exc))
+            else:
+                self.health.ok(name)
+
+        await asyncio.gather(*(check(n) for n in names))
+
     def unmapped(self) -> list[UnmappedIdentifier]:
         if self.catalog is None:
             return []
         return sorted(self.catalog.identity.unmapped.values(),
                       key=lambda u: (u.namespace, u.kind, u.value))
+
+    def system_of_record(self, location_id: str) -> str | None:
+        """Backend name that is the system of record for stock at a location."""
+        catalog = self.catalog
+        location = catalog.locations.get(location_id) if catalog else None
+        if location is None:
+            return None
+        backend = self.backends.pos if location.type is LocationType.STORE else self.backends.wms
+        return str(backend.name)
+
+    async def current_view(self, sku: str, location_id: str) -> StockView | None:
+        """The system of record's complete view of one cell, read through the cache."""
+        catalog = await self.ready_catalog()
+        location = catalog.locations.get(location_id)
+        if location is None:
+            return None
+        loaders = self.loaders()
+        loader = (loaders.store_stock if location.type is LocationType.STORE
+                  else loaders.warehouse_stock)
+        views = await loader.load(sku)
+        return next((v for v in views if v.location_id == location_id), None)
+
+    def master_item(self, sku: str) -> MasterItem | None:
+        return self.catalog.items_by_sku.get(sku) if self.catalog else None
 
     def location_ids(self, location_type: LocationType) -> list[str]:
         assert self.catalog is not None

@@ -9,10 +9,12 @@ import strawberry
 from strawberry.extensions import SchemaExtension
 
 from schema.query import Query
+from schema.subscription import Subscription
 
 
 def build_schema(extensions: Sequence[type[SchemaExtension] | Any] = ()) -> strawberry.Schema:
-    return strawberry.Schema(query=Query, extensions=list(extensions))
+    return strawberry.Schema(query=Query, subscription=Subscription,
+                             extensions=list(extensions))
 
 
 schema = build_schema()

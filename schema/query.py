@@ -10,6 +10,7 @@ import strawberry
 from graphql import GraphQLError
 
 from resolvers.types import LocationType as LocationTypeEnum
+from schema.subscription import StockChangePage, stock_events
 from schema.types import (
     Ctx,
     Location,
@@ -82,6 +83,11 @@ class Query:
                           location_id: strawberry.ID) -> StockLevel | None:
         levels = await info.context.loaders.stock(str(sku), [str(location_id)])
         return StockLevel.of(levels[0]) if levels else None
+
+    stock_events: StockChangePage = strawberry.field(
+        resolver=stock_events,
+        description="Past stock changes with the movement that caused each, oldest first; "
+                    "subscribe with after: endCursor to continue live without a gap.")
 
     @strawberry.field(description="Identifiers some system sent that map to no SKU or location. "
                                   "Fix them in the systems or in the mapping file.")

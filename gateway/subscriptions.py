@@ -1,0 +1,339 @@
+"""Live stock changes: a durable change stream, one reader per replica, bounded subscribers.
+
+After the applier has written an event to the cache it publishes the resulting cell state
+once (a Lua-guarded ``XADD`` to ``rg:{ev}:changes``). Every replica tails that stream, so a
+webhook received by replica A reaches subscribers on replica B. Each change's stream id is
+its cursor: ``after: <cursor>`` replays what a client missed (within the retention), then
+continues live, with no gap and no duplicate. Filtering happens here, on the server.
+
+A slow consumer cannot hold others back or grow memory without bound: each subscriber has a
+bounded buffer; on overflow it switches to conflation and delivers only the latest change per
+SKU x location (flagged ``conflated``), which is what a stock screen needs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import OrderedDict, deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import orjson
+from redis.exceptions import RedisError, ResponseError
+
+from gateway.cache import parse_views, views_key
+from gateway.events import Envelope, Movement, MovementType
+from resolvers.errors import BackendError
+from resolvers.types import Quantities, StockView
+
+log = logging.getLogger("retailgraph.subscriptions")
+
+CHANGES_KEY = "rg:{ev}:changes"
+LAST_KEY = "rg:{ev}:last"
+
+PUBLISH_LUA = """
+if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) then return false end
+local prev = redis.call('HGET', KEYS[3], ARGV[3]) or ''
+redis.call('HSET', KEYS[3], ARGV[3], ARGV[4])
+local now = redis.call('TIME')
+local min_id = (tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)) - tonumber(ARGV[2])
+return redis.call('XADD', KEYS[2], 'MINID', '~', tostring(min_id), '*', 'c', ARGV[4], 'p', prev)
+"""
+
+
+class CursorExpired(Exception):
+    """The cursor is older than the change retention: the client must re-query."""
+
+
+class InvalidCursor(ValueError):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One published stock change: the cell's state after an applied event."""
+
+    cursor: str
+    sku: str
+    location_id: str
+    source: str
+    occurred_at: datetime
+    quantities: Quantities
+    previous: Quantities | None
+    movement: Movement | None
+    event_id: str
+    conflated: bool = False
+
+    def key(self) -> tuple[str, str]:
+        return self.sku, self.location_id
+
+
+def _encode(envelope: Envelope, quantities: Quantities) -> bytes:
+    m = envelope.movement
+    return orjson.dumps({
+        "sku": envelope.sku, "loc": envelope.location_id, "src": envelope.source,
+        "at": envelope.occurred_at.isoformat(), "id": envelope.id,
+        "q": [getattr(quantities, f) for f in Quantities.__slots__],
+        "m": None if m is None else [m.type.value, m.quantity, m.biz_step, m.from_state,
+                                     m.to_state, [list(d) for d in m.documents]]})
+
+
+def _quantities(raw: list[int | None]) -> Quantities:
+    return Quantities(*raw)
+
+
+def infer_movement(prev: Quantities | None, new: Quantities) -> Movement | None:
+    """What a count change most likely was, for sources whose webhooks carry only counts
+    (Square sends states, not the adjustment behind them). Marked as inferred."""
+    if prev is None:
+        return None
+
+    def delta(name: str) -> int:
+        before, after = getattr(prev, name), getattr(new, name)
+        return 0 if before is None or after is None else int(after) - int(before)
+
+    available, committed, incoming = delta("available"), delta("committed"), delta("incoming")
+    documents = (("inferred", "count delta"),)
+    if incoming > 0 or (available > 0 and incoming < 0):
+        return Movement(MovementType.TRANSFER_IN, max(incoming, available), documents=documents)
+    if committed and available == -committed:
+        return Movement(MovementType.ALLOCATION, committed, documents=documents)
+    if available < 0:
+        return Movement(MovementType.SALE, -available, documents=documents)
+    if available > 0:
+        return Movement(MovementType.RETURN, available, documents=documents)
+    return None
+
+
+def decode_change(cursor: str, fields: dict[bytes, bytes]) -> Change:
+    d = orjson.loads(fields[b"c"])
+    prev = fields.get(b"p") or b""
+    m = d["m"]
+    movement = None if m is None else Movement(
+        type=MovementType(m[0]), quantity=m[1], biz_step=m[2], from_state=m[3], to_state=m[4],
+        documents=tuple(tuple(x) for x in m[5]))
+    quantities = _quantities(d["q"])
+    previous = _quantities(orjson.loads(prev)["q"]) if prev else None
+    return Change(cursor=cursor, sku=d["sku"], location_id=d["loc"], source=d["src"],
+                  occurred_at=datetime.fromisoformat(d["at"]), quantities=quantities,
+                  previous=previous, movement=movement or infer_movement(previous, quantities),
+                  event_id=d["id"])
+
+
+def check_cursor(cursor: str) -> str:
+    ms, _, seq = cursor.partition("-")
+    if not (ms.isdigit() and seq.isdigit()):
+        raise InvalidCursor(f"invalid cursor {cursor!r}: expected a cursor from a StockChange")
+    return cursor
+
+
+def _id_tuple(cursor: str) -> tuple[int, int]:
+    ms, _, seq = cursor.partition("-")
+    return int(ms), int(seq or 0)
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryPage:
+    changes: list[Change]
+    end_cursor: str | None
+    has_more: bool
+
+
+class ChangePublisher:
+    """Publishes an applied event's cell state exactly once per log entry."""
+
+    def __init__(self, redis: Any, retention_seconds: int,
+                 complete: Callable[[str, str], Awaitable[StockView | None]] | None = None,
+                 ) -> None:
+        self.redis = redis
+        # Reads a cell the cache holds only partly (a webhook carried some states only).
+        self.complete = complete
+        self.retention_ms = retention_seconds * 1000
+        self._publish = redis.register_script(PUBLISH_LUA)
+
+    async def __call__(self, entry_id: str, envelope: Envelope) -> None:
+        if envelope.sku is None or envelope.location_id is None or envelope.quantities is None:
+            return
+        raw = await self.redis.hgetall(views_key(envelope.sku, envelope.source))
+        _, cells = parse_views(envelope.sku, envelope.source, raw, [envelope.location_id])
+        cell = cells.get(envelope.location_id)
+        if cell is None and self.complete is not None:
+            try:
+                cell = await self.complete(envelope.sku, envelope.location_id)
+            except BackendError as exc:
+                log.warning("publishing a partial change (%s)", exc)
+            if cell is not None and cell.source != envelope.source:
+                cell = None
+        quantities = cell.quantities if cell is not None else envelope.quantities
+        await self._publish(
+            keys=[f"rg:{{ev}}:pub:{entry_id}", CHANGES_KEY, LAST_KEY],
+            args=[self.retention_ms // 1000 + 3600, self.retention_ms,
+                  f"{envelope.sku}|{envelope.location_id}|{envelope.source}",
+                  _encode(envelope, quantities)])
+
+
+Filter = Callable[[Change], bool]
+
+
+def make_filter(skus: Iterable[str] | None, location_ids: Iterable[str] | None,
+                sources: Callable[[Change], bool] | None = None) -> Filter:
+    sku_set = set(skus) if skus is not None else None
+    loc_set = set(location_ids) if location_ids is not None else None
+
+    def accept(change: Change) -> bool:
+        return ((sku_set is None or change.sku in sku_set)
+                and (loc_set is None or change.location_id in loc_set)
+                and (sources is None or sources(change)))
+    return accept
+
+
+@dataclass(slots=True, eq=False)
+class Subscriber:
+    accept: Filter
+    limit: int
+    queue: deque[Change] = field(default_factory=deque)
+    conflated: OrderedDict[tuple[str, str], Change] | None = None
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    closed: bool = False
+
+    def offer(self, change: Change) -> None:
+        if not self.accept(change):
+            return
+        if self.conflated is None and len(self.queue) < self.limit:
+            self.queue.append(change)
+        else:
+            if self.conflated is None:
+                self.conflated = OrderedDict((c.key(), c) for c in self.queue)
+                self.queue.clear()
+            self.conflated.pop(change.key(), None)
+            self.conflated[change.key()] = change
+        self.wake.set()
+
+    def take(self) -> list[Change]:
+        if self.conflated is not None:
+            out = [_flag(c) for c in self.conflated.values()]
+            self.conflated = None
+        else:
+            out = list(self.queue)
+        self.queue.clear()
+        self.wake.clear()
+        return out
+
+
+def _flag(change: Change) -> Change:
+    return Change(change.cursor, change.sku, change.location_id, change.source,
+                  change.occurred_at, change.quantities, change.previous, change.movement,
+                  change.event_id, conflated=True)
+
+
+class ChangeFeed:
+    """This replica's tail of the change stream, fanned out to its subscribers."""
+
+    def __init__(self, redis: Any, buffer_limit: int = 1000, page: int = 500) -> None:
+        self.redis = redis
+        self.buffer_limit = buffer_limit
+        self.page = page
+        self.subscribers: set[Subscriber] = set()
+        self.running = False
+        self._last_id = "$"
+
+    async def run(self) -> None:
+        """Tail the stream until cancelled, surviving Redis outages."""
+        while True:
+            try:
+                if self._last_id == "$":
+                    self._last_id = await self._tail_id()
+                self.running = True
+                result = await self.redis.xread({CHANGES_KEY: self._last_id}, count=self.page,
+                                                 block=1000)
+                for _stream, entries in result or []:
+                    for entry_id, fields in entries:
+                        self._last_id = entry_id.decode()
+                        change = decode_change(self._last_id, fields)
+                        for sub in list(self.subscribers):
+                            sub.offer(change)
+            except asyncio.CancelledError:
+                self.running = False
+                raise
+            except (RedisError, OSError) as exc:
+                self.running = False
+                log.warning("change feed paused: %s", exc)
+                await asyncio.sleep(0.5)
+
+    async def _tail_id(self) -> str:
+        last = await self.redis.xrevrange(CHANGES_KEY, count=1)
+        return last[0][0].decode() if last else "0-0"
+
+    async def history(self, accept: Filter, after: str | None, first: int) -> HistoryPage:
+        """Up to ``first`` matching changes after ``after``, oldest first.
+
+        ``end_cursor`` is where to continue (or subscribe from) without a gap: the last
+        change returned, or, when the history is exhausted, the last entry scanned.
+        """
+        start = await self._start(after)
+        out: list[Change] = []
+        scanned = after
+        more = False
+        while not more:
+            entries = await self.redis.xrange(CHANGES_KEY, min=start, count=self.page)
+            if not entries:
+                break
+            for entry_id, fields in entries:
+                change = decode_change(entry_id.decode(), fields)
+                if accept(change):
+                    if len(out) == first:
+                        more = True
+                        break
+                    out.append(change)
+                scanned = change.cursor
+            start = "(" + entries[-1][0].decode()
+        end = out[-1].cursor if more else scanned
+        return HistoryPage(out, end, more)
+
+    async def _start(self, after: str | None) -> str:
+        if after is None:
+            return "-"
+        check_cursor(after)
+        try:
+            info = await self.redis.xinfo_stream(CHANGES_KEY)
+        except ResponseError:  # no stream yet: nothing was ever published
+            return f"({after}"
+        deleted = info.get("max-deleted-entry-id") or b"0-0"
+        deleted = deleted.decode() if isinstance(deleted, bytes) else str(deleted)
+        if _id_tuple(after) < _id_tuple(deleted):
+            raise CursorExpired(
+                f"cursor {after} is older than the change retention; re-query the current "
+                "state (stockLevel/product) and subscribe without a cursor")
+        return f"({after}"
+
+    async def subscribe(self, accept: Filter, after: str | None) -> AsyncIterator[Change]:
+        """Missed changes after ``after`` (if given), then live ones; in stream order."""
+        sub = Subscriber(accept, self.buffer_limit)
+        self.subscribers.add(sub)
+        try:
+            last = after
+            if after is not None:
+                while True:
+                    page = await self.history(accept, last, self.page)
+                    for change in page.changes:
+                        yield change
+                    last = page.end_cursor
+                    if not page.has_more:
+                        break
+            while not sub.closed:
+                await sub.wake.wait()
+                for change in sub.take():
+                    if last is not None and _id_tuple(change.cursor) <= _id_tuple(last):
+                        continue  # already replayed from history
+                    last = change.cursor
+                    yield change
+        finally:
+            self.subscribers.discard(sub)
+
+    def close_all(self) -> None:
+        for sub in self.subscribers:
+            sub.closed = True
+            sub.wake.set()

@@ -1,0 +1,218 @@
+"""Live stock: subscriptions and the change history they share cursors with."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator
+from datetime import datetime
+from enum import Enum
+from typing import Annotated, Any
+
+import strawberry
+from graphql import GraphQLError
+
+from resolvers import merge
+from resolvers.types import LocationType as LocationTypeEnum
+from resolvers.types import StockView
+from schema.types import Availability, Ctx, StockLevel
+
+
+@strawberry.type(description="Quantities of a cell before a change.")
+class StockQuantities:
+    on_hand: int | None = strawberry.field(description="On hand, where the source says.")
+    available: int | None = strawberry.field(description="Available, where the source says.")
+    committed: int | None = strawberry.field(description="Committed, where the source says.")
+    incoming: int | None = strawberry.field(description="Incoming, where the source says.")
+
+
+@strawberry.type(description="What caused a change: a sale, receipt, putaway, transfer, count, "
+                             "online order, ...")
+class StockMovement:
+    type: str = strawberry.field(description="SALE, RETURN, RECEIPT, PUTAWAY, ALLOCATION, "
+                                             "TRANSFER_OUT, TRANSFER_IN, COUNT, ONLINE_ORDER, "
+                                             "FULFILMENT, ADJUSTMENT, REPAIR or OTHER.")
+    quantity: int = strawberry.field(description="Units moved (counted, for a COUNT).")
+    biz_step: str | None = strawberry.field(description="EPCIS CBV bizStep, when from the WMS.")
+    documents: list[str] = strawberry.field(description="Business documents as type:id.")
+
+
+@strawberry.type(description="One change of stock at a SKU x location, from its system of "
+                             "record. Pass its cursor as `after` to resume without a gap.")
+class StockChange:
+    cursor: str = strawberry.field(description="Position in the change log; resume after it.")
+    sku: strawberry.ID = strawberry.field(description="The SKU.")
+    location_id: strawberry.ID = strawberry.field(description="The location.")
+    stock_level: StockLevel = strawberry.field(description="The level after the change.")
+    previous: StockQuantities | None = strawberry.field(
+        description="The quantities before the change, when known.")
+    movement: StockMovement | None = strawberry.field(description="What caused it.")
+    source: str = strawberry.field(description="Backend the change came from.")
+    occurred_at: datetime = strawberry.field(description="When it happened at the source.")
+    conflated: bool = strawberry.field(
+        description="True when this subscriber fell behind and intermediate changes of this "
+                    "cell were skipped: this is the latest state.")
+
+
+@strawberry.type(description="A page of past stock changes.")
+class StockChangePage:
+    changes: list[StockChange] = strawberry.field(description="Oldest first.")
+    end_cursor: str | None = strawberry.field(
+        description="Subscribe (or page on) with after: endCursor to continue without a gap.")
+    has_more: bool = strawberry.field(description="More changes follow endCursor.")
+
+
+@strawberry.enum(description="Where a level stands against a low-stock threshold.")
+class StockStatus(Enum):
+    IN_STOCK = "IN_STOCK"
+    LOW_STOCK = "LOW_STOCK"
+    OUT_OF_STOCK = "OUT_OF_STOCK"
+
+
+@strawberry.type(description="A level crossed between in-stock, low and out-of-stock.")
+class StockStatusChange:
+    change: StockChange = strawberry.field(description="The change that crossed.")
+    status: StockStatus = strawberry.field(description="Status after the change.")
+    previous_status: StockStatus | None = strawberry.field(
+        description="Status before, when known.")
+
+
+def status_of(available: int | None, threshold: int) -> StockStatus:
+    if available is None or available <= 0:
+        return StockStatus.OUT_OF_STOCK
+    return StockStatus.LOW_STOCK if available <= threshold else StockStatus.IN_STOCK
+
+
+def to_graphql(info: Ctx, change: Any) -> StockChange | None:
+    """A feed change as the API shows it; None if the location is unknown."""
+    graph = info.context.graph
+    location = graph.catalog.locations.get(change.location_id) if graph.catalog else None
+    if location is None:
+        return None
+    item = graph.master_item(change.sku)
+    view = StockView(sku=change.sku, location_id=change.location_id, source=change.source,
+                     quantities=change.quantities, as_of=change.occurred_at)
+    level = merge.stock_level(view, location, item.safety_stock if item else 0)
+    p, m = change.previous, change.movement
+    return StockChange(
+        cursor=change.cursor, sku=strawberry.ID(change.sku),
+        location_id=strawberry.ID(change.location_id), stock_level=StockLevel.of(level),
+        previous=None if p is None else StockQuantities(
+            on_hand=p.on_hand, available=p.available, committed=p.committed,
+            incoming=p.incoming),
+        movement=None if m is None else StockMovement(
+            type=m.type.value, quantity=m.quantity, biz_step=m.biz_step,
+            documents=[f"{t}:{i}" for t, i in m.documents]),
+        source=change.source, occurred_at=change.occurred_at, conflated=change.conflated)
+
+
+def _feed(info: Ctx) -> Any:
+    feed = info.context.graph.feed
+    if feed is None:
+        raise GraphQLError("change feed unavailable (event log not connected)",
+                           extensions={"code": "SERVICE_UNAVAILABLE"})
+    return feed
+
+
+def _filter(info: Ctx, skus: list[strawberry.ID] | None,
+            location_ids: list[strawberry.ID] | None) -> Any:
+    from gateway.subscriptions import make_filter
+
+    graph = info.context.graph
+    return make_filter([str(s) for s in skus] if skus is not None else None,
+                       [str(x) for x in location_ids] if location_ids is not None else None,
+                       lambda c: graph.system_of_record(c.location_id) == c.source)
+
+
+async def _changes(info: Ctx, accept: Any, after: str | None) -> AsyncGenerator[Any, None]:
+    from gateway.subscriptions import CursorExpired, InvalidCursor
+
+    try:
+        async for change in _feed(info).subscribe(accept, after):
+            yield change
+    except CursorExpired as exc:
+        raise GraphQLError(str(exc), extensions={"code": "CURSOR_EXPIRED"}) from exc
+    except InvalidCursor as exc:
+        raise GraphQLError(str(exc), extensions={"code": "BAD_USER_INPUT"}) from exc
+
+
+SkusArg = Annotated[list[strawberry.ID] | None, strawberry.argument(
+    description="Only these SKUs (default: all).")]
+LocationsArg = Annotated[list[strawberry.ID] | None, strawberry.argument(
+    description="Only these locations (default: all).")]
+AfterArg = Annotated[str | None, strawberry.argument(
+    description="Resume after this cursor: missed changes first, then live ones.")]
+
+
+@strawberry.type(description="Live stock changes, in order per SKU x location.")
+class Subscription:
+    @strawberry.subscription(description="Every change of stock at the matching cells.")
+    async def stock_changed(self, info: Ctx, skus: SkusArg = None,
+                            location_ids: LocationsArg = None,
+                            after: AfterArg = None) -> AsyncGenerator[StockChange, None]:
+        async for change in _changes(info, _filter(info, skus, location_ids), after):
+            out = to_graphql(info, change)
+            if out is not None:
+                yield out
+
+    @strawberry.subscription(description="Availability of SKUs on a channel, each time it "
+                                         "changes.")
+    async def availability_changed(self, info: Ctx, channel: merge.Channel,
+                                   skus: SkusArg = None) -> AsyncGenerator[Availability, None]:
+        location_type = merge.CHANNEL_LOCATIONS[channel]
+        graph = info.context.graph
+        base = _filter(info, skus, None)
+
+        def accept(c: Any) -> bool:
+            location = graph.catalog.locations.get(c.location_id) if graph.catalog else None
+            return bool(base(c)) and location is not None and location.type is location_type
+
+        last: dict[str, int] = {}
+        async for change in _changes(info, accept, None):
+            levels = await graph.loaders().stock(change.sku, location_type=location_type)
+            record = merge.availability(channel, levels)
+            if last.get(change.sku) != record.available:
+                last[change.sku] = record.available
+                yield Availability.of(record)
+
+    @strawberry.subscription(description="Fires only when a level crosses between in-stock, "
+                                         "low (<= lowStockThreshold) and out-of-stock.")
+    async def stock_status_changed(self, info: Ctx, low_stock_threshold: int,
+                                   skus: SkusArg = None, location_ids: LocationsArg = None,
+                                   after: AfterArg = None,
+                                   ) -> AsyncGenerator[StockStatusChange, None]:
+        known: dict[tuple[str, str], StockStatus] = {}
+        async for change in _changes(info, _filter(info, skus, location_ids), after):
+            out = to_graphql(info, change)
+            if out is None:
+                continue
+            status = status_of(out.stock_level.available, low_stock_threshold)
+            before = known.get(change.key())
+            if before is None and change.previous is not None:
+                before = status_of(change.previous.available, low_stock_threshold)
+            known[change.key()] = status
+            if status != before:
+                yield StockStatusChange(change=out, status=status, previous_status=before)
+
+
+async def stock_events(info: Ctx, skus: SkusArg = None, location_ids: LocationsArg = None,
+                       after: AfterArg = None,
+                       first: Annotated[int, strawberry.argument(
+                           description="Page size, 1 to the configured maximum.")] = 50,
+                       ) -> StockChangePage:
+    """Past stock changes (the same log and cursors as the subscriptions)."""
+    from gateway.subscriptions import CursorExpired, InvalidCursor
+
+    limit = info.context.graph.settings.max_page_size
+    if not 1 <= first <= limit:
+        raise GraphQLError(f"first must be between 1 and {limit}, got {first}",
+                           extensions={"code": "BAD_USER_INPUT"})
+    try:
+        page = await _feed(info).history(_filter(info, skus, location_ids), after, first)
+    except CursorExpired as exc:
+        raise GraphQLError(str(exc), extensions={"code": "CURSOR_EXPIRED"}) from exc
+    except InvalidCursor as exc:
+        raise GraphQLError(str(exc), extensions={"code": "BAD_USER_INPUT"}) from exc
+    changes = [c for c in (to_graphql(info, x) for x in page.changes) if c is not None]
+    return StockChangePage(changes=changes, end_cursor=page.end_cursor, has_more=page.has_more)
+
+
+__all__ = ["LocationTypeEnum", "StockChangePage", "Subscription", "stock_events"]
