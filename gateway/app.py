@@ -71,6 +71,8 @@ class Runtime:
     consumer: LogConsumer | None = None
     feed: ChangeFeed | None = None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    # False for one-shot commands (events dlq/replay): no consumer, feed or refreshers.
+    background: bool = True
 
     async def start(self) -> None:
         url = self.settings.redis_url
@@ -92,6 +94,8 @@ class Runtime:
         self.consumer = LogConsumer(client, applier)
         with contextlib.suppress(BackendError):
             await self.graph.refresh_catalog()
+        if not self.background:
+            return
         self.tasks = [asyncio.create_task(_keep_catalog_fresh(self.graph)),
                       asyncio.create_task(_probe_backends(self.graph,
                                                           self.settings.probe_interval_seconds)),

@@ -51,6 +51,15 @@ def build_parser() -> argparse.ArgumentParser:
     _world_args(sim)
 
     sub.add_parser("schema", help="print the GraphQL schema (SDL)")
+
+    events = sub.add_parser("events", help="inspect and replay the dead-letter stream")
+    events.add_argument("action", choices=["dlq", "replay"],
+                        help="dlq: list dead letters; replay: re-apply those that now can be")
+    where = events.add_mutually_exclusive_group(required=True)
+    where.add_argument("--config", help="the gateway's TOML config")
+    where.add_argument("--demo-port", type=int, help="a running `retailgraph demo` on this port")
+    events.add_argument("--redis-url", default=None,
+                        help="Redis of the gateway (the demo prints it in its banner)")
     return parser
 
 
@@ -98,6 +107,45 @@ def _sim(args: argparse.Namespace) -> int:
     return 0
 
 
+def _events(args: argparse.Namespace) -> int:
+    from gateway.app import Runtime
+    from resolvers.graph import RetailGraph
+
+    if args.config:
+        settings = config.load(args.config)
+    else:
+        settings = config.demo_settings(port=args.demo_port)
+    if args.redis_url:
+        settings.redis_url = args.redis_url
+    if not settings.redis_url:
+        raise config.ConfigError("redis_url: the event log lives in the gateway's Redis; "
+                                 "pass --redis-url (the demo prints it)")
+
+    async def run() -> int:
+        runtime = Runtime(settings, RetailGraph.from_settings(settings), background=False)
+        await runtime.start()
+        try:
+            assert runtime.events is not None
+            assert runtime.intake is not None
+            if args.action == "dlq":
+                letters = await runtime.events.dead_letters()
+                for letter in letters:
+                    print(f"{letter.id}  {letter.source:<9} {letter.received_at}  "
+                          f"{letter.reason}")
+                print(f"{len(letters)} dead letter(s)")
+                return 0
+            outcomes = await runtime.intake.replay_dead_letters()
+            for letter, outcome in outcomes:
+                print(f"{letter.id}  {letter.source:<9} {outcome}")
+            kept = sum(1 for _, outcome in outcomes if outcome.startswith("kept"))
+            print(f"{len(outcomes) - kept} replayed, {kept} kept")
+            return 1 if kept else 0
+        finally:
+            await runtime.stop()
+
+    return asyncio.run(run())
+
+
 def _demo(args: argparse.Namespace) -> int:
     from gateway.demo import DemoOptions, run
 
@@ -117,7 +165,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             sys.stdout.write(sdl())
             return 0
-        handler = {"demo": _demo, "serve": _serve, "sim": _sim}[args.command]
+        handler = {"demo": _demo, "serve": _serve, "sim": _sim, "events": _events}[args.command]
         return handler(args)
     except config.ConfigError as exc:
         print(f"retailgraph: configuration error: {exc}", file=sys.stderr)

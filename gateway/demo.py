@@ -49,13 +49,15 @@ class DemoOptions:
     activity: float = 0.0
 
 
-def banner(settings: Settings, opts: DemoOptions) -> str:
+def banner(settings: Settings, opts: DemoOptions, redis_url: str) -> str:
     base = f"http://{settings.host}:{settings.port}"
     lines = [
         f"retailgraph demo (seed {opts.seed}: {opts.skus} SKUs, {opts.stores} stores, "
         f"{opts.warehouses} warehouses; activity {opts.activity:g} events/s)",
         f"  GraphQL   {base}/graphql   (GraphiQL in a browser)",
         f"  liveness  {base}/healthz",
+        f"  webhooks  {base}/webhooks/{{pos,wms,erp,commerce}}",
+        f"  redis     {redis_url}" + ("   (embedded)" if not settings.redis_url else ""),
     ]
     for name, backend in settings.backends.items():
         lines.append(f"  {name:<9} {backend.base_url}   ({backend.format} simulator)")
@@ -71,7 +73,8 @@ async def run(opts: DemoOptions) -> None:
         app = simulator_app(world, backend, webhook_url(settings, name))
         url = urlsplit(backend.base_url)
         simulators.append(make_server(app, url.hostname or opts.host, url.port or 80))
-    gateway = make_server(create_app(settings), settings.host, settings.port)
+    gateway_app = create_app(settings)
+    gateway = make_server(gateway_app, settings.host, settings.port)
     background = []
     if opts.activity > 0:
         from gateway.simulators.activity import Activity
@@ -79,4 +82,6 @@ async def run(opts: DemoOptions) -> None:
         background.append(Activity(settings, world, opts.activity, seed=opts.seed).run)
     # Simulators first, so the gateway's first catalog load finds them.
     await run_together([simulators, [gateway]], background,
-                       on_started=lambda: print(banner(settings, opts), flush=True))
+                       on_started=lambda: print(banner(settings, opts,
+                                                       gateway_app.state.runtime.redis_url),
+                                                flush=True))

@@ -26,7 +26,7 @@ from starlette.responses import JSONResponse, Response
 from gateway import signatures
 from gateway.applier import Applier
 from gateway.config import BackendSettings, Settings
-from gateway.events import Envelope, EventLog
+from gateway.events import DeadLetter, Envelope, EventLog
 from gateway.normalize import NORMALIZERS, Delivery, Malformed, Unappliable
 from resolvers.graph import RetailGraph
 
@@ -136,17 +136,24 @@ class WebhookIntake:
             payload = orjson.loads(body)
         except orjson.JSONDecodeError as exc:
             raise Rejected(400, "malformed", f"body is not valid JSON: {exc}") from exc
+        delivery = Delivery(backend=backend, body=body, payload=payload, headers=headers,
+                            received_at=datetime.now(UTC))
+        status, result = await self.ingest(delivery)
+        return JSONResponse(result, status_code=status)
+
+    async def ingest(self, delivery: Delivery) -> tuple[int, dict[str, Any]]:
+        """Normalise, log durably and apply a verified delivery: the one path for live
+        webhooks and for dead letters being replayed."""
+        backend = delivery.backend
         catalog = self.graph.catalog
         if catalog is None:
             raise Rejected(503, "not_ready", "identity catalog not loaded yet; retry later")
-        delivery = Delivery(backend=backend, body=body, payload=payload, headers=headers,
-                            received_at=datetime.now(UTC))
         try:
             dedupe_id, envelopes = NORMALIZERS[backend.format](delivery, catalog.identity)
         except Malformed as exc:
             raise Rejected(400, "malformed", str(exc)) from exc
         except Unappliable as exc:
-            return await self._dead_letter(backend, delivery, headers, str(exc))
+            return await self._dead_letter(backend, delivery, dict(delivery.headers), str(exc))
         if not dedupe_id:
             raise Rejected(400, "malformed", "delivery carries no event or delivery id")
         try:
@@ -165,8 +172,34 @@ class WebhookIntake:
         except (RedisError, OSError) as exc:
             # Logged durably: the log consumer applies it once Redis answers again.
             log.warning("event %s logged but not applied yet: %s", dedupe_id, exc)
-        return JSONResponse({"status": "accepted" if appended.new else "duplicate",
-                             "events": list(appended.ids)})
+        return 200, {"status": "accepted" if appended.new else "duplicate",
+                     "events": list(appended.ids)}
+
+    async def replay_dead_letters(self) -> list[tuple[DeadLetter, str]]:
+        """Re-apply every dead letter that now can be (e.g. after fixing a mapping).
+
+        Returns each letter with its outcome; replayed letters leave the DLQ.
+        """
+        out = []
+        for letter in await self.events.dead_letters():
+            backend = self.settings.backends.get(letter.source)
+            if backend is None:
+                out.append((letter, f"kept: backend {letter.source!r} is not configured"))
+                continue
+            delivery = Delivery(backend=backend, body=letter.body,
+                                payload=orjson.loads(letter.body), headers=letter.headers,
+                                received_at=datetime.fromisoformat(letter.received_at))
+            try:
+                status, result = await self.ingest(delivery)
+            except Rejected as exc:
+                out.append((letter, f"kept: {exc.message}"))
+                continue
+            if status == 200:
+                await self.events.forget_dead_letter(letter)
+                out.append((letter, f"replayed: {result['status']}"))
+            else:
+                out.append((letter, f"kept: {result.get('reason', 'still unappliable')}"))
+        return out
 
     async def _logged(self, ids: tuple[str, ...]) -> list[tuple[str, Envelope]]:
         out = []
@@ -176,7 +209,7 @@ class WebhookIntake:
         return out
 
     async def _dead_letter(self, backend: BackendSettings, delivery: Delivery,
-                           headers: dict[str, str], reason: str) -> Response:
+                           headers: dict[str, str], reason: str) -> tuple[int, dict[str, Any]]:
         kept = {k: v for k, v in headers.items() if "signature" not in k and "hmac" not in k}
         dedupe_id = (headers.get("webhook-id") or headers.get("x-shopify-webhook-id")
                      or delivery.raw_ref)
@@ -189,4 +222,4 @@ class WebhookIntake:
                            f"event log unavailable, retry later ({type(exc).__name__})") from exc
         self.stats.bump(self.stats.dead_letters, backend.name)
         log.warning("webhook for %s dead-lettered: %s", backend.name, reason)
-        return JSONResponse({"status": "dead-lettered", "reason": reason}, status_code=202)
+        return 202, {"status": "dead-lettered", "reason": reason}

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import os
 import random
 import re
 import uuid
@@ -170,7 +171,9 @@ class Shop:
         self.orders: dict[int, dict[str, Any]] = {}
         self._line_items = 0
         self._last = world.snapshot_as_of
-        self._rng = random.Random(world.seed)
+        # Webhook and event ids only: seeded per boot, so a restarted shop never repeats ids a
+        # gateway with a persistent dedupe store has already seen.
+        self._rng = random.Random(world.seed << 64 | int.from_bytes(os.urandom(8), "big"))
         # Webhook id -> (topic, event id, triggered at): the headers every retry repeats.
         self._meta: OrderedDict[str, tuple[str, str, str]] = OrderedDict()
         self.sender = WebhookSender(webhook_url, self.sign, options, seed=world.seed)

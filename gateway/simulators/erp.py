@@ -39,6 +39,7 @@ A goods receipt does not touch the snapshot: the ERP learns stock from the night
 
 from __future__ import annotations
 
+import os
 import re
 import time
 from bisect import bisect_left, bisect_right
@@ -132,6 +133,9 @@ class ErpState:
         self.snapshot_number = 1
         self.snapshot_as_of = world.snapshot_as_of
         self.sequence = 0
+        # In every event id: a restarted ERP starts its sequence again, and must not repeat
+        # ids a gateway with a persistent dedupe store has already seen.
+        self.boot = os.urandom(6).hex()
         self._sku_index: dict[str, int] = {}
         self.locations_by_code = {loc.code: loc for loc in world.locations}
         self.location_order = sorted(world.locations, key=lambda loc: loc.code)
@@ -231,7 +235,7 @@ class ErpState:
     def emit(self, kind: str, data: Json) -> None:
         """Number the event and queue it; a dropped delivery still consumes its sequence."""
         self.sequence += 1
-        event_id = f"evt_{self.world.seed}_{self.sequence:010d}"
+        event_id = f"evt_{self.world.seed}_{self.boot}_{self.sequence:010d}"
         self.sender.send(kind, event_id, {"id": event_id, "type": kind,
                                           "occurredAt": rfc3339(now()),
                                           "sequence": self.sequence, "data": data})

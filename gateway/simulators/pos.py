@@ -30,6 +30,7 @@ every counted state that changed (at most 100 counts per notification), signed w
 
 from __future__ import annotations
 
+import os
 import re
 import uuid
 from collections import OrderedDict
@@ -151,6 +152,9 @@ class PosState:
     first_delivery: OrderedDict[str, str] = field(default_factory=OrderedDict)
     catalog_page_size: int = CATALOG_PAGE
     serial: int = 0
+    # Mixed into event ids only: a restarted simulator must not repeat the ids a gateway
+    # with a persistent dedupe store has already seen (data ids stay deterministic).
+    boot: int = field(default_factory=lambda: int.from_bytes(os.urandom(8), "big"))
     last_time: datetime = EPOCH
 
     # -- identifiers -------------------------------------------------------------------------
@@ -173,9 +177,10 @@ class PosState:
         return self.square_id(2, 0)
 
     def next_uuid(self) -> str:
+        """A webhook event id: unique per boot (see ``boot``)."""
         self.serial += 1
-        value = mix(self.world.seed, 0x55, self.serial) << 64 | mix(self.world.seed, 0x56,
-                                                                    self.serial)
+        value = (mix(self.world.seed, self.boot, 0x55, self.serial) << 64
+                 | mix(self.world.seed, self.boot, 0x56, self.serial))
         return str(uuid.UUID(int=value, version=4))
 
     def next_change_id(self) -> str:

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import os
 import re
 import time
 import uuid
@@ -125,6 +126,9 @@ class WmsState:
         self.events: list[dict[str, Any]] = []
         self.event_ids: set[str] = set()
         self.counter = 0
+        # Mixed into generated event ids: a restarted WMS must not repeat ids (and so
+        # webhook-ids) that a gateway with a persistent dedupe store has already seen.
+        self.boot = os.urandom(8).hex()
         self.sites = {w.gln: w for w in world.warehouses}
         self.sites_by_sgln = {w.sgln: w for w in world.warehouses}
 
@@ -147,7 +151,7 @@ class WmsState:
 
     def next_event_id(self) -> str:
         self.counter += 1
-        digest = hashlib.sha256(f"wms:{self.world.seed}:{self.counter}".encode()).digest()
+        digest = hashlib.sha256(f"wms:{self.world.seed}:{self.boot}:{self.counter}".encode()).digest()
         return f"urn:uuid:{uuid.UUID(bytes=digest[:16], version=4)}"
 
 
