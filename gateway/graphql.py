@@ -17,6 +17,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.websockets import WebSocket
 from strawberry.asgi import GraphQL
+from strawberry.types.graphql import OperationType
 from strawberry.extensions import (
     AddValidationRules,
     MaxAliasesLimiter,
@@ -51,9 +52,18 @@ class ErrorCodes(SchemaExtension):
     def on_operation(self) -> Iterator[None]:
         yield
         result = self.execution_context.result
-        if result is None or not result.errors:
-            return
-        for error in result.errors:
+        if result is not None and getattr(result, "errors", None):
+            self._process(result.errors)
+
+    def on_stream_result(self, result: Any) -> Iterator[None]:
+        """Subscriptions: the same treatment for each streamed result."""
+        if getattr(result, "errors", None):
+            self._process(result.errors)
+        yield None
+
+    @staticmethod
+    def _process(errors: list[GraphQLError]) -> None:
+        for error in errors:
             original = error.original_error
             extensions = dict(error.extensions or {})
             if isinstance(original, RetailgraphError):
@@ -75,7 +85,8 @@ class FreshnessReport(SchemaExtension):
 
     def get_results(self) -> dict[str, Any]:
         context = self.execution_context.context
-        if not isinstance(context, RequestContext):
+        if (not isinstance(context, RequestContext)
+                or self.execution_context.operation_type is OperationType.SUBSCRIPTION):
             return {}
         return {"freshness": {**context.loaders.freshness.summary(), "responseCache": "miss"}}
 
