@@ -23,6 +23,7 @@ Races are closed in the scripts:
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, fields
@@ -168,6 +169,27 @@ def parse_views(sku: str, source: str, raw: dict[bytes, bytes],
     return gen, out
 
 
+def overlay(view: StockView, raw: dict[bytes, bytes]) -> StockView:
+    """``view`` with the fields the cache entry ``raw`` holds in a newer version."""
+    fetched = version_number(view.version, view.as_of)
+    loc = view.location_id
+    newer: dict[str, int] = {}
+    newest = fetched
+    for name in QUANTITY_FIELDS:
+        held = raw.get(f"{loc}/{name}#v".encode())
+        if held is not None and int(held) > fetched:
+            newer[name] = int(raw[f"{loc}/{name}".encode()])
+            newest = max(newest, int(held))
+    if not newer:
+        return view
+    as_of = view.as_of
+    held_as_of = raw.get(f"{loc}/_as_of".encode())
+    if held_as_of is not None and int(raw.get(f"{loc}/_as_of#v".encode(), b"-1")) > fetched:
+        as_of = max(as_of, datetime.fromisoformat(held_as_of.decode()))
+    return dataclasses.replace(view, quantities=dataclasses.replace(view.quantities, **newer),
+                               as_of=as_of, version=str(newest))
+
+
 @dataclass(slots=True)
 class ViewsResult:
     """Views of SKUs from one source, and whether they came from the cache."""
@@ -178,6 +200,7 @@ class ViewsResult:
 
 
 Fetch = Callable[[list[str]], Awaitable[list[StockView]]]
+MasterFetch = Callable[[list[str]], Awaitable[dict[str, dict[str, Any]]]]
 
 
 class Cache:
@@ -233,7 +256,7 @@ class Cache:
             raise CacheUnavailable(str(exc)) from exc
         result = ViewsResult(views={}, from_cache=set(), from_backend=set())
         gens: dict[str, int] = {}
-        missing: list[str] = []
+        missing: dict[str, dict[bytes, bytes]] = {}
         for sku, raw in zip(skus, raws, strict=True):
             gen, cells = parse_views(sku, source, raw, location_ids)
             if len(cells) == len(location_ids):
@@ -241,11 +264,13 @@ class Cache:
                 result.from_cache.add(sku)
             else:
                 gens[sku] = gen
-                missing.append(sku)
+                missing[sku] = raw
         if missing:
-            fetched = await self._read_through(source, missing, gens, fetch)
-            for sku in missing:
-                result.views[sku] = fetched.get(sku, [])
+            fetched = await self._read_through(source, list(missing), gens, fetch)
+            for sku, raw in missing.items():
+                # A backend read (ours, or one started before this query) may be older than
+                # events the cache already held when this query began: those fields win.
+                result.views[sku] = [overlay(view, raw) for view in fetched.get(sku, [])]
                 result.from_backend.add(sku)
         return result
 
@@ -280,6 +305,43 @@ class Cache:
         for sku, fut in waiting.items():
             out[sku] = await asyncio.shield(fut)
         return out
+
+    async def masters(self, skus: Sequence[str], fetch: MasterFetch,
+                      ) -> tuple[dict[str, dict[str, Any]], set[str]]:
+        """Item master records by SKU (as ERP item resources) and which came from the cache.
+
+        Misses are read through ``fetch`` and filled under the same generation check as
+        stock views, so an ``item.updated`` event applied meanwhile is never overwritten.
+        """
+        try:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for sku in skus:
+                    pipe.hmget(master_key(sku), ["item", "_gen"])
+                rows: list[list[bytes | None]] = await pipe.execute()
+        except (RedisError, OSError) as exc:
+            raise CacheUnavailable(str(exc)) from exc
+        found: dict[str, dict[str, Any]] = {}
+        gens: dict[str, int] = {}
+        for sku, (item, gen) in zip(skus, rows, strict=True):
+            if item is not None:
+                found[sku] = SERIALIZER.loads(item)
+            else:
+                gens[sku] = int(gen or 0)
+        cached = set(found)
+        if gens:
+            fetched = await fetch(list(gens))
+            found.update(fetched)
+            try:
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    for sku, record in fetched.items():
+                        version = version_number(str(record.get("updatedAt", "")),
+                                                 datetime.now(UTC))
+                        await self._fill(keys=[master_key(sku)], client=pipe, args=[
+                            self.ttl, gens[sku], "item", SERIALIZER.dumps(record), version])
+                    await pipe.execute()
+            except (RedisError, OSError) as exc:
+                log.warning("cache fill for the item master failed: %s", exc)
+        return found, cached
 
     async def _store(self, source: str, grouped: dict[str, list[StockView]],
                      gens: dict[str, int]) -> None:

@@ -23,7 +23,7 @@ from resolvers import commerce, pos, wms
 from resolvers import erp as erp_connector
 from resolvers.errors import BackendProtocolError
 from resolvers.identity import SHOPIFY_VARIANT, IdentityMap
-from resolvers.types import MasterItem, Quantities
+from resolvers.types import Quantities
 
 
 class Malformed(ValueError):
@@ -247,8 +247,10 @@ def erp(d: Delivery, identity: IdentityMap) -> tuple[str, list[Envelope]]:
                                                                   data), identity)
         except BackendProtocolError as exc:
             raise Malformed(str(exc).split(": ", 1)[-1]) from exc
+        # Versioned by the item's updatedAt, as read-through fills are.
+        common["version"] = version_number("", item.as_of)
         return event_id, [_envelope(d, kind=EventKind.MASTER_UPDATE, sku=item.sku,
-                                    data=master_to_json(item), **common)]
+                                    data=erp_connector.item_resource(item), **common)]
     if topic == "stock.adjusted":
         sku, loc, on_hand = data.get("sku"), data.get("locationCode"), data.get("onHand")
         if not isinstance(sku, str) or not isinstance(loc, str):
@@ -272,16 +274,6 @@ def erp(d: Delivery, identity: IdentityMap) -> tuple[str, list[Envelope]]:
         return event_id, [_envelope(d, kind=EventKind.NOTICE, sku=sku, **common)
                           for sku in skus] or [_envelope(d, kind=EventKind.NOTICE, **common)]
     return event_id, [_envelope(d, kind=EventKind.NOTICE, **common)]
-
-
-def master_to_json(item: MasterItem) -> dict[str, Any]:
-    """A MasterItem as the cache stores it (ERP item resource shape)."""
-    return {"sku": item.sku, "itemNumber": item.item_number, "gtin": item.gtin14,
-            "description": item.name, "category": item.category,
-            "listPrice": str(item.list_price),
-            "cost": str(item.cost) if item.cost is not None else None,
-            "currency": item.currency, "safetyStock": item.safety_stock,
-            "updatedAt": item.as_of.isoformat(), "source": item.source}
 
 
 NORMALIZERS: dict[str, Normalizer] = {"square": square, "shopify": shopify, "epcis": epcis,

@@ -112,6 +112,16 @@ def parse_item(raw: Payload, identity: IdentityMap) -> MasterItem:
         safety_stock=raw.integer("safetyStock"), source=raw.backend, as_of=raw.time("updatedAt"))
 
 
+def item_resource(item: MasterItem) -> dict[str, Any]:
+    """A MasterItem back in the ERP's item resource shape (what the cache stores)."""
+    return {"sku": item.sku, "itemNumber": item.item_number, "gtin": item.gtin14,
+            "description": item.name, "category": item.category,
+            "listPrice": str(item.list_price),
+            "cost": str(item.cost) if item.cost is not None else None,
+            "currency": item.currency, "safetyStock": item.safety_stock,
+            "updatedAt": item.as_of.isoformat()}
+
+
 class ErpConnector:
     """Reads the ERP's masters and stock; every batch call chunks and follows cursors."""
 

@@ -21,6 +21,7 @@ from strawberry.dataloader import DataLoader
 
 from gateway.cache import Cache, CacheUnavailable
 from gateway.config import Settings
+from resolvers import erp as erp_connector
 from resolvers import merge
 from resolvers.commerce import CommerceConnector
 from resolvers.erp import ErpConnector
@@ -368,13 +369,36 @@ class Loaders:
     async def _load_master(self, skus: list[str]) -> list[MasterItem | BaseException | None]:
         erp = self.graph.backends.erp
         self.freshness.tags.update(f"sku:{s}" for s in skus)
+
+        async def from_backend(missing: list[str]) -> dict[str, dict[str, Any]]:
+            found = await self._backend(erp.name, erp.items(missing))
+            return {sku: erp_connector.item_resource(item) for sku, item in found.items()}
+
+        cache = self.graph.cache
         try:
-            found = await self._backend(erp.name, erp.items(skus))
+            if cache is not None:
+                try:
+                    records, cached = await cache.masters(skus, from_backend)
+                    self.freshness.cache = "on"
+                except CacheUnavailable:
+                    self.freshness.cache = "unavailable"
+                    records, cached = await from_backend(skus), set()
+            else:
+                records, cached = await from_backend(skus), set()
         except BackendError as exc:
             return [exc] * len(skus)
-        for item in found.values():
-            self.freshness.see(erp.name, item.as_of, "backend")
-        return [found.get(s) for s in skus]
+        out: list[MasterItem | BaseException | None] = []
+        for sku in skus:
+            record = records.get(sku)
+            if record is None:
+                out.append(None)
+                continue
+            item = erp_connector.parse_item(erp_connector.Payload(erp.name, "cache", record),
+                                            self.graph.catalog.identity if self.graph.catalog
+                                            else IdentityMap())
+            self.freshness.see(erp.name, item.as_of, "cache" if sku in cached else "backend")
+            out.append(item)
+        return out
 
     async def _load_purchase_orders(self, skus: list[str]
                                     ) -> list[list[PurchaseOrderLine] | BaseException]:
