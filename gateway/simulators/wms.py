@@ -151,7 +151,8 @@ class WmsState:
 
     def next_event_id(self) -> str:
         self.counter += 1
-        digest = hashlib.sha256(f"wms:{self.world.seed}:{self.boot}:{self.counter}".encode()).digest()
+        seed = f"wms:{self.world.seed}:{self.boot}:{self.counter}"
+        digest = hashlib.sha256(seed.encode()).digest()
         return f"urn:uuid:{uuid.UUID(bytes=digest[:16], version=4)}"
 
 
