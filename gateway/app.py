@@ -2,7 +2,8 @@
 
 Routes: ``/graphql`` (HTTP and WebSocket, GraphiQL on GET), ``POST /webhooks/{backend}``,
 ``/healthz`` (liveness). The lifespan connects Redis (or starts the embedded server), loads
-the identity catalog, and runs the event-log consumer and the catalog refresher.
+the identity catalog, and runs the pending-event sweeper, the change feed, the backend
+prober and the catalog refresher.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
 
-from gateway.applier import Applier, LogConsumer
+from gateway.applier import Applier, PendingSweeper
 from gateway.cache import Cache, ResponseCache, connect
 from gateway.config import Settings
 from gateway.events import EventLog
@@ -68,10 +69,10 @@ class Runtime:
     responses: ResponseCache | None = None
     events: EventLog | None = None
     intake: WebhookIntake | None = None
-    consumer: LogConsumer | None = None
+    sweeper: PendingSweeper | None = None
     feed: ChangeFeed | None = None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
-    # False for one-shot commands (events dlq/replay): no consumer, feed or refreshers.
+    # False for one-shot commands (events dlq/replay): no sweeper, feed or refreshers.
     background: bool = True
 
     async def start(self) -> None:
@@ -85,13 +86,15 @@ class Runtime:
         self.responses = ResponseCache(client)
         self.events = EventLog(client)
         applier = Applier(self.cache, self.responses,
-                          ChangePublisher(client, self.settings.change_retention_seconds,
-                                          self.graph.current_view))
+                          ChangePublisher(
+                              client, self.settings.change_retention_seconds,
+                              self.graph.current_view,
+                              lambda loc, src: self.graph.system_of_record(loc) == src))
         self.feed = ChangeFeed(client, self.settings.subscriber_buffer)
         self.graph.feed = self.feed
-        self.graph.cache = self.cache
+        self.graph.cache = self.cache if self.settings.cache else None
         self.intake = WebhookIntake(self.settings, self.graph, self.events, applier)
-        self.consumer = LogConsumer(client, applier)
+        self.sweeper = PendingSweeper(self.events, applier)
         with contextlib.suppress(BackendError):
             await self.graph.refresh_catalog()
         if not self.background:
@@ -99,7 +102,7 @@ class Runtime:
         self.tasks = [asyncio.create_task(_keep_catalog_fresh(self.graph)),
                       asyncio.create_task(_probe_backends(self.graph,
                                                           self.settings.probe_interval_seconds)),
-                      asyncio.create_task(self.consumer.run()),
+                      asyncio.create_task(self.sweeper.run()),
                       asyncio.create_task(self.feed.run())]
 
     async def stop(self) -> None:

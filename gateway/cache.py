@@ -45,7 +45,7 @@ DEFAULT_TTL = 24 * 3600  # a safety net only: events keep entries current
 
 APPLY_LUA = """
 local applied = 0
-for i = 2, #ARGV, 3 do
+for i = 3, #ARGV, 3 do
   local f, ver = ARGV[i], tonumber(ARGV[i + 2])
   local cur = tonumber(redis.call('HGET', KEYS[1], f .. '#v') or '-1')
   if ver > cur then
@@ -55,7 +55,18 @@ for i = 2, #ARGV, 3 do
 end
 if applied > 0 then redis.call('HINCRBY', KEYS[1], '_gen', 1) end
 redis.call('EXPIRE', KEYS[1], ARGV[1])
-return applied
+local cell = {}
+local prefix = ARGV[2]
+if prefix ~= '' then
+  local all = redis.call('HGETALL', KEYS[1])
+  for j = 1, #all, 2 do
+    if string.sub(all[j], 1, #prefix) == prefix then
+      cell[#cell + 1] = all[j]
+      cell[#cell + 1] = all[j + 1]
+    end
+  end
+end
+return {applied, cell}
 """
 
 FILL_LUA = """
@@ -227,14 +238,23 @@ class Cache:
 
     # -- event path ------------------------------------------------------------------------------
 
-    async def apply_view(self, view: StockView, full: bool) -> int:
-        """Apply an event's view of a cell; fields older than the cache's are ignored."""
-        return int(await self._apply(keys=[views_key(view.sku, view.source)],
-                                     args=[self.ttl, *view_fields(view, full)]))
+    async def apply_view(self, view: StockView, full: bool) -> tuple[int, StockView | None]:
+        """Apply an event's view of a cell; fields older than the cache's are ignored.
+
+        Returns how many fields changed and the cell as the cache now holds it (None while
+        the cache knows only part of it), in the same round trip.
+        """
+        loc = view.location_id
+        applied, flat = await self._apply(keys=[views_key(view.sku, view.source)],
+                                          args=[self.ttl, f"{loc}/", *view_fields(view, full)])
+        raw = dict(zip(flat[::2], flat[1::2], strict=True))
+        _, cells = parse_views(view.sku, view.source, raw, [loc])
+        return int(applied), cells.get(loc)
 
     async def apply_master(self, sku: str, payload: bytes, version: int) -> int:
-        return int(await self._apply(keys=[master_key(sku)],
-                                     args=[self.ttl, "item", payload, version]))
+        applied, _ = await self._apply(keys=[master_key(sku)],
+                                       args=[self.ttl, "", "item", payload, version])
+        return int(applied)
 
     async def invalidate_views(self, sku: str, source: str) -> int:
         return int(await self._invalidate(keys=[views_key(sku, source)]))

@@ -13,6 +13,7 @@ Environment overrides:
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import tomllib
 from collections.abc import Mapping
@@ -60,6 +61,9 @@ class Settings:
     max_page_size: int = 100
     max_body_bytes: int = 1_048_576
     webhook_tolerance_seconds: int = 300
+    # false: every read goes to the backends and no response is cached (webhooks are still
+    # logged and applied). For comparison and debugging.
+    cache: bool = True
     # How often backend health is probed (down backends' cached values are served as stale).
     probe_interval_seconds: float = 2.0
     # How long stock changes stay replayable by cursor (subscriptions, stockEvents).
@@ -68,6 +72,25 @@ class Settings:
     subscriber_buffer: int = 1000
     # Server keep-alive for WebSocket clients (protocol pings; legacy graphql-ws also "ka").
     ws_keepalive_seconds: float = 15.0
+    # -- access (gateway/auth.py): auth is on as soon as any credential is configured --------
+    # {name: {key = "..." | key_sha256 = "<hex>", scopes = [...], locations = [...]}};
+    # env RETAILGRAPH_API_KEYS takes the same table as JSON.
+    api_keys: dict[str, Any] = field(default_factory=dict)
+    jwt_secret: str = ""  # HS256 shared secret (at least 32 characters)
+    jwks_url: str = ""  # RS256/ES256 public keys, fetched and cached
+    jwks_file: str = ""  # ... or read from a file
+    jwt_audience: str = ""  # required `aud` when set
+    jwt_issuer: str = ""  # required `iss` when set
+    # -- hostile queries (gateway/limits.py, ratelimit.py, persisted.py) ---------------------
+    rate_limit_per_minute: int = 600  # per client, token bucket in Redis; 0 = off
+    max_depth: int = 12
+    max_aliases: int = 30
+    max_tokens: int = 2000
+    max_cost: int = 25_000
+    introspection: bool = True
+    graphiql: bool = True
+    apq: bool = True  # automatic persisted queries
+    allow_list_file: str = ""  # only these operations run (admins excepted)
 
     def backend_for(self, fmt: BackendFormat) -> BackendSettings:
         """The backend speaking ``fmt``; each format plays one role in the merge rules."""
@@ -88,10 +111,55 @@ class Settings:
                 )
             if not backend.base_url:
                 raise ConfigError(f"backends.{backend.name}.base_url is required")
+        _check_access(self)
         return self
 
 
+def _check_access(settings: Settings) -> None:
+    """The access settings are well-formed (gateway/auth.py reads them)."""
+    for name, entry in settings.api_keys.items():
+        where = f"api_keys.{name}"
+        if not isinstance(entry, Mapping):
+            raise ConfigError(f"{where} must be a table with key, scopes and locations")
+        if not isinstance(entry.get("key", entry.get("key_sha256")), str) or not (
+                entry.get("key") or entry.get("key_sha256")):
+            raise ConfigError(f"{where}: set key (or key_sha256, its hex SHA-256)")
+        if "key" in entry and len(entry["key"]) < 16:
+            raise ConfigError(f"{where}.key: use at least 16 characters")
+        for listed in ("scopes", "locations"):
+            value = entry.get(listed, [])
+            if not isinstance(value, list) or not all(isinstance(x, str) for x in value):
+                raise ConfigError(f"{where}.{listed} must be a list of strings")
+        unknown = set(entry) - {"key", "key_sha256", "scopes", "locations"}
+        if unknown:
+            raise ConfigError(f"{where}: unknown setting(s) {', '.join(sorted(unknown))}")
+    if settings.jwt_secret and len(settings.jwt_secret) < 32:
+        raise ConfigError("jwt_secret: use at least 32 characters (HS256 needs a 256-bit key)")
+    if settings.jwks_file and not Path(settings.jwks_file).is_file():
+        raise ConfigError(f"jwks_file: {settings.jwks_file} not found")
+    for limit in ("max_depth", "max_aliases", "max_tokens", "max_cost", "max_page_size"):
+        if getattr(settings, limit) < 1:
+            raise ConfigError(f"{limit} must be at least 1")
+    if settings.rate_limit_per_minute < 0:
+        raise ConfigError("rate_limit_per_minute must be 0 (off) or more")
+
+
 def _coerce(value: str, target: Any, setting: str) -> Any:
+    if isinstance(target, str) and target.startswith("dict["):
+        try:
+            parsed = json.loads(value)
+        except ValueError as exc:
+            raise ConfigError(f"{setting}: not a JSON object ({exc})") from exc
+        if not isinstance(parsed, dict):
+            raise ConfigError(f"{setting}: not a JSON object")
+        return parsed
+    if target is bool or target == "bool":
+        lowered = value.strip().lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"{setting}: {value!r} is not true or false")
     try:
         if target is int or target == "int":
             return int(value)
@@ -176,7 +244,8 @@ DEMO_ROLES: tuple[tuple[str, BackendFormat], ...] = (
 def demo_settings(host: str = "127.0.0.1", port: int = 8000,
                   environ: Mapping[str, str] | None = None) -> Settings:
     """Settings for ``retailgraph demo``: the four simulators on PORT+1..PORT+4."""
-    settings = Settings(host=host, port=port)
+    # Local and open by default: no rate limit (credentials come from RETAILGRAPH_* or --auth).
+    settings = Settings(host=host, port=port, rate_limit_per_minute=0)
     for offset, (name, fmt) in enumerate(DEMO_ROLES, start=1):
         settings.backends[name] = BackendSettings(
             name=name, format=fmt, base_url=f"http://{host}:{port + offset}",

@@ -1,7 +1,8 @@
 """The canonical event envelope and the durable event log (a Redis Stream).
 
 Every accepted webhook, whatever its format, becomes one or more :class:`Envelope` s (one per
-SKU x location it touches) appended to ``rg:{ev}:log`` *before* the sender gets its 2xx.
+SKU x location it touches) appended to ``rg:{ev}:log`` *before* the sender gets its 2xx, and
+listed in ``rg:{ev}:pending`` until fully applied (see ``gateway/applier.py``).
 Appending is one Lua script that also records the delivery's dedupe key, so a delivery is
 logged exactly once however often it is retried; events that cannot be applied go to the
 dead-letter stream ``rg:{ev}:dlq`` with the reason and the raw body, for replay.
@@ -27,7 +28,6 @@ Envelope fields (also in the README, "Event envelope")::
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -98,7 +98,7 @@ class Envelope:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def encode(self) -> bytes:
-        return orjson.dumps(dataclasses.asdict(self))
+        return orjson.dumps(self)  # orjson serialises dataclasses, enums and datetimes natively
 
     @classmethod
     def decode(cls, raw: bytes | str) -> Envelope:
@@ -117,12 +117,18 @@ class Envelope:
         return cls(**d)
 
 
+PENDING_KEY = "rg:{ev}:pending"
+
+# KEYS: dedupe key, stream, pending set (or the stream again when not tracked)
 APPEND_LUA = """
 local seen = redis.call('GET', KEYS[1])
 if seen then return {0, seen} end
 local ids = {}
+local now = redis.call('TIME')
+local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
 for i = 3, #ARGV do
   ids[#ids + 1] = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', 'e', ARGV[i])
+  if KEYS[3] ~= KEYS[2] then redis.call('ZADD', KEYS[3], ms, ids[#ids]) end
 end
 local joined = table.concat(ids, ',')
 redis.call('SET', KEYS[1], joined, 'EX', ARGV[1])
@@ -165,7 +171,7 @@ class EventLog:
         """Log a delivery's envelopes atomically, once per ``(source, dedupe_id)``."""
         key = f"rg:{{ev}}:dedupe:{source}:{dedupe_id}"
         new, joined = await self._append(
-            keys=[key, LOG_KEY],
+            keys=[key, LOG_KEY, PENDING_KEY],
             args=[DEDUPE_TTL, self.max_len, *(e.encode() for e in envelopes)])
         ids = tuple(x for x in _s(joined).split(",") if x)
         return Appended(bool(new), ids)
@@ -178,7 +184,7 @@ class EventLog:
                                "body": body.decode("utf-8", "replace"), "headers": headers,
                                "dedupe_id": dedupe_id})
         key = f"rg:{{ev}}:dlqseen:{source}:{dedupe_id}"
-        new, joined = await self._append(keys=[key, DLQ_KEY],
+        new, joined = await self._append(keys=[key, DLQ_KEY, DLQ_KEY],
                                          args=[DEDUPE_TTL, self.max_len, letter])
         return Appended(bool(new), tuple(_s(joined).split(",")))
 

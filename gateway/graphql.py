@@ -17,7 +17,6 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.websockets import WebSocket
 from strawberry.asgi import GraphQL
-from strawberry.types.graphql import OperationType
 from strawberry.extensions import (
     AddValidationRules,
     MaxAliasesLimiter,
@@ -27,6 +26,7 @@ from strawberry.extensions import (
     SchemaExtension,
     ValidationCache,
 )
+from strawberry.types.graphql import OperationType
 
 from gateway.response_cache import FRESHNESS_STATE
 from resolvers.errors import RetailgraphError
@@ -50,7 +50,13 @@ class ErrorCodes(SchemaExtension):
     """
 
     def on_operation(self) -> Iterator[None]:
-        yield
+        try:
+            yield
+        except GraphQLError as exc:
+            # A syntax error (or too many tokens) raised by ParserCache's on_parse escapes the
+            # operation; Strawberry then reports it as is, so give it its code here.
+            exc.extensions = {**(exc.extensions or {}), "code": "GRAPHQL_PARSE_FAILED"}
+            raise
         result = self.execution_context.result
         if result is not None and getattr(result, "errors", None):
             self._process(result.errors)
@@ -85,8 +91,12 @@ class FreshnessReport(SchemaExtension):
 
     def get_results(self) -> dict[str, Any]:
         context = self.execution_context.context
-        if (not isinstance(context, RequestContext)
-                or self.execution_context.operation_type is OperationType.SUBSCRIPTION):
+        if not isinstance(context, RequestContext):
+            return {}
+        # No document after a syntax error: operation_type would raise (a 500), and it is no
+        # subscription anyway.
+        if (self.execution_context.graphql_document is not None
+                and self.execution_context.operation_type is OperationType.SUBSCRIPTION):
             return {}
         return {"freshness": {**context.loaders.freshness.summary(), "responseCache": "miss"}}
 

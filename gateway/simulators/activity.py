@@ -46,6 +46,7 @@ WEIGHTS = {"sale": 30, "online_order": 20, "receipt": 10, "transfer": 12, "wh_tr
            "cycle_count": 10}
 MAX_ATTEMPTS = 8
 MAX_BACKLOG_SECONDS = 1.0
+SUMMARY_SECONDS = 60.0
 
 
 class Rejected(Exception):
@@ -53,7 +54,11 @@ class Rejected(Exception):
 
 
 class Unavailable(Exception):
-    """The system answered 5xx; like a connection error, the step is retried later."""
+    """The system is unreachable or answered 5xx: the step is retried later."""
+
+    def __init__(self, system: str, message: str) -> None:
+        super().__init__(message)
+        self.system = system
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +132,7 @@ class Activity:
         self._seq = itertools.count()
         self._clients: dict[str, httpx.AsyncClient] = {}
         self._stopping = asyncio.Event()
+        self._down: set[str] = set()  # systems last found unreachable: warn once, not per step
 
     # -- choosing ------------------------------------------------------------------------------
 
@@ -166,7 +172,7 @@ class Activity:
                     base_url=backend.base_url, headers=auth_headers(backend),
                     timeout=httpx.Timeout(5.0, connect=2.0)))
             interval = 1.0 / self.rate
-            next_at = loop.time()
+            next_at = summary_at = loop.time()
             while not self._stopping.is_set():
                 delay = next_at - loop.time()
                 if delay > 0:
@@ -177,6 +183,10 @@ class Activity:
                 # Behind schedule (slow systems): catch up at most a second's worth, no burst.
                 next_at = max(next_at + interval, loop.time() - MAX_BACKLOG_SECONDS)
                 await self.tick()
+                if loop.time() >= summary_at + SUMMARY_SECONDS:
+                    summary_at = loop.time()
+                    log.info("activity so far: %s", ", ".join(
+                        f"{k} {v}" for k, v in sorted(self.stats.items())))
 
     def stop(self) -> None:
         """Finish the operation under way, then return from :meth:`run` (no request is cut
@@ -213,16 +223,18 @@ class Activity:
         except Rejected as exc:
             self.stats[f"{step.kind}.rejected"] += 1
             log.debug("activity %s rejected: %s", step.kind, exc)
-        except (httpx.TransportError, Unavailable) as exc:
+        except Unavailable as exc:
             step.attempts += 1
+            if exc.system not in self._down:
+                self._down.add(exc.system)
+                log.warning("activity: %s unavailable (%s); retrying its steps later",
+                            exc.system, exc)
             if step.attempts >= MAX_ATTEMPTS:
                 self.stats[f"{step.kind}.dropped"] += 1
                 log.warning("activity %s dropped after %d attempts: %s", step.kind,
                             step.attempts, exc)
                 return
             self.stats[f"{step.kind}.retried"] += 1
-            log.warning("activity %s failed (%s: %s); retrying later", step.kind,
-                        type(exc).__name__, exc)
             self._later(step, min(30.0, 0.5 * 2 ** step.attempts))
         except Exception:
             self.stats[f"{step.kind}.failed"] += 1
@@ -232,12 +244,19 @@ class Activity:
 
     async def _call(self, system: str, method: str, path: str, body: Any = None,
                     params: dict[str, Any] | None = None) -> Any:
-        response = await self._clients[system].request(method, path, json=body, params=params)
+        try:
+            response = await self._clients[system].request(method, path, json=body,
+                                                           params=params)
+        except httpx.TransportError as exc:
+            raise Unavailable(system, f"{method} {path}: {type(exc).__name__} {exc}") from exc
+        if response.status_code >= 500:
+            raise Unavailable(system, f"{method} {path}: {response.status_code}")
+        if system in self._down:
+            self._down.discard(system)
+            log.info("activity: %s is reachable again", system)
         if 400 <= response.status_code < 500:
             raise Rejected(f"{system} {method} {path}: {response.status_code} "
                            f"{response.text[:200]}")
-        if response.status_code >= 500:
-            raise Unavailable(f"{system} {method} {path}: {response.status_code}")
         return response.json()
 
     # -- system helpers ------------------------------------------------------------------------
