@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import time
 from collections import defaultdict
 from typing import Any
@@ -27,7 +28,7 @@ from gateway.events import LOG_KEY
 from gateway.simulators.activity import WEIGHTS, Activity, Plan
 from gateway.simulators.world import World
 from resolvers.http import auth_headers
-from tests.support import Stack, serve
+from tests.support import ServerThread, Stack, free_port, serve
 
 # Every operation the activity performs, primary and follow-up.
 KINDS = (*WEIGHTS, "allocate", "ship", "fulfil", "receive", "putaway", "in_transit",
@@ -183,6 +184,35 @@ async def test_activity_keeps_the_graph_exactly_in_step_with_the_systems(
     got = {cell: {k: served[cell][k] for k in want} for cell, want in expected.items()}
     wrong = {cell: (want, got[cell]) for cell, want in expected.items() if got[cell] != want}
     assert not wrong, f"{len(wrong)} of {len(expected)} cells differ (want, got): {wrong}"
+
+
+async def test_unreachable_system_is_retried_later_and_the_rest_goes_on(stack: Stack) -> None:
+    settings = copy.deepcopy(stack.settings)
+    erp = settings.backends["erp"]
+    port = free_port()
+    erp.base_url = f"http://127.0.0.1:{port}"  # nothing listens here yet
+    activity = Activity(settings, stack.world, 40, seed=3, follow_up_delay=(0.2, 0.8))
+    task = asyncio.create_task(activity.run())
+    late: ServerThread | None = None
+    try:
+        deadline = time.monotonic() + 20
+        while not activity.stats["receipt.retried"] or not activity.stats["sale"]:
+            assert time.monotonic() < deadline, dict(activity.stats)
+            await asyncio.sleep(0.05)
+        assert not activity.stats["receipt"]
+        # The ERP comes up: the receipts that failed are done on a later attempt.
+        late = ServerThread(simulator_app(stack.world, erp, ""), port).start()
+        while not activity.stats["receipt"]:
+            assert time.monotonic() < deadline, dict(activity.stats)
+            assert not task.done()
+            await asyncio.sleep(0.05)
+    finally:
+        activity.stop()
+        await asyncio.wait_for(task, 30)
+        if late is not None:
+            late.stop()
+    assert not activity.stats["receipt.dropped"]
+    assert all(not k.endswith(".failed") for k in activity.stats), dict(activity.stats)
 
 
 class Receiver:
