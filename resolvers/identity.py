@@ -154,7 +154,9 @@ class IdentityMap:
 
     def learn_online(self, listings: Iterable[OnlineListing]) -> None:
         for listing in listings:
-            sku = self._known_sku(listing.sku, listing.barcode)
+            sku = (self._known_sku(listing.sku, listing.barcode)
+                   or self._mapped(SHOPIFY_INVENTORY_ITEM, listing.inventory_item_id)
+                   or self._mapped(SHOPIFY_VARIANT, listing.variant_id))
             if sku is None:
                 self.report(SHOPIFY_VARIANT, listing.variant_id,
                             f"variant SKU {listing.sku!r} is not in the item master", "commerce")
@@ -164,7 +166,8 @@ class IdentityMap:
 
     def learn_store(self, listings: Iterable[StoreListing]) -> None:
         for listing in listings:
-            sku = self._known_sku(listing.sku, listing.upc)
+            sku = (self._known_sku(listing.sku, listing.upc)
+                   or self._mapped(SQUARE_VARIATION, listing.catalog_object_id))
             if sku is None:
                 self.report(SQUARE_VARIATION, listing.catalog_object_id,
                             f"variation SKU {listing.sku!r} / UPC {listing.upc!r} is not in "
@@ -175,7 +178,16 @@ class IdentityMap:
     def check_locations(self, natives: Iterable[NativeLocation]) -> None:
         """Report native locations that no ERP cross-reference or mapping file names."""
         for native in natives:
-            self.location((native.namespace, "location_id"), native.native_id, native.name)
+            kind = (native.namespace, "location_id")
+            # EPCIS names locations by GS1 identifiers: a WMS site's native id is its GLN.
+            kinds = [kind, GLN] if native.namespace == "epcis" else [kind]
+            if all((*k, native.native_id) not in self._locations.forward for k in kinds):
+                self.report(kind, native.native_id, "no location has this identifier",
+                            native.name)
+
+    def _mapped(self, kind: Kind, value: str) -> str | None:
+        """The SKU a mapping file (or an earlier catalog) gave this identifier, if any."""
+        return self._skus.forward.get((*kind, value))
 
     def _known_sku(self, sku: str | None, barcode: str | None) -> str | None:
         if sku and sku in self.known_skus:

@@ -94,7 +94,8 @@ def stock_level(view: StockView, location: LocationRecord, safety_stock: int,
     committed = q.committed or 0
     quality_control = q.quality_control or 0
     damaged = q.damaged or 0
-    on_hand = q.on_hand if q.on_hand is not None else available + committed + quality_control
+    on_hand = (q.on_hand if q.on_hand is not None
+               else available + committed + quality_control + damaged)
     return StockLevelRecord(
         sku=view.sku, location=location, on_hand=on_hand, available=available,
         committed=committed, incoming=q.incoming or 0, quality_control=quality_control,

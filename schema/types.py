@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Annotated
 import strawberry
 from strawberry.types import Info
 
+from gateway.auth import STOCK_READ, requires
 from resolvers import merge
 from resolvers.graph import RequestContext
 from resolvers.types import (
@@ -64,7 +65,8 @@ class Location:
     @classmethod
     def of(cls, r: LocationRecord) -> Location:
         refs = [ExternalId(namespace=x.namespace, kind=x.kind, value=x.value) for x in r.refs]
-        if r.gln:
+        if r.gln and not any((x.namespace, x.kind, x.value) == ("gs1", "gln", r.gln)
+                             for x in r.refs):
             refs.append(ExternalId(namespace="gs1", kind="gln", value=r.gln))
         return cls(id=strawberry.ID(r.id), name=r.name, type=r.type, gln=r.gln,
                    external_ids=refs)
@@ -187,17 +189,23 @@ class Product:
                    price=Money(amount=r.list_price, currency_code=r.currency),
                    safety_stock=r.safety_stock, source=r.source, as_of=r.as_of)
 
+    # Fields read from a backend at request time are nullable: when that backend is down only
+    # they become null (with an error naming it), not the product or the whole page.
     @strawberry.field(description="Stock at every location (or the given ones), each from its "
-                                  "system of record.")
+                                  "system of record; null if one of them is unreachable (the "
+                                  "error names it).",
+                      extensions=[requires(STOCK_READ)])
     async def stock(self, info: Ctx,
-                    location_ids: list[strawberry.ID] | None = None) -> list[StockLevel]:
+                    location_ids: list[strawberry.ID] | None = None) -> list[StockLevel] | None:
         levels = await info.context.loaders.stock(str(self.sku), location_ids)
         return [StockLevel.of(x) for x in levels]
 
-    @strawberry.field(description="What can be promised on a channel.")
+    @strawberry.field(description="What can be promised on a channel; null if the channel's "
+                                  "system of record is unreachable (the error names it).",
+                      extensions=[requires(STOCK_READ)])
     async def availability(self, info: Ctx,
                            channel: Annotated[merge.Channel, strawberry.argument(
-                               description="ONLINE or STORE.")]) -> Availability:
+                               description="ONLINE or STORE.")]) -> Availability | None:
         location_type = merge.CHANNEL_LOCATIONS[channel]
         levels = await info.context.loaders.stock(str(self.sku), location_type=location_type)
         return Availability.of(merge.availability(channel, levels))
@@ -228,30 +236,35 @@ class Product:
                                     source=store.source, as_of=store.as_of))
         return out
 
-    @strawberry.field(description="Open purchase-order lines for this SKU (ERP).")
-    async def purchase_orders(self, info: Ctx) -> list[PurchaseOrderLine]:
+    @strawberry.field(description="Open purchase-order lines for this SKU (ERP); null if the "
+                                  "ERP is unreachable.",
+                      extensions=[requires(STOCK_READ)])
+    async def purchase_orders(self, info: Ctx) -> list[PurchaseOrderLine] | None:
         lines = await info.context.loaders.purchase_orders.load(str(self.sku))
         return [PurchaseOrderLine.of(x) for x in lines]
 
 
 @strawberry.type(description="Relay page information.")
 class PageInfo:
-    has_next_page: bool
-    has_previous_page: bool
-    start_cursor: str | None
-    end_cursor: str | None
+    has_next_page: bool = strawberry.field(description="True when a later page exists.")
+    has_previous_page: bool = strawberry.field(
+        description="True when this page was asked for with `after`.")
+    start_cursor: str | None = strawberry.field(
+        description="Cursor of the first edge; null on an empty page.")
+    end_cursor: str | None = strawberry.field(
+        description="Cursor of the last edge: pass it as `after` for the next page.")
 
 
 @strawberry.type(description="A product and its cursor.")
 class ProductEdge:
-    cursor: str
-    node: Product
+    cursor: str = strawberry.field(description="Opaque position of this product in the list.")
+    node: Product = strawberry.field(description="The product.")
 
 
 @strawberry.type(description="A page of products, ordered by SKU.")
 class ProductConnection:
-    edges: list[ProductEdge]
-    page_info: PageInfo
+    edges: list[ProductEdge] = strawberry.field(description="The products of this page.")
+    page_info: PageInfo = strawberry.field(description="Where this page is in the list.")
 
     @strawberry.field(description="The products of this page, without cursors.")
     def nodes(self) -> list[Product]:
