@@ -65,8 +65,29 @@ def banner(settings: Settings, opts: DemoOptions, redis_url: str) -> str:
     return "\n".join(lines)
 
 
+async def forget_previous_run(redis_url: str) -> int:
+    """The simulators start from the seed's opening state on every run, their versions and
+    sequence numbers from 1; state a previous demo left in a persistent Redis would look
+    newer than theirs. Remove the gateway's keys (``rg:*``) so the run starts consistent."""
+    from gateway.cache import connect
+
+    client = await connect(redis_url)
+    removed = 0
+    try:
+        async for key in client.scan_iter(match="rg:*", count=1000):
+            removed += int(await client.unlink(key))
+    finally:
+        await client.aclose()
+    return removed
+
+
 async def run(opts: DemoOptions) -> None:
     settings = demo_settings(opts.host, opts.port)
+    if settings.redis_url:
+        removed = await forget_previous_run(settings.redis_url)
+        if removed:
+            print(f"demo: removed {removed} keys of a previous demo run from "
+                  f"{settings.redis_url}", flush=True)
     world = World(opts.seed, opts.skus, opts.stores, opts.warehouses)
     simulators: list[Server] = []
     for name, backend in settings.backends.items():
