@@ -46,6 +46,8 @@ class BackendSettings:
     webhook_previous_secret: str = ""
     # Square signs the notification URL; behind a proxy set the public URL here.
     notification_url: str = ""
+    # Silent longer than this (seconds) while its API shows changes: poll it (0 = no check).
+    heartbeat_seconds: float = 0.0
 
 
 @dataclass(slots=True)
@@ -91,6 +93,12 @@ class Settings:
     graphiql: bool = True
     apq: bool = True  # automatic persisted queries
     allow_list_file: str = ""  # only these operations run (admins excepted)
+    # -- reconciliation (gateway/reconcile.py, gateway/synchealth.py) ------------------------
+    reconcile_interval_seconds: float = 0.0  # full reconciliation run every N s; 0 = off
+    discrepancy_tolerance: int = 0  # units of disagreement that are not a discrepancy
+    # A view changed at its source less than this long ago may still have its webhook on the
+    # way: a cache behind it is LAGGING, not WRONG (it is repaired either way).
+    sync_grace_seconds: float = 10.0
 
     def backend_for(self, fmt: BackendFormat) -> BackendSettings:
         """The backend speaking ``fmt``; each format plays one role in the merge rules."""
