@@ -54,8 +54,9 @@ class ErrorCodes(SchemaExtension):
             yield
         except GraphQLError as exc:
             # A syntax error (or too many tokens) raised by ParserCache's on_parse escapes the
-            # operation; Strawberry then reports it as is, so give it its code here.
-            exc.extensions = {**(exc.extensions or {}), "code": "GRAPHQL_PARSE_FAILED"}
+            # operation; Strawberry then reports it as is, so give it a code here (unless the
+            # extension that raised it already did).
+            exc.extensions = {"code": "GRAPHQL_PARSE_FAILED", **(exc.extensions or {})}
             raise
         result = self.execution_context.result
         if result is not None and getattr(result, "errors", None):

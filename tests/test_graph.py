@@ -376,6 +376,8 @@ BAD_PAGES: list[tuple[int, str | None]] = [
     (5, "not-a-cursor"), (5, base64.urlsafe_b64encode(b"product:SKU-000001").decode()),
     (5, "%%%"),
 ]
+# A page over the maximum may be refused by the resolver or by the query limits beforehand.
+TOO_LARGE = {"BAD_USER_INPUT", "LIMIT_EXCEEDED"}
 
 
 def test_bad_page_arguments_are_user_errors(stack: Stack) -> None:
@@ -383,10 +385,13 @@ def test_bad_page_arguments_are_user_errors(stack: Stack) -> None:
         body = post(stack, PAGE, {"first": first, "after": after})
         assert body["data"] is None, (first, after)
         (error,) = errors(body)
-        assert error["extensions"]["code"] == "BAD_USER_INPUT", (first, after, error)
-        assert error["path"] == ["products"]
-        assert ("first" in error["message"]) if after is None else (
-            "cursor" in error["message"]), error
+        code = error["extensions"]["code"]
+        if after is not None:
+            assert code == "BAD_USER_INPUT", error
+            assert "cursor" in error["message"], error
+        else:
+            assert code in (TOO_LARGE if first > 0 else {"BAD_USER_INPUT"}), error
+            assert "first" in error["message"], error
 
 
 # -- identity ------------------------------------------------------------------------------------
@@ -498,30 +503,33 @@ def deep_query(levels: int) -> str:
     return "{ product(sku: \"x\") " + "{ stock " * levels + "{ sku }" + " }" * levels + " }"
 
 
-BAD_QUERIES: list[tuple[str, str, str | None]] = [
-    ('{ product(sku: "x") { sku ', "Syntax Error", "GRAPHQL_PARSE_FAILED"),
-    ("query { products(first: ) }", "Syntax Error", "GRAPHQL_PARSE_FAILED"),
+VALIDATION = {"GRAPHQL_VALIDATION_FAILED"}
+LIMIT = {"GRAPHQL_VALIDATION_FAILED", "LIMIT_EXCEEDED"}
+PARSE = {"GRAPHQL_PARSE_FAILED"}
+# (query, what the message must say, the codes that error may carry)
+BAD_QUERIES: list[tuple[str, str, set[str]]] = [
+    ('{ product(sku: "x") { sku ', "Syntax Error", PARSE),
+    ("query { products(first: ) }", "Syntax Error", PARSE),
     ('{ product(sku: "x") { sku nope } }', "Cannot query field 'nope' on type 'Product'",
-     "GRAPHQL_VALIDATION_FAILED"),
-    ('{ products(first: "ten") { edges { cursor } } }', "Int cannot represent",
-     "GRAPHQL_VALIDATION_FAILED"),
-    ("{ product { sku } }", "product(sku:)", "GRAPHQL_VALIDATION_FAILED"),
-    (deep_query(20), "exceeds maximum operation depth", "GRAPHQL_VALIDATION_FAILED"),
-    ("{ " + " ".join(f"a{i}: locations {{ id }}" for i in range(60)) + " }", "aliases",
-     "GRAPHQL_VALIDATION_FAILED"),
-    ("{ locations { " + "id " * 20_000 + "} }", "tokens", "GRAPHQL_PARSE_FAILED"),
-    ("mutation { nothing }", "mutation", None),
+     VALIDATION),
+    ('{ products(first: "ten") { edges { cursor } } }', "Int cannot represent", VALIDATION),
+    ("{ product { sku } }", "product(sku:)", VALIDATION),
+    (deep_query(20), "maximum operation depth", LIMIT),
+    ("{ " + " ".join(f"a{i}: locations {{ id }}" for i in range(60)) + " }", "aliases", LIMIT),
+    ("{ locations { " + "id " * 20_000 + "} }", "tokens", PARSE | {"LIMIT_EXCEEDED"}),
+    ("mutation { nothing }", "mutation", VALIDATION),
 ]
 
 
 def test_bad_queries_get_graphql_errors_not_500s(stack: Stack) -> None:
-    for query, says, code in BAD_QUERIES:
+    for query, says, codes in BAD_QUERIES:
         body = post(stack, query)
         assert body.get("data") is None, query[:80]
         found = errors(body)
-        assert any(says in e["message"] for e in found), (query[:80], found)
-        if code is not None:
-            assert all(e["extensions"]["code"] == code for e in found), (query[:80], found)
+        naming = [e for e in found if says in e["message"]]
+        assert naming, (query[:80], found)
+        assert all(e["extensions"]["code"] in codes for e in naming), (query[:80], found)
+        assert all(e["extensions"]["code"] for e in found), (query[:80], found)
 
 
 def test_variables_of_the_wrong_type_are_reported(stack: Stack) -> None:
