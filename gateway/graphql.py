@@ -1,7 +1,9 @@
 """GraphQL over HTTP and WebSocket: Strawberry's ASGI view plus our context and error codes.
 
-Validation limits are built once at import, so Strawberry's validation cache keeps hitting
-(a limiter built per request defeats it; see shared/reference/strawberry-notes.md).
+Validation limits are built once per schema (gateway/limits.py), so Strawberry's validation
+cache keeps hitting (a limiter built per request defeats it; see
+shared/reference/strawberry-notes.md). Auth: the principal comes from gateway/auth.py's
+middleware on HTTP and from the ``connection_init`` payload on WebSocket.
 """
 
 from __future__ import annotations
@@ -17,29 +19,30 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.websockets import WebSocket
 from strawberry.asgi import GraphQL
+from strawberry.exceptions import ConnectionRejectionError
 from strawberry.extensions import (
-    AddValidationRules,
-    MaxAliasesLimiter,
-    MaxTokensLimiter,
     ParserCache,
-    QueryDepthLimiter,
     SchemaExtension,
     ValidationCache,
 )
 from strawberry.types.graphql import OperationType
+from strawberry.types.unset import UNSET, UnsetType
 
+from gateway.auth import Authenticator, AuthError, ForbiddenErrors, principal_of
+from gateway.config import Settings
+from gateway.limits import limit_extensions
 from gateway.response_cache import FRESHNESS_STATE
+from gateway.telemetry import OperationTelemetry
 from resolvers.errors import RetailgraphError
 from resolvers.graph import RequestContext, RetailGraph
 from schema import build_schema
 
 log = logging.getLogger("retailgraph.graphql")
+# Strawberry logs every field error with a traceback; ErrorCodes logs the unexpected ones
+# itself, and a backend being down is logged once by the health tracker, not per field.
+logging.getLogger("strawberry.execution").setLevel(logging.CRITICAL)
+_ACK: UnsetType = UNSET  # connection_ack without a payload
 
-MAX_DEPTH = 12
-MAX_ALIASES = 50
-MAX_TOKENS = 5000
-_LIMIT_RULES = [*QueryDepthLimiter(max_depth=MAX_DEPTH).validation_rules,
-                *MaxAliasesLimiter(max_alias_count=MAX_ALIASES).validation_rules]
 
 
 class ErrorCodes(SchemaExtension):
@@ -102,29 +105,49 @@ class FreshnessReport(SchemaExtension):
         return {"freshness": {**context.loaders.freshness.summary(), "responseCache": "miss"}}
 
 
-def make_schema() -> strawberry.Schema:
+def make_schema(settings: Settings | None = None) -> strawberry.Schema:
     return build_schema(extensions=[
-        lambda: MaxTokensLimiter(max_token_count=MAX_TOKENS),
-        lambda: AddValidationRules(_LIMIT_RULES),
+        *limit_extensions(settings or Settings()),
         lambda: ParserCache(maxsize=256),
         lambda: ValidationCache(maxsize=256),
         ErrorCodes,
         FreshnessReport,
+        ForbiddenErrors,
+        OperationTelemetry,
     ])
 
 
 class GraphQLApp(GraphQL[RequestContext, None]):
     """Strawberry's ASGI app with a per-request :class:`RequestContext`."""
 
-    def __init__(self, graph: RetailGraph, **kwargs: Any) -> None:
-        super().__init__(make_schema(), **kwargs)
+    def __init__(self, graph: RetailGraph, auth: Authenticator | None = None,
+                 **kwargs: Any) -> None:
+        super().__init__(make_schema(graph.settings), **kwargs)
         self.graph = graph
+        self.auth = auth or Authenticator(graph.settings)
 
     async def get_context(self, request: Request | WebSocket,
                           response: Response | WebSocket) -> RequestContext:
         freshness = request.scope.setdefault("state", {}).get(FRESHNESS_STATE)
-        return RequestContext(graph=self.graph, loaders=self.graph.loaders(freshness),
+        principal = principal_of(request.scope, self.auth)
+        return RequestContext(graph=self.graph, loaders=self.graph.loaders(freshness, principal),
                               request=request, response=response)
+
+    async def on_ws_connect(self, context: RequestContext) -> UnsetType | dict[str, object] | None:
+        """Authenticate a WebSocket from its ``connection_init`` payload (or, failing that,
+        the handshake's headers); bad or missing credentials close it with 4403."""
+        if not self.auth.enabled:
+            return _ACK
+        try:
+            credential = self.auth.credential_from_params(context.connection_params or {})
+            if credential is None and context.request is not None:
+                credential = self.auth.credential_from_headers(context.request.headers)
+            principal = await self.auth.authenticate(credential)
+        except AuthError as exc:
+            log.info("WebSocket connection refused: %s", exc)
+            raise ConnectionRejectionError from exc
+        context.loaders.principal = principal
+        return _ACK
 
     def encode_json(self, data: object) -> bytes:
         return orjson.dumps(data)
