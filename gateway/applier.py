@@ -20,7 +20,7 @@ import orjson
 from redis.exceptions import RedisError
 
 from gateway.cache import Cache, ResponseCache
-from gateway.events import PENDING_KEY, Envelope, EventKind, EventLog
+from gateway.events import PENDING_KEY, Envelope, EventKind, EventLog, MovementType
 from resolvers.types import StockView
 
 log = logging.getLogger("retailgraph.applier")
@@ -59,7 +59,12 @@ class Applier:
             view = StockView(sku=e.sku, location_id=e.location_id, source=e.source,
                              quantities=e.quantities, as_of=e.occurred_at,
                              version=str(e.source_version))
-            _, cell = await self.cache.apply_view(view, full=e.full)
+            if e.movement is not None and e.movement.type is MovementType.REPAIR:
+                # A reconciliation repair (gateway/reconcile.py): the backend's own answer
+                # replaces the drifted cell unless an event touched it since it was compared.
+                _, cell = await self.cache.repair_view(view, int(e.extra.get("gen", -1)))
+            else:
+                _, cell = await self.cache.apply_view(view, full=e.full)
         elif e.kind is EventKind.MASTER_UPDATE and e.sku and e.data is not None:
             await self.cache.apply_master(e.sku, orjson.dumps(e.data), e.source_version)
         elif e.kind is EventKind.INVALIDATE and e.sku:

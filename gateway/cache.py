@@ -259,6 +259,19 @@ class Cache:
     async def invalidate_views(self, sku: str, source: str) -> int:
         return int(await self._invalidate(keys=[views_key(sku, source)]))
 
+    async def repair_view(self, view: StockView, gen: int) -> tuple[int, StockView | None]:
+        """Write a backend's own answer over a drifted cell (reconciliation repairs): fields
+        of the same or a newer version than held are written, unless an event touched the
+        entry since generation ``gen`` was read (-1: nothing written). Returns the cell."""
+        key = views_key(view.sku, view.source)
+        applied = int(await self._fill(keys=[key],
+                                       args=[self.ttl, gen, *view_fields(view, full=True)]))
+        if applied > 0:  # read-throughs that started before the repair must not undo it
+            await self.redis.hincrby(key, "_gen", 1)
+        raw = await self.redis.hgetall(key)
+        _, cells = parse_views(view.sku, view.source, raw, [view.location_id])
+        return applied, cells.get(view.location_id)
+
     # -- read path -------------------------------------------------------------------------------
 
     async def views(self, source: str, skus: Sequence[str], location_ids: Sequence[str],
