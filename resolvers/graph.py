@@ -167,6 +167,8 @@ class RetailGraph:
         self.health = BackendHealth()
         # The replica's change feed (gateway.subscriptions.ChangeFeed) once Redis is up.
         self.feed: Any = None
+        # Discrepancies and sync health (gateway/reconcile.py, gateway/synchealth.py).
+        self.reconciliation: Any = None
         self._refresh_lock = asyncio.Lock()
 
     @classmethod
@@ -278,9 +280,11 @@ class RetailGraph:
     def master_item(self, sku: str) -> MasterItem | None:
         return self.catalog.items_by_sku.get(sku) if self.catalog else None
 
-    def location_ids(self, location_type: LocationType) -> list[str]:
+    def location_ids(self, location_type: LocationType | None) -> list[str]:
+        """Ids of the locations of a type (None: all), ordered by id."""
         assert self.catalog is not None
-        return [lid for lid, loc in self.catalog.locations.items() if loc.type is location_type]
+        return [lid for lid, loc in self.catalog.locations.items()
+                if location_type is None or loc.type is location_type]
 
     def loaders(self, freshness: Freshness | None = None) -> Loaders:
         return Loaders(self, freshness or Freshness())
@@ -303,6 +307,9 @@ class Loaders:
     store_stock: DataLoader[str, list[StockView]] = field(init=False)
     warehouse_stock: DataLoader[str, list[StockView]] = field(init=False)
     purchase_orders: DataLoader[str, list[PurchaseOrderLine]] = field(init=False)
+    # The other systems' views, for discrepancies (Shopify: warehouses; ERP snapshot: all).
+    online_stock: DataLoader[str, list[StockView]] = field(init=False)
+    erp_snapshot: DataLoader[str, list[StockView]] = field(init=False)
 
     def __post_init__(self) -> None:
         b = self.graph.backends
@@ -317,6 +324,13 @@ class Loaders:
             max_batch_size=1000)
         self.purchase_orders = DataLoader(load_fn=self._load_purchase_orders,
                                           max_batch_size=1000)
+        self.online_stock = DataLoader(
+            load_fn=lambda skus: self._load_views(b.commerce.name, b.commerce.levels,
+                                                  LocationType.WAREHOUSE, skus),
+            max_batch_size=1000)
+        self.erp_snapshot = DataLoader(
+            load_fn=lambda skus: self._load_views(b.erp.name, b.erp.snapshot, None, skus),
+            max_batch_size=1000)
 
     async def _backend(self, name: str, call: Awaitable[V]) -> V:
         """Await a backend call, keeping the backend's health current."""
@@ -331,7 +345,7 @@ class Loaders:
     async def _load_views(self, source: str,
                           fetch: Callable[[Sequence[str], Sequence[str]],
                                           Awaitable[list[StockView]]],
-                          location_type: LocationType,
+                          location_type: LocationType | None,
                           skus: list[str]) -> list[list[StockView] | BaseException]:
         await self.graph.ready_catalog()
         location_ids = self.graph.location_ids(location_type)
