@@ -261,6 +261,11 @@ def erp(d: Delivery, identity: IdentityMap) -> tuple[str, list[Envelope]]:
             raise Unappliable(f"stock adjustment for unmapped SKU {sku} or location {loc}")
         if on_hand < 0:
             raise Unappliable(f"impossible quantity: onHand {on_hand} for {sku} at {loc}")
+        # Versioned by time, as snapshot rows read through are (by the snapshot's asOf): the
+        # global sequence is no cell version and lost to any cached row of the same cell.
+        adjusted = data.get("adjustedAt")
+        common["version"] = version_number("", _time(adjusted, "body.data.adjustedAt")
+                                           if isinstance(adjusted, str) else occurred)
         return event_id, [_envelope(
             d, kind=EventKind.LEVEL_SNAPSHOT, sku=sku, location_id=loc,
             quantities=Quantities(on_hand=on_hand), full=True,
