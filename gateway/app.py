@@ -25,6 +25,7 @@ from gateway.cache import Cache, ResponseCache, connect
 from gateway.config import Settings
 from gateway.events import EventLog
 from gateway.graphql import GraphQLApp
+from gateway.reconcile import Reconciliation
 from gateway.redis_server import EmbeddedRedis
 from gateway.response_cache import ResponseCacheMiddleware
 from gateway.subscriptions import ChangeFeed, ChangePublisher
@@ -71,6 +72,7 @@ class Runtime:
     intake: WebhookIntake | None = None
     sweeper: PendingSweeper | None = None
     feed: ChangeFeed | None = None
+    reconciliation: Reconciliation | None = None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     # False for one-shot commands (events dlq/replay): no sweeper, feed or refreshers.
     background: bool = True
@@ -85,16 +87,19 @@ class Runtime:
         self.cache = Cache(client)
         self.responses = ResponseCache(client)
         self.events = EventLog(client)
-        applier = Applier(self.cache, self.responses,
+        self.reconciliation = Reconciliation(self.settings, self.graph, client, self.cache,
+                                             self.events)
+        applier = Applier(self.cache, self.responses, self.reconciliation.publisher(
                           ChangePublisher(
                               client, self.settings.change_retention_seconds,
                               self.graph.current_view,
-                              lambda loc, src: self.graph.system_of_record(loc) == src))
+                              lambda loc, src: self.graph.system_of_record(loc) == src)))
         self.feed = ChangeFeed(client, self.settings.subscriber_buffer)
         self.graph.feed = self.feed
         self.graph.cache = self.cache if self.settings.cache else None
         self.intake = WebhookIntake(self.settings, self.graph, self.events, applier)
         self.sweeper = PendingSweeper(self.events, applier)
+        self.reconciliation.bind(applier, self.intake)
         with contextlib.suppress(BackendError):
             await self.graph.refresh_catalog()
         if not self.background:
@@ -103,11 +108,14 @@ class Runtime:
                       asyncio.create_task(_probe_backends(self.graph,
                                                           self.settings.probe_interval_seconds)),
                       asyncio.create_task(self.sweeper.run()),
-                      asyncio.create_task(self.feed.run())]
+                      asyncio.create_task(self.feed.run()),
+                      *map(asyncio.create_task, self.reconciliation.background())]
 
     async def stop(self) -> None:
         if self.feed is not None:
             self.feed.close_all()
+        if self.reconciliation is not None:
+            self.reconciliation.close()
         for task in self.tasks:
             task.cancel()
         for task in self.tasks:

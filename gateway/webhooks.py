@@ -114,6 +114,8 @@ class WebhookIntake:
         self.events = events
         self.applier = applier
         self.stats = IntakeStats()
+        # Shared per-source counters and gap detection (gateway.synchealth.SyncHealth).
+        self.health: Any = None
 
     async def __call__(self, request: Request) -> Response:
         name = request.path_params["backend"]
@@ -124,6 +126,8 @@ class WebhookIntake:
             return await self._accept(backend, request)
         except Rejected as exc:
             self.stats.bump(self.stats.rejected, (name, exc.reason))
+            if self.health is not None:
+                await self.health.rejected(name, exc.reason)
             log.info("webhook for %s rejected (%s): %s", name, exc.status, exc.message)
             return JSONResponse({"error": exc.message, "reason": exc.reason},
                                 status_code=exc.status)
@@ -166,6 +170,8 @@ class WebhookIntake:
         if appended.new:
             entries = list(zip(appended.ids, envelopes, strict=True))
             self.stats.bump(self.stats.accepted, backend.name)
+            if self.health is not None:  # before applying: gaps show against the cache
+                await self.health.received(backend, delivery.payload, envelopes)
         else:
             entries = await self._logged(appended.ids)
             self.stats.bump(self.stats.duplicates, backend.name)
@@ -223,5 +229,7 @@ class WebhookIntake:
             raise Rejected(503, "log_unavailable",
                            f"event log unavailable, retry later ({type(exc).__name__})") from exc
         self.stats.bump(self.stats.dead_letters, backend.name)
+        if self.health is not None:
+            await self.health.dead_lettered(backend.name)
         log.warning("webhook for %s dead-lettered: %s", backend.name, reason)
         return 202, {"status": "dead-lettered", "reason": reason}

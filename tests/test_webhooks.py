@@ -148,9 +148,10 @@ def state(hub: Hub) -> dict[str, Any]:
     """All of Redis but cached responses and their tag sets: a query stores those after it
     has answered, so one may land at any moment; the invalidation sequence and markers,
     which only events move, are kept (and :func:`assert_refused` checks the primed
-    response is still served)."""
+    response is still served). Sync-health counters (a refusal counts its reason) and the
+    discrepancy index (re-judged in the background after earlier events) are bookkeeping."""
     return {k: v for k, v in redis_state(hub.redis_url).items()
-            if not k.startswith(("rg:{rc}:r:", "rg:{rc}:t:"))}
+            if not k.startswith(("rg:{rc}:r:", "rg:{rc}:t:", "rg:{sync}:", "rg:{disc}:"))}
 
 
 def still_cached(hub: Hub, t: Target) -> bool:
