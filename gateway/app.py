@@ -20,11 +20,15 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
 
+from gateway import logs, telemetry
 from gateway.applier import Applier, PendingSweeper
+from gateway.auth import Authenticator, AuthMiddleware
 from gateway.cache import Cache, ResponseCache, connect
 from gateway.config import Settings
 from gateway.events import EventLog
 from gateway.graphql import GraphQLApp
+from gateway.persisted import PersistedQueryMiddleware
+from gateway.ratelimit import RateLimitMiddleware
 from gateway.reconcile import Reconciliation
 from gateway.redis_server import EmbeddedRedis
 from gateway.response_cache import ResponseCacheMiddleware
@@ -97,6 +101,7 @@ class Runtime:
         self.feed = ChangeFeed(client, self.settings.subscriber_buffer)
         self.graph.feed = self.feed
         self.graph.cache = self.cache if self.settings.cache else None
+        telemetry.instrument_applier(applier)
         self.intake = WebhookIntake(self.settings, self.graph, self.events, applier)
         self.sweeper = PendingSweeper(self.events, applier)
         self.reconciliation.bind(applier, self.intake)
@@ -131,7 +136,10 @@ class Runtime:
 def create_app(settings: Settings, transport: httpx.AsyncBaseTransport | None = None) -> Starlette:
     graph = RetailGraph.from_settings(settings, transport=transport)
     runtime = Runtime(settings, graph)
-    graphql = GraphQLApp(graph, graphql_ide="graphiql", keep_alive=True,
+    auth = Authenticator(settings)
+    logs.protect(logs.secrets_of(settings))
+    graphql = GraphQLApp(graph, auth=auth, keep_alive=True,
+                         graphql_ide="graphiql" if settings.graphiql else None,
                          keep_alive_interval=settings.ws_keepalive_seconds)
 
     async def healthz(request: Request) -> JSONResponse:
@@ -140,14 +148,16 @@ def create_app(settings: Settings, transport: httpx.AsyncBaseTransport | None = 
     async def webhook(request: Request) -> Response:
         if runtime.intake is None:
             return JSONResponse({"error": "starting up"}, status_code=503)
-        return await runtime.intake(request)
+        return await telemetry.traced_webhook(request, runtime.intake, settings.backends)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await runtime.start()
+        telemetry.watch(runtime)
         try:
             yield
         finally:
+            telemetry.unwatch(runtime)
             await runtime.stop()
 
     app = Starlette(routes=[
@@ -155,8 +165,15 @@ def create_app(settings: Settings, transport: httpx.AsyncBaseTransport | None = 
         WebSocketRoute("/graphql", graphql),
         Route("/webhooks/{backend}", webhook, methods=["POST"]),
         Route("/healthz", healthz),
+        Route("/metrics", telemetry.metrics_endpoint),
     ], lifespan=lifespan)
     app.add_middleware(ResponseCacheMiddleware, runtime=runtime)
+    # Outermost last: metrics -> auth -> rate limit -> persisted queries -> response cache.
+    app.add_middleware(PersistedQueryMiddleware, runtime=runtime, settings=settings)
+    app.add_middleware(RateLimitMiddleware, runtime=runtime,
+                       per_minute=settings.rate_limit_per_minute)
+    app.add_middleware(AuthMiddleware, auth=auth)
+    app.add_middleware(telemetry.HttpMetrics)
     app.state.runtime = runtime
     app.state.graph = graph
     app.state.settings = settings

@@ -406,12 +406,13 @@ class Requires(FieldExtension):
         self.returns_list = isinstance(field.type, StrawberryList)
 
     def _deny(self, info: Info[Any, Any]) -> list[Any]:
-        message = f"the {self.scope} scope is required for {info.parent_type.name}." \
+        raw = info._raw_info
+        message = f"the {self.scope} scope is required for {raw.parent_type.name}." \
                   f"{info.field_name}"
         if not self.returns_list:
             raise Forbidden(message)
         info.context.errors.append(GraphQLError(
-            message, nodes=info.field_nodes, path=info.path.as_list(),
+            message, nodes=raw.field_nodes, path=info.path.as_list(),
             extensions={"code": Forbidden.code}))
         return []
 

@@ -23,6 +23,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="retailgraph",
         description="One always-current GraphQL endpoint over POS, WMS, ERP and e-commerce.")
     parser.add_argument("--log-level", default="INFO")
+    parser.add_argument("--log-format", choices=["text", "json"], default=None,
+                        help="json: one object per line with trace ids (default for serve)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     demo = sub.add_parser("demo", help="run four simulated backends and the gateway")
@@ -32,6 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
     _world_args(demo)
     demo.add_argument("--activity", type=float, default=0.0, metavar="EVENTS_PER_SEC",
                       help="background sales, orders, receipts and transfers (0 = none)")
+    demo.add_argument("--auth", action="store_true",
+                      help="require credentials and print a ready token for each role")
 
     serve = sub.add_parser("serve", help="run the gateway against configured backends")
     serve.add_argument("--config", required=True, help="TOML file (see retailgraph.example.toml)")
@@ -39,6 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=None, help="overrides [gateway].port")
     serve.add_argument("--check", action="store_true",
                        help="validate the configuration, print it without secrets and exit")
+    serve.add_argument("--insecure-no-auth", action="store_true",
+                       help="serve even though no credentials are configured: anyone who can "
+                            "reach the port can read everything")
 
     sim = sub.add_parser("sim", help="run one simulated backend alone")
     sim.add_argument("backend", choices=[name for name, _ in config.DEMO_ROLES])
@@ -65,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _serve(args: argparse.Namespace) -> int:
     from gateway.app import create_app
+    from gateway.auth import Authenticator
     from gateway.serving import make_server, run_together
 
     settings = config.load(args.config)
@@ -78,7 +86,16 @@ def _serve(args: argparse.Namespace) -> int:
                   f"token={'set' if b.token else 'unset'} "
                   f"webhook_secret={'set' if b.webhook_secret else 'unset'}")
         print(f"gateway: http://{settings.host}:{settings.port}/graphql")
+        print(f"auth: {Authenticator(settings).describe()}; rate limit "
+              f"{settings.rate_limit_per_minute}/min; limits depth {settings.max_depth}, "
+              f"aliases {settings.max_aliases}, tokens {settings.max_tokens}, "
+              f"cost {settings.max_cost}, page {settings.max_page_size}")
         return 0
+    if not Authenticator(settings).enabled and not args.insecure_no_auth:
+        print("retailgraph: refusing to serve without auth: configure api_keys, jwt_secret "
+              "(RETAILGRAPH_JWT_SECRET) or a JWKS, or pass --insecure-no-auth",
+              file=sys.stderr)
+        return 2
     server = make_server(create_app(settings), settings.host, settings.port)
     print(f"retailgraph serving http://{settings.host}:{settings.port}/graphql", flush=True)
     asyncio.run(run_together([[server]]))
@@ -151,14 +168,16 @@ def _demo(args: argparse.Namespace) -> int:
 
     asyncio.run(run(DemoOptions(host=args.host, port=args.port, seed=args.seed, skus=args.skus,
                                 stores=args.stores, warehouses=args.warehouses,
-                                activity=args.activity)))
+                                activity=args.activity, auth=args.auth)))
     return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from gateway import logs
+
+    logs.configure(args.log_format or ("json" if args.command == "serve" else "text"),
+                   args.log_level)
     # One line per backend request drowns everything else; failures are logged by us.
     logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.getLogger().level))
     try:

@@ -8,6 +8,7 @@ webhooks from the simulators to the gateway.
 from __future__ import annotations
 
 import importlib
+import secrets
 from dataclasses import dataclass
 from types import ModuleType
 from urllib.parse import urlsplit
@@ -15,6 +16,7 @@ from urllib.parse import urlsplit
 from starlette.applications import Starlette
 
 from gateway.app import create_app
+from gateway.auth import Authenticator, issue_token
 from gateway.config import BackendSettings, Settings, demo_settings
 from gateway.serving import Server, make_server, run_together
 from gateway.simulators.webhooks import DeliveryOptions
@@ -47,9 +49,23 @@ class DemoOptions:
     stores: int = 8
     warehouses: int = 2
     activity: float = 0.0
+    auth: bool = False  # require credentials; print a token per role
 
 
-def banner(settings: Settings, opts: DemoOptions, redis_url: str) -> str:
+def demo_tokens(settings: Settings, store: str | None) -> dict[str, str]:
+    """A ready HS256 token for each role: admin, stock reader, and one store's staff."""
+    roles: dict[str, tuple[list[str], list[str] | None]] = {
+        "admin": (["admin"], None), "stock reader": (["stock:read"], None)}
+    if store is not None:
+        roles[f"store {store}"] = (["stock:read"], [store])
+    return {role: issue_token(settings.jwt_secret, role.replace(" ", "-"), scopes, locations,
+                              audience=settings.jwt_audience or None,
+                              issuer=settings.jwt_issuer or None)
+            for role, (scopes, locations) in roles.items()}
+
+
+def banner(settings: Settings, opts: DemoOptions, redis_url: str,
+           tokens: dict[str, str] | None = None) -> str:
     base = f"http://{settings.host}:{settings.port}"
     lines = [
         f"retailgraph demo (seed {opts.seed}: {opts.skus} SKUs, {opts.stores} stores, "
@@ -61,6 +77,14 @@ def banner(settings: Settings, opts: DemoOptions, redis_url: str) -> str:
     ]
     for name, backend in settings.backends.items():
         lines.append(f"  {name:<9} {backend.base_url}   ({backend.format} simulator)")
+    auth = Authenticator(settings)
+    if not auth.enabled:
+        lines.append("  auth      OPEN: no credentials configured, anyone can query "
+                     "(--auth to require them)")
+    else:
+        lines.append(f"  auth      ON: {auth.describe()}; send Authorization: Bearer <token>")
+    for role, token in (tokens or {}).items():
+        lines.append(f"    {role:<14} {token}")
     lines.append("Press Ctrl+C to stop.")
     return "\n".join(lines)
 
@@ -89,6 +113,10 @@ async def run(opts: DemoOptions) -> None:
             print(f"demo: removed {removed} keys of a previous demo run from "
                   f"{settings.redis_url}", flush=True)
     world = World(opts.seed, opts.skus, opts.stores, opts.warehouses)
+    tokens = None
+    if opts.auth:
+        settings.jwt_secret = settings.jwt_secret or secrets.token_urlsafe(32)
+        tokens = demo_tokens(settings, world.stores[0].code if world.stores else None)
     simulators: list[Server] = []
     for name, backend in settings.backends.items():
         app = simulator_app(world, backend, webhook_url(settings, name))
@@ -104,5 +132,6 @@ async def run(opts: DemoOptions) -> None:
     # Simulators first, so the gateway's first catalog load finds them.
     await run_together([simulators, [gateway]], background,
                        on_started=lambda: print(banner(settings, opts,
-                                                       gateway_app.state.runtime.redis_url),
+                                                       gateway_app.state.runtime.redis_url,
+                                                       tokens),
                                                 flush=True))

@@ -19,6 +19,8 @@ from typing import Any, TypeVar
 import httpx
 from strawberry.dataloader import DataLoader
 
+from gateway import telemetry
+from gateway.auth import OPEN, Principal
 from gateway.cache import Cache, CacheUnavailable
 from gateway.config import Settings
 from resolvers import erp as erp_connector
@@ -286,8 +288,9 @@ class RetailGraph:
         return [lid for lid, loc in self.catalog.locations.items()
                 if location_type is None or loc.type is location_type]
 
-    def loaders(self, freshness: Freshness | None = None) -> Loaders:
-        return Loaders(self, freshness or Freshness())
+    def loaders(self, freshness: Freshness | None = None,
+                principal: Principal = OPEN) -> Loaders:
+        return Loaders(self, freshness or Freshness(), principal)
 
 
 def _group(views: Sequence[StockView]) -> dict[str, list[StockView]]:
@@ -303,6 +306,8 @@ class Loaders:
 
     graph: RetailGraph
     freshness: Freshness
+    # Who is asking: every read below is limited to the principal's locations.
+    principal: Principal = OPEN
     master: DataLoader[str, MasterItem | None] = field(init=False)
     store_stock: DataLoader[str, list[StockView]] = field(init=False)
     warehouse_stock: DataLoader[str, list[StockView]] = field(init=False)
@@ -354,10 +359,13 @@ class Loaders:
         async def from_backend(missing: list[str]) -> list[StockView]:
             return await self._backend(source, fetch(missing, location_ids))
 
-        try:
-            grouped, cached = await self._through_cache(source, skus, location_ids, from_backend)
-        except BackendError as exc:
-            return [exc] * len(skus)
+        with telemetry.cache_lookup(source, len(skus)) as lookup:
+            try:
+                grouped, cached = await self._through_cache(source, skus, location_ids,
+                                                            from_backend)
+            except BackendError as exc:
+                return [exc] * len(skus)
+            lookup.hits(len(cached))
         stale = source in self.graph.health.down
         for sku, views in grouped.items():
             origin = "cache" if sku in cached else "backend"
@@ -392,7 +400,9 @@ class Loaders:
         try:
             if cache is not None:
                 try:
-                    records, cached = await cache.masters(skus, from_backend)
+                    with telemetry.cache_lookup(erp.name, len(skus), "master") as lookup:
+                        records, cached = await cache.masters(skus, from_backend)
+                        lookup.hits(len(cached))
                     self.freshness.cache = "on"
                 except CacheUnavailable:
                     self.freshness.cache = "unavailable"
@@ -423,13 +433,17 @@ class Loaders:
             return [exc] * len(skus)
         out: dict[str, list[PurchaseOrderLine]] = defaultdict(list)
         for line in lines:
-            out[line.sku].append(line)
+            if self.principal.sees(line.location_id):
+                out[line.sku].append(line)
         return [out.get(s, []) for s in skus]
 
     async def stock(self, sku: str, location_ids: Sequence[str] | None = None,
                     location_type: LocationType | None = None) -> list[merge.StockLevelRecord]:
         """Merged levels of a SKU from each location type's system of record."""
         catalog = await self.graph.ready_catalog()
+        if self.principal.locations is not None:  # only the principal's locations, silently
+            location_ids = self.principal.visible(
+                catalog.locations if location_ids is None else location_ids)
         types = [location_type] if location_type else list(LocationType)
         if location_ids is not None:
             wanted = {catalog.locations[x].type for x in location_ids if x in catalog.locations}
@@ -443,6 +457,17 @@ class Loaders:
         stale = set(self.graph.health.down) if self.graph.cache is not None else set()
         return merge.levels_for(views, catalog.locations, safety, location_ids, stale)
 
+    async def locations(self) -> list[LocationRecord]:
+        """The locations this request's principal may see, ordered by id."""
+        catalog = await self.graph.ready_catalog()
+        return [r for r in catalog.locations.values() if self.principal.sees(r.id)]
+
+    async def location(self, location_id: str) -> LocationRecord | None:
+        """One location; :class:`~gateway.auth.Forbidden` outside the principal's locations."""
+        self.principal.require_location(location_id)
+        catalog = await self.graph.ready_catalog()
+        return catalog.locations.get(location_id)
+
 
 @dataclass(slots=True)
 class RequestContext:
@@ -452,3 +477,11 @@ class RequestContext:
     loaders: Loaders
     request: Any = None
     response: Any = None
+    # WebSocket connection_init payload (credentials live here, see gateway/auth.py).
+    connection_params: dict[str, Any] | None = None
+    # FORBIDDEN errors of list fields that resolved to [] (gateway.auth.ForbiddenErrors).
+    errors: list[Any] = field(default_factory=list)
+
+    @property
+    def principal(self) -> Principal:
+        return self.loaders.principal

@@ -15,6 +15,7 @@ import httpx
 import orjson
 
 from gateway.config import BackendSettings
+from gateway.telemetry import TracedTransport
 from resolvers.errors import (
     BackendProtocolError,
     BackendStatusError,
@@ -73,11 +74,13 @@ class BackendClient:
     def __init__(self, settings: BackendSettings,
                  transport: httpx.AsyncBaseTransport | None = None) -> None:
         self.name = settings.name
+        self._token = settings.token
         inner = transport or httpx.AsyncHTTPTransport(
             limits=httpx.Limits(max_connections=50, max_keepalive_connections=20))
         self.http = httpx.AsyncClient(
             base_url=settings.base_url,
-            transport=RetryTransport(inner, retries=settings.retries),
+            transport=TracedTransport(RetryTransport(inner, retries=settings.retries),
+                                      settings.name),
             timeout=httpx.Timeout(settings.timeout, connect=settings.connect_timeout),
             headers={"Accept": "application/json", **auth_headers(settings)},
         )
@@ -96,8 +99,12 @@ class BackendClient:
             raise BackendUnavailable(self.name, f"{method} {path}: {type(exc).__name__}") from exc
         if not response.is_success:
             raise BackendStatusError(self.name, response.status_code,
-                                     f"{method} {path}: {response.text[:200]}")
+                                     f"{method} {path}: {self._scrub(response.text)[:200]}")
         return response
+
+    def _scrub(self, text: str) -> str:
+        """A backend's error text without our credential (some echo the request)."""
+        return text.replace(self._token, "[REDACTED]") if len(self._token) >= 4 else text
 
     async def json(self, method: str, path: str, **kwargs: Any) -> Any:
         response = await self.request(method, path, **kwargs)

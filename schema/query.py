@@ -9,6 +9,7 @@ from typing import Annotated
 import strawberry
 from graphql import GraphQLError
 
+from gateway.auth import ADMIN, STOCK_READ, requires
 from resolvers.types import LocationType as LocationTypeEnum
 from schema.subscription import StockChangePage, stock_events
 from schema.types import (
@@ -68,29 +69,31 @@ class Query:
 
     @strawberry.field(description="One location by id.")
     async def location(self, info: Ctx, id: strawberry.ID) -> Location | None:
-        catalog = await info.context.graph.ready_catalog()
-        record = catalog.locations.get(str(id))
+        record = await info.context.loaders.location(str(id))
         return Location.of(record) if record else None
 
     @strawberry.field(description="All locations, optionally of one type, ordered by id.")
     async def locations(self, info: Ctx, type: LocationTypeEnum | None = None) -> list[Location]:
-        catalog = await info.context.graph.ready_catalog()
-        return [Location.of(r) for r in catalog.locations.values()
+        return [Location.of(r) for r in await info.context.loaders.locations()
                 if type is None or r.type is type]
 
-    @strawberry.field(description="Stock of one SKU at one location.")
+    @strawberry.field(description="Stock of one SKU at one location.",
+                      extensions=[requires(STOCK_READ)])
     async def stock_level(self, info: Ctx, sku: strawberry.ID,
                           location_id: strawberry.ID) -> StockLevel | None:
+        info.context.principal.require_location(str(location_id))
         levels = await info.context.loaders.stock(str(sku), [str(location_id)])
         return StockLevel.of(levels[0]) if levels else None
 
-    stock_events: StockChangePage = strawberry.field(
-        resolver=stock_events,
+    stock_events: StockChangePage | None = strawberry.field(
+        resolver=stock_events, extensions=[requires(STOCK_READ)],
         description="Past stock changes with the movement that caused each, oldest first; "
-                    "subscribe with after: endCursor to continue live without a gap.")
+                    "subscribe with after: endCursor to continue live without a gap. Null "
+                    "(FORBIDDEN) without the stock:read scope or for another's location.")
 
     @strawberry.field(description="Identifiers some system sent that map to no SKU or location. "
-                                  "Fix them in the systems or in the mapping file.")
+                                  "Fix them in the systems or in the mapping file.",
+                      extensions=[requires(ADMIN)])
     async def unmapped_identifiers(self, info: Ctx) -> list[UnmappedIdentifier]:
         await info.context.graph.ready_catalog()
         return [UnmappedIdentifier.of(u) for u in info.context.graph.unmapped()]

@@ -10,6 +10,7 @@ from typing import Annotated, Any
 import strawberry
 from graphql import GraphQLError
 
+from gateway.auth import STOCK_READ, requires
 from resolvers import merge
 from resolvers.types import LocationType as LocationTypeEnum
 from resolvers.types import StockView
@@ -117,8 +118,10 @@ def _filter(info: Ctx, skus: list[strawberry.ID] | None,
     from gateway.subscriptions import make_filter
 
     graph = info.context.graph
-    return make_filter([str(s) for s in skus] if skus is not None else None,
-                       [str(x) for x in location_ids] if location_ids is not None else None,
+    # Only the caller's locations; asking for others is FORBIDDEN (gateway/auth.py).
+    locations = info.context.principal.restrict(
+        [str(x) for x in location_ids] if location_ids is not None else None)
+    return make_filter([str(s) for s in skus] if skus is not None else None, locations,
                        lambda c: graph.system_of_record(c.location_id) == c.source)
 
 
@@ -144,7 +147,8 @@ AfterArg = Annotated[str | None, strawberry.argument(
 
 @strawberry.type(description="Live stock changes, in order per SKU x location.")
 class Subscription:
-    @strawberry.subscription(description="Every change of stock at the matching cells.")
+    @strawberry.subscription(description="Every change of stock at the matching cells.",
+                             extensions=[requires(STOCK_READ)])
     async def stock_changed(self, info: Ctx, skus: SkusArg = None,
                             location_ids: LocationsArg = None,
                             after: AfterArg = None) -> AsyncGenerator[StockChange, None]:
@@ -154,7 +158,7 @@ class Subscription:
                 yield out
 
     @strawberry.subscription(description="Availability of SKUs on a channel, each time it "
-                                         "changes.")
+                                         "changes.", extensions=[requires(STOCK_READ)])
     async def availability_changed(self, info: Ctx, channel: merge.Channel,
                                    skus: SkusArg = None) -> AsyncGenerator[Availability, None]:
         location_type = merge.CHANNEL_LOCATIONS[channel]
@@ -167,14 +171,16 @@ class Subscription:
 
         last: dict[str, int] = {}
         async for change in _changes(info, accept, None):
-            levels = await graph.loaders().stock(change.sku, location_type=location_type)
+            levels = await graph.loaders(principal=info.context.principal).stock(
+                change.sku, location_type=location_type)
             record = merge.availability(channel, levels)
             if last.get(change.sku) != record.available:
                 last[change.sku] = record.available
                 yield Availability.of(record)
 
     @strawberry.subscription(description="Fires only when a level crosses between in-stock, "
-                                         "low (<= lowStockThreshold) and out-of-stock.")
+                                         "low (<= lowStockThreshold) and out-of-stock.",
+                             extensions=[requires(STOCK_READ)])
     async def stock_status_changed(self, info: Ctx, low_stock_threshold: int,
                                    skus: SkusArg = None, location_ids: LocationsArg = None,
                                    after: AfterArg = None,
@@ -197,7 +203,7 @@ async def stock_events(info: Ctx, skus: SkusArg = None, location_ids: LocationsA
                        after: AfterArg = None,
                        first: Annotated[int, strawberry.argument(
                            description="Page size, 1 to the configured maximum.")] = 50,
-                       ) -> StockChangePage:
+                       ) -> StockChangePage | None:
     """Past stock changes (the same log and cursors as the subscriptions)."""
     from gateway.subscriptions import CursorExpired, InvalidCursor
 

@@ -1,0 +1,332 @@
+"""Limits on hostile queries: depth, aliases, tokens, page size and query cost.
+
+Every rejection is a GraphQL error with ``extensions.code = "LIMIT_EXCEEDED"`` and
+``extensions.limit`` naming the setting that was hit (``max_depth``, ``max_aliases``,
+``max_tokens``, ``max_page_size``, ``max_cost``) and ``extensions.max`` its value.
+
+The validation rules are built once per schema (:func:`limit_extensions`), so Strawberry's
+validation cache keeps hitting; a rule class built per request would defeat it. The cost and
+page-size checks need the request's variables, which validation rules never see, so they run
+as a schema extension just before execution, outside the validation cache.
+
+Cost: each field weighs 1 if it returns an object (0 for a scalar), plus the weight of every
+backend it reads (:data:`ROLE_WEIGHTS`: the ERP is the slowest), and lists multiply what is
+below them by their size: ``first`` for pages, the number of locations the caller can see for
+per-location lists, :data:`DEFAULT_LIST_SIZE` otherwise.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+from graphql import (
+    ASTValidationRule,
+    DocumentNode,
+    FieldNode,
+    FragmentDefinitionNode,
+    FragmentSpreadNode,
+    GraphQLError,
+    GraphQLList,
+    GraphQLNonNull,
+    GraphQLObjectType,
+    GraphQLSchema,
+    InlineFragmentNode,
+    IntValueNode,
+    ListValueNode,
+    OperationDefinitionNode,
+    OperationType,
+    SelectionSetNode,
+    ValidationContext,
+    VariableNode,
+    get_named_type,
+)
+from graphql.validation import NoSchemaIntrospectionCustomRule
+from strawberry.extensions import (
+    AddValidationRules,
+    MaxAliasesLimiter,
+    MaxTokensLimiter,
+    QueryDepthLimiter,
+    SchemaExtension,
+)
+
+from gateway.config import Settings
+
+LIMIT_CODE = "LIMIT_EXCEEDED"
+
+# Relative cost of a read from each kind of backend (by format): slower systems weigh more.
+ROLE_WEIGHTS: dict[str, int] = {"erp": 5, "square": 3, "epcis": 3, "shopify": 2}
+# Which backends a field reads (beyond the in-memory catalog and the Redis cache in front).
+FIELD_ROLES: dict[tuple[str, str], tuple[str, ...]] = {
+    ("Query", "product"): ("erp",),
+    ("Query", "products"): ("erp",),
+    ("Query", "stockLevel"): ("square", "epcis", "erp"),
+    ("Product", "stock"): ("square", "epcis", "erp"),
+    ("Product", "availability"): ("square", "epcis", "erp"),
+    ("Product", "purchaseOrders"): ("erp",),
+    ("Subscription", "availabilityChanged"): ("square", "epcis", "erp"),
+}
+# Lists with one entry per location the caller may see.
+LOCATION_LISTS = frozenset({("Product", "stock"), ("Query", "locations"),
+                            ("Availability", "byLocation")})
+DEFAULT_LIST_SIZE = 10
+_SUGGESTION = re.compile(r"\s*Did you mean .*\?$")
+_TOKENS_MESSAGE = "tokens. Parsing aborted"
+_PAGE_MESSAGE = re.compile(r"^first must be between 1 and (\d+)")
+
+
+class LimitExceeded(GraphQLError):
+    """A query over one of the configured limits."""
+
+    def __init__(self, message: str, limit: str, maximum: int, **extra: Any) -> None:
+        super().__init__(message, extensions={"code": LIMIT_CODE, "limit": limit,
+                                              "max": maximum, **extra})
+
+
+def _tagged(rule: type[ASTValidationRule], limit: str, maximum: int,
+            what: str) -> type[ASTValidationRule]:
+    """``rule`` with its errors marked as this limit (Strawberry's limiters report plain
+    errors from their constructors)."""
+
+    class Tagged(ASTValidationRule):
+        def __init__(self, context: ValidationContext) -> None:
+            super().__init__(context)
+            report = context.on_error
+
+            def tag(error: GraphQLError) -> None:
+                error.message = f"{what}: {error.message} (limit {limit})"
+                error.extensions = {"code": LIMIT_CODE, "limit": limit, "max": maximum}
+                report(error)
+
+            context.on_error = tag  # type: ignore[method-assign]
+            try:
+                rule(context)
+            finally:
+                context.on_error = report  # type: ignore[method-assign]
+
+    Tagged.__name__ = f"{limit}_rule"
+    return Tagged
+
+
+def validation_rules(settings: Settings) -> list[type[ASTValidationRule]]:
+    """The depth and alias limits (and no introspection, if so configured), built once."""
+    depth = QueryDepthLimiter(max_depth=settings.max_depth).validation_rules[0]
+    aliases = MaxAliasesLimiter(max_alias_count=settings.max_aliases).validation_rules[0]
+    rules = [_tagged(depth, "max_depth", settings.max_depth, "Query is too deep"),
+             _tagged(aliases, "max_aliases", settings.max_aliases, "Too many aliases")]
+    if not settings.introspection:
+        rules.append(NoSchemaIntrospectionCustomRule)
+    return rules
+
+
+# -- cost -------------------------------------------------------------------------------------
+
+def _int_arg(node: FieldNode, name: str, variables: Mapping[str, Any],
+             defaults: Mapping[str, Any]) -> int | None:
+    for arg in node.arguments or ():
+        if arg.name.value != name:
+            continue
+        value = arg.value
+        if isinstance(value, IntValueNode):
+            return int(value.value)
+        if isinstance(value, VariableNode):
+            raw = variables.get(value.name.value, defaults.get(value.name.value))
+            return raw if isinstance(raw, int) and not isinstance(raw, bool) else None
+        return None
+    return None
+
+
+def _list_len(node: FieldNode, name: str, variables: Mapping[str, Any]) -> int | None:
+    for arg in node.arguments or ():
+        if arg.name.value != name:
+            continue
+        value = arg.value
+        if isinstance(value, ListValueNode):
+            return len(value.values)
+        if isinstance(value, VariableNode):
+            raw = variables.get(value.name.value)
+            return len(raw) if isinstance(raw, list) else None
+    return None
+
+
+class CostModel:
+    """Computes a query's cost and checks page sizes; one per schema."""
+
+    def __init__(self, max_cost: int, max_page_size: int) -> None:
+        self.max_cost = max_cost
+        self.max_page_size = max_page_size
+
+    def cost(self, schema: GraphQLSchema, document: DocumentNode, operation_name: str | None,
+             variables: Mapping[str, Any], locations: int) -> int:
+        """The cost of the operation that would run."""
+        operation: OperationDefinitionNode | None = None
+        fragments: dict[str, FragmentDefinitionNode] = {}
+        for definition in document.definitions:
+            if isinstance(definition, FragmentDefinitionNode):
+                fragments[definition.name.value] = definition
+            elif isinstance(definition, OperationDefinitionNode) and (
+                    operation_name is None or (definition.name is not None
+                                               and definition.name.value == operation_name)):
+                operation = operation or definition
+        if operation is None:
+            return 0
+        root = {OperationType.QUERY: schema.query_type,
+                OperationType.MUTATION: schema.mutation_type,
+                OperationType.SUBSCRIPTION: schema.subscription_type}[operation.operation]
+        if root is None:
+            return 0
+        defaults = {}
+        for variable in operation.variable_definitions or ():
+            if isinstance(variable.default_value, IntValueNode):
+                defaults[variable.variable.name.value] = int(variable.default_value.value)
+        walk = _Walk(schema, fragments, variables, defaults, locations, self.max_page_size)
+        return walk.selections(root, operation.selection_set, paged=False, seen=frozenset())
+
+
+class _Walk:
+    def __init__(self, schema: GraphQLSchema, fragments: dict[str, FragmentDefinitionNode],
+                 variables: Mapping[str, Any], defaults: Mapping[str, Any], locations: int,
+                 max_page_size: int) -> None:
+        self.schema = schema
+        self.fragments = fragments
+        self.variables = variables
+        self.defaults = defaults
+        self.locations = locations
+        self.max_page_size = max_page_size
+
+    def selections(self, parent: GraphQLObjectType, selection_set: SelectionSetNode | None,
+                   paged: bool, seen: frozenset[str]) -> int:
+        total = 0
+        for selection in selection_set.selections if selection_set else ():
+            if isinstance(selection, FieldNode):
+                total += self.field(parent, selection, paged, seen)
+            elif isinstance(selection, InlineFragmentNode):
+                total += self.selections(self._narrow(parent, selection.type_condition),
+                                         selection.selection_set, paged, seen)
+            elif isinstance(selection, FragmentSpreadNode):
+                name = selection.name.value
+                fragment = self.fragments.get(name)
+                if fragment is not None and name not in seen:
+                    total += self.selections(self._narrow(parent, fragment.type_condition),
+                                             fragment.selection_set, paged, seen | {name})
+        return total
+
+    def _narrow(self, parent: GraphQLObjectType, condition: Any) -> GraphQLObjectType:
+        if condition is None:
+            return parent
+        found = self.schema.get_type(condition.name.value)
+        return found if isinstance(found, GraphQLObjectType) else parent
+
+    def field(self, parent: GraphQLObjectType, node: FieldNode, paged: bool,
+              seen: frozenset[str]) -> int:
+        name = node.name.value
+        if name.startswith("__"):
+            return 1 if name != "__typename" else 0
+        definition = parent.fields.get(name)
+        if definition is None:
+            return 0
+        key = (parent.name, name)
+        named = get_named_type(definition.type)
+        weight = (1 if isinstance(named, GraphQLObjectType) else 0) + sum(
+            ROLE_WEIGHTS[r] for r in FIELD_ROLES.get(key, ()))
+        first: int | None = None
+        if "first" in definition.args:
+            first = _int_arg(node, "first", self.variables, self.defaults)
+            if first is None:
+                default = definition.args["first"].default_value
+                first = default if isinstance(default, int) else self.max_page_size
+            # Larger pages are refused by the field itself (BAD_USER_INPUT, limit max_page_size).
+            first = min(first, self.max_page_size)
+        wrapped = definition.type
+        if isinstance(wrapped, GraphQLNonNull):
+            wrapped = wrapped.of_type
+        if first is not None:
+            size = max(first, 1)
+        elif isinstance(wrapped, GraphQLList):
+            if paged:
+                size = 1  # edges/nodes/changes of a page: the page's `first` counted already
+            elif key in LOCATION_LISTS:
+                size = _list_len(node, "locationIds", self.variables) or self.locations
+            else:
+                size = DEFAULT_LIST_SIZE
+        else:
+            size = 1
+        if not isinstance(named, GraphQLObjectType):
+            return weight * size
+        inner = self.selections(named, node.selection_set, paged=first is not None, seen=seen)
+        if first is None and not isinstance(wrapped, GraphQLList):
+            return weight + inner
+        return weight + size * (inner + 1)  # each item counts, and what is selected in it
+
+
+class QueryCost(SchemaExtension):
+    """Rejects, before execution, operations over ``max_cost``."""
+
+    def __init__(self, model: CostModel) -> None:
+        self.model = model
+
+    def on_execute(self) -> Iterator[None]:
+        ec = self.execution_context
+        if ec.graphql_document is not None:
+            cost = self.model.cost(ec.schema._schema, ec.graphql_document, ec.operation_name,
+                                   ec.variables or {}, _visible_locations(ec.context))
+            if cost > self.model.max_cost:
+                raise LimitExceeded(
+                    f"Query is too expensive: cost {cost} is over the maximum of "
+                    f"{self.model.max_cost} (limit max_cost); ask for fewer items or fields",
+                    "max_cost", self.model.max_cost, cost=cost)
+        yield
+
+
+def _visible_locations(context: Any) -> int:
+    graph = getattr(context, "graph", None)
+    catalog = getattr(graph, "catalog", None)
+    if catalog is None:
+        return DEFAULT_LIST_SIZE
+    principal = getattr(context, "principal", None)
+    allowed = getattr(principal, "locations", None)
+    return max(1, len(catalog.locations) if allowed is None else len(allowed))
+
+
+class LimitErrors(SchemaExtension):
+    """Marks the token limit's parse error like the other limits and the fields' page-size
+    errors (``BAD_USER_INPUT`` with ``limit: max_page_size``); without introspection, drops
+    "Did you mean ...?" suggestions that would reveal the schema."""
+
+    def __init__(self, max_tokens: int, introspection: bool) -> None:
+        self.max_tokens = max_tokens
+        self.introspection = introspection
+
+    def on_operation(self) -> Iterator[None]:
+        yield
+        result = self.execution_context.result
+        for error in getattr(result, "errors", None) or ():
+            if _TOKENS_MESSAGE in error.message:
+                error.message = (f"Query is too long: more than {self.max_tokens} tokens "
+                                 "(limit max_tokens)")
+                error.extensions = {"code": LIMIT_CODE, "limit": "max_tokens",
+                                    "max": self.max_tokens}
+            elif page := _PAGE_MESSAGE.match(error.message):
+                error.extensions = {**(error.extensions or {}), "limit": "max_page_size",
+                                    "max": int(page.group(1))}
+            elif not self.introspection and "Did you mean" in error.message:
+                error.message = _SUGGESTION.sub("", error.message)
+
+
+def limit_extensions(settings: Settings) -> list[Callable[[], SchemaExtension]]:
+    """Schema extension factories enforcing every limit; the rules inside are built here,
+    once, so the validation cache keys stay stable."""
+    rules = validation_rules(settings)
+    model = CostModel(settings.max_cost, settings.max_page_size)
+    max_tokens, introspection = settings.max_tokens, settings.introspection
+    return [
+        lambda: MaxTokensLimiter(max_token_count=max_tokens),
+        lambda: AddValidationRules(rules),
+        lambda: QueryCost(model),
+        lambda: LimitErrors(max_tokens, introspection),
+    ]
+
+
+__all__ = ["LIMIT_CODE", "CostModel", "LimitExceeded", "QueryCost", "limit_extensions",
+           "validation_rules"]

@@ -1,0 +1,287 @@
+"""Persisted queries: Apollo's automatic persisted queries (APQ), and an allow-list mode.
+
+APQ (``apq = true``): a client sends ``extensions.persistedQuery = {"version": 1,
+"sha256Hash": "<hex>"}`` without the query text. If this gateway (any replica: the texts are
+in Redis) knows the hash, the query runs; if not, the answer is a GraphQL error
+``PersistedQueryNotFound`` (``extensions.code = "PERSISTED_QUERY_NOT_FOUND"``) and the client
+sends hash and text together, which registers the text once it has parsed and validated. A
+hash that does not match the text is refused. Works for POST bodies and GET query strings.
+
+Allow-list (``allow_list_file``): only operations listed in the file run, sent by hash or in
+full; anything else is refused with ``PERSISTED_QUERY_NOT_ALLOWED`` (HTTP 403). Callers with
+the ``admin`` scope (when auth is on) are exempt, so operators can still explore. The file is
+JSON: an Apollo persisted-query manifest (``{"operations": [{"id", "body", ...}]}``), an
+object ``{"<sha256>": "<query>"}``, or a list of query texts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qsl, urlencode
+
+import orjson
+from redis.exceptions import RedisError
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from gateway.auth import ADMIN, PRINCIPAL_STATE
+from gateway.config import ConfigError, Settings
+
+if TYPE_CHECKING:
+    from gateway.app import Runtime
+
+log = logging.getLogger("retailgraph.persisted")
+
+KEY_PREFIX = "rg:apq:"
+TTL_SECONDS = 7 * 86_400
+MAX_QUERY_BYTES = 100_000
+_HASH = re.compile(r"^[0-9a-f]{64}$")
+# A registered text must have run: these codes mean it did not parse or validate.
+_INVALID = (b"GRAPHQL_PARSE_FAILED", b"GRAPHQL_VALIDATION_FAILED", b"LIMIT_EXCEEDED")
+
+
+def sha256(query: str) -> str:
+    return hashlib.sha256(query.encode()).hexdigest()
+
+
+def load_allow_list(path: str) -> dict[str, str]:
+    """``{id or sha256: query}`` from an allow-list file (see the module docstring)."""
+    try:
+        data = orjson.loads(Path(path).read_bytes())
+    except (OSError, orjson.JSONDecodeError) as exc:
+        raise ConfigError(f"allow_list_file: cannot read {path}: {exc}") from exc
+    pairs: list[tuple[str | None, Any]] = []
+    if isinstance(data, dict) and isinstance(data.get("operations"), list):
+        pairs = [(op.get("id"), op.get("body")) for op in data["operations"]
+                 if isinstance(op, dict)]
+    elif isinstance(data, dict):
+        pairs = list(data.items())
+    elif isinstance(data, list):
+        pairs = [(None, q) for q in data]
+    out: dict[str, str] = {}
+    for key, query in pairs:
+        if not isinstance(query, str):
+            raise ConfigError(f"allow_list_file: {path}: every operation needs a query text")
+        out[sha256(query)] = query
+        if key:
+            out[str(key)] = query
+    if not out:
+        raise ConfigError(f"allow_list_file: {path} lists no operations")
+    return out
+
+
+class PersistedQueryError(Exception):
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+async def _respond(send: Send, error: PersistedQueryError) -> None:
+    body = orjson.dumps({"errors": [{"message": error.message,
+                                     "extensions": {"code": error.code}}]})
+    await send({"type": "http.response.start", "status": error.status, "headers": [
+        (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+
+class PersistedQueryMiddleware:
+    """Turns hashes into query texts (and refuses what the allow-list does not name) before
+    the response cache and Strawberry see the request."""
+
+    def __init__(self, app: ASGIApp, runtime: Runtime, settings: Settings) -> None:
+        self.app = app
+        self.runtime = runtime
+        self.apq = settings.apq
+        self.max_body = settings.max_body_bytes
+        self.allow_list = (load_allow_list(settings.allow_list_file)
+                           if settings.allow_list_file else None)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] != "/graphql":
+            await self.app(scope, receive, send)
+            return
+        if scope["method"] == "POST":
+            await self._post(scope, receive, send)
+        elif scope["method"] == "GET" and scope.get("query_string"):
+            await self._get(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
+
+    def _exempt(self, scope: Scope) -> bool:
+        principal = scope.get("state", {}).get(PRINCIPAL_STATE)
+        return (principal is not None and principal.kind in ("api_key", "jwt")
+                and principal.has(ADMIN))
+
+    async def _resolve(self, scope: Scope, payload: dict[str, Any]) -> str | None:
+        """The query text to run; a hash to register once it ran, if any."""
+        extensions = payload.get("extensions")
+        persisted = extensions.get("persistedQuery") if isinstance(extensions, dict) else None
+        query = payload.get("query")
+        listed = self.allow_list is not None and not self._exempt(scope)
+        if persisted is None:
+            if listed and isinstance(query, str) and sha256(query) not in self.allow_list:  # type: ignore[operator]
+                raise PersistedQueryError(403, "PERSISTED_QUERY_NOT_ALLOWED",
+                                          "this operation is not on the allow-list")
+            return None
+        if not isinstance(persisted, dict) or persisted.get("version") != 1 or not (
+                isinstance(persisted.get("sha256Hash"), str)
+                and _HASH.match(persisted["sha256Hash"])):
+            raise PersistedQueryError(400, "BAD_USER_INPUT",
+                                      "persistedQuery needs version 1 and a sha256Hash "
+                                      "(64 lowercase hex digits)")
+        digest: str = persisted["sha256Hash"]
+        if listed:
+            assert self.allow_list is not None
+            if isinstance(query, str) and sha256(query) != digest:
+                raise PersistedQueryError(400, "BAD_USER_INPUT",
+                                          "provided sha does not match query")
+            found = self.allow_list.get(digest)
+            if found is None:
+                raise PersistedQueryError(403, "PERSISTED_QUERY_NOT_ALLOWED",
+                                          "this operation is not on the allow-list")
+            payload["query"] = found
+            return None
+        if not self.apq:
+            raise PersistedQueryError(200, "PERSISTED_QUERY_NOT_SUPPORTED",
+                                      "PersistedQueryNotSupported")
+        if isinstance(query, str):
+            if sha256(query) != digest:
+                raise PersistedQueryError(400, "BAD_USER_INPUT",
+                                          "provided sha does not match query")
+            return digest if len(query.encode()) <= MAX_QUERY_BYTES else None
+        stored = await self._lookup(digest)
+        if stored is None:
+            raise PersistedQueryError(200, "PERSISTED_QUERY_NOT_FOUND", "PersistedQueryNotFound")
+        payload["query"] = stored
+        return None
+
+    async def _lookup(self, digest: str) -> str | None:
+        cache = self.runtime.cache
+        if cache is None:
+            return None
+        try:
+            raw = await cache.redis.get(KEY_PREFIX + digest)
+        except (RedisError, OSError) as exc:
+            log.warning("persisted query store unavailable: %s", exc)
+            return None
+        return raw.decode() if isinstance(raw, bytes) else raw
+
+    async def _register(self, digest: str, query: str) -> None:
+        cache = self.runtime.cache
+        if cache is None:
+            return
+        try:
+            await cache.redis.set(KEY_PREFIX + digest, query.encode(), ex=TTL_SECONDS)
+        except (RedisError, OSError) as exc:
+            log.warning("persisted query not stored: %s", exc)
+
+    async def _run(self, scope: Scope, receive: Receive, send: Send,
+                   register: tuple[str, str] | None) -> None:
+        if register is None:
+            await self.app(scope, receive, send)
+            return
+        status = 0
+        chunks: list[bytes] = []
+
+        async def capture(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            elif message["type"] == "http.response.body":
+                chunks.append(message.get("body", b""))
+            await send(message)
+
+        await self.app(scope, receive, capture)
+        body = b"".join(chunks)
+        if status == 200 and not any(code in body for code in _INVALID):
+            await self._register(*register)
+
+    async def _post(self, scope: Scope, receive: Receive, send: Send) -> None:
+        body = await _read_body(receive, self.max_body)
+        if body is None:
+            await _respond(send, PersistedQueryError(
+                413, "BAD_USER_INPUT", f"request body is over the {self.max_body}-byte limit"))
+            return
+        if b"persistedQuery" not in body and self.allow_list is None:
+            await self.app(scope, _replay(body), send)
+            return
+        try:
+            payload = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            payload = None
+        if not isinstance(payload, dict):  # malformed or a batch: Strawberry answers
+            await self.app(scope, _replay(body), send)
+            return
+        try:
+            digest = await self._resolve(scope, payload)
+        except PersistedQueryError as exc:
+            await _respond(send, exc)
+            return
+        new_body = orjson.dumps(payload)
+        headers = [(k, v) for k, v in scope.get("headers", []) if k != b"content-length"]
+        headers.append((b"content-length", str(len(new_body)).encode()))
+        register = (digest, payload["query"]) if digest else None
+        await self._run({**scope, "headers": headers}, _replay(new_body), send, register)
+
+    async def _get(self, scope: Scope, receive: Receive, send: Send) -> None:
+        params = dict(parse_qsl(scope["query_string"].decode("latin-1"),
+                                keep_blank_values=True))
+        if "extensions" not in params and self.allow_list is None:
+            await self.app(scope, receive, send)
+            return
+        payload: dict[str, Any] = {"query": params.get("query")}
+        try:
+            payload["extensions"] = (orjson.loads(params["extensions"])
+                                     if "extensions" in params else None)
+        except orjson.JSONDecodeError:
+            await _respond(send, PersistedQueryError(400, "BAD_USER_INPUT",
+                                                     "extensions is not valid JSON"))
+            return
+        try:
+            digest = await self._resolve(scope, payload)
+        except PersistedQueryError as exc:
+            await _respond(send, exc)
+            return
+        if isinstance(payload.get("query"), str):
+            params["query"] = payload["query"]
+        query_string = urlencode(params).encode()
+        register = (digest, payload["query"]) if digest else None
+        await self._run({**scope, "query_string": query_string}, receive, send, register)
+
+
+async def _read_body(receive: Receive, limit: int) -> bytes | None:
+    """The whole body, or None once it is over ``limit`` bytes."""
+    chunks = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            break
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            break
+    return b"".join(chunks)
+
+
+def _replay(body: bytes) -> Receive:
+    sent = False
+
+    async def receive() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return {"type": "http.disconnect"}
+    return receive
+
+
+__all__ = ["PersistedQueryMiddleware", "load_allow_list", "sha256"]

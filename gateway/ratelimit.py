@@ -1,0 +1,160 @@
+"""Rate limiting per client: a token bucket in Redis, shared by every replica.
+
+Each client (its API key or JWT subject; its IP address when auth is off) has a bucket of
+``rate_limit_per_minute`` tokens that refills continuously at that rate; a GraphQL request
+takes one. The bucket lives in one Redis hash, updated by a Lua script with the server's
+clock, so replicas agree and clock skew between them does not matter.
+
+Every answer carries ``RateLimit-Limit`` (bucket size), ``RateLimit-Remaining`` (whole tokens
+left) and ``RateLimit-Reset`` (seconds until the bucket is full again); a refused request
+gets ``429`` with ``Retry-After`` (seconds until one token is back) and a GraphQL error with
+``extensions.code = "RATE_LIMITED"``. If Redis is unreachable the request is let through
+(logged): the limiter must not take the gateway down with it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from redis.exceptions import RedisError
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from gateway import telemetry
+from gateway.auth import PRINCIPAL_STATE
+
+if TYPE_CHECKING:
+    from gateway.app import Runtime
+
+log = logging.getLogger("retailgraph.ratelimit")
+
+KEY_PREFIX = "rg:rl:"
+LIMITED_PATHS = ("/graphql",)
+
+# KEYS[1] bucket; ARGV: capacity, refill per millisecond, cost.
+# Returns {allowed, tokens left (string), ms until one more token, ms until full}.
+TOKEN_BUCKET_LUA = """
+local capacity = tonumber(ARGV[1])
+local rate = tonumber(ARGV[2])
+local cost = tonumber(ARGV[3])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local state = redis.call('HMGET', KEYS[1], 'tokens', 'ts')
+local tokens = tonumber(state[1])
+local ts = tonumber(state[2])
+if tokens == nil or ts == nil then
+  tokens = capacity
+  ts = now
+end
+tokens = math.min(capacity, tokens + math.max(0, now - ts) * rate)
+local allowed = 0
+if tokens >= cost then
+  tokens = tokens - cost
+  allowed = 1
+end
+redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'ts', tostring(now))
+local full_ms = math.ceil((capacity - tokens) / rate)
+redis.call('PEXPIRE', KEYS[1], full_ms + 1000)
+local retry_ms = 0
+if allowed == 0 then retry_ms = math.ceil((cost - tokens) / rate) end
+return {allowed, tostring(tokens), retry_ms, full_ms}
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    allowed: bool
+    limit: int
+    remaining: int
+    reset_seconds: int
+    retry_after_seconds: int
+
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        out = [(b"ratelimit-limit", str(self.limit).encode()),
+               (b"ratelimit-remaining", str(self.remaining).encode()),
+               (b"ratelimit-reset", str(self.reset_seconds).encode()),
+               (b"ratelimit-policy", f"{self.limit};w=60".encode())]
+        if not self.allowed:
+            out.append((b"retry-after", str(self.retry_after_seconds).encode()))
+        return out
+
+
+class TokenBucket:
+    """``per_minute`` requests a minute per client, in bursts of up to ``per_minute``."""
+
+    def __init__(self, per_minute: int) -> None:
+        self.capacity = per_minute
+        self.rate_per_ms = per_minute / 60_000
+        self._script: Any = None
+        self._client: Any = None
+
+    async def take(self, redis: Any, client: str, cost: int = 1) -> Decision:
+        if self._script is None or self._client is not redis:
+            self._script = redis.register_script(TOKEN_BUCKET_LUA)
+            self._client = redis
+        key = KEY_PREFIX + hashlib.sha256(client.encode()).hexdigest()[:32]
+        allowed, tokens, retry_ms, full_ms = await self._script(
+            keys=[key], args=[self.capacity, repr(self.rate_per_ms), cost])
+        left = float(tokens.decode() if isinstance(tokens, bytes) else tokens)
+        return Decision(allowed=bool(allowed), limit=self.capacity,
+                        remaining=max(0, math.floor(left)),
+                        reset_seconds=math.ceil(int(full_ms) / 1000),
+                        retry_after_seconds=max(1, math.ceil(int(retry_ms) / 1000)))
+
+
+def client_of(scope: Scope) -> str:
+    """Who to count a request against: the authenticated caller, else its address."""
+    principal = scope.get("state", {}).get(PRINCIPAL_STATE)
+    client_id = getattr(principal, "client_id", "")
+    if client_id:
+        return str(client_id)
+    peer = scope.get("client")
+    return f"ip:{peer[0] if peer else 'unknown'}"
+
+
+class RateLimitMiddleware:
+    """Applies the bucket to GraphQL requests; runs after authentication."""
+
+    def __init__(self, app: ASGIApp, runtime: Runtime, per_minute: int) -> None:
+        self.app = app
+        self.runtime = runtime
+        self.bucket = TokenBucket(per_minute) if per_minute > 0 else None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        cache = self.runtime.cache
+        if (self.bucket is None or scope["type"] != "http" or cache is None
+                or scope["path"] not in LIMITED_PATHS):
+            await self.app(scope, receive, send)
+            return
+        try:
+            decision = await self.bucket.take(cache.redis, client_of(scope))
+        except (RedisError, OSError) as exc:
+            log.warning("rate limiter unavailable, letting the request through: %s", exc)
+            await self.app(scope, receive, send)
+            return
+        extra = decision.headers()
+        if not decision.allowed:
+            telemetry.current().m.rate_limited.add(1)
+            body = orjson.dumps({"errors": [{
+                "message": f"rate limit of {decision.limit} requests per minute exceeded; "
+                           f"retry after {decision.retry_after_seconds}s",
+                "extensions": {"code": "RATE_LIMITED"}}]})
+            await send({"type": "http.response.start", "status": 429, "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()), *extra]})
+            await send({"type": "http.response.body", "body": body})
+            return
+
+        async def with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", ()), *extra]}
+            await send(message)
+
+        await self.app(scope, receive, with_headers)
+
+
+__all__ = ["Decision", "RateLimitMiddleware", "TokenBucket", "client_of"]
