@@ -11,6 +11,12 @@ from graphql import GraphQLError
 
 from gateway.auth import ADMIN, STOCK_READ, requires
 from resolvers.types import LocationType as LocationTypeEnum
+from schema.reconciliation import (
+    DiscrepancyConnection,
+    SourceStatus,
+    discrepancies_field,
+    sync_status_field,
+)
 from schema.subscription import StockChangePage, stock_events
 from schema.types import (
     Ctx,
@@ -97,3 +103,7 @@ class Query:
     async def unmapped_identifiers(self, info: Ctx) -> list[UnmappedIdentifier]:
         await info.context.graph.ready_catalog()
         return [UnmappedIdentifier.of(u) for u in info.context.graph.unmapped()]
+
+    # Where the systems disagree (schema/reconciliation.py; scope discrepancies:read).
+    discrepancies: DiscrepancyConnection | None = discrepancies_field
+    sync_status: list[SourceStatus] = sync_status_field

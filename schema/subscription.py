@@ -14,6 +14,7 @@ from gateway.auth import STOCK_READ, requires
 from resolvers import merge
 from resolvers.types import LocationType as LocationTypeEnum
 from resolvers.types import StockView
+from schema.reconciliation import DiscrepancyNotice, discrepancy_detected_field
 from schema.types import Availability, Ctx, StockLevel
 
 
@@ -197,6 +198,9 @@ class Subscription:
             known[change.key()] = status
             if status != before:
                 yield StockStatusChange(change=out, status=status, previous_status=before)
+
+    # Where the systems disagree (schema/reconciliation.py; scope discrepancies:read).
+    discrepancy_detected: AsyncGenerator[DiscrepancyNotice, None] = discrepancy_detected_field
 
 
 async def stock_events(info: Ctx, skus: SkusArg = None, location_ids: LocationsArg = None,

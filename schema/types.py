@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Annotated
 import strawberry
 from strawberry.types import Info
 
+from gateway.auth import DISCREPANCIES_READ, requires
 from resolvers import merge
 from resolvers.graph import RequestContext
 from resolvers.types import (
@@ -29,6 +30,8 @@ from resolvers.types import (
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
+
+    from schema.reconciliation import SourceView
 
 Ctx = Info[RequestContext, None]
 
@@ -91,6 +94,16 @@ class StockLevel:
     as_of: datetime = strawberry.field(description="When the source computed this value.")
     stale: bool = strawberry.field(description="True when served from cache while the source is "
                                                "unreachable.")
+
+    @strawberry.field(description="Every system's view of this stock level next to the system "
+                                  "of record's: the web shop (warehouses) and the ERP's "
+                                  "snapshot, each with its age. Needs discrepancies:read.",
+                      extensions=[requires(DISCREPANCIES_READ)])
+    async def views(self, info: Ctx) -> list[Annotated[
+            SourceView, strawberry.lazy("schema.reconciliation")]]:
+        from schema.reconciliation import source_views
+
+        return await source_views(info, str(self.sku), str(self.location.id))
 
     @classmethod
     def of(cls, r: merge.StockLevelRecord) -> StockLevel:

@@ -1,0 +1,412 @@
+"""Where the systems disagree: every system's view of a stock level, the discrepancies between
+them (listed and live), and how far behind each system's feed runs.
+
+Every field here needs the ``discrepancies:read`` scope (``gateway.auth``); a principal limited
+to some locations sees only those.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator
+from datetime import UTC, datetime
+from enum import Enum
+from typing import Annotated, Any
+
+import strawberry
+from graphql import GraphQLError
+
+from gateway.auth import DISCREPANCIES_READ, requires
+from gateway.discrepancies import DiscrepancyEvent as EventRecord
+from gateway.discrepancies import DiscrepancyFilter, Finding, Side
+from gateway.discrepancies import Kind as KindRecord
+from gateway.discrepancies import Severity as SeverityRecord
+from gateway.discrepancies import Status as StatusRecord
+from gateway.synchealth import Gap, Lag
+from gateway.synchealth import SourceStatus as SourceStatusRecord
+from resolvers.errors import BackendError
+from resolvers.types import LocationType, StockView
+from schema.types import Ctx, Location, PageInfo
+
+
+@strawberry.enum(description="What a system's view of a stock level is for.")
+class SourceRole(Enum):
+    SYSTEM_OF_RECORD = "SYSTEM_OF_RECORD"
+    ONLINE = "ONLINE"
+    ERP_SNAPSHOT = "ERP_SNAPSHOT"
+
+
+@strawberry.enum(description="How the systems disagree. ONLINE_OVERSELL_RISK: the web shop "
+                             "offers more than the warehouse has available. "
+                             "ERP_SNAPSHOT_DRIFT: the ERP's nightly on-hand of a warehouse "
+                             "differs from the WMS beyond what the movements since explain. "
+                             "POS_ERP_STORE_COUNT: the same for a store's count against the "
+                             "POS. CACHE_DRIFT: the gateway's cache differs from the system it "
+                             "copies (reconciliation repairs it).")
+class DiscrepancyKind(Enum):
+    ONLINE_OVERSELL_RISK = "ONLINE_OVERSELL_RISK"
+    ERP_SNAPSHOT_DRIFT = "ERP_SNAPSHOT_DRIFT"
+    POS_ERP_STORE_COUNT = "POS_ERP_STORE_COUNT"
+    CACHE_DRIFT = "CACHE_DRIFT"
+
+
+@strawberry.enum(description="How much a discrepancy matters, from its kind and size.")
+class DiscrepancySeverity(Enum):
+    LOW = "LOW"
+    MEDIUM = "MEDIUM"
+    HIGH = "HIGH"
+    CRITICAL = "CRITICAL"
+
+
+@strawberry.enum(description="LAGGING: the view is older than a movement it has not seen "
+                             "yet (it may catch up by itself). WRONG: it has seen every "
+                             "movement and still disagrees.")
+class DiscrepancyStatus(Enum):
+    LAGGING = "LAGGING"
+    WRONG = "WRONG"
+
+
+@strawberry.enum(description="What happened to a discrepancy.")
+class DiscrepancyChange(Enum):
+    APPEARED = "APPEARED"
+    UPDATED = "UPDATED"
+    RESOLVED = "RESOLVED"
+
+
+def _age(moment: datetime) -> float:
+    return round(max(0.0, (datetime.now(UTC) - moment).total_seconds()), 3)
+
+
+@strawberry.type(description="One system's view of a stock level, next to the system of "
+                             "record's. Quantities the system does not report are null.")
+class SourceView:
+    source: str = strawberry.field(description="Backend name.")
+    system: str = strawberry.field(description="Its format: square, epcis, erp or shopify.")
+    role: SourceRole = strawberry.field(description="SYSTEM_OF_RECORD (POS at stores, WMS at "
+                                                    "warehouses), ONLINE (the web shop) or "
+                                                    "ERP_SNAPSHOT (last night's ERP stock).")
+    on_hand: int | None = strawberry.field(description="On hand (derived for the POS).")
+    available: int | None = strawberry.field(description="Available to sell.")
+    committed: int | None = strawberry.field(description="Committed to orders.")
+    incoming: int | None = strawberry.field(description="On its way.")
+    quality_control: int | None = strawberry.field(description="In quality control.")
+    damaged: int | None = strawberry.field(description="Damaged.")
+    as_of: datetime = strawberry.field(description="When this system last changed the value.")
+    age_seconds: float = strawberry.field(description="Seconds since asOf.")
+
+    @classmethod
+    def of(cls, view: StockView, role: SourceRole, system: str) -> SourceView:
+        from gateway.discrepancies import derived_on_hand
+
+        q = view.quantities
+        return cls(source=view.source, system=system, role=role,
+                   on_hand=derived_on_hand(q) if role is not SourceRole.ONLINE else q.on_hand,
+                   available=q.available, committed=q.committed, incoming=q.incoming,
+                   quality_control=q.quality_control, damaged=q.damaged, as_of=view.as_of,
+                   age_seconds=_age(view.as_of))
+
+
+async def source_views(info: Ctx, sku: str, location_id: str) -> list[SourceView]:
+    """Every system's view of one cell: the system of record first, then the shop, the ERP."""
+    graph = info.context.graph
+    loaders = info.context.loaders
+    catalog = await graph.ready_catalog()
+    location = catalog.locations.get(location_id)
+    if location is None:
+        return []
+    store = location.type is LocationType.STORE
+    wanted = [(loaders.store_stock if store else loaders.warehouse_stock,
+               SourceRole.SYSTEM_OF_RECORD)]
+    if not store:
+        wanted.append((loaders.online_stock, SourceRole.ONLINE))
+    wanted.append((loaders.erp_snapshot, SourceRole.ERP_SNAPSHOT))
+    out = []
+    for loader, role in wanted:
+        try:
+            views: list[StockView] = await loader.load(sku)
+        except BackendError:
+            continue  # that system is down: the others are still worth showing
+        for view in views:
+            if view.location_id == location_id:
+                system = graph.settings.backends[view.source].format
+                out.append(SourceView.of(view, role, system))
+    return out
+
+
+@strawberry.type(description="A system's value in a discrepancy.")
+class DiscrepancyView:
+    source: str = strawberry.field(description="Backend name.")
+    role: SourceRole = strawberry.field(description="What this view is for.")
+    quantity: str = strawberry.field(description="Which quantity is compared: onHand or "
+                                                 "available.")
+    value: int = strawberry.field(description="Its value in this view.")
+    as_of: datetime = strawberry.field(description="When this view last changed.")
+    age_seconds: float = strawberry.field(description="Seconds since asOf.")
+    origin: str = strawberry.field(description="cache (the gateway's copy) or backend (read "
+                                               "from the system by a reconciliation run).")
+
+    @classmethod
+    def of(cls, side: Side) -> DiscrepancyView:
+        return cls(source=side.source, role=SourceRole(side.role.value), quantity=side.quantity,
+                   value=side.value, as_of=side.as_of, age_seconds=_age(side.as_of),
+                   origin=side.origin)
+
+
+@strawberry.type(description="Systems disagreeing about one SKU at one location.")
+class Discrepancy:
+    id: strawberry.ID = strawberry.field(description="locationId|sku|kind (stable while it "
+                                                     "lasts).")
+    sku: strawberry.ID = strawberry.field(description="The SKU.")
+    location_id: strawberry.ID = strawberry.field(description="The location.")
+    kind: DiscrepancyKind = strawberry.field(description="How the systems disagree.")
+    status: DiscrepancyStatus = strawberry.field(description="LAGGING or WRONG.")
+    severity: DiscrepancySeverity = strawberry.field(description="How much it matters.")
+    delta: int = strawberry.field(
+        description="The units in question: shop available minus warehouse available "
+                    "(oversell); for snapshot drift the units the movements since the "
+                    "snapshot do not explain (or the whole difference while LAGGING); cache "
+                    "minus backend (cache drift).")
+    explained_by_movements: int | None = strawberry.field(
+        description="Of the raw difference, the units movements since the older view "
+                    "account for; null when they are not known.")
+    source: str = strawberry.field(description="The system found lagging or wrong.")
+    views: list[DiscrepancyView] = strawberry.field(description="Each view's value and age.")
+    last_movement_at: datetime | None = strawberry.field(
+        description="Last movement at the system of record (or the backend, for cache drift).")
+    detected_at: datetime = strawberry.field(description="When this state was last judged.")
+    since: datetime | None = strawberry.field(description="When it first appeared.")
+    message: str = strawberry.field(description="What it means, in words.")
+
+    @strawberry.field(description="The location.")
+    async def location(self, info: Ctx) -> Location | None:
+        catalog = await info.context.graph.ready_catalog()
+        record = catalog.locations.get(str(self.location_id))
+        return Location.of(record) if record else None
+
+    @classmethod
+    def of(cls, f: Finding) -> Discrepancy:
+        return cls(id=strawberry.ID(f.key), sku=strawberry.ID(f.sku),
+                   location_id=strawberry.ID(f.location_id), kind=DiscrepancyKind(f.kind.value),
+                   status=DiscrepancyStatus(f.status.value),
+                   severity=DiscrepancySeverity(f.severity.value), delta=f.delta,
+                   explained_by_movements=f.explained, source=f.source,
+                   views=[DiscrepancyView.of(s) for s in f.sides],
+                   last_movement_at=f.last_movement_at, detected_at=f.detected_at,
+                   since=f.since, message=f.message)
+
+
+@strawberry.type(description="A discrepancy and its cursor.")
+class DiscrepancyEdge:
+    cursor: str = strawberry.field(description="Opaque position; pass as `after`.")
+    node: Discrepancy = strawberry.field(description="The discrepancy.")
+
+
+@strawberry.type(description="A page of discrepancies, by location, SKU and kind.")
+class DiscrepancyConnection:
+    edges: list[DiscrepancyEdge] = strawberry.field(description="This page.")
+    page_info: PageInfo = strawberry.field(description="Where this page is in the list.")
+    total: int = strawberry.field(description="All current discrepancies, unfiltered.")
+
+    @strawberry.field(description="This page without cursors.")
+    def nodes(self) -> list[Discrepancy]:
+        return [edge.node for edge in self.edges]
+
+
+@strawberry.type(name="DiscrepancyEvent",
+                 description="A discrepancy appeared, changed (status, severity, delta) or "
+                             "resolved.")
+class DiscrepancyNotice:
+    change: DiscrepancyChange = strawberry.field(description="What happened.")
+    discrepancy: Discrepancy = strawberry.field(
+        description="The discrepancy (for RESOLVED: as it was last judged).")
+    at: datetime = strawberry.field(description="When it happened.")
+    cursor: str = strawberry.field(description="Position in the discrepancy stream.")
+
+
+
+def _reconciliation(info: Ctx) -> Any:
+    found = info.context.graph.reconciliation
+    if found is None:
+        raise GraphQLError("reconciliation unavailable (Redis not connected)",
+                           extensions={"code": "SERVICE_UNAVAILABLE"})
+    return found
+
+
+def _locations(info: Ctx, location_ids: list[strawberry.ID] | None) -> frozenset[str] | None:
+    wanted = None if location_ids is None else [str(x) for x in location_ids]
+    allowed = info.context.principal.restrict(wanted)
+    return None if allowed is None else frozenset(allowed)
+
+
+LocationsArg = Annotated[list[strawberry.ID] | None, strawberry.argument(
+    description="Only these locations (default: all you may read).")]
+SkusArg = Annotated[list[strawberry.ID] | None, strawberry.argument(
+    description="Only these SKUs (default: all).")]
+KindsArg = Annotated[list[DiscrepancyKind] | None, strawberry.argument(
+    description="Only these kinds (default: all).")]
+MinSeverityArg = Annotated[DiscrepancySeverity, strawberry.argument(
+    description="Only this severity and above.")]
+
+
+async def discrepancies(
+        info: Ctx, location_ids: LocationsArg = None, skus: SkusArg = None,
+        min_delta: Annotated[int, strawberry.argument(
+            description="Only discrepancies of at least this many units (either way).")] = 0,
+        kinds: KindsArg = None,
+        status: Annotated[DiscrepancyStatus | None, strawberry.argument(
+            description="Only LAGGING or only WRONG ones (default: both).")] = None,
+        min_severity: MinSeverityArg = DiscrepancySeverity.LOW,
+        first: Annotated[int, strawberry.argument(
+            description="Page size, 1 to the configured maximum.")] = 50,
+        after: Annotated[str | None, strawberry.argument(
+            description="endCursor of the previous page.")] = None,
+) -> DiscrepancyConnection | None:
+    limit = info.context.graph.settings.max_page_size
+    if not 1 <= first <= limit:
+        raise GraphQLError(f"first must be between 1 and {limit}, got {first}",
+                           extensions={"code": "BAD_USER_INPUT"})
+    if min_delta < 0:
+        raise GraphQLError("minDelta must be 0 or more", extensions={"code": "BAD_USER_INPUT"})
+    reconciliation = _reconciliation(info)
+    query = DiscrepancyFilter(
+        location_ids=_locations(info, location_ids),
+        skus=None if skus is None else frozenset(str(s) for s in skus), min_delta=min_delta,
+        kinds=None if kinds is None else frozenset(KindRecord(k.value) for k in kinds),
+        statuses=None if status is None else frozenset({StatusRecord(status.value)}),
+        min_severity=SeverityRecord(min_severity.value))
+    try:
+        page = await reconciliation.index.page(query, first, after)
+    except ValueError as exc:
+        raise GraphQLError(str(exc), extensions={"code": "BAD_USER_INPUT"}) from exc
+    edges = [DiscrepancyEdge(cursor=c, node=Discrepancy.of(f))
+             for f, c in zip(page.findings, page.cursors, strict=True)]
+    return DiscrepancyConnection(
+        edges=edges, total=await reconciliation.index.count(),
+        page_info=PageInfo(has_next_page=page.has_more, has_previous_page=after is not None,
+                           start_cursor=edges[0].cursor if edges else None,
+                           end_cursor=page.end_cursor))
+
+
+async def discrepancy_detected(
+        info: Ctx, location_ids: LocationsArg = None,
+        min_severity: MinSeverityArg = DiscrepancySeverity.LOW, kinds: KindsArg = None,
+) -> AsyncGenerator[DiscrepancyNotice, None]:
+    reconciliation = _reconciliation(info)
+    query = DiscrepancyFilter(
+        location_ids=_locations(info, location_ids),
+        kinds=None if kinds is None else frozenset(KindRecord(k.value) for k in kinds),
+        min_severity=SeverityRecord(min_severity.value))
+
+    def accept(event: EventRecord) -> bool:
+        return query.accepts(event.finding)
+
+    async for event in reconciliation.feed.subscribe(accept):
+        yield DiscrepancyNotice(change=DiscrepancyChange(event.transition.value),
+                                discrepancy=Discrepancy.of(event.finding), at=event.at,
+                                cursor=event.cursor)
+
+
+# -- sync health -------------------------------------------------------------------------------
+
+@strawberry.type(description="Latency percentiles over the last 1,000 events.")
+class LagStats:
+    p50_ms: float | None = strawberry.field(description="Median, milliseconds.")
+    p95_ms: float | None = strawberry.field(description="95th percentile, milliseconds.")
+    samples: int = strawberry.field(description="Events measured.")
+
+    @classmethod
+    def of(cls, lag: Lag) -> LagStats:
+        return cls(p50_ms=lag.p50_ms, p95_ms=lag.p95_ms, samples=lag.samples)
+
+
+@strawberry.type(description="Webhooks refused for one reason.")
+class RejectCount:
+    reason: str = strawberry.field(description="e.g. bad_signature, replay, malformed.")
+    count: int = strawberry.field(description="How many.")
+
+
+@strawberry.type(description="Events a source sent that never arrived, and their healing.")
+class SyncGap:
+    detected_at: datetime = strawberry.field(description="When the gap was found.")
+    reason: str = strawberry.field(description="sequence (numbers skipped), cell-sequence (a "
+                                               "cell's numbers skipped) or silent (quiet "
+                                               "longer than the heartbeat while changing).")
+    from_sequence: int | None = strawberry.field(description="First missing number.")
+    to_sequence: int | None = strawberry.field(description="Last missing number.")
+    sku: strawberry.ID | None = strawberry.field(description="The cell's SKU, if one cell.")
+    location_id: strawberry.ID | None = strawberry.field(description="The cell's location.")
+    healed_at: datetime | None = strawberry.field(description="When the gateway caught up.")
+    applied: int = strawberry.field(description="Events applied or cells repaired to heal it.")
+    detail: str = strawberry.field(description="What happened, in words.")
+
+    @classmethod
+    def of(cls, gap: Gap) -> SyncGap:
+        return cls(detected_at=gap.detected_at, reason=gap.reason,
+                   from_sequence=gap.from_sequence, to_sequence=gap.to_sequence,
+                   sku=strawberry.ID(gap.sku) if gap.sku else None,
+                   location_id=strawberry.ID(gap.location_id) if gap.location_id else None,
+                   healed_at=gap.healed_at, applied=gap.applied, detail=gap.detail)
+
+
+@strawberry.type(description="How current the gateway is with one source system (the same "
+                             "on every replica).")
+class SourceStatus:
+    source: str = strawberry.field(description="Backend name.")
+    system: str = strawberry.field(description="Its format.")
+    last_event_received_at: datetime | None = strawberry.field(
+        description="When its last webhook was received.")
+    last_event_occurred_at: datetime | None = strawberry.field(
+        description="When the newest event received happened at the source.")
+    events_received: int = strawberry.field(description="Events received in total.")
+    events_per_minute: float = strawberry.field(description="Events received in the last "
+                                                            "minute.")
+    lag_occurred_to_received: LagStats = strawberry.field(
+        description="From happening at the source to reaching the gateway.")
+    lag_received_to_applied: LagStats = strawberry.field(
+        description="From reaching the gateway to being readable.")
+    rejects: list[RejectCount] = strawberry.field(description="Refused webhooks by reason.")
+    dead_letters: int = strawberry.field(description="Deliveries kept in the dead-letter "
+                                                     "stream.")
+    gaps_detected: int = strawberry.field(description="Gaps found so far.")
+    gaps_healed: int = strawberry.field(description="Gaps healed so far.")
+    open_sequence_gap: bool = strawberry.field(
+        description="Numbers are missing right now (waiting for late deliveries).")
+    recent_gaps: list[SyncGap] = strawberry.field(description="The last gaps, newest first.")
+    heartbeat_seconds: float | None = strawberry.field(
+        description="Configured heartbeat; null when not checked.")
+    silent_seconds: float | None = strawberry.field(
+        description="Seconds since its last webhook.")
+
+    @classmethod
+    def of(cls, s: SourceStatusRecord) -> SourceStatus:
+        return cls(source=s.source, system=s.system, last_event_received_at=s.last_received_at,
+                   last_event_occurred_at=s.last_occurred_at, events_received=s.events_total,
+                   events_per_minute=s.events_per_minute,
+                   lag_occurred_to_received=LagStats.of(s.lag_received),
+                   lag_received_to_applied=LagStats.of(s.lag_applied),
+                   rejects=[RejectCount(reason=r, count=n) for r, n in s.rejects.items()],
+                   dead_letters=s.dead_letters, gaps_detected=s.gaps_detected,
+                   gaps_healed=s.gaps_healed, open_sequence_gap=s.open_sequence_gap,
+                   recent_gaps=[SyncGap.of(g) for g in s.recent_gaps],
+                   heartbeat_seconds=s.heartbeat_seconds, silent_seconds=s.silent_seconds)
+
+
+async def sync_status(info: Ctx) -> list[SourceStatus]:
+    reconciliation = _reconciliation(info)
+    return [SourceStatus.of(s) for s in await reconciliation.health.statuses()]
+
+
+discrepancies_field: Any = strawberry.field(
+    resolver=discrepancies, extensions=[requires(DISCREPANCIES_READ)],
+    description="SKU x location cells where the systems disagree beyond the tolerance, with "
+                "each view's value and age; kept current by events and reconciliation runs.")
+sync_status_field: Any = strawberry.field(
+    resolver=sync_status, extensions=[requires(DISCREPANCIES_READ)],
+    description="Per source system: last event, events per minute, lags, rejects, dead "
+                "letters and gaps.")
+discrepancy_detected_field: Any = strawberry.subscription(
+    resolver=discrepancy_detected, extensions=[requires(DISCREPANCIES_READ)],
+    description="Fires when a discrepancy appears, changes or resolves.")
+
+__all__ = ["Discrepancy", "DiscrepancyConnection", "DiscrepancyNotice", "SourceStatus",
+           "SourceView", "discrepancies_field", "discrepancy_detected_field", "source_views",
+           "sync_status_field"]
