@@ -67,6 +67,20 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument("--demo-port", type=int, help="a running `retailgraph demo` on this port")
     events.add_argument("--redis-url", default=None,
                         help="Redis of the gateway (the demo prints it in its banner)")
+
+    rec = sub.add_parser("reconcile", help="compare every system's view of every SKU x "
+                         "location, repair the gateway's cache, write a report")
+    where = rec.add_mutually_exclusive_group(required=True)
+    where.add_argument("--config", help="the gateway's TOML config")
+    where.add_argument("--demo-port", type=int, help="a running `retailgraph demo` on this port")
+    rec.add_argument("--redis-url", default=None,
+                     help="Redis of the gateway (the demo prints it in its banner)")
+    rec.add_argument("--locations", default=None, help="only these location ids (a,b,...)")
+    rec.add_argument("--skus", default=None, help="only these SKUs (a,b,...)")
+    rec.add_argument("--output", default=None, metavar="report.json|report.csv",
+                     help="write the report here (CSV if it ends in .csv; - for stdout)")
+    rec.add_argument("--no-repair", action="store_true",
+                     help="report cache drift without repairing it")
     return parser
 
 
@@ -186,7 +200,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             sys.stdout.write(sdl())
             return 0
-        handler = {"demo": _demo, "serve": _serve, "sim": _sim, "events": _events}[args.command]
+        from gateway.reconcile import cli as _reconcile
+
+        handler = {"demo": _demo, "serve": _serve, "sim": _sim, "events": _events,
+                   "reconcile": _reconcile}[args.command]
         return handler(args)
     except config.ConfigError as exc:
         print(f"retailgraph: configuration error: {exc}", file=sys.stderr)

@@ -223,11 +223,22 @@ class DiscrepancyNotice:
 
 
 
-def _reconciliation(info: Ctx) -> Any:
+VOLATILE_TAG = "volatile"
+VOLATILE_KEY = f"rg:{{rc}}:tv:{VOLATILE_TAG}"
+NEVER = 2**62
+
+
+async def _reconciliation(info: Ctx) -> Any:
+    """The replica's reconciliation; the response is marked never to be cached (discrepancies
+    and sync status change without an event on any SKU the response shows)."""
     found = info.context.graph.reconciliation
     if found is None:
         raise GraphQLError("reconciliation unavailable (Redis not connected)",
                            extensions={"code": "SERVICE_UNAVAILABLE"})
+    # The response cache refuses to store a response with a tag invalidated after the
+    # request started; this tag always is.
+    info.context.loaders.freshness.tags.add(VOLATILE_TAG)
+    await found.redis.set(VOLATILE_KEY, NEVER)
     return found
 
 
@@ -266,7 +277,7 @@ async def discrepancies(
                            extensions={"code": "BAD_USER_INPUT"})
     if min_delta < 0:
         raise GraphQLError("minDelta must be 0 or more", extensions={"code": "BAD_USER_INPUT"})
-    reconciliation = _reconciliation(info)
+    reconciliation = await _reconciliation(info)
     query = DiscrepancyFilter(
         location_ids=_locations(info, location_ids),
         skus=None if skus is None else frozenset(str(s) for s in skus), min_delta=min_delta,
@@ -290,7 +301,7 @@ async def discrepancy_detected(
         info: Ctx, location_ids: LocationsArg = None,
         min_severity: MinSeverityArg = DiscrepancySeverity.LOW, kinds: KindsArg = None,
 ) -> AsyncGenerator[DiscrepancyNotice, None]:
-    reconciliation = _reconciliation(info)
+    reconciliation = await _reconciliation(info)
     query = DiscrepancyFilter(
         location_ids=_locations(info, location_ids),
         kinds=None if kinds is None else frozenset(KindRecord(k.value) for k in kinds),
@@ -391,7 +402,7 @@ class SourceStatus:
 
 
 async def sync_status(info: Ctx) -> list[SourceStatus]:
-    reconciliation = _reconciliation(info)
+    reconciliation = await _reconciliation(info)
     return [SourceStatus.of(s) for s in await reconciliation.health.statuses()]
 
 
