@@ -130,6 +130,10 @@ def check_cursor(cursor: str) -> str:
     return cursor
 
 
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
 def _id_tuple(cursor: str) -> tuple[int, int]:
     ms, _, seq = cursor.partition("-")
     return int(ms), int(seq or 0)
@@ -230,6 +234,18 @@ def _flag(change: Change) -> Change:
                   change.event_id, conflated=True)
 
 
+def _raise_if_cancelled() -> None:
+    """Honour a cancellation that an awaited call swallowed.
+
+    redis-py writes commands with ``asyncio.wait_for(drain)``, and on Python 3.11 that loses
+    a cancellation arriving as the write completes (CPython gh-86296): a subscription whose
+    client left at that moment would wait for changes forever (and hold up shutdown).
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
 class ChangeFeed:
     """This replica's tail of the change stream, fanned out to its subscribers."""
 
@@ -246,6 +262,7 @@ class ChangeFeed:
         """Tail the stream while anyone listens, until cancelled, surviving Redis outages."""
         while True:
             try:
+                _raise_if_cancelled()
                 if not self.subscribers:
                     # Nobody to deliver to: don't read (and parse) every change. A new
                     # subscriber without a cursor starts from the tail; one with a cursor
@@ -280,7 +297,8 @@ class ChangeFeed:
         """Up to ``first`` matching changes after ``after``, oldest first.
 
         ``end_cursor`` is where to continue (or subscribe from) without a gap: the last
-        change returned, or, when the history is exhausted, the last entry scanned.
+        change returned, or, when the history is exhausted, the last entry scanned (``0-0``
+        for a log that holds nothing yet).
         """
         start = await self._start(after)
         out: list[Change] = []
@@ -299,7 +317,8 @@ class ChangeFeed:
                     out.append(change)
                 scanned = change.cursor
             start = "(" + entries[-1][0].decode()
-        end = out[-1].cursor if more else scanned
+        # An empty log still gives a cursor: subscribing after it misses nothing.
+        end = out[-1].cursor if more else scanned or "0-0"
         return HistoryPage(out, end, more)
 
     async def _start(self, after: str | None) -> str:
@@ -310,9 +329,15 @@ class ChangeFeed:
             info = await self.redis.xinfo_stream(CHANGES_KEY)
         except ResponseError:  # no stream yet: nothing was ever published
             return f"({after}"
-        deleted = info.get("max-deleted-entry-id") or b"0-0"
-        deleted = deleted.decode() if isinstance(deleted, bytes) else str(deleted)
-        if _id_tuple(after) < _id_tuple(deleted):
+        # Trimming (the retention's XADD MINID) does not move max-deleted-entry-id (XDEL
+        # does): entries before the first one left were trimmed if fewer remain than were
+        # added, and a cursor before the first remaining entry may have missed some of them.
+        cursor = _id_tuple(after)
+        deleted = _id_tuple(_text(info.get("max-deleted-entry-id") or b"0-0"))
+        first = info.get("first-entry")
+        oldest = _id_tuple(_text(first[0] if first else info.get("last-generated-id") or "0-0"))
+        trimmed = int(info.get("entries-added", -1)) != int(info.get("length", 0))
+        if cursor < deleted or (trimmed and cursor < oldest):
             raise CursorExpired(
                 f"cursor {after} is older than the change retention; re-query the current "
                 "state (stockLevel/product) and subscribe without a cursor")
@@ -337,6 +362,7 @@ class ChangeFeed:
                     if not page.has_more:
                         break
             while not sub.closed:
+                _raise_if_cancelled()
                 await sub.wake.wait()
                 for change in sub.take():
                     if last is not None and _id_tuple(change.cursor) <= _id_tuple(last):
