@@ -197,6 +197,7 @@ class SyncHealth:
         self._sequence = redis.register_script(SEQUENCE_LUA)
         self._confirm = redis.register_script(CONFIRM_LUA)
         self._heals: asyncio.Queue[tuple[str, str, str, int, int, str]] = asyncio.Queue(1000)
+        self.started = datetime.now(UTC)
         self.healing = 0
 
     def _source(self, name: str) -> str:
@@ -365,11 +366,9 @@ class SyncHealth:
 
     async def _heartbeat(self, backend: BackendSettings, now: datetime) -> None:
         stats = await self.redis.hmget(_k("src", backend.name), ["last_received", "beat"])
+        # Silent since the last webhook or check; never heard: since this replica started.
         last = max((datetime.fromisoformat(x.decode()) for x in stats if x is not None),
-                   default=None)
-        if last is None:  # nothing heard yet: start the clock now
-            await self.redis.hset(_k("src", backend.name), "beat", now.isoformat())
-            return
+                   default=self.started)
         silent = (now - last).total_seconds()
         if silent < backend.heartbeat_seconds:
             return
