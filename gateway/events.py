@@ -120,15 +120,25 @@ class Envelope:
 PENDING_KEY = "rg:{ev}:pending"
 
 # KEYS: dedupe key, stream, pending set (or the stream again when not tracked)
+# ARGV: ttl, max length, then per envelope: its source-event key ('' for none), the envelope.
+# An envelope whose source event is already logged (e.g. fetched by gap healing before its
+# late webhook arrived) is not logged again: its existing entry id stands in for it.
 APPEND_LUA = """
 local seen = redis.call('GET', KEYS[1])
 if seen then return {0, seen} end
 local ids = {}
 local now = redis.call('TIME')
 local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
-for i = 3, #ARGV do
-  ids[#ids + 1] = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', 'e', ARGV[i])
-  if KEYS[3] ~= KEYS[2] then redis.call('ZADD', KEYS[3], ms, ids[#ids]) end
+for i = 3, #ARGV, 2 do
+  local once = ARGV[i]
+  local id = false
+  if once ~= '' then id = redis.call('GET', once) end
+  if not id then
+    id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', 'e', ARGV[i + 1])
+    if KEYS[3] ~= KEYS[2] then redis.call('ZADD', KEYS[3], ms, id) end
+    if once ~= '' then redis.call('SET', once, id, 'EX', ARGV[1]) end
+  end
+  ids[#ids + 1] = id
 end
 local joined = table.concat(ids, ',')
 redis.call('SET', KEYS[1], joined, 'EX', ARGV[1])
@@ -168,11 +178,20 @@ class EventLog:
         self._append = redis.register_script(APPEND_LUA)
 
     async def append(self, source: str, dedupe_id: str, envelopes: list[Envelope]) -> Appended:
-        """Log a delivery's envelopes atomically, once per ``(source, dedupe_id)``."""
+        """Log a delivery's envelopes atomically, once per ``(source, dedupe_id)``, and each
+        envelope once per source event (its ``source_event_id`` at its SKU and location)."""
         key = f"rg:{{ev}}:dedupe:{source}:{dedupe_id}"
-        new, joined = await self._append(
-            keys=[key, LOG_KEY, PENDING_KEY],
-            args=[DEDUPE_TTL, self.max_len, *(e.encode() for e in envelopes)])
+        args: list[Any] = [DEDUPE_TTL, self.max_len]
+        repeats: dict[str, int] = {}
+        for e in envelopes:
+            once = ""
+            if e.source_event_id:
+                once = f"rg:{{ev}}:once:{source}:{e.source_event_id}:{e.sku or ''}:" \
+                       f"{e.location_id or ''}"
+                repeats[once] = repeats.get(once, 0) + 1
+                once += f"#{repeats[once]}"  # e.g. two order lines of one variant
+            args += [once, e.encode()]
+        new, joined = await self._append(keys=[key, LOG_KEY, PENDING_KEY], args=args)
         ids = tuple(x for x in _s(joined).split(",") if x)
         return Appended(bool(new), ids)
 
@@ -185,7 +204,7 @@ class EventLog:
                                "dedupe_id": dedupe_id})
         key = f"rg:{{ev}}:dlqseen:{source}:{dedupe_id}"
         new, joined = await self._append(keys=[key, DLQ_KEY, DLQ_KEY],
-                                         args=[DEDUPE_TTL, self.max_len, letter])
+                                         args=[DEDUPE_TTL, self.max_len, "", letter])
         return Appended(bool(new), tuple(_s(joined).split(",")))
 
     async def dead_letters(self, count: int = 1000) -> list[DeadLetter]:

@@ -207,12 +207,13 @@ class Signer:
                 "occurredAt": rfc3339(now()), "sequence": sequence, "data": data}
 
     def erp_stock(self, sku_index: int, location_code: str, on_hand: int, sequence: int,
-                  event_id: str | None = None) -> dict[str, Any]:
+                  event_id: str | None = None, at: datetime | None = None) -> dict[str, Any]:
+        """``stock.adjusted``; the cell's version is ``adjustedAt`` (``at``, default now)."""
         item = self.world.items[sku_index]
         return self.erp_event("stock.adjusted", sequence, {
             "snapshotId": "snap_test", "itemNumber": item.item_number, "sku": item.sku,
             "locationCode": location_code, "onHand": on_hand, "previousOnHand": 0,
-            "reason": "count", "adjustedAt": rfc3339(now())}, event_id)
+            "reason": "count", "adjustedAt": rfc3339(at or now())}, event_id)
 
     def erp(self, payload: Any, msg_id: str | None = None, timestamp: int | None = None,
             secret: str | None = None) -> Delivery:

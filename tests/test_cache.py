@@ -197,7 +197,7 @@ def _deliveries(signer: Signer, stack: Stack, backend: str, i: int,
         elif backend == "wms":
             built[v] = signer.epcis([signer.epcis_event(i, 0, values[v], v)])
         elif backend == "erp":
-            built[v] = signer.erp(signer.erp_stock(i, "WH01", values[v], 10_000 + v))
+            built[v] = signer.erp(signer.erp_stock(i, "WH01", values[v], 10_000 + v, at=at))
         else:  # ERP item master, ordered by updatedAt
             item = stack.world.items[i]
             built[v] = signer.erp(signer.erp_event("item.updated", 10_000 + v, {

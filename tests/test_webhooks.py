@@ -501,6 +501,29 @@ def test_same_delivery_twice_is_applied_once(hub: Hub, backend: str) -> None:
     assert changed_value(t) == 44
 
 
+def test_same_source_event_under_another_delivery_id_is_logged_once(hub: Hub) -> None:
+    """Standard Webhooks dedupe on webhook-id, but one EPCIS event can reach the gateway
+    under two (a resend with a new id, or gap healing that fetched it first): one entry.
+    Likewise a Shopify event delivered to two subscriptions (same X-Shopify-Event-Id)."""
+    s = hub.signer
+    wms = target(hub, "wms")
+    event = s.epcis_event(wms.sku_index, 0, 4321, 4000)
+    shop = target(hub, "commerce")
+    level, shopify_event = s.shopify_level(shop.sku_index, 0, 87, now()), new_id()
+    for first, second in ((s.epcis([event]), s.epcis([event])),
+                          (s.shopify(level, event_id=shopify_event),
+                           s.shopify(level, event_id=shopify_event))):
+        assert first.dedupe != second.dedupe
+        log_before = len(stream(hub.redis_url))
+        one = post(hub.g0, first, hub.client)
+        other = post(hub.g1, second, hub.client)
+        assert one.status_code == other.status_code == 200, (one.text, other.text)
+        assert one.json()["events"] == other.json()["events"]
+        assert len(stream(hub.redis_url)) == log_before + 1
+    assert changed_value(wms) == 4321
+    assert changed_value(shop) == 87
+
+
 UNMAPPABLE: dict[str, tuple[str, Callable[[Hub, Target], Delivery], str]] = {
     "shopify level of the gift card": (
         "commerce", lambda h, t: h.signer.shopify(h.signer.shopify_level(
