@@ -86,6 +86,13 @@ def hub(redis_server_url: str) -> Iterator[Hub]:
 
 # -- what each format's delivery changes, and how to look at it ------------------------------
 
+WITH_VIEWS = """query($sku: ID!, $loc: ID!) {
+  stockLevel(sku: $sku, locationId: $loc) {
+    onHand available committed source asOf
+    views { source role onHand available asOf }
+  }
+}"""
+
 
 @dataclass
 class Target:
@@ -106,7 +113,7 @@ class Target:
 
     def query(self, url: str | None = None) -> dict[str, Any]:
         """The stock level, executed (a unique comment defeats the response cache)."""
-        body = {"query": STOCK_LEVEL + f"\n# {uuid.uuid4()}",
+        body = {"query": WITH_VIEWS + f"\n# {uuid.uuid4()}",
                 "variables": {"sku": self.sku, "loc": self.location}}
         return level_data(self.hub.client.post(f"{url or self.hub.g0}/graphql", json=body))
 
@@ -132,16 +139,28 @@ def changing(hub: Hub, t: Target, value: int, **kw: Any) -> Delivery:
     return s.erp(s.erp_stock(t.sku_index, t.location, value, 1000 + value), **kw)
 
 
-def changed_value(t: Target) -> int | None:
-    """The cell's value where this backend's delivery lands: the query for the systems of
-    record of stock, the cache entry for the others (the schema does not expose them)."""
+def view_of(level: dict[str, Any], role: str) -> dict[str, Any]:
+    """One system's view in ``stockLevel.views``."""
+    found = [v for v in level["views"] if v["role"] == role]
+    assert len(found) == 1, level["views"]
+    view: dict[str, Any] = found[0]
+    return view
+
+
+def changed_value(t: Target, url: str | None = None) -> int:
+    """The cell's value where this backend's delivery lands, as a query shows it: the level
+    for the systems of record of stock, its ``views`` for the web shop and the ERP."""
+    return value_in(t, t.query(url))
+
+
+def value_in(t: Target, level: dict[str, Any]) -> int:
     if t.backend == "pos":
-        return int(t.query()["available"])
+        return int(level["available"])
     if t.backend == "wms":
-        return int(t.query()["onHand"])
-    field = "available" if t.backend == "commerce" else "on_hand"
-    value = t.entry().get(f"{t.location}/{field}")
-    return None if value is None else int(value)
+        return int(level["onHand"])
+    if t.backend == "commerce":
+        return int(view_of(level, "ONLINE")["available"])
+    return int(view_of(level, "ERP_SNAPSHOT")["onHand"])
 
 
 def state(hub: Hub) -> dict[str, Any]:
@@ -710,11 +729,13 @@ def test_read_after_ack_erp_item_update(hub: Hub) -> None:
 
 
 def test_read_after_ack_shopify_level(hub: Hub) -> None:
-    """The schema exposes no Shopify stock field, so "visible" here is the shared cache
-    entry every replica reads, and the event in the log."""
+    """The web shop's level is in ``stockLevel.views`` (role ONLINE)."""
     i = hub.sku()
     item, warehouse = hub.stack.world.items[i], hub.stack.world.warehouses[0]
     t = Target("commerce", i, warehouse.code, hub)
+    variables = {"sku": item.sku, "loc": warehouse.code}
+    before = _prime_everywhere(hub, WITH_VIEWS, variables)["stockLevel"]
+    assert view_of(before, "ONLINE")["available"] != 1234
     with hub.stack.sim("commerce") as shop:
         response = shop.post("/admin/api/2025-01/inventory_levels/set.json", json={
             "location_id": warehouse.shopify_id, "inventory_item_id":
@@ -724,6 +745,10 @@ def test_read_after_ack_shopify_level(hub: Hub) -> None:
     sent = _delivered(hub, "commerce", "inventory_levels")
     assert sent
     assert all(d["status"] == 200 for d in sent)
+    for url in (hub.g1, hub.g0):
+        level = _now_on(hub, url, WITH_VIEWS, variables)["stockLevel"]
+        assert view_of(level, "ONLINE")["available"] == 1234
+        assert level["onHand"] == before["onHand"]  # the system of record did not move
     entry = t.entry()
     assert entry[f"{warehouse.code}/available"] == "1234"
     assert entry[f"{warehouse.code}/_full"] == "1"
@@ -737,6 +762,9 @@ def test_read_after_ack_erp_stock_adjustment(hub: Hub) -> None:
     i = hub.sku()
     item = hub.stack.world.items[i]
     t = Target("erp", i, "WH01", hub)
+    variables = {"sku": item.sku, "loc": "WH01"}
+    before = _prime_everywhere(hub, WITH_VIEWS, variables)["stockLevel"]
+    assert view_of(before, "ERP_SNAPSHOT")["onHand"] != 4321
     with hub.stack.sim("erp") as erp:
         response = erp.post("/api/v1/stock-adjustments", json={
             "sku": item.sku, "locationCode": "WH01", "onHand": 4321, "reason": "count"})
@@ -744,23 +772,25 @@ def test_read_after_ack_erp_stock_adjustment(hub: Hub) -> None:
     sent = _delivered(hub, "erp", "stock.adjusted")
     assert sent
     assert all(d["status"] == 200 for d in sent)
+    for url in (hub.g1, hub.g0):
+        assert view_of(_now_on(hub, url, WITH_VIEWS, variables)["stockLevel"],
+                       "ERP_SNAPSHOT")["onHand"] == 4321
     assert t.entry()["WH01/on_hand"] == "4321"
 
 
-@pytest.mark.parametrize("backend", ["pos", "wms"])
+@pytest.mark.parametrize("backend", FORMATS)
 def test_signed_webhook_to_one_replica_is_read_on_the_other(hub: Hub, backend: str) -> None:
     """Each acknowledged delivery is visible on replica 1 the moment replica 0 answers,
     whether replica 1 had the cell and the response cached or not."""
     t = target(hub, backend)
     variables = {"sku": t.sku, "loc": t.location}
-    field = "available" if backend == "pos" else "onHand"
-    client = hub.client
     for value in range(200, 230):
         if value % 3 == 0:
-            _prime_everywhere(hub, STOCK_LEVEL, variables)
-        assert post(hub.g0, changing(hub, t, value), client).status_code == 200
-        assert level_data(stock_level(hub.g1, t.sku, t.location, client))[field] == value
-        assert level_data(stock_level(hub.g0, t.sku, t.location, client))[field] == value
+            _prime_everywhere(hub, WITH_VIEWS, variables)
+        assert post(hub.g0, changing(hub, t, value), hub.client).status_code == 200
+        for url in (hub.g1, hub.g0):  # the primed query itself, then a fresh one
+            assert value_in(t, _now_on(hub, url, WITH_VIEWS, variables)["stockLevel"]) == value
+            assert changed_value(t, url) == value
 
 
 def test_signed_webhook_for_an_uncached_cell_is_read_on_the_other_replica(hub: Hub) -> None:
