@@ -28,10 +28,12 @@ from graphql import (
     FragmentDefinitionNode,
     FragmentSpreadNode,
     GraphQLError,
+    GraphQLInterfaceType,
     GraphQLList,
     GraphQLNonNull,
     GraphQLObjectType,
     GraphQLSchema,
+    GraphQLUnionType,
     InlineFragmentNode,
     IntValueNode,
     ListValueNode,
@@ -184,6 +186,9 @@ class CostModel:
         return walk.selections(root, operation.selection_set, paged=False, seen=frozenset())
 
 
+Composite = GraphQLObjectType | GraphQLInterfaceType | GraphQLUnionType
+
+
 class _Walk:
     def __init__(self, schema: GraphQLSchema, fragments: dict[str, FragmentDefinitionNode],
                  variables: Mapping[str, Any], defaults: Mapping[str, Any], locations: int,
@@ -195,7 +200,7 @@ class _Walk:
         self.locations = locations
         self.max_page_size = max_page_size
 
-    def selections(self, parent: GraphQLObjectType, selection_set: SelectionSetNode | None,
+    def selections(self, parent: Composite, selection_set: SelectionSetNode | None,
                    paged: bool, seen: frozenset[str]) -> int:
         total = 0
         for selection in selection_set.selections if selection_set else ():
@@ -212,23 +217,26 @@ class _Walk:
                                              fragment.selection_set, paged, seen | {name})
         return total
 
-    def _narrow(self, parent: GraphQLObjectType, condition: Any) -> GraphQLObjectType:
+    def _narrow(self, parent: Composite, condition: Any) -> Composite:
         if condition is None:
             return parent
         found = self.schema.get_type(condition.name.value)
         return found if isinstance(found, GraphQLObjectType) else parent
 
-    def field(self, parent: GraphQLObjectType, node: FieldNode, paged: bool,
+    def field(self, parent: Composite, node: FieldNode, paged: bool,
               seen: frozenset[str]) -> int:
         name = node.name.value
         if name.startswith("__"):
             return 1 if name != "__typename" else 0
+        if isinstance(parent, GraphQLUnionType):  # only __typename is selectable on a union
+            return 0
         definition = parent.fields.get(name)
         if definition is None:
             return 0
         key = (parent.name, name)
         named = get_named_type(definition.type)
-        weight = (1 if isinstance(named, GraphQLObjectType) else 0) + sum(
+        composite = isinstance(named, GraphQLObjectType | GraphQLInterfaceType | GraphQLUnionType)
+        weight = (1 if composite else 0) + sum(
             ROLE_WEIGHTS[r] for r in FIELD_ROLES.get(key, ()))
         first: int | None = None
         if "first" in definition.args:
@@ -248,12 +256,16 @@ class _Walk:
                 size = 1  # edges/nodes/changes of a page: the page's `first` counted already
             elif key in LOCATION_LISTS:
                 size = _list_len(node, "locationIds", self.variables) or self.locations
+            elif key == ("Query", "_entities"):  # federation: one item per representation
+                size = _list_len(node, "representations", self.variables) or DEFAULT_LIST_SIZE
             else:
                 size = DEFAULT_LIST_SIZE
         else:
             size = 1
-        if not isinstance(named, GraphQLObjectType):
+        if not isinstance(named, GraphQLObjectType | GraphQLInterfaceType | GraphQLUnionType):
             return weight * size
+        # On a union (federation's _Entity) or interface, each fragment counts, narrowed to
+        # its type: an upper bound.
         inner = self.selections(named, node.selection_set, paged=first is not None, seen=seen)
         if first is None and not isinstance(wrapped, GraphQLList):
             return weight + inner
@@ -299,19 +311,26 @@ class LimitErrors(SchemaExtension):
         self.introspection = introspection
 
     def on_operation(self) -> Iterator[None]:
-        yield
+        try:
+            yield
+        except GraphQLError as exc:  # ParserCache's parse errors escape the operation
+            self._mark(exc)
+            raise
         result = self.execution_context.result
         for error in getattr(result, "errors", None) or ():
-            if _TOKENS_MESSAGE in error.message:
-                error.message = (f"Query is too long: more than {self.max_tokens} tokens "
-                                 "(limit max_tokens)")
-                error.extensions = {"code": LIMIT_CODE, "limit": "max_tokens",
-                                    "max": self.max_tokens}
-            elif page := _PAGE_MESSAGE.match(error.message):
-                error.extensions = {**(error.extensions or {}), "limit": "max_page_size",
-                                    "max": int(page.group(1))}
-            elif not self.introspection and "Did you mean" in error.message:
-                error.message = _SUGGESTION.sub("", error.message)
+            self._mark(error)
+
+    def _mark(self, error: GraphQLError) -> None:
+        if _TOKENS_MESSAGE in error.message:
+            error.message = (f"Query is too long: more than {self.max_tokens} tokens "
+                             "(limit max_tokens)")
+            error.extensions = {"code": LIMIT_CODE, "limit": "max_tokens",
+                                "max": self.max_tokens}
+        elif page := _PAGE_MESSAGE.match(error.message):
+            error.extensions = {**(error.extensions or {}), "limit": "max_page_size",
+                                "max": int(page.group(1))}
+        elif not self.introspection and "Did you mean" in error.message:
+            error.message = _SUGGESTION.sub("", error.message)
 
 
 def limit_extensions(settings: Settings) -> list[Callable[[], SchemaExtension]]:

@@ -222,7 +222,7 @@ class PersistedQueryMiddleware:
         except PersistedQueryError as exc:
             await _respond(send, exc)
             return
-        new_body = orjson.dumps(payload)
+        new_body = _canonical(payload)
         headers = [(k, v) for k, v in scope.get("headers", []) if k != b"content-length"]
         headers.append((b"content-length", str(len(new_body)).encode()))
         register = (digest, payload["query"]) if digest else None
@@ -252,6 +252,21 @@ class PersistedQueryMiddleware:
         query_string = urlencode(params).encode()
         register = (digest, payload["query"]) if digest else None
         await self._run({**scope, "query_string": query_string}, receive, send, register)
+
+
+def _canonical(payload: dict[str, Any]) -> bytes:
+    """The request as the response cache (which keys on the body's bytes) should see it: the
+    same for a hash-only request and the one that registered the text."""
+    out: dict[str, Any] = {"query": payload.get("query")}
+    for name in ("operationName", "variables"):
+        if payload.get(name) is not None:
+            out[name] = payload[name]
+    extensions = payload.get("extensions")
+    if isinstance(extensions, dict):
+        rest = {k: v for k, v in extensions.items() if k != "persistedQuery"}
+        if rest:
+            out["extensions"] = rest
+    return orjson.dumps(out, option=orjson.OPT_SORT_KEYS)
 
 
 async def _read_body(receive: Receive, limit: int) -> bytes | None:

@@ -8,15 +8,17 @@ clock, so replicas agree and clock skew between them does not matter.
 Every answer carries ``RateLimit-Limit`` (bucket size), ``RateLimit-Remaining`` (whole tokens
 left) and ``RateLimit-Reset`` (seconds until the bucket is full again); a refused request
 gets ``429`` with ``Retry-After`` (seconds until one token is back) and a GraphQL error with
-``extensions.code = "RATE_LIMITED"``. If Redis is unreachable the request is let through
-(logged): the limiter must not take the gateway down with it.
+``extensions.code = "RATE_LIMITED"``. If Redis is unreachable or slow (over half a second)
+the request is let through (logged): the limiter must not take the gateway down with it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import math
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -33,6 +35,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("retailgraph.ratelimit")
 
 KEY_PREFIX = "rg:rl:"
+# The limiter may not slow requests down when Redis struggles: past this, let them through.
+DECISION_TIMEOUT_SECONDS = 0.5
 LIMITED_PATHS = ("/graphql",)
 
 # KEYS[1] bucket; ARGV: capacity, refill per millisecond, cost.
@@ -123,6 +127,7 @@ class RateLimitMiddleware:
         self.app = app
         self.runtime = runtime
         self.bucket = TokenBucket(per_minute) if per_minute > 0 else None
+        self._warned_at = -1e9
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         cache = self.runtime.cache
@@ -131,9 +136,12 @@ class RateLimitMiddleware:
             await self.app(scope, receive, send)
             return
         try:
-            decision = await self.bucket.take(cache.redis, client_of(scope))
-        except (RedisError, OSError) as exc:
-            log.warning("rate limiter unavailable, letting the request through: %s", exc)
+            decision = await asyncio.wait_for(self.bucket.take(cache.redis, client_of(scope)),
+                                              DECISION_TIMEOUT_SECONDS)
+        except (RedisError, OSError, TimeoutError) as exc:
+            if time.monotonic() - self._warned_at > 30:  # once in a while, not per request
+                self._warned_at = time.monotonic()
+                log.warning("rate limiter unavailable, letting requests through: %r", exc)
             await self.app(scope, receive, send)
             return
         extra = decision.headers()

