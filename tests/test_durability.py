@@ -332,7 +332,7 @@ class Gateway:
 @pytest.fixture
 def backends(redis_url: str) -> Iterator[tuple[Any, World, list[ServerThread]]]:
     """The four simulators in threads, sending no webhooks of their own."""
-    world = World(7, 30, 3, 2)
+    world = World(7, 20, 3, 2)
     settings = demo_settings("127.0.0.1", free_port(), environ={})
     settings.redis_url = redis_url
     sims = []
@@ -383,6 +383,7 @@ def test_kill_9_loses_nothing_acknowledged_and_applies_nothing_twice(
                         "WH01", "commerce", 400 + i))
     random.Random(5).shuffle(planned)
     acked: dict[str, dict[str, Any]] = {}
+    http = httpx.Client(timeout=30)
     try:
         gateway.start()
 
@@ -427,7 +428,7 @@ def test_kill_9_loses_nothing_acknowledged_and_applies_nothing_twice(
         gateway.start()  # the same port, the same Redis
         for delivery, sku, location, what, value in planned:
             if delivery.dedupe in acked:
-                assert _shown(url, settings.redis_url, sku, location, what) == value, \
+                assert _shown(url, settings.redis_url, sku, location, what, http) == value, \
                     (sku, location, what)
         # What the dead process logged but never finished (acknowledged or not) is applied
         # by the new one once the grace period is over.
@@ -437,27 +438,27 @@ def test_kill_9_loses_nothing_acknowledged_and_applies_nothing_twice(
             time.sleep(0.2)
         for delivery, sku, location, what, value in planned:
             if delivery.dedupe in logged:
-                assert _shown(url, settings.redis_url, sku, location, what) == value, \
+                assert _shown(url, settings.redis_url, sku, location, what, http) == value, \
                     (sku, location, what)
         # The senders retry everything that was not acknowledged (and some that was).
-        with httpx.Client(timeout=30) as client:
-            for delivery, *_ in planned:
-                response = post(url, delivery, client)
-                assert response.status_code == 200, response.text
-                if delivery.dedupe in acked:
-                    assert response.json() == {"status": "duplicate",
-                                               "events": acked[delivery.dedupe]["events"]}
+        for delivery, *_ in planned:
+            response = post(url, delivery, http)
+            assert response.status_code == 200, response.text
+            if delivery.dedupe in acked:
+                assert response.json() == {"status": "duplicate",
+                                           "events": acked[delivery.dedupe]["events"]}
         logged = entries_by_dedupe()
         assert sorted(logged) == sorted(d.dedupe for d, *_ in planned)
         assert all(len(entries) == 1 for entries in logged.values())
         for _delivery, sku, location, what, value in planned:
-            assert _shown(url, settings.redis_url, sku, location, what) == value
+            assert _shown(url, settings.redis_url, sku, location, what, http) == value
         # Each logged event was applied once: one published change per log entry.
         changes = [orjson.loads(f[b"c"])["id"] for _, f in _entries(settings.redis_url,
                                                                      "rg:{ev}:changes")]
         assert len(changes) == len(set(changes))
         assert set(changes) == {e["id"] for entries in logged.values() for e in entries}
     finally:
+        http.close()
         gateway.stop()
 
 
@@ -478,11 +479,12 @@ def _pending(redis_url: str) -> int:
         client.close()
 
 
-def _shown(url: str, redis_url: str, sku: str, location: str, what: str) -> int:
+def _shown(url: str, redis_url: str, sku: str, location: str, what: str,
+           client: httpx.Client) -> int:
     if what in ("erp", "commerce"):
         field = "on_hand" if what == "erp" else "available"
         return int(hash_of(redis_url, f"rg:{{s:{sku}}}:views:{what}")[f"{location}/{field}"])
-    return int(level_data(stock_level(url, sku, location))[what])
+    return int(level_data(stock_level(url, sku, location, client))[what])
 
 
 # -- (c) Redis goes away and comes back -------------------------------------------------------
