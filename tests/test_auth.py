@@ -10,6 +10,7 @@ orders, stock history, subscriptions and cached responses.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import time
 import uuid
@@ -558,3 +559,39 @@ def test_demo_banner_says_whether_auth_is_on_and_its_tokens_work() -> None:
     assert principals["admin"].locations is None
     assert principals["stock reader"].scopes == {"stock:read"}
     assert principals["store ST001"].locations == frozenset({"ST001"})
+
+
+def test_access_settings_from_the_environment_and_their_checks() -> None:
+    from gateway.config import ConfigError, apply_env, demo_settings
+
+    keys = {"pos-app": {"key": "0123456789abcdef-pos", "scopes": ["stock:read"],
+                        "locations": ["ST001"]}}
+    settings = demo_settings(environ={"RETAILGRAPH_API_KEYS": json.dumps(keys),
+                                      "RETAILGRAPH_INTROSPECTION": "false",
+                                      "RETAILGRAPH_MAX_COST": "900",
+                                      "RETAILGRAPH_RATE_LIMIT_PER_MINUTE": "60"})
+    assert settings.api_keys == keys
+    assert settings.introspection is False
+    assert (settings.max_cost, settings.rate_limit_per_minute) == (900, 60)
+    principal = asyncio.run(Authenticator(settings).authenticate("0123456789abcdef-pos"))
+    assert (principal.subject, principal.locations) == ("pos-app", frozenset({"ST001"}))
+    with pytest.raises(ConfigError, match="RETAILGRAPH_API_KEYS"):
+        apply_env(Settings(), {"RETAILGRAPH_API_KEYS": "pos-app=secret"})
+    for bad, says in (({"app": {"scopes": ["admin"]}}, "key"),
+                      ({"app": {"key": "short", "scopes": []}}, "16 characters"),
+                      ({"app": {"key": "0123456789abcdef0", "scopes": "admin"}}, "scopes"),
+                      ({"app": {"key": "0123456789abcdef0", "role": "x"}}, "role")):
+        checked = demo_settings(environ={})
+        checked.api_keys = bad
+        with pytest.raises(ConfigError, match=says):
+            checked.validate()
+    for setting, value in (("max_depth", 0), ("jwt_secret", "short"),
+                           ("rate_limit_per_minute", -1)):
+        checked = demo_settings(environ={})
+        setattr(checked, setting, value)
+        with pytest.raises(ConfigError, match=setting):
+            checked.validate()
+    hashed = hashlib.sha256(b"a-key-stored-only-as-its-hash").hexdigest()
+    only_hash = Settings(api_keys={"h": {"key_sha256": hashed, "scopes": ["admin"]}})
+    assert asyncio.run(Authenticator(only_hash).authenticate(
+        "a-key-stored-only-as-its-hash")).subject == "h"
