@@ -178,8 +178,13 @@ class WebhookIntake:
         try:
             await self.applier.apply_all(entries)
         except (RedisError, OSError) as exc:
-            # Logged durably and still pending: a sweeper applies it once Redis answers.
+            # Logged durably and still pending (a sweeper applies it once Redis answers), but
+            # not yet visible: no 2xx, so the sender retries, and the retry, a duplicate,
+            # applies it again before it is acknowledged.
             log.warning("event %s logged but not applied yet: %s", dedupe_id, exc)
+            raise Rejected(503, "apply_failed",
+                           f"event logged but not yet applied, retry later "
+                           f"({type(exc).__name__})") from exc
         return 200, {"status": "accepted" if appended.new else "duplicate",
                      "events": list(appended.ids)}
 
