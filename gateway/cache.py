@@ -365,13 +365,11 @@ class Cache:
             fetched = await fetch(list(gens))
             found.update(fetched)
             try:
-                async with self.redis.pipeline(transaction=False) as pipe:
-                    for sku, record in fetched.items():
-                        version = version_number(str(record.get("updatedAt", "")),
-                                                 datetime.now(UTC))
-                        await self._fill(keys=[master_key(sku)], client=pipe, args=[
-                            self.ttl, gens[sku], "item", SERIALIZER.dumps(record), version])
-                    await pipe.execute()
+                await self._run_scripts(self._fill, [
+                    ([master_key(sku)], [self.ttl, gens[sku], "item", SERIALIZER.dumps(record),
+                                         version_number(str(record.get("updatedAt", "")),
+                                                        datetime.now(UTC))])
+                    for sku, record in fetched.items()])
             except (RedisError, OSError) as exc:
                 log.warning("cache fill for the item master failed: %s", exc)
         return found, cached
@@ -380,18 +378,33 @@ class Cache:
                      gens: dict[str, int]) -> None:
         if self.before_fill is not None:
             await self.before_fill()
+        calls: list[tuple[list[str], list[Any]]] = []
+        for sku, views in grouped.items():
+            if not views:
+                continue
+            args: list[Any] = [self.ttl, gens.get(sku, 0)]
+            for view in views:
+                args += view_fields(view, full=True)
+            calls.append(([views_key(sku, source)], args))
         try:
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for sku, views in grouped.items():
-                    if not views:
-                        continue
-                    args: list[Any] = [self.ttl, gens.get(sku, 0)]
-                    for view in views:
-                        args += view_fields(view, full=True)
-                    await self._fill(keys=[views_key(sku, source)], args=args, client=pipe)
-                await pipe.execute()
+            await self._run_scripts(self._fill, calls)
         except (RedisError, OSError) as exc:
             log.warning("cache fill for %s failed: %s", source, exc)
+
+    async def _run_scripts(self, script: Any,
+                           calls: Sequence[tuple[list[str], list[Any]]]) -> list[Any]:
+        """Run ``script`` once per (keys, args): in one pipeline on a single server; on a
+        Cluster (redis-py refuses scripts in cluster pipelines) concurrently, each call on
+        the node owning its key's slot."""
+        if not calls:
+            return []
+        if isinstance(self.redis, RedisCluster):
+            return list(await asyncio.gather(*(script(keys=keys, args=args)
+                                               for keys, args in calls)))
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for keys, args in calls:
+                await script(keys=keys, args=args, client=pipe)
+            return list(await pipe.execute())
 
 
 # -- response cache ------------------------------------------------------------------------------
@@ -471,6 +484,6 @@ async def connect(url: str) -> aioredis.Redis | RedisCluster:
     if url.startswith(("redis+cluster://", "rediss+cluster://")):
         cluster_url = url.replace("+cluster", "", 1)
         client: aioredis.Redis | RedisCluster = RedisCluster.from_url(cluster_url)
-        await client.initialize()  # type: ignore[union-attr]
+        await client.initialize()
         return client
     return aioredis.Redis.from_url(url, health_check_interval=10, socket_connect_timeout=2)
