@@ -1,9 +1,9 @@
 """The gateway's ASGI application.
 
 Routes: ``/graphql`` (HTTP and WebSocket, GraphiQL on GET), ``POST /webhooks/{backend}``,
-``/healthz`` (liveness). The lifespan connects Redis (or starts the embedded server), loads
-the identity catalog, and runs the pending-event sweeper, the change feed, the backend
-prober and the catalog refresher.
+``/healthz`` (liveness), ``/readyz`` (readiness: Redis, backends, catalog, event readers).
+The lifespan connects Redis (or starts the embedded server), loads the identity catalog, and
+runs the pending-event sweeper, the change feed, the backend prober and the catalog refresher.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import httpx
 from starlette.applications import Starlette
@@ -116,6 +117,25 @@ class Runtime:
                       asyncio.create_task(self.feed.run()),
                       *map(asyncio.create_task, self.reconciliation.background())]
 
+    async def readiness(self) -> dict[str, Any]:
+        """``/readyz``: Redis answers, every backend answered its last call or probe, the
+        identity catalog is loaded, and this replica's event readers (pending sweeper,
+        change feed) are running. ``failing`` names the checks that are not."""
+        graph = self.graph
+        catalog = graph.catalog
+        redis_ok = self.cache is not None and await self.cache.ping()
+        checks: dict[str, dict[str, Any]] = {
+            "redis": {"ok": redis_ok} if redis_ok else {
+                "ok": False, "error": "not connected" if self.cache is None else "no answer"},
+            "backends": {"ok": not graph.health.down, "down": dict(graph.health.down)},
+            "catalog": {"ok": catalog is not None and not catalog.missing,
+                        "missing": list(catalog.missing) if catalog else ["all"]},
+            "sweeper": {"ok": self.sweeper is not None and self.sweeper.running},
+            "feed": {"ok": self.feed is not None and self.feed.running},
+        }
+        failing = [name for name, check in checks.items() if not check["ok"]]
+        return {"ready": not failing, "failing": failing, "checks": checks}
+
     async def stop(self) -> None:
         if self.feed is not None:
             self.feed.close_all()
@@ -145,6 +165,10 @@ def create_app(settings: Settings, transport: httpx.AsyncBaseTransport | None = 
     async def healthz(request: Request) -> JSONResponse:
         return JSONResponse({"status": "ok"})
 
+    async def readyz(request: Request) -> JSONResponse:
+        report = await runtime.readiness()
+        return JSONResponse(report, status_code=200 if report["ready"] else 503)
+
     async def webhook(request: Request) -> Response:
         if runtime.intake is None:
             return JSONResponse({"error": "starting up"}, status_code=503)
@@ -165,6 +189,7 @@ def create_app(settings: Settings, transport: httpx.AsyncBaseTransport | None = 
         WebSocketRoute("/graphql", graphql),
         Route("/webhooks/{backend}", webhook, methods=["POST"]),
         Route("/healthz", healthz),
+        Route("/readyz", readyz),
         Route("/metrics", telemetry.metrics_endpoint),
     ], lifespan=lifespan)
     app.add_middleware(ResponseCacheMiddleware, runtime=runtime)
