@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator
+import asyncio
+from collections.abc import AsyncGenerator, Iterable
 from datetime import datetime
 from enum import Enum
 from typing import Annotated, Any
@@ -83,16 +84,35 @@ def status_of(available: int | None, threshold: int) -> StockStatus:
     return StockStatus.LOW_STOCK if available <= threshold else StockStatus.IN_STOCK
 
 
-def to_graphql(info: Ctx, change: Any) -> StockChange | None:
+async def safety_stocks(info: Ctx, skus: Iterable[str]) -> dict[str, int]:
+    """Safety stock per SKU from the item master as every replica sees it (the shared cache,
+    kept current by item.updated events; as ``Product.safetyStock`` answers), not from this
+    replica's catalog snapshot, which is only refreshed every few minutes and so would make
+    the answer depend on the replica. The snapshot is the fallback while the ERP is down."""
+    graph = info.context.graph
+    wanted = sorted(set(skus))
+    loader = graph.loaders().master  # not the request's loaders: no response-cache tags
+    found = await asyncio.gather(*(loader.load(sku) for sku in wanted), return_exceptions=True)
+    out: dict[str, int] = {}
+    for sku, item in zip(wanted, found, strict=True):
+        master = graph.master_item(sku) if isinstance(item, BaseException) or item is None \
+            else item
+        out[sku] = master.safety_stock if master else 0
+    return out
+
+
+def to_graphql(info: Ctx, change: Any, safety_stock: int | None = None) -> StockChange | None:
     """A feed change as the API shows it; None if the location is unknown."""
     graph = info.context.graph
     location = graph.catalog.locations.get(change.location_id) if graph.catalog else None
     if location is None:
         return None
-    item = graph.master_item(change.sku)
+    if safety_stock is None:
+        item = graph.master_item(change.sku)
+        safety_stock = item.safety_stock if item else 0
     view = StockView(sku=change.sku, location_id=change.location_id, source=change.source,
                      quantities=change.quantities, as_of=change.occurred_at)
-    level = merge.stock_level(view, location, item.safety_stock if item else 0)
+    level = merge.stock_level(view, location, safety_stock)
     p, m = change.previous, change.movement
     return StockChange(
         cursor=change.cursor, sku=strawberry.ID(change.sku),
@@ -154,7 +174,8 @@ class Subscription:
                             location_ids: LocationsArg = None,
                             after: AfterArg = None) -> AsyncGenerator[StockChange, None]:
         async for change in _changes(info, _filter(info, skus, location_ids), after):
-            out = to_graphql(info, change)
+            safety = await safety_stocks(info, [change.sku])
+            out = to_graphql(info, change, safety[change.sku])
             if out is not None:
                 yield out
 
@@ -188,7 +209,8 @@ class Subscription:
                                    ) -> AsyncGenerator[StockStatusChange, None]:
         known: dict[tuple[str, str], StockStatus] = {}
         async for change in _changes(info, _filter(info, skus, location_ids), after):
-            out = to_graphql(info, change)
+            safety = await safety_stocks(info, [change.sku])
+            out = to_graphql(info, change, safety[change.sku])
             if out is None:
                 continue
             status = status_of(out.stock_level.available, low_stock_threshold)
@@ -221,7 +243,9 @@ async def stock_events(info: Ctx, skus: SkusArg = None, location_ids: LocationsA
         raise GraphQLError(str(exc), extensions={"code": "CURSOR_EXPIRED"}) from exc
     except InvalidCursor as exc:
         raise GraphQLError(str(exc), extensions={"code": "BAD_USER_INPUT"}) from exc
-    changes = [c for c in (to_graphql(info, x) for x in page.changes) if c is not None]
+    safety = await safety_stocks(info, (x.sku for x in page.changes))
+    changes = [c for c in (to_graphql(info, x, safety[x.sku]) for x in page.changes)
+               if c is not None]
     return StockChangePage(changes=changes, end_cursor=page.end_cursor, has_more=page.has_more)
 
 
