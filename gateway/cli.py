@@ -57,7 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="where to send webhooks (default: none are sent)")
     _world_args(sim)
 
-    sub.add_parser("schema", help="print the GraphQL schema (SDL)")
+    schema = sub.add_parser("schema", help="print the GraphQL schema (SDL)")
+    schema.add_argument("--federation", action="store_true",
+                        help="the Apollo Federation v2 subgraph SDL (@link, @key, _entities), "
+                             "as served at { _service { sdl } }, e.g. for rover subgraph publish")
 
     events = sub.add_parser("events", help="inspect and replay the dead-letter stream")
     events.add_argument("action", choices=["dlq", "replay"],
@@ -196,9 +199,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.getLogger().level))
     try:
         if args.command == "schema":
-            from schema import sdl
+            from schema import federation_sdl, sdl
 
-            sys.stdout.write(sdl())
+            sys.stdout.write(federation_sdl() if args.federation else sdl())
             return 0
         from gateway.reconcile import cli as _reconcile
 

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 from datetime import datetime
 from decimal import Decimal
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import strawberry
 from strawberry.types import Info
 
-from gateway.auth import DISCREPANCIES_READ, requires
+from gateway.auth import DISCREPANCIES_READ, STOCK_READ, Forbidden, requires
 from resolvers import merge
 from resolvers.graph import RequestContext
 from resolvers.types import (
@@ -55,7 +55,10 @@ class ExternalId:
     value: str = strawberry.field(description="The identifier as that system spells it.")
 
 
-@strawberry.type(description="A store or warehouse, from the ERP's location master.")
+# Federation v2 entities (keys below): other subgraphs of a supergraph extend Product by
+# `sku`, Location by `id` and StockLevel by `sku location { id }` (see schema.federation_sdl).
+@strawberry.federation.type(keys=["id"],
+                            description="A store or warehouse, from the ERP's location master.")
 class Location:
     id: strawberry.ID = strawberry.field(description="Unified location id (ERP location code).")
     name: str = strawberry.field(description="Display name.")
@@ -73,9 +76,17 @@ class Location:
         return cls(id=strawberry.ID(r.id), name=r.name, type=r.type, gln=r.gln,
                    external_ids=refs)
 
+    @classmethod
+    async def resolve_reference(cls, info: Ctx, id: strawberry.ID) -> Location | None:
+        """Federation ``_entities``: the location another subgraph refers to."""
+        record = await info.context.loaders.location(str(id))
+        return cls.of(record) if record else None
 
-@strawberry.type(description="Stock of one SKU at one location, from that location's system "
-                             "of record (stores: POS; warehouses: WMS).")
+
+@strawberry.federation.type(keys=["sku location { id }"],
+                            description="Stock of one SKU at one location, from that "
+                                        "location's system of record (stores: POS; "
+                                        "warehouses: WMS).")
 class StockLevel:
     sku: strawberry.ID = strawberry.field(description="The SKU.")
     location: Location = strawberry.field(description="Where the stock is.")
@@ -112,6 +123,19 @@ class StockLevel:
                    quality_control=r.quality_control, damaged=r.damaged,
                    safety_stock=r.safety_stock, sellable=r.sellable, source=r.source,
                    as_of=r.as_of, stale=r.stale)
+
+    @classmethod
+    async def resolve_reference(cls, info: Ctx, sku: strawberry.ID,
+                                location: dict[str, Any]) -> StockLevel | None:
+        """Federation ``_entities``: the level another subgraph refers to by SKU and location,
+        with the permissions of ``Query.stockLevel``."""
+        principal = info.context.principal
+        if not principal.has(STOCK_READ):
+            raise Forbidden(f"the {STOCK_READ} scope is required for StockLevel")
+        location_id = str(location["id"])
+        principal.require_location(location_id)
+        levels = await info.context.loaders.stock(str(sku), [location_id])
+        return cls.of(levels[0]) if levels else None
 
 
 @strawberry.type(description="How many units of a SKU can be promised on a channel.")
@@ -180,8 +204,10 @@ class UnmappedIdentifier:
                    seen_in=r.seen_in)
 
 
-@strawberry.type(description="A sellable item: master data from the ERP, joined with its "
-                             "online listing, store price and stock everywhere.")
+@strawberry.federation.type(keys=["sku"],
+                            description="A sellable item: master data from the ERP, joined "
+                                        "with its online listing, store price and stock "
+                                        "everywhere.")
 class Product:
     sku: strawberry.ID = strawberry.field(description="Unified SKU.")
     item_number: str = strawberry.field(description="ERP item number.")
@@ -200,6 +226,12 @@ class Product:
                    name=r.name, category=r.category,
                    price=Money(amount=r.list_price, currency_code=r.currency),
                    safety_stock=r.safety_stock, source=r.source, as_of=r.as_of)
+
+    @classmethod
+    async def resolve_reference(cls, info: Ctx, sku: strawberry.ID) -> Product | None:
+        """Federation ``_entities``: the product another subgraph refers to."""
+        item = await info.context.loaders.master.load(str(sku))
+        return cls.of(item) if item else None
 
     # Fields read from a backend at request time are nullable: when that backend is down only
     # they become null (with an error naming it), not the product or the whole page.
