@@ -237,14 +237,16 @@ class Product:
     # they become null (with an error naming it), not the product or the whole page.
     @strawberry.field(description="Stock at every location (or the given ones), each from its "
                                   "system of record; null if one of them is unreachable (the "
-                                  "error names it).")
+                                  "error names it).",
+                      extensions=[requires(STOCK_READ)])
     async def stock(self, info: Ctx,
                     location_ids: list[strawberry.ID] | None = None) -> list[StockLevel] | None:
         levels = await info.context.loaders.stock(str(self.sku), location_ids)
         return [StockLevel.of(x) for x in levels]
 
     @strawberry.field(description="What can be promised on a channel; null if the channel's "
-                                  "system of record is unreachable (the error names it).")
+                                  "system of record is unreachable (the error names it).",
+                      extensions=[requires(STOCK_READ)])
     async def availability(self, info: Ctx,
                            channel: Annotated[merge.Channel, strawberry.argument(
                                description="ONLINE or STORE.")]) -> Availability | None:
@@ -279,7 +281,8 @@ class Product:
         return out
 
     @strawberry.field(description="Open purchase-order lines for this SKU (ERP); null if the "
-                                  "ERP is unreachable.")
+                                  "ERP is unreachable.",
+                      extensions=[requires(STOCK_READ)])
     async def purchase_orders(self, info: Ctx) -> list[PurchaseOrderLine] | None:
         lines = await info.context.loaders.purchase_orders.load(str(self.sku))
         return [PurchaseOrderLine.of(x) for x in lines]

@@ -17,6 +17,7 @@ MASK64 = (1 << 64) - 1
 COMPANY_PREFIX = "701234"  # GS1 company prefix (6 digits) of the demo retailer
 SQUARE_ALPHABET = "ABCDEFGHJKMNPQRSTVWXYZ0123456789"
 EPOCH = datetime(2025, 1, 1, tzinfo=UTC)
+CACHED = 16_384  # items (and store cells) a World keeps built
 
 ADJECTIVES = ("Classic", "Organic", "Everyday", "Premium", "Trail", "Urban", "Soft", "Bold",
               "Nordic", "Coastal", "Vintage", "Light")
@@ -112,6 +113,10 @@ class World:
         self.n_warehouses = warehouses
         self.snapshot_as_of = datetime.now(UTC).replace(hour=0, minute=0, second=0,
                                                         microsecond=0)
+        # Pure, but ~10 us an item: a page of 1,000 rows names the same few items again and
+        # again (one row per item x location), so the last few thousand are kept.
+        self._items: dict[int, Item] = {}
+        self._store_counts: dict[tuple[int, int], tuple[int, int]] = {}
 
     def _h(self, *parts: int) -> int:
         return mix(self.seed, *parts)
@@ -126,6 +131,14 @@ class World:
         return "".join(out)
 
     def item(self, i: int) -> Item:
+        found = self._items.get(i)
+        if found is None:
+            if len(self._items) >= CACHED:
+                self._items.clear()
+            found = self._items[i] = self._item(i)
+        return found
+
+    def _item(self, i: int) -> Item:
         h = self._h(1, i)
         noun = NOUNS[(h >> 8) % len(NOUNS)]
         name = f"{ADJECTIVES[h % len(ADJECTIVES)]} {noun} {COLOURS[(h >> 16) % len(COLOURS)]}"
@@ -180,8 +193,13 @@ class World:
 
     def store_counts(self, i: int, loc: int) -> tuple[int, int]:
         """Square IN_STOCK and RESERVED_FOR_SALE at a store."""
-        h = self._h(10, i, loc)
-        return h % 30, (h >> 8) % 3
+        found = self._store_counts.get((i, loc))
+        if found is None:  # asked once per Square state of a cell: kept for a while
+            if len(self._store_counts) >= CACHED:
+                self._store_counts.clear()
+            h = self._h(10, i, loc)
+            found = self._store_counts[i, loc] = (h % 30, (h >> 8) % 3)
+        return found
 
     def warehouse_balance(self, i: int, loc: int) -> WarehouseBalance:
         h = self._h(11, i, loc)
