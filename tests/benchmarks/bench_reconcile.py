@@ -67,6 +67,12 @@ def rss_mb(pid: int) -> float:
     return 0.0
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def machine() -> str:
     cpu = "unknown CPU"
     for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -78,8 +84,8 @@ def machine() -> str:
             f"{platform.python_version()}, {platform.system()} {platform.release()}")
 
 
-async def bench(args: argparse.Namespace, ports: dict[str, int], redis_url: str) -> dict[str,
-                                                                                       object]:
+async def bench(args: argparse.Namespace, ports: dict[str, int], redis_url: str,
+                pids: dict[str, int]) -> dict[str, object]:
     from gateway.app import Runtime
     from gateway.config import demo_settings
     from gateway.reconcile import Scope
@@ -109,10 +115,21 @@ async def bench(args: argparse.Namespace, ports: dict[str, int], redis_url: str)
         loaders.store_stock, loaders.warehouse_stock, loaders.online_stock,
         loaders.erp_snapshot)))
     out["warmed_skus"] = len(warm)
+    reconciler = runtime.reconciliation.reconciler
+    assert reconciler is not None
+    if args.chunk:
+        reconciler.chunk_size = args.chunk
+    if args.parallel:
+        reconciler.parallel = args.parallel
+    out["chunk_size"], out["parallel"] = reconciler.chunk_size, reconciler.parallel
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    cpu_before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+    cpu_self = time.process_time()
     t1 = time.perf_counter()
     report = await runtime.reconciliation.run(Scope())
     elapsed = time.perf_counter() - t1
+    out["cpu_s_during_run"] = {"reconciler": round(time.process_time() - cpu_self, 1), **{
+        name: round(cpu_seconds(pid) - cpu_before[name], 1) for name, pid in pids.items()}}
     rss_after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     await runtime.stop()
     out.update({
@@ -130,6 +147,8 @@ def main() -> None:
     p.add_argument("--skus", type=int, default=100_000)
     p.add_argument("--stores", type=int, default=40)
     p.add_argument("--warehouses", type=int, default=10)
+    p.add_argument("--chunk", type=int, default=0, help="SKUs per chunk (default: the run's)")
+    p.add_argument("--parallel", type=int, default=0, help="chunks in flight")
     p.add_argument("--role", default="")
     p.add_argument("--port", type=int, default=0)
     p.add_argument("--gateway-port", type=int, default=0)
@@ -162,7 +181,8 @@ def main() -> None:
                     if time.monotonic() > deadline:
                         raise RuntimeError(f"{name} simulator did not start") from None
                     time.sleep(0.2)
-        result = asyncio.run(bench(args, ports, str(valkey.connection_url)))
+        result = asyncio.run(bench(args, ports, str(valkey.connection_url),
+                                   {name: proc.pid for name, proc in procs.items()}))
         result["simulator_peak_rss_mb"] = {name: round(rss_mb(proc.pid))
                                            for name, proc in procs.items()}
         result["size"] = f"{args.skus} SKUs x {args.stores + args.warehouses} locations"
