@@ -104,10 +104,10 @@ def derived_on_hand(q: Quantities) -> int | None:
     """On-hand as the merge rules count it (Square has no on-hand: its on-shelf states add up)."""
     if q.on_hand is not None:
         return q.on_hand
-    parts = (q.available, q.committed, q.quality_control, q.damaged)
-    if all(p is None for p in parts):
+    a, c, qc, d = q.available, q.committed, q.quality_control, q.damaged
+    if a is None and c is None and qc is None and d is None:
         return None
-    return sum(p or 0 for p in parts)
+    return (a or 0) + (c or 0) + (qc or 0) + (d or 0)
 
 
 def _iso(moment: datetime) -> str:
