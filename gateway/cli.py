@@ -36,6 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="background sales, orders, receipts and transfers (0 = none)")
     demo.add_argument("--auth", action="store_true",
                       help="require credentials and print a ready token for each role")
+    demo.add_argument("--reconcile-interval", type=float, default=30.0, metavar="SECONDS",
+                      help="a full reconciliation every SECONDS (0 = off)")
 
     serve = sub.add_parser("serve", help="run the gateway against configured backends")
     serve.add_argument("--config", required=True, help="TOML file (see retailgraph.example.toml)")
@@ -185,7 +187,8 @@ def _demo(args: argparse.Namespace) -> int:
 
     asyncio.run(run(DemoOptions(host=args.host, port=args.port, seed=args.seed, skus=args.skus,
                                 stores=args.stores, warehouses=args.warehouses,
-                                activity=args.activity, auth=args.auth)))
+                                activity=args.activity, auth=args.auth,
+                                reconcile_interval=args.reconcile_interval)))
     return 0
 
 

@@ -50,6 +50,7 @@ class DemoOptions:
     warehouses: int = 2
     activity: float = 0.0
     auth: bool = False  # require credentials; print a token per role
+    reconcile_interval: float = 30.0  # a full reconciliation every N s (0 = off)
 
 
 def demo_tokens(settings: Settings, store: str | None) -> dict[str, str]:
@@ -107,6 +108,7 @@ async def forget_previous_run(redis_url: str) -> int:
 
 async def run(opts: DemoOptions) -> None:
     settings = demo_settings(opts.host, opts.port)
+    settings.reconcile_interval_seconds = opts.reconcile_interval
     if settings.redis_url:
         removed = await forget_previous_run(settings.redis_url)
         if removed:
