@@ -476,6 +476,10 @@ class ResponseCache:
         return int(await self._invalidate(keys=[RC_SEQ], args=tags))
 
 
+REDIS_MAX_CONNECTIONS = 100
+REDIS_POOL_WAIT_SECONDS = 10.0
+
+
 async def connect(url: str) -> aioredis.Redis | RedisCluster:
     """A client for ``redis://``, ``rediss://`` (TLS), ``unix://`` or ``redis+cluster://``.
 
@@ -486,4 +490,10 @@ async def connect(url: str) -> aioredis.Redis | RedisCluster:
         client: aioredis.Redis | RedisCluster = RedisCluster.from_url(cluster_url)
         await client.initialize()
         return client
-    return aioredis.Redis.from_url(url, health_check_interval=10, socket_connect_timeout=2)
+    # redis-py's default pool refuses a command once 100 are in flight ("Too many
+    # connections"): under a burst (webhooks in flight, hundreds of clients subscribing at
+    # once) webhooks got 503s and subscriptions ended with INTERNAL. Wait for a connection.
+    pool = aioredis.BlockingConnectionPool.from_url(
+        url, max_connections=REDIS_MAX_CONNECTIONS, timeout=REDIS_POOL_WAIT_SECONDS,
+        health_check_interval=10, socket_connect_timeout=2)
+    return aioredis.Redis.from_pool(pool)

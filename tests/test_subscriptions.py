@@ -686,6 +686,29 @@ class TestLiveStock:
         assert await live.gone(before) == set()
 
 
+    async def test_hundreds_of_clients_resuming_at_once_all_get_their_changes(
+            self, live: Live) -> None:
+        """Each resume reads the log; more at once than the Redis pool holds connections
+        must wait for one, not fail."""
+        i = live.sku()
+        cell = {"skus": [live.world.items[i].sku], "locs": [live.world.warehouses[0].code]}
+        after = (await live.data(STOCK_EVENTS, {**cell, "first": 1}))["stockEvents"][
+            "endCursor"]
+        async with contextlib.AsyncExitStack() as stack:
+            clients = await asyncio.gather(*(
+                stack.enter_async_context(connected(live.url, PROTOCOLS[n % 2]))
+                for n in range(240)))
+            ops = await asyncio.gather(*(
+                client.subscribe(STOCK_CHANGED, {**cell, "after": after})
+                for client in clients))
+            await live.capture([live.epcis_event(i, 0, "arriving", 3)])
+            got = await asyncio.gather(*(client.take(op, 1, within=30)
+                                         for client, op in zip(clients, ops, strict=True)))
+        on_hand = (await live.wms_balance(i, 0))["onHand"]
+        assert [[c["stockLevel"]["onHand"] for c in changes] for changes in got] == \
+            [[on_hand]] * len(clients)
+
+
 # -- a stack with a tiny subscriber buffer and retention ------------------------------------
 
 SLOW_FIELDS = " ".join(  # ~9 KB per change, so a consumer that does not read backs up soon
