@@ -102,7 +102,7 @@ def wrk(url: str, body: str, duration: int, connections: int) -> dict[str, float
 def write_config(path: Path, port: int, ports: list[int], redis_url: str, cache: bool) -> None:
     names = [("pos", "square"), ("wms", "epcis"), ("erp", "erp"), ("commerce", "shopify")]
     lines = ["[gateway]", f'port = {port}', f'redis_url = "{redis_url}"',
-             f"cache = {'true' if cache else 'false'}", ""]
+             f"cache = {'true' if cache else 'false'}", "rate_limit_per_minute = 0", ""]
     for (name, fmt), p in zip(names, ports, strict=True):
         lines += [f"[backends.{name}]", f'format = "{fmt}"', f'base_url = "http://127.0.0.1:{p}"',
                   f'token = "demo-{name}-token"', f'webhook_secret = "demo-{name}-webhook-secret"',
