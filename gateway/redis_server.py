@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import socket
 from pathlib import Path
 from typing import Any
@@ -19,9 +20,21 @@ log = logging.getLogger("retailgraph.redis")
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A bindable loopback port below the kernel's ephemeral range (32768+ on Linux).
+
+    A port handed out by binding port 0 is an ephemeral one: before our server binds it, an
+    outgoing connection may take it. Ports below that range are only taken by listeners.
+    """
+    rng = random.SystemRandom()
+    for _ in range(200):
+        port = rng.randrange(20000, 32000)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise OSError("no free loopback port between 20000 and 32000")
 
 
 def start_server(attempts: int = 5, **options: Any) -> ValkeyServer:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -14,11 +13,7 @@ import httpx
 import uvicorn
 from starlette.types import ASGIApp
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from gateway.redis_server import free_port
 
 
 class ServerThread:
@@ -35,8 +30,12 @@ class ServerThread:
 
     def _run(self) -> None:
         self.loop = asyncio.new_event_loop()
-        self.loop.run_until_complete(self.server.serve())
-        self.loop.close()
+        try:
+            self.loop.run_until_complete(self.server.serve())
+        except SystemExit:  # uvicorn exits when it cannot bind; start() reports it
+            pass
+        finally:
+            self.loop.close()
 
     def start(self) -> ServerThread:
         self.thread.start()
