@@ -147,15 +147,8 @@ def _events(args: argparse.Namespace) -> int:
     from gateway.app import Runtime
     from resolvers.graph import RetailGraph
 
-    if args.config:
-        settings = config.load(args.config)
-    else:
-        settings = config.demo_settings(port=args.demo_port)
-    if args.redis_url:
-        settings.redis_url = args.redis_url
-    if not settings.redis_url:
-        raise config.ConfigError("redis_url: the event log lives in the gateway's Redis; "
-                                 "pass --redis-url (the demo prints it)")
+    settings = config.for_command(args.config, args.demo_port, args.redis_url,
+                                  "the event log")
 
     async def run() -> int:
         runtime = Runtime(settings, RetailGraph.from_settings(settings), background=False)

@@ -260,3 +260,16 @@ def demo_settings(host: str = "127.0.0.1", port: int = 8000,
             token=f"demo-{name}-token", webhook_secret=f"demo-{name}-webhook-secret",
         )
     return apply_env(settings, environ).validate()
+
+
+def for_command(config_path: str | None, demo_port: int | None, redis_url: str | None,
+                what: str) -> Settings:
+    """Settings of a one-shot command (``events``, ``reconcile``) run beside a gateway: its
+    config file or a running demo's port, and the Redis holding ``what``."""
+    settings = load(config_path) if config_path else demo_settings(port=demo_port or 8000)
+    if redis_url:
+        settings.redis_url = redis_url
+    if not settings.redis_url:
+        raise ConfigError(f"redis_url: {what} lives in the gateway's Redis; pass --redis-url "
+                          "(the demo prints it)")
+    return settings

@@ -27,6 +27,7 @@ import orjson
 from redis.exceptions import RedisError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from gateway.asgi import read_body, replay
 from gateway.auth import ADMIN, PRINCIPAL_STATE
 from gateway.config import ConfigError, Settings
 
@@ -202,20 +203,20 @@ class PersistedQueryMiddleware:
             await self._register(*register)
 
     async def _post(self, scope: Scope, receive: Receive, send: Send) -> None:
-        body = await _read_body(receive, self.max_body)
+        body = await read_body(receive, self.max_body)
         if body is None:
             await _respond(send, PersistedQueryError(
                 413, "BAD_USER_INPUT", f"request body is over the {self.max_body}-byte limit"))
             return
         if b"persistedQuery" not in body and self.allow_list is None:
-            await self.app(scope, _replay(body), send)
+            await self.app(scope, replay(body), send)
             return
         try:
             payload = orjson.loads(body)
         except orjson.JSONDecodeError:
             payload = None
         if not isinstance(payload, dict):  # malformed or a batch: Strawberry answers
-            await self.app(scope, _replay(body), send)
+            await self.app(scope, replay(body), send)
             return
         try:
             digest = await self._resolve(scope, payload)
@@ -226,7 +227,7 @@ class PersistedQueryMiddleware:
         headers = [(k, v) for k, v in scope.get("headers", []) if k != b"content-length"]
         headers.append((b"content-length", str(len(new_body)).encode()))
         register = (digest, payload["query"]) if digest else None
-        await self._run({**scope, "headers": headers}, _replay(new_body), send, register)
+        await self._run({**scope, "headers": headers}, replay(new_body), send, register)
 
     async def _get(self, scope: Scope, receive: Receive, send: Send) -> None:
         params = dict(parse_qsl(scope["query_string"].decode("latin-1"),
@@ -267,36 +268,6 @@ def _canonical(payload: dict[str, Any]) -> bytes:
         if rest:
             out["extensions"] = rest
     return orjson.dumps(out, option=orjson.OPT_SORT_KEYS)
-
-
-async def _read_body(receive: Receive, limit: int) -> bytes | None:
-    """The whole body, or None once it is over ``limit`` bytes."""
-    chunks = []
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] != "http.request":
-            break
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            return None
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            break
-    return b"".join(chunks)
-
-
-def _replay(body: bytes) -> Receive:
-    sent = False
-
-    async def receive() -> Message:
-        nonlocal sent
-        if not sent:
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
-        return {"type": "http.disconnect"}
-    return receive
 
 
 __all__ = ["PersistedQueryMiddleware", "load_allow_list", "sha256"]

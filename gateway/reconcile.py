@@ -710,15 +710,8 @@ def cli(args: Any) -> int:
     from gateway import config
     from gateway.app import Runtime
 
-    if args.config:
-        settings = config.load(args.config)
-    else:
-        settings = config.demo_settings(port=args.demo_port)
-    if args.redis_url:
-        settings.redis_url = args.redis_url
-    if not settings.redis_url:
-        raise config.ConfigError("redis_url: the cache and event log live in the gateway's "
-                                 "Redis; pass --redis-url (the demo prints it)")
+    settings = config.for_command(args.config, args.demo_port, args.redis_url,
+                                  "the cache and event log")
 
     def listed(value: str | None) -> tuple[str, ...] | None:
         return None if value is None else tuple(x.strip() for x in value.split(",") if x.strip())

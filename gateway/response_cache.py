@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from redis.exceptions import RedisError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from gateway.asgi import read_body, replay
 from resolvers.graph import Freshness
 
 if TYPE_CHECKING:
@@ -52,7 +53,7 @@ class ResponseCacheMiddleware:
                 or not self.runtime.settings.cache):
             await self.app(scope, receive, send)
             return
-        body = await _read_body(receive)
+        body = await read_body(receive) or b""
         state: dict[str, Any] = scope.setdefault("state", {})
         freshness = Freshness()
         state[FRESHNESS_STATE] = freshness
@@ -79,7 +80,7 @@ class ResponseCacheMiddleware:
                 chunks.append(message.get("body", b""))
             await send(message)
 
-        await self.app(scope, _replay(body), capture)
+        await self.app(scope, replay(body), capture)
         if digest is None or epoch is None or status != 200:
             return
         encoded = b"".join(chunks)
@@ -89,30 +90,6 @@ class ResponseCacheMiddleware:
                 await responses.put(digest, encoded, freshness.tags, epoch)
             except (RedisError, OSError) as exc:
                 log.debug("response cache put failed: %s", exc)
-
-
-async def _read_body(receive: Receive) -> bytes:
-    chunks = []
-    while True:
-        message = await receive()
-        if message["type"] != "http.request":
-            break
-        chunks.append(message.get("body", b""))
-        if not message.get("more_body", False):
-            break
-    return b"".join(chunks)
-
-
-def _replay(body: bytes) -> Receive:
-    sent = False
-
-    async def receive() -> Message:
-        nonlocal sent
-        if not sent:
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
-        return {"type": "http.disconnect"}
-    return receive
 
 
 async def _send_hit(send: Send, stored: bytes) -> None:
