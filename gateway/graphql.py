@@ -9,7 +9,7 @@ middleware on HTTP and from the ``connection_init`` payload on WebSocket.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import orjson
@@ -18,14 +18,15 @@ from cross_web import HTTPException
 from graphql import GraphQLError
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.websockets import WebSocket
-from strawberry.asgi import GraphQL
+from starlette.websockets import WebSocket, WebSocketDisconnect
+from strawberry.asgi import ASGIWebSocketAdapter, GraphQL
 from strawberry.exceptions import ConnectionRejectionError
 from strawberry.extensions import (
     ParserCache,
     SchemaExtension,
     ValidationCache,
 )
+from strawberry.http.exceptions import WebSocketDisconnected
 from strawberry.types.graphql import OperationType
 from strawberry.types.unset import UNSET, UnsetType
 
@@ -118,8 +119,22 @@ def make_schema(settings: Settings | None = None) -> strawberry.Schema:
     ])
 
 
+class TextFrames(ASGIWebSocketAdapter):
+    """Every WebSocket message is a text frame: both GraphQL-over-WebSocket protocols define
+    their messages as text, and standard clients (graphql-ws, Apollo, urql, gql, browsers)
+    reject binary frames. HTTP responses keep orjson's bytes."""
+
+    async def send_json(self, message: Mapping[str, object]) -> None:
+        try:
+            await self.ws.send_text(orjson.dumps(message).decode())
+        except WebSocketDisconnect as exc:
+            raise WebSocketDisconnected from exc
+
+
 class GraphQLApp(GraphQL[RequestContext, None]):
     """Strawberry's ASGI app with a per-request :class:`RequestContext`."""
+
+    websocket_adapter_class = TextFrames
 
     def __init__(self, graph: RetailGraph, auth: Authenticator | None = None,
                  **kwargs: Any) -> None:

@@ -74,6 +74,14 @@ class SubscriptionError(Exception):
         return [str((e.get("extensions") or {}).get("code")) for e in self.errors]
 
 
+def text_frame(frame: str | bytes) -> str:
+    """Both protocols carry their messages in text frames; standard clients (graphql-ws,
+    Apollo, gql, browsers) reject a binary one, so this client does too."""
+    if not isinstance(frame, str):
+        raise AssertionError(f"binary WebSocket frame: {frame[:80]!r}")
+    return frame
+
+
 class Completed(Exception):
     """The server completed the operation."""
 
@@ -105,7 +113,7 @@ class GraphQLWs:
         client = cls(ws, protocol)
         await client.send({"type": "connection_init", "payload": {}})
         while True:
-            raw = orjson.loads(await asyncio.wait_for(ws.recv(), 10))
+            raw = orjson.loads(text_frame(await asyncio.wait_for(ws.recv(), 10)))
             if raw["type"] == "connection_ack":
                 return client
             if raw["type"] == "ka":
@@ -133,7 +141,8 @@ class GraphQLWs:
 
     async def message(self, within: float = 10) -> dict[str, Any]:
         """Read one protocol message (waiting up to ``within`` seconds), file it, return it."""
-        raw: dict[str, Any] = orjson.loads(await asyncio.wait_for(self.ws.recv(), within))
+        raw: dict[str, Any] = orjson.loads(
+            text_frame(await asyncio.wait_for(self.ws.recv(), within)))
         kind = raw["type"]
         if kind == "ping":
             await self.send({"type": "pong"})
