@@ -15,14 +15,14 @@ extended by reviews, and reviews' root fields returning retailgraph entities), a
 value is checked against retailgraph queried directly and the reviews data.
 
 Node packages are installed by the test (``npm ci``, pinned by ``package-lock.json``) into
-``tests/federation/node_modules`` (git-ignored), only when the lock file changed. The
+``tests/federation/node_modules`` (git-ignored), only when the lock file changed
+(:func:`tests.nodejs.npm_install`). The
 end-to-end test is skipped, with the reason, only where ``node``/``npm`` are not installed.
 """
 
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -35,12 +35,11 @@ from graphql.language import ObjectTypeDefinitionNode, SchemaDefinitionNode, Str
 
 from gateway import cli
 from schema import federation_sdl, sdl
+from tests.nodejs import NODE, needs_node, node_env, npm_install
 from tests.support import Stack, free_port
 from tests.test_deployment import Proc, wait_for
 
 FEDERATION = Path(__file__).resolve().parent / "federation"
-NODE = shutil.which("node")
-NPM = shutil.which("npm")
 READER_KEY = "federation-reader-key-0001"
 MASTER_ONLY_KEY = "federation-master-data-key"
 ST001_KEY = "federation-store-st001-key"
@@ -180,24 +179,6 @@ def test_entities_are_cost_limited_like_root_fields(stack: Stack) -> None:
 
 # -- a real supergraph ---------------------------------------------------------------------------
 
-def _lock_packages(path: Path) -> dict[str, Any]:
-    packages: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))["packages"]
-    return {name: spec.get("version") for name, spec in packages.items() if name}
-
-
-def npm_install() -> None:
-    """``npm ci`` into tests/federation/node_modules unless it already matches the lock."""
-    lock = FEDERATION / "package-lock.json"
-    installed = FEDERATION / "node_modules" / ".package-lock.json"
-    if installed.exists() and _lock_packages(installed) == _lock_packages(lock):
-        return
-    assert NPM is not None
-    result = subprocess.run([NPM, "ci", "--no-audit", "--no-fund", "--ignore-scripts",
-                             "--prefer-offline"], cwd=FEDERATION, capture_output=True,
-                            text=True, timeout=300, check=False)
-    assert result.returncode == 0, result.stdout + result.stderr
-
-
 REVIEWS = {
     "reviews": {},
     "shelfChecks": [],
@@ -216,13 +197,11 @@ SUPERGRAPH_QUERY = """query($sku: ID!) {
 }"""
 
 
-@pytest.mark.skipif(NODE is None or NPM is None,
-                    reason="node and npm are not installed: no Apollo composition or gateway "
-                           "to run (apt-get install nodejs npm)")
+@needs_node
 def test_a_real_federation_gateway_serves_both_subgraphs(stack: Stack,
                                                          tmp_path: Path) -> None:
     assert NODE is not None
-    npm_install()
+    npm_install(FEDERATION)
     world = stack.world
     a, b, c = world.items[1], world.items[2], world.items[7]
     data = json.loads(json.dumps(REVIEWS))
@@ -240,7 +219,7 @@ def test_a_real_federation_gateway_serves_both_subgraphs(stack: Stack,
     reviews_json.write_text(json.dumps(data), encoding="utf-8")
     logs = tmp_path / "logs"
     logs.mkdir()
-    env = {"PATH": str(Path(NODE).parent), "HOME": str(Path.home()), "NODE_ENV": "production"}
+    env = {**node_env(), "NODE_ENV": "production"}
     port = free_port()
     reviews = Proc("reviews", [NODE, str(FEDERATION / "reviews.mjs"), "--port", str(port),
                                "--data", str(reviews_json)], env, logs, port)
