@@ -1,0 +1,512 @@
+"""The hostile corpus (issue 11 §4): every hostile or broken input we know of, against one
+running gateway with authentication on, over real HTTP and WebSocket.
+
+Each probe asserts the documented answer (status, code, limit or close code), and the module
+checks the rest around every probe (:func:`_every_probe`): no 5xx reached the client, no
+error (unhandled exception, traceback) was logged by the gateway or uvicorn, and ``/healthz``
+still answers. Probes that refuse an input also assert that nothing changed
+(``with hostile.unchanged():`` compares the Redis state: event log, dead letters, cache
+cells, change stream, persisted queries, response cache).
+
+One class per area. Conventions, so that :class:`TestLiveness` can run the whole corpus
+while it samples ``/healthz`` from another connection:
+
+- a probe is a method ``test_*(self, hostile)`` (sync or ``async``) taking only the
+  ``hostile`` fixture (loop over cases inside; no parametrize);
+- a probe leaves the gateway as it found it, apart from what an accepted input is meant to
+  change.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import json
+import logging
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from typing import Any
+
+import httpx
+import jwt
+import orjson
+import pytest
+import redis
+import websockets
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from jwt.algorithms import RSAAlgorithm
+
+from tests.helpers_webhooks import Delivery, Signer, now, redis_state
+from tests.support import Stack
+
+ADMIN = "hostile-admin-key-0123456789"
+READER = "hostile-reader-key-0123456789"
+JWT_SECRET = "hostile-hs256-secret-0123456789-abcdefghij"
+SKU = "SKU-000001"
+WS_PROTOCOLS = ("graphql-transport-ws", "graphql-ws")
+# Keys that change without any request: locks and per-source bookkeeping (reject counters).
+VOLATILE = ("rg:{sync}:", "rg:{disc}:lock", "rg:rl:")
+
+
+class Collected(logging.Handler):
+    """Error records of the gateway's and uvicorn's loggers."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+    def messages(self) -> list[str]:
+        return [f"{r.name}: {r.getMessage()} {r.exc_info[1] if r.exc_info else ''}"
+                for r in self.records]
+
+
+@dataclass
+class Hostile:
+    """The gateway under attack and what the probes need to attack it."""
+
+    stack: Stack
+    redis: redis.Redis
+    log: Collected
+    signer: Signer
+    rsa_key: rsa.RSAPrivateKey
+
+    @property
+    def url(self) -> str:
+        return self.stack.url
+
+    @property
+    def ws_url(self) -> str:
+        return self.url.replace("http://", "ws://") + "/graphql"
+
+    # -- HTTP ------------------------------------------------------------------------------
+
+    def graphql(self, query: str, variables: Any = None, *, credential: str | None = ADMIN,
+                **extra: Any) -> httpx.Response:
+        payload: dict[str, Any] = {"query": query, **extra}
+        if variables is not None:
+            payload["variables"] = variables
+        return self.post("/graphql", orjson.dumps(payload), credential=credential)
+
+    def post(self, path: str, content: bytes, *, credential: str | None = ADMIN,
+             headers: dict[str, str] | None = None, timeout: float = 60) -> httpx.Response:
+        sent = {"content-type": "application/json", **(headers or {})}
+        if credential is not None:
+            sent["authorization"] = f"Bearer {credential}"
+        response = httpx.post(self.url + path, content=content, headers=sent, timeout=timeout)
+        assert response.status_code < 500, response.text
+        return response
+
+    def webhook(self, delivery: Delivery) -> httpx.Response:
+        return self.post(f"/webhooks/{delivery.backend}", delivery.body, credential=None,
+                         headers=delivery.headers)
+
+    @property
+    def square_url(self) -> str:
+        return f"{self.url}/webhooks/pos"
+
+    # -- checks ----------------------------------------------------------------------------
+
+    def state(self) -> dict[str, Any]:
+        return {k: v for k, v in redis_state(str(self.stack.settings.redis_url)).items()
+                if not k.startswith(VOLATILE)}
+
+    def settle(self) -> dict[str, Any]:
+        """The state once what an accepted input set off in the background is done."""
+        state = self.state()
+        for _ in range(50):
+            time.sleep(0.1)
+            again = self.state()
+            if again == state:
+                return state
+            state = again
+        raise AssertionError("the state keeps changing without any request")
+
+    @contextmanager
+    def unchanged(self, ignoring: tuple[str, ...] = ()) -> Iterator[None]:
+        """The block changes no state the gateway keeps in Redis (keys containing one of
+        ``ignoring`` excepted)."""
+        before = self.state()
+        yield
+        after = self.state()
+        changed = {k for k in before.keys() | after.keys()
+                   if before.get(k) != after.get(k) and not any(i in k for i in ignoring)}
+        assert not changed, f"state changed: {sorted(changed)}"
+
+    def live(self, within: float = 5.0) -> None:
+        response = httpx.get(f"{self.url}/healthz", timeout=within)
+        assert response.status_code == 200, response.text
+
+    def clean(self) -> None:
+        """Nothing was logged as an error since the last check."""
+        messages = self.log.messages()
+        self.log.records.clear()
+        assert not messages, messages
+
+    # -- WebSocket -------------------------------------------------------------------------
+
+    async def connect(self, protocol: str, *, init: bool = True,
+                      credential: str = ADMIN) -> websockets.ClientConnection:
+        ws = await websockets.connect(self.ws_url, subprotocols=[protocol],  # type: ignore[list-item]
+                                      open_timeout=10, max_size=None)
+        if init:
+            await ws.send(orjson.dumps({"type": "connection_init", "payload": {
+                "Authorization": f"Bearer {credential}"}}).decode())
+            assert (await self.recv(ws))["type"] == "connection_ack"
+        return ws
+
+    @staticmethod
+    async def recv(ws: websockets.ClientConnection, wait: float = 10) -> dict[str, Any]:
+        """The next message that is not a keep-alive."""
+        while True:
+            message: dict[str, Any] = orjson.loads(await asyncio.wait_for(ws.recv(), wait))
+            if message.get("type") not in ("ka", "ping", "pong"):
+                return message
+
+    async def closed_with(self, ws: websockets.ClientConnection, wait: float = 10
+                          ) -> int | None:
+        """The close code the server sends next (keep-alives skipped); None if it answers."""
+        try:
+            await self.recv(ws, wait)
+        except websockets.ConnectionClosed as closed:
+            return closed.rcvd.code if closed.rcvd else None
+        return None
+
+    async def query_ws(self, protocol: str, query: str, variables: Any = None,
+                       ws: websockets.ClientConnection | None = None) -> dict[str, Any]:
+        """One operation over a WebSocket; its first ``next``/``data``/``error`` message."""
+        own = ws is None
+        ws = ws or await self.connect(protocol)
+        try:
+            payload: dict[str, Any] = {"query": query}
+            if variables is not None:
+                payload["variables"] = variables
+            kind = "subscribe" if protocol == "graphql-transport-ws" else "start"
+            await ws.send(orjson.dumps({"id": "q1", "type": kind, "payload": payload}).decode())
+            return await self.recv(ws, 30)
+        finally:
+            if own:
+                await ws.close()
+
+
+@pytest.fixture(scope="module")
+def hostile(redis_server_url: str, tmp_path_factory: pytest.TempPathFactory
+            ) -> Iterator[Hostile]:
+    client = redis.Redis.from_url(redis_server_url)
+    client.flushall()
+    stack = Stack(redis_server_url)
+    stack.settings.api_keys = {"admin": {"key": ADMIN, "scopes": ["admin"]},
+                               "reader": {"key": READER, "scopes": ["stock:read"]}}
+    stack.settings.jwt_secret = JWT_SECRET
+    rsa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    jwk = json.loads(RSAAlgorithm.to_jwk(rsa_key.public_key()))
+    jwks = tmp_path_factory.mktemp("hostile") / "jwks.json"
+    jwks.write_text(json.dumps({"keys": [{**jwk, "kid": "rsa-1", "use": "sig",
+                                          "alg": "RS256"}]}))
+    stack.settings.jwks_file = str(jwks)
+    # Many probes in a row from one client: the rate limit has tests of its own.
+    stack.settings.rate_limit_per_minute = 0
+    collected = Collected()
+    # uvicorn's loggers do not propagate to the root: unhandled exceptions land there.
+    loggers = [logging.getLogger(), logging.getLogger("uvicorn"),
+               logging.getLogger("uvicorn.error")]
+    for logger in loggers:
+        logger.addHandler(collected)
+    try:
+        with stack:
+            yield Hostile(stack, client, collected, Signer(stack.settings, stack.world),
+                          rsa_key)
+    finally:
+        for logger in loggers:
+            logger.removeHandler(collected)
+        client.close()
+
+
+@pytest.fixture(autouse=True)
+def _every_probe(hostile: Hostile) -> Iterator[None]:
+    hostile.log.records.clear()
+    yield
+    hostile.clean()
+    hostile.live()
+
+
+def graphql_errors(response: httpx.Response) -> list[tuple[str, str]]:
+    """(code, limit) of each error of a GraphQL answer."""
+    body = response.json()
+    assert "Traceback" not in response.text
+    return [((e.get("extensions") or {}).get("code", ""),
+             (e.get("extensions") or {}).get("limit", "")) for e in body.get("errors", [])]
+
+
+def jws(header: dict[str, Any] | bytes, claims: dict[str, Any] | bytes, key: bytes) -> str:
+    """An HS256-signed token from raw JSON (so claims PyJWT would refuse to encode can be
+    sent: huge numbers, NaN)."""
+    def part(value: dict[str, Any] | bytes) -> bytes:
+        raw = value if isinstance(value, bytes) else orjson.dumps(value)
+        return base64.urlsafe_b64encode(raw).rstrip(b"=")
+
+    signing_input = part(header) + b"." + part(claims)
+    signature = hmac.new(key, signing_input, hashlib.sha256).digest()
+    return (signing_input + b"." + base64.urlsafe_b64encode(signature).rstrip(b"=")).decode()
+
+
+# -- GraphQL documents ----------------------------------------------------------------------
+
+class TestQueries:
+    """Documents built to be expensive: each is refused by the limit it is over, naming it."""
+
+    def test_alias_bomb(self, hostile: Hostile) -> None:
+        aliases = " ".join(f"a{i}: __typename" for i in range(200))
+        with hostile.unchanged():
+            response = hostile.graphql(f"{{ {aliases} }}")
+        assert response.status_code == 200
+        assert ("LIMIT_EXCEEDED", "max_aliases") in graphql_errors(response)
+        assert response.json()["data"] is None
+
+    def test_depth_bomb(self, hostile: Hostile) -> None:
+        deep = "{ " + "products { nodes { " * 10 + "sku" + " } }" * 10 + " }"
+        with hostile.unchanged():
+            response = hostile.graphql(deep)
+        assert ("LIMIT_EXCEEDED", "max_depth") in graphql_errors(response)
+        assert response.json()["data"] is None
+
+    def test_token_bomb(self, hostile: Hostile) -> None:
+        with hostile.unchanged():
+            response = hostile.graphql("{ " + "__typename " * 5000 + "}")
+        assert graphql_errors(response) == [("LIMIT_EXCEEDED", "max_tokens")]
+
+    def test_cost_bomb(self, hostile: Hostile) -> None:
+        page = ("products(first: 100) { nodes { stock { onHand } "
+                "store: availability(channel: STORE) { byLocation { onHand } } "
+                "purchaseOrders { poNumber } } }")
+        query = "{ " + " ".join(f"p{i}: {page}" for i in range(10)) + " }"
+        with hostile.unchanged():
+            response = hostile.graphql(query)
+        assert graphql_errors(response) == [("LIMIT_EXCEEDED", "max_cost")]
+
+    def test_document_nested_past_the_parser_limit(self, hostile: Hostile) -> None:
+        with hostile.unchanged():
+            response = hostile.graphql("{" + "a {" * 300 + "b" + "}" * 301)
+        assert graphql_errors(response) == [("GRAPHQL_PARSE_FAILED", "")]
+
+    def test_introspection_bomb(self, hostile: Hostile) -> None:
+        inner = "name"
+        for _ in range(8):
+            inner = f"fields {{ type {{ {inner} }} }}"
+        with hostile.unchanged():
+            response = hostile.graphql(f"{{ __schema {{ types {{ {inner} }} }} }}")
+        assert response.json()["data"] is None
+        assert [code for code, _ in graphql_errors(response)] == ["GRAPHQL_VALIDATION_FAILED"]
+
+    def test_garbage_documents(self, hostile: Hostile) -> None:
+        for query in ("", "{", "}}}}", "query { ...Missing }", "\x00\x01", "{ product }",
+                      "subscription { nope }", "mutation { x }"):
+            with hostile.unchanged():
+                response = hostile.graphql(query)
+            if response.status_code == 400:  # no query at all
+                continue
+            assert response.status_code == 200, (query, response.text)
+            assert response.json()["data"] is None, query
+            assert graphql_errors(response), query
+
+    def test_refused_over_websocket_too(self, hostile: Hostile) -> None:
+        aliases = " ".join(f"a{i}: sku" for i in range(200))
+        for protocol in WS_PROTOCOLS:
+            with hostile.unchanged():
+                message = asyncio.run(hostile.query_ws(
+                    protocol, f"subscription {{ stockChanged {{ {aliases} }} }}"))
+            assert message["type"] == "error", message
+            payload = message["payload"]
+            errors = payload if isinstance(payload, list) else payload.get("errors", [payload])
+            assert [e["extensions"]["limit"] for e in errors] == ["max_aliases"], message
+
+
+# -- request bodies -------------------------------------------------------------------------
+
+class TestBodies:
+    """What arrives at /graphql is not a GraphQL request."""
+
+    def test_ten_megabyte_bodies(self, hostile: Hostile) -> None:
+        big = b'{"query": "{ __typename }", "pad": "' + b"x" * 10_000_000 + b'"}'
+        with hostile.unchanged():
+            assert hostile.post("/graphql", big).status_code == 413
+            assert hostile.post("/webhooks/wms", big, credential=None).status_code == 413
+
+    def test_not_json(self, hostile: Hostile) -> None:
+        for body in (b"", b"{", b"\xff\xfe", b"[1, 2", b'"a string"', b"42", b"null",
+                     b'{"query": 5}', b'{"query": "{ __typename }", "variables": 7}'):
+            with hostile.unchanged():
+                response = hostile.post("/graphql", body)
+            assert response.status_code == 400, (body, response.text)
+
+
+# -- webhooks -------------------------------------------------------------------------------
+
+class TestWebhooks:
+    """Deliveries that are forged, replayed, or malformed: refused, nothing recorded."""
+
+    def _deliveries(self, hostile: Hostile, on_hand: int) -> dict[str, Delivery]:
+        s = hostile.signer
+        return {
+            "pos": s.square(hostile.square_url, [s.square_count(3, 0, on_hand,
+                                                                 now())]),
+            "commerce": s.shopify(s.shopify_level(3, 0, on_hand, now())),
+            "wms": s.epcis([s.epcis_event(3, 0, on_hand, int(time.time() * 1000))]),
+            "erp": s.erp(s.erp_stock(3, hostile.stack.world.warehouses[0].code, on_hand,
+                                     int(time.time() * 1000))),
+        }
+
+    def test_forged_signatures(self, hostile: Hostile) -> None:
+        for backend, delivery in self._deliveries(hostile, 41).items():
+            forged = replace(delivery, body=delivery.body.replace(b"41", b"42", 1))
+            with hostile.unchanged():
+                response = hostile.webhook(forged)
+            assert (response.status_code, response.json()["reason"]) == (401, "bad_signature"),\
+                backend
+
+    def test_unsigned(self, hostile: Hostile) -> None:
+        for backend, delivery in self._deliveries(hostile, 43).items():
+            with hostile.unchanged():
+                response = hostile.webhook(replace(delivery, headers={}))
+            assert response.status_code == 401, backend
+
+    def test_replayed_outside_the_tolerance(self, hostile: Hostile) -> None:
+        s = hostile.signer
+        old = int(time.time()) - 3600
+        for delivery in (s.epcis([s.epcis_event(4, 0, 7, 1)], timestamp=old),
+                         s.erp(s.erp_stock(4, "WH01", 7, 1), timestamp=old)):
+            with hostile.unchanged():
+                response = hostile.webhook(delivery)
+            assert (response.status_code, response.json()["reason"]) == (401, "replay")
+
+    def test_replayed_within_the_tolerance_is_a_duplicate(self, hostile: Hostile) -> None:
+        for backend, delivery in self._deliveries(hostile, 44).items():
+            first = hostile.webhook(delivery)
+            assert first.status_code == 200, (backend, first.text)
+            hostile.settle()
+            # A duplicate is applied again (idempotently) before it is acknowledged, which
+            # invalidates cached responses of the SKU and may record the cell's movement
+            # history once the cache holds the whole cell: nothing else may change.
+            with hostile.unchanged(ignoring=("rg:{rc}:", ":hist:")):
+                again = hostile.webhook(delivery)
+            assert (again.status_code, again.json()["status"]) == (200, "duplicate"), backend
+
+    def test_unknown_backend(self, hostile: Hostile) -> None:
+        for path in ("nobody", "pos%00", "..%2Fgraphql"):
+            with hostile.unchanged():
+                response = hostile.post(f"/webhooks/{path}", b"{}", credential=None)
+            assert response.status_code == 404, (path, response.text)
+
+    def test_signed_garbage(self, hostile: Hostile) -> None:
+        s = hostile.signer
+        for body in (b"not json", b"[]", b"null", b'{"type": 5}', b"\xff" * 64):
+            for delivery in (s.standard("wms", body), s.standard("erp", body),
+                             s.shopify(body), s.square(hostile.square_url, [], payload=body)):
+                with hostile.unchanged():
+                    response = hostile.webhook(delivery)
+                assert response.status_code == 400, (delivery.backend, body, response.text)
+                assert response.json()["reason"] == "malformed"
+
+
+# -- credentials ----------------------------------------------------------------------------
+
+class TestAuth:
+    """Tokens built to get in without the key: 401 ``UNAUTHENTICATED``, never a 500."""
+
+    def _refused(self, hostile: Hostile, token: str) -> None:
+        with hostile.unchanged():
+            response = hostile.graphql("{ locations { id } }", credential=token)
+        assert response.status_code == 401, (token, response.text)
+        assert graphql_errors(response) == [("UNAUTHENTICATED", "")]
+
+    def test_alg_none(self, hostile: Hostile) -> None:
+        claims = {"sub": "x", "scope": "admin", "exp": int(time.time()) + 600}
+        for alg in ("none", "None", "NONE", ""):
+            header = base64.urlsafe_b64encode(orjson.dumps({"alg": alg, "typ": "JWT"}))
+            body = base64.urlsafe_b64encode(orjson.dumps(claims))
+            self._refused(hostile, f"{header.rstrip(b'=').decode()}."
+                                   f"{body.rstrip(b'=').decode()}.")
+
+    def test_key_confusion(self, hostile: Hostile) -> None:
+        """HS256 "signed" with the RSA public key (the classic algorithm confusion)."""
+        public = hostile.rsa_key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        claims = {"sub": "x", "scope": "admin", "exp": int(time.time()) + 600}
+        for header in ({"alg": "HS256", "kid": "rsa-1"}, {"alg": "RS256", "kid": "rsa-1"}):
+            self._refused(hostile, jws(header, claims, public))
+
+    def test_forged_and_malformed_tokens(self, hostile: Hostile) -> None:
+        good = jwt.encode({"sub": "x", "scope": "admin", "exp": int(time.time()) + 600},
+                          JWT_SECRET, algorithm="HS256")
+        head, body, _ = good.split(".")
+        for token in ("a.b.c", "..", f"{head}.{body}.AAAA", f"{head}.{body}",
+                      jwt.encode({"sub": "x", "scope": "admin",
+                                  "exp": int(time.time()) + 600}, "x" * 40,
+                                 algorithm="HS256"),
+                      f"{head}.{'A' * 5000}.{'B' * 100}"):
+            self._refused(hostile, token)
+
+
+# -- WebSocket ------------------------------------------------------------------------------
+
+class TestWebSocket:
+    """Frames that are not the protocol: the protocol's answer, and the server carries on."""
+
+    async def test_garbage_frames_on_graphql_transport_ws(self, hostile: Hostile) -> None:
+        for frame, code in (("not json", 4400), ('{"type": "nope"}', 4400),
+                            (b"\x00\x01binary", 4400)):
+            ws = await hostile.connect("graphql-transport-ws")
+            await ws.send(frame)
+            assert await hostile.closed_with(ws) == code, frame
+
+    async def test_garbage_frames_on_graphql_ws(self, hostile: Hostile) -> None:
+        """Legacy graphql-ws has no close codes for bad messages: text it cannot use is
+        ignored or answered with an ``error``; a binary frame closes the socket."""
+        for frame in ("not json", '{"type": "nope"}'):
+            ws = await hostile.connect("graphql-ws")
+            await ws.send(frame)
+            try:
+                message = await hostile.recv(ws, 2)
+            except TimeoutError:
+                message = {"type": "ignored"}
+            assert message["type"] in ("ignored", "error", "connection_error"), frame
+            await ws.close()
+        ws = await hostile.connect("graphql-ws")
+        await ws.send(b"\x00\x01binary")
+        assert await hostile.closed_with(ws) == 1002
+
+    async def test_operations_before_connection_init(self, hostile: Hostile) -> None:
+        ws = await hostile.connect("graphql-transport-ws", init=False)
+        await ws.send(orjson.dumps({"id": "1", "type": "subscribe",
+                                    "payload": {"query": "{ __typename }"}}).decode())
+        assert await hostile.closed_with(ws) == 4401
+
+    async def test_twenty_megabyte_frames(self, hostile: Hostile) -> None:
+        for protocol in WS_PROTOCOLS:
+            ws = await hostile.connect(protocol)
+            with hostile.unchanged():
+                await ws.send("x" * 20_000_000)
+                assert await hostile.closed_with(ws, 30) == 1009, protocol
+
+    async def test_bad_credentials_at_connection_init(self, hostile: Hostile) -> None:
+        for payload in ({"Authorization": "Bearer a.b.c"}, {"Authorization": 42},
+                        {"token": "x" * 100_000}):
+            ws = await hostile.connect("graphql-transport-ws", init=False)
+            await ws.send(orjson.dumps({"type": "connection_init",
+                                        "payload": payload}).decode())
+            assert await hostile.closed_with(ws) == 4403, payload
+
+
+# -- values that are accepted and must still be servable (issue 11 §2, helper hostile2) -----
+
+class TestValues:
+    """Signed inputs whose values are out of range or pin a cell (32-bit quantities,
+    far-future versions, cached freshness): added by hostile2."""
+
