@@ -1,6 +1,7 @@
 """The gateway's ASGI application.
 
-Routes: ``/graphql`` (HTTP and WebSocket, GraphiQL on GET), ``POST /webhooks/{backend}``,
+Routes: ``/graphql`` (HTTP and WebSocket, GraphiQL on GET, its assets under
+``/graphql/static/``), ``POST /webhooks/{backend}``,
 ``/healthz`` (liveness), ``/readyz`` (readiness: Redis, backends, catalog, event readers).
 The lifespan connects Redis (or starts the embedded server), loads the identity catalog, and
 runs the pending-event sweeper, the change feed, the backend prober and the catalog refresher.
@@ -21,7 +22,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
 
-from gateway import logs, telemetry
+from gateway import graphiql, logs, telemetry
 from gateway.applier import Applier, PendingSweeper
 from gateway.auth import Authenticator, AuthMiddleware
 from gateway.cache import Cache, ResponseCache, connect
@@ -191,6 +192,7 @@ def create_app(settings: Settings, transport: httpx.AsyncBaseTransport | None = 
         Route("/healthz", healthz),
         Route("/readyz", readyz),
         Route("/metrics", telemetry.metrics_endpoint),
+        *([graphiql.assets()] if settings.graphiql else []),
     ], lifespan=lifespan)
     app.add_middleware(ResponseCacheMiddleware, runtime=runtime)
     # Outermost last: metrics -> auth -> rate limit -> persisted queries -> response cache.
