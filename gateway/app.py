@@ -26,7 +26,8 @@ from gateway import graphiql, logs, telemetry
 from gateway.applier import Applier, PendingSweeper
 from gateway.auth import Authenticator, AuthMiddleware
 from gateway.cache import Cache, ResponseCache, connect
-from gateway.config import Settings
+from gateway.config import Settings, browser_origins
+from gateway.cors import BrowserOrigins
 from gateway.events import EventLog
 from gateway.graphql import GraphQLApp
 from gateway.persisted import PersistedQueryMiddleware
@@ -159,9 +160,11 @@ def create_app(settings: Settings, transport: httpx.AsyncBaseTransport | None = 
     runtime = Runtime(settings, graph)
     auth = Authenticator(settings)
     logs.protect(logs.secrets_of(settings))
+    origins = browser_origins(settings)
     graphql = GraphQLApp(graph, auth=auth, keep_alive=True,
                          graphql_ide="graphiql" if settings.graphiql else None,
-                         keep_alive_interval=settings.ws_keepalive_seconds)
+                         keep_alive_interval=settings.ws_keepalive_seconds,
+                         allowed_origins=sorted(origins))
 
     async def healthz(request: Request) -> JSONResponse:
         return JSONResponse({"status": "ok"})
@@ -195,11 +198,13 @@ def create_app(settings: Settings, transport: httpx.AsyncBaseTransport | None = 
         *([graphiql.assets()] if settings.graphiql else []),
     ], lifespan=lifespan)
     app.add_middleware(ResponseCacheMiddleware, runtime=runtime)
-    # Outermost last: metrics -> auth -> rate limit -> persisted queries -> response cache.
+    # Outermost last: metrics -> browser origins (CORS; preflights end here) -> auth -> rate
+    # limit -> persisted queries -> response cache.
     app.add_middleware(PersistedQueryMiddleware, runtime=runtime, settings=settings)
     app.add_middleware(RateLimitMiddleware, runtime=runtime,
                        per_minute=settings.rate_limit_per_minute)
     app.add_middleware(AuthMiddleware, auth=auth)
+    app.add_middleware(BrowserOrigins, origins=origins)
     app.add_middleware(telemetry.HttpMetrics)
     app.state.runtime = runtime
     app.state.graph = graph

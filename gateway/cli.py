@@ -109,6 +109,8 @@ def _serve(args: argparse.Namespace) -> int:
               f"{settings.rate_limit_per_minute}/min; limits depth {settings.max_depth}, "
               f"aliases {settings.max_aliases}, tokens {settings.max_tokens}, "
               f"cost {settings.max_cost}, page {settings.max_page_size}")
+        print(f"browsers: GraphiQL {'on' if settings.graphiql else 'off'}; other origins "
+              f"(cors_origins): {', '.join(sorted(config.browser_origins(settings))) or 'none'}")
         return 0
     if not Authenticator(settings).enabled and not args.insecure_no_auth:
         print("retailgraph: refusing to serve without auth: configure api_keys, jwt_secret "

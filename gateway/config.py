@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args
 
+from strawberry.http.websocket_origin import normalize_allowed_origins
+
 BackendFormat = Literal["square", "shopify", "epcis", "erp"]
 BACKEND_FORMATS: tuple[str, ...] = get_args(BackendFormat)
 ENV_PREFIX = "RETAILGRAPH_"
@@ -93,6 +95,9 @@ class Settings:
     graphiql: bool = True
     apq: bool = True  # automatic persisted queries
     allow_list_file: str = ""  # only these operations run (admins excepted)
+    # -- browsers (gateway/cors.py): pages on these origins may use /graphql over HTTP (CORS)
+    # and WebSocket; empty = same origin only; "*" = any. Env: comma-separated.
+    cors_origins: list[str] = field(default_factory=list)
     # -- reconciliation (gateway/reconcile.py, gateway/synchealth.py) ------------------------
     reconcile_interval_seconds: float = 0.0  # full reconciliation run every N s; 0 = off
     discrepancy_tolerance: int = 0  # units of disagreement that are not a discrepancy
@@ -120,7 +125,25 @@ class Settings:
             if not backend.base_url:
                 raise ConfigError(f"backends.{backend.name}.base_url is required")
         _check_access(self)
+        browser_origins(self)
         return self
+
+
+def browser_origins(settings: Settings) -> frozenset[str]:
+    """``cors_origins`` as browsers send them in ``Origin`` (``https://Shop.example:443`` ->
+    ``https://shop.example``); ``*`` stays ``*``."""
+    if isinstance(settings.cors_origins, str) or not all(
+            isinstance(origin, str) for origin in settings.cors_origins):
+        raise ConfigError("cors_origins must be a list of origins (env: comma-separated)")
+    normalized: set[str] = set()
+    for origin in settings.cors_origins:
+        try:
+            normalized |= normalize_allowed_origins([origin])
+        except ValueError as exc:
+            raise ConfigError(f"cors_origins: {origin!r} is not an origin like "
+                              "https://shop.example.com (scheme, host and optional port, no "
+                              "path) or '*'") from exc
+    return frozenset(normalized)
 
 
 def _check_access(settings: Settings) -> None:
@@ -168,6 +191,8 @@ def _coerce(value: str, target: Any, setting: str) -> Any:
         if lowered in ("0", "false", "no", "off"):
             return False
         raise ConfigError(f"{setting}: {value!r} is not true or false")
+    if target == "list[str]":
+        return [item.strip() for item in value.split(",") if item.strip()]
     try:
         if target is int or target == "int":
             return int(value)
