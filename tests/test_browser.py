@@ -1,0 +1,636 @@
+"""A real browser against a running gateway: GraphiQL offline, CORS, WebSocket origins.
+
+Debian's ``chromium`` driven by Playwright (the Python package, pointed at
+``/usr/bin/chromium``; it never downloads a browser). ``.ci/run`` installs chromium where it
+is missing; elsewhere these tests are skipped, with the reason, when it is not installed.
+
+- GraphiQL is served from the package: every request the page makes (scripts, styles,
+  fonts, the schema, queries, the WebSocket) goes to the gateway's own 127.0.0.1 port; any
+  other request is recorded and aborted, and so is any Content-Security-Policy violation or
+  console error. It runs a query and a live subscription (a sale in the Square simulator,
+  whose webhook reaches the gateway, shows up in GraphiQL's result pane), with the
+  credential typed into its Headers tab. The screenshot of that live result is written to
+  ``tests/artefacts/run/`` (git-ignored); ``tests/artefacts/graphiql-subscription.png`` is
+  the one the README shows.
+- A page served from a second loopback port listed in ``cors_origins`` queries over
+  ``fetch`` (reading the exposed ``x-retailgraph-cache`` and RateLimit headers, and a 401)
+  and subscribes over WebSocket with the graphql-ws browser client (the vendored file); the
+  same page from an unlisted port is refused on both, and the log names ``cors_origins``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+import tomllib
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+import pytest
+from playwright.sync_api import Browser, Page, Playwright, Route, sync_playwright
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import FileResponse, HTMLResponse
+from starlette.routing import Route as StarletteRoute
+from websockets.typing import Origin, Subprotocol
+
+from gateway import graphiql
+from gateway.config import ConfigError, Settings, apply_env, browser_origins
+from tests.support import ServerThread, Stack
+
+CHROMIUM = Path("/usr/bin/chromium")
+# As the machine notes prescribe: without the background-networking flags Chromium tries
+# Google's hosts at every start.
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                 "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]
+ARTEFACTS = Path(__file__).resolve().parent / "artefacts" / "run"
+ROOT = Path(__file__).resolve().parent.parent
+KEY = "browser-reader-key-000001"
+LIMIT_PER_MINUTE = 100_000
+
+STOCK_LEVEL = """query($sku: ID!, $loc: ID!) {
+  stockLevel(sku: $sku, locationId: $loc) { available } }"""
+SUBSCRIPTION = """subscription($skus: [ID!], $locs: [ID!]) {
+  stockChanged(skus: $skus, locationIds: $locs) { sku locationId source
+    stockLevel { available } } }"""
+
+ORIGIN_PAGE = """<!doctype html>
+<html><head><meta charset="utf-8"><title>a shop on another origin</title>
+<script src="/graphql-ws.min.js"></script>
+<script>
+window.events = [];
+window.wsClosed = null;
+window.wsError = null;
+window.connected = false;
+window.query = async (gateway, body, headers) => {
+  try {
+    const response = await fetch(gateway + "/graphql", {method: "POST",
+      headers: Object.assign({"content-type": "application/json"}, headers),
+      body: JSON.stringify(body)});
+    const exposed = {};
+    for (const name of ["x-retailgraph-cache", "ratelimit-limit", "ratelimit-remaining",
+                        "www-authenticate"]) {
+      exposed[name] = response.headers.get(name);
+    }
+    return {status: response.status, headers: exposed, body: await response.json()};
+  } catch (error) {
+    return {error: String(error)};
+  }
+};
+window.subscribe = (gateway, key, query, variables) => {
+  const client = graphqlWs.createClient({
+    url: gateway.replace(/^http/, "ws") + "/graphql",
+    connectionParams: {Authorization: "Bearer " + key},
+    lazy: false, retryAttempts: 0,
+    on: {connected: () => { window.connected = true; },
+         closed: (event) => { window.wsClosed = event.code; }}});
+  client.subscribe({query: query, variables: variables}, {
+    next: (value) => window.events.push(value),
+    error: (error) => { window.wsError = String((error && error.code) || error); },
+    complete: () => {}});
+};
+</script></head><body>shop</body></html>
+"""
+
+
+# -- fixtures ----------------------------------------------------------------------------------
+
+def _origin_app() -> Starlette:
+    """A web shop's page on its own origin, loading the vendored graphql-ws browser client."""
+    async def index(request: Request) -> HTMLResponse:
+        return HTMLResponse(ORIGIN_PAGE)
+
+    async def client(request: Request) -> FileResponse:
+        return FileResponse(graphiql.STATIC / "graphql-ws.min.js",
+                            media_type="text/javascript")
+
+    return Starlette(routes=[StarletteRoute("/", index),
+                             StarletteRoute("/graphql-ws.min.js", client)])
+
+
+class Origins:
+    def __init__(self) -> None:
+        self.listed = ServerThread(_origin_app())
+        self.unlisted = ServerThread(_origin_app())
+
+
+@pytest.fixture(scope="module")
+def origins() -> Iterator[Origins]:
+    running = Origins()
+    running.listed.start()
+    running.unlisted.start()
+    try:
+        yield running
+    finally:
+        running.listed.stop()
+        running.unlisted.stop()
+
+
+@pytest.fixture(scope="module")
+def stack(redis_server_url: str, origins: Origins) -> Iterator[Stack]:
+    import redis
+
+    flusher = redis.Redis.from_url(redis_server_url)
+    flusher.flushall()
+    flusher.close()
+    running = Stack(redis_server_url, skus=20)
+    running.settings.api_keys = {"reader": {"key": KEY, "scopes": ["stock:read"]}}
+    running.settings.rate_limit_per_minute = LIMIT_PER_MINUTE
+    running.settings.cors_origins = [origins.listed.url]
+    with running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def playwright() -> Iterator[Playwright]:
+    if not CHROMIUM.exists():
+        reason = "Debian chromium is not installed (apt-get install -y chromium; .ci/run does)"
+        if os.environ.get("CI"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+    with sync_playwright() as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def browser(playwright: Playwright) -> Iterator[Browser]:
+    launched = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+    try:
+        yield launched
+    finally:
+        launched.close()
+
+
+class Watched:
+    """A page whose every request, WebSocket, console error and CSP violation is recorded;
+    requests to any host but 127.0.0.1 are aborted."""
+
+    def __init__(self, browser: Browser) -> None:
+        self.context = browser.new_context(viewport={"width": 1280, "height": 720})
+        self.urls: list[str] = []
+        self.foreign: list[str] = []
+        self.errors: list[str] = []
+        self.context.route("**/*", self._route)
+        self.context.add_init_script("""window.__violations = [];
+            document.addEventListener('securitypolicyviolation',
+              (e) => window.__violations.push(e.violatedDirective + ' ' + e.blockedURI));""")
+        self.page: Page = self.context.new_page()
+        self.page.on("request", lambda request: self.urls.append(request.url))
+        self.page.on("websocket", lambda ws: self.urls.append(ws.url))
+        self.page.on("pageerror", lambda error: self.errors.append(str(error)))
+        self.page.on("console", lambda message: self.errors.append(message.text)
+                     if message.type == "error" else None)
+
+    def _route(self, route: Route) -> None:
+        if urlsplit(route.request.url).hostname == "127.0.0.1":
+            route.continue_()
+        else:
+            self.foreign.append(route.request.url)
+            route.abort()
+
+    def violations(self) -> list[str]:
+        found: list[str] = self.page.evaluate("() => window.__violations")
+        return found
+
+    def close(self) -> None:
+        self.context.close()
+
+
+@pytest.fixture
+def watched(browser: Browser) -> Iterator[Watched]:
+    page = Watched(browser)
+    try:
+        yield page
+    finally:
+        page.close()
+
+
+# -- helpers -----------------------------------------------------------------------------------
+
+def _subscribers(stack: Stack) -> set[Any]:
+    app: Any = stack.gateways[0].server.config.app
+    return set(app.state.runtime.feed.subscribers)
+
+
+def _wait_registered(stack: Stack, before: set[Any]) -> None:
+    deadline = time.monotonic() + 30
+    while not _subscribers(stack) - before:
+        assert time.monotonic() < deadline, "the subscription was never registered"
+        time.sleep(0.05)
+
+
+def _sale(stack: Stack, i: int, store: int, quantity: int) -> int:
+    """Sell in the Square simulator (its signed webhook reaches the gateway); returns the
+    simulator's IN_STOCK count afterwards."""
+    item, location = stack.world.items[i], stack.world.stores[store]
+    with stack.sim("pos") as pos:
+        response = pos.post("/v2/inventory/changes/batch-create", json={
+            "idempotency_key": str(uuid.uuid4()), "changes": [{
+                "type": "ADJUSTMENT", "adjustment": {
+                    "catalog_object_id": item.square_variation_id,
+                    "location_id": location.square_id, "from_state": "IN_STOCK",
+                    "to_state": "SOLD", "quantity": str(quantity)}}]})
+    assert response.status_code == 200, response.text
+    return next(int(c["quantity"]) for c in response.json()["counts"]
+                if c["state"] == "IN_STOCK" and c["catalog_object_id"] == item.square_variation_id)
+
+
+def _available(stack: Stack, sku: str, loc: str) -> int:
+    body = stack.graphql(STOCK_LEVEL, {"sku": sku, "loc": loc},
+                         headers={"Authorization": f"Bearer {KEY}"})
+    assert "errors" not in body, body
+    available: int = body["data"]["stockLevel"]["available"]
+    return available
+
+
+def _cell(stack: Stack, i: int) -> tuple[str, str]:
+    return stack.world.items[i].sku, stack.world.stores[0].code
+
+
+def _set_editor(page: Page, selector: str, text: str) -> None:
+    """Type into one of GraphiQL's CodeMirror editors (as a paste would)."""
+    page.evaluate("([selector, text]) => document.querySelector(selector).CodeMirror"
+                  ".setValue(text)", [selector, text])
+
+
+def _result(page: Page) -> Any:
+    text = page.evaluate("() => document.querySelector('.result-window .CodeMirror')"
+                         ".CodeMirror.getValue()").strip()
+    return json.loads(text) if text else None
+
+
+def _wait_result(page: Page, check: Any, what: str, within: float = 30) -> Any:
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            result = _result(page)
+        except ValueError:  # the pane is being rewritten
+            result = None
+        if result is not None and check(result):
+            return result
+        assert time.monotonic() < deadline, f"GraphiQL never showed {what}; it shows {result}"
+        page.wait_for_timeout(100)
+
+
+def _assert_stayed_home(page: Watched, port: int) -> None:
+    """Nothing left 127.0.0.1:PORT: no other host, no CSP violation, no console error."""
+    assert page.urls, "the page made no request at all"
+    assert page.foreign == []
+    assert {(urlsplit(u).hostname, urlsplit(u).port) for u in page.urls} == {("127.0.0.1", port)}
+    assert page.violations() == []
+    assert page.errors == []
+
+
+# -- GraphiQL ----------------------------------------------------------------------------------
+
+QUERY_EDITOR = ".graphiql-query-editor .CodeMirror"
+HEADERS_EDITOR = ".graphiql-editor-tool .graphiql-editor:not(.hidden) .CodeMirror"
+
+
+def _open_graphiql(watched: Watched, stack: Stack) -> Page:
+    page = watched.page
+    page.goto(f"{stack.url}/graphql")
+    page.wait_for_selector(".graphiql-execute-button", timeout=60_000)
+    # Without a credential the schema cannot be read (auth is on): the page's own 401s are
+    # expected console errors, so start counting after the credential is in.
+    page.get_by_role("button", name="Headers").click()
+    _set_editor(page, HEADERS_EDITOR, json.dumps({"Authorization": f"Bearer {KEY}"}))
+    watched.errors.clear()
+    with page.expect_response(lambda r: "IntrospectionQuery" in (r.request.post_data or "")
+                              and r.status == 200, timeout=30_000):
+        page.click("[aria-label='Re-fetch GraphQL schema']")
+    return page
+
+
+def test_graphiql_runs_a_query_offline(watched: Watched, stack: Stack) -> None:
+    page = _open_graphiql(watched, stack)
+    sku, loc = _cell(stack, 0)
+    truth = _available(stack, sku, loc)
+    _set_editor(page, QUERY_EDITOR, f'{{ stockLevel(sku: "{sku}", locationId: "{loc}") '
+                                    "{ sku available } }")
+    page.click(".graphiql-execute-button")
+    result = _wait_result(page, lambda r: "data" in r or "errors" in r, "the query's answer")
+    assert result == {"data": {"stockLevel": {"sku": sku, "available": truth}},
+                      "extensions": result.get("extensions")}, result
+    assert result["extensions"]["freshness"]["responseCache"] in ("miss", "hit")
+    _assert_stayed_home(watched, stack.gateways[0].port)
+
+
+def test_graphiql_shows_a_live_subscription(watched: Watched, stack: Stack) -> None:
+    page = _open_graphiql(watched, stack)
+    sku, loc = _cell(stack, 1)
+    _set_editor(page, QUERY_EDITOR, f"""subscription {{
+  stockChanged(skus: ["{sku}"], locationIds: ["{loc}"]) {{
+    sku locationId source
+    movement {{ type quantity }}
+    previous {{ available }}
+    stockLevel {{ available }}
+  }}
+}}""")
+    before = _subscribers(stack)
+    page.click(".graphiql-execute-button")
+    _wait_registered(stack, before)
+    after = _sale(stack, 1, 0, 1)
+    result = _wait_result(page, lambda r: "data" in r, "the stock change")
+    first = result["data"]["stockChanged"]
+    assert (first["sku"], first["locationId"], first["source"]) == (sku, loc, "pos")
+    assert first["stockLevel"] == {"available": after}
+    # A second sale replaces the shown event: the subscription stays live, and this change
+    # knows its movement and the level before it.
+    second = _sale(stack, 1, 0, 2)
+    assert second == after - 2
+    shown = _wait_result(page, lambda r: r.get("data", {}).get("stockChanged", {}).get(
+        "stockLevel", {}).get("available") == second, "the second change")
+    assert shown["data"]["stockChanged"] == {
+        "sku": sku, "locationId": loc, "source": "pos", "movement": {"type": "SALE", "quantity": 2},
+        "previous": {"available": after}, "stockLevel": {"available": second}}
+    ARTEFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTEFACTS / "graphiql-subscription.png"))
+    sockets = [u for u in watched.urls if u.startswith("ws")]
+    assert sockets == [f"ws://127.0.0.1:{stack.gateways[0].port}/graphql"]
+    _assert_stayed_home(watched, stack.gateways[0].port)
+    page.click(".graphiql-execute-button")  # stop: the gateway lets the subscription go
+    deadline = time.monotonic() + 30
+    while _subscribers(stack) - before:
+        assert time.monotonic() < deadline, "stopping in GraphiQL left the subscription"
+        time.sleep(0.05)
+
+
+# -- a page on another origin ------------------------------------------------------------------
+
+def _origin_page(watched: Watched, server: ServerThread) -> Page:
+    watched.page.goto(server.url + "/")
+    watched.page.wait_for_function("() => typeof graphqlWs === 'object'")
+    return watched.page
+
+
+def test_listed_origin_queries_over_fetch(watched: Watched, stack: Stack,
+                                          origins: Origins) -> None:
+    page = _origin_page(watched, origins.listed)
+    sku, loc = _cell(stack, 2)
+    body = {"query": STOCK_LEVEL, "variables": {"sku": sku, "loc": loc}}
+    auth = {"Authorization": f"Bearer {KEY}"}
+    first = page.evaluate("([gw, body, headers]) => query(gw, body, headers)",
+                          [stack.url, body, auth])
+    assert first["status"] == 200, first
+    assert first["body"]["data"] == {"stockLevel": {"available": _available(stack, sku, loc)}}
+    # Exposed: the page can read the RateLimit headers, and x-retailgraph-cache on the
+    # cached answer to the same request (the response-cache path).
+    assert first["headers"]["ratelimit-limit"] == str(LIMIT_PER_MINUTE)
+    assert int(first["headers"]["ratelimit-remaining"]) > 0
+    second = page.evaluate("([gw, body, headers]) => query(gw, body, headers)",
+                           [stack.url, body, auth])
+    assert second["status"] == 200
+    assert second["body"]["data"] == first["body"]["data"]
+    assert second["headers"]["x-retailgraph-cache"] == "hit"
+    # Refusals carry the CORS headers too, so the page can read why.
+    denied = page.evaluate("([gw, body]) => query(gw, body, {})", [stack.url, body])
+    assert denied["status"] == 401
+    assert denied["body"]["errors"][0]["extensions"]["code"] == "UNAUTHENTICATED"
+    assert denied["headers"]["www-authenticate"].startswith("Bearer")
+    assert watched.errors == ["Failed to load resource: the server responded with a status "
+                              "of 401 (Unauthorized)"]
+
+
+def test_listed_origin_subscribes_over_websocket(watched: Watched, stack: Stack,
+                                                 origins: Origins) -> None:
+    page = _origin_page(watched, origins.listed)
+    sku, loc = _cell(stack, 3)
+    before = _subscribers(stack)
+    page.evaluate("([gw, key, query, variables]) => subscribe(gw, key, query, variables)",
+                  [stack.url, KEY, SUBSCRIPTION, {"skus": [sku], "locs": [loc]}])
+    _wait_registered(stack, before)
+    after = _sale(stack, 3, 0, 1)
+    page.wait_for_function("() => window.events.length > 0", timeout=30_000)
+    events = page.evaluate("() => window.events")
+    assert events == [{"data": {"stockChanged": {
+        "sku": sku, "locationId": loc, "source": "pos", "stockLevel": {"available": after}}}}]
+    assert page.evaluate("() => [window.connected, window.wsClosed, window.wsError]") == [
+        True, None, None]
+
+
+def test_unlisted_origin_is_refused_on_http_and_websocket(
+        watched: Watched, stack: Stack, origins: Origins,
+        caplog: pytest.LogCaptureFixture) -> None:
+    page = _origin_page(watched, origins.unlisted)
+    sku, loc = _cell(stack, 4)
+    body = {"query": STOCK_LEVEL, "variables": {"sku": sku, "loc": loc}}
+    with caplog.at_level(logging.INFO):
+        refused = page.evaluate("([gw, body, headers]) => query(gw, body, headers)",
+                                [stack.url, body, {"Authorization": f"Bearer {KEY}"}])
+        assert refused == {"error": "TypeError: Failed to fetch"}
+        before = _subscribers(stack)
+        page.evaluate("([gw, key, query, variables]) => subscribe(gw, key, query, variables)",
+                      [stack.url, KEY, SUBSCRIPTION, {"skus": [sku], "locs": [loc]}])
+        page.wait_for_function("() => window.wsClosed !== null", timeout=30_000)
+    assert page.evaluate("() => [window.connected, window.wsClosed, window.events]") == [
+        False, 1006, []]
+    assert _subscribers(stack) - before == set()
+    messages = [r.getMessage() for r in caplog.records]
+    refusal = [m for m in messages if "refused" in m and origins.unlisted.url in m]
+    assert refusal == [f"WebSocket from origin '{origins.unlisted.url}' to "
+                       f"'127.0.0.1:{stack.gateways[0].port}' refused: it is not in "
+                       "cors_origins (RETAILGRAPH_CORS_ORIGINS)"]
+    assert not [m for m in messages if "allowed_origins" in m]
+
+
+# -- CORS over plain HTTP (every path, no browser needed) ------------------------------------------
+
+def _preflight(url: str, origin: str, headers: str = "authorization, content-type"
+               ) -> httpx.Response:
+    return httpx.options(url, headers={"Origin": origin, "Access-Control-Request-Method": "POST",
+                                       "Access-Control-Request-Headers": headers}, timeout=10)
+
+
+def test_preflight_needs_no_credential_and_costs_no_token(redis_url: str) -> None:
+    shop = "http://127.0.0.1:9"
+    running = Stack(redis_url, skus=5)
+    running.settings.api_keys = {"reader": {"key": KEY, "scopes": ["stock:read"]}}
+    running.settings.rate_limit_per_minute = 3
+    running.settings.cors_origins = [shop]
+    with running:
+        wanted = ("authorization, x-api-key, content-type, accept, last-event-id, "
+                  "x-graphql-event-stream-token, traceparent")
+        for _ in range(10):
+            answer = _preflight(f"{running.url}/graphql", shop, wanted)
+            assert answer.status_code == 200, answer.text
+            assert answer.headers["access-control-allow-origin"] == shop
+            assert answer.headers["access-control-allow-credentials"] == "true"
+            assert set(wanted.split(", ")) <= set(
+                answer.headers["access-control-allow-headers"].lower().split(", "))
+            assert "ratelimit-remaining" not in answer.headers
+        # All three tokens are still there for the real requests.
+        query = {"query": "{ locations { id } }"}
+        answers = [httpx.post(f"{running.url}/graphql", json=query, timeout=10,
+                              headers={"Origin": shop, "X-API-Key": KEY}) for _ in range(4)]
+        assert [a.status_code for a in answers] == [200, 200, 200, 429]
+        assert [a.headers["ratelimit-remaining"] for a in answers[:3]] == ["2", "1", "0"]
+        limited = answers[3]
+        assert limited.headers["access-control-allow-origin"] == shop
+        exposed = set(limited.headers["access-control-expose-headers"].split(", "))
+        assert {"x-retailgraph-cache", "ratelimit-limit", "ratelimit-remaining",
+                "ratelimit-reset", "retry-after"} <= exposed
+
+
+def test_cors_covers_graphql_only(stack: Stack, origins: Origins) -> None:
+    shop = origins.listed.url
+    refused = _preflight(f"{stack.url}/graphql", origins.unlisted.url)
+    assert refused.status_code == 400
+    assert "access-control-allow-origin" not in refused.headers
+    unknown_header = _preflight(f"{stack.url}/graphql", shop, "x-not-a-header")
+    assert unknown_header.status_code == 400
+    # Webhooks and probes are not for browsers: no preflight succeeds (405; /metrics asks
+    # for its credential first), no CORS header.
+    for path, status in (("/webhooks/pos", 405), ("/healthz", 405), ("/readyz", 405),
+                         ("/metrics", 401)):
+        answer = _preflight(f"{stack.url}{path}", shop)
+        assert answer.status_code == status, (path, answer.status_code)
+        assert "access-control-allow-origin" not in answer.headers
+        plain = httpx.get(f"{stack.url}{path}", headers={"Origin": shop}, timeout=10)
+        assert "access-control-allow-origin" not in plain.headers, path
+
+
+def _handshake(stack: Stack, origin: str | None) -> int:
+    """A WebSocket handshake with this ``Origin``: 101 (and an ack) or the refusal's status."""
+    from websockets.exceptions import InvalidStatus
+    from websockets.sync.client import connect
+
+    url = stack.url.replace("http", "ws") + "/graphql"
+    try:
+        with connect(url, subprotocols=[Subprotocol("graphql-transport-ws")],
+                     origin=Origin(origin) if origin else None, open_timeout=10) as ws:
+            ws.send(json.dumps({"type": "connection_init",
+                                "payload": {"Authorization": f"Bearer {KEY}"}}))
+            assert json.loads(ws.recv(timeout=10))["type"] == "connection_ack"
+            return 101
+    except InvalidStatus as exc:
+        return exc.response.status_code
+
+
+def test_websocket_origins_without_a_browser(stack: Stack, origins: Origins,
+                                             caplog: pytest.LogCaptureFixture) -> None:
+    """The handshake check on its own: listed, own and absent origins pass, others get 403."""
+    with caplog.at_level(logging.WARNING, logger="retailgraph.cors"):
+        assert _handshake(stack, None) == 101
+        assert _handshake(stack, origins.listed.url) == 101
+        assert _handshake(stack, stack.url) == 101  # GraphiQL's own origin
+        assert _handshake(stack, "http://evil.example") == 403
+        assert _handshake(stack, "null") == 403
+    assert [r.getMessage() for r in caplog.records] == [
+        f"WebSocket from origin {o!r} to '127.0.0.1:{stack.gateways[0].port}' refused: it is "
+        "not in cors_origins (RETAILGRAPH_CORS_ORIGINS)" for o in ("http://evil.example",
+                                                                    "null")]
+
+
+# -- settings ----------------------------------------------------------------------------------
+
+def test_cors_origins_setting() -> None:
+    env = {"RETAILGRAPH_CORS_ORIGINS": " https://Shop.Example.com:443, http://127.0.0.1:5173 ,"}
+    settings = apply_env(Settings(), env)
+    assert settings.cors_origins == ["https://Shop.Example.com:443", "http://127.0.0.1:5173"]
+    assert browser_origins(settings) == {"https://shop.example.com", "http://127.0.0.1:5173"}
+    assert browser_origins(Settings()) == frozenset()
+    assert browser_origins(Settings(cors_origins=["*"])) == {"*"}
+    for bad in ("shop.example.com", "https://shop.example.com/app", "null"):
+        with pytest.raises(ConfigError, match=r"^cors_origins: .* is not an origin"):
+            browser_origins(Settings(cors_origins=[bad]))
+    with pytest.raises(ConfigError, match=r"^cors_origins must be a list"):
+        browser_origins(Settings(cors_origins="https://a.example"))  # type: ignore[arg-type]
+
+
+def test_serve_check_names_the_origins_and_refuses_bad_ones(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from gateway.cli import main
+
+    for name in list(os.environ):
+        if name.startswith("RETAILGRAPH_"):
+            monkeypatch.delenv(name)
+    example = ROOT / "retailgraph.example.toml"
+    assert main(["serve", "--config", str(example), "--check"]) == 0
+    assert "browsers: GraphiQL on; other origins (cors_origins): none" in capsys.readouterr().out
+    monkeypatch.setenv("RETAILGRAPH_CORS_ORIGINS", "https://Shop.example.com, http://[::1]:3000")
+    assert main(["serve", "--config", str(example), "--check"]) == 0
+    assert ("other origins (cors_origins): http://[::1]:3000, https://shop.example.com"
+            in capsys.readouterr().out)
+    bad = tmp_path / "bad.toml"
+    bad.write_text(example.read_text().replace("cors_origins = []",
+                                               'cors_origins = ["shop.example.com/app"]'))
+    monkeypatch.delenv("RETAILGRAPH_CORS_ORIGINS")
+    assert main(["serve", "--config", str(bad), "--check"]) == 2
+    assert "cors_origins: 'shop.example.com/app' is not an origin" in capsys.readouterr().err
+
+
+def test_default_is_same_origin_only(redis_url: str) -> None:
+    running = Stack(redis_url, skus=5)
+    assert running.settings.cors_origins == []
+    with running:
+        assert _preflight(f"{running.url}/graphql", "http://127.0.0.1:9").status_code == 400
+        assert _handshake(running, "http://127.0.0.1:9") == 403
+        assert _handshake(running, running.url) == 101
+
+
+# -- the vendored assets -----------------------------------------------------------------------
+
+def test_vendored_assets_are_the_pinned_tarballs_files() -> None:
+    manifest = json.loads((graphiql.STATIC / "manifest.json").read_text())
+    listed = {"manifest.json", "retailgraph-graphiql.js"}
+    for name, package in manifest["packages"].items():
+        assert package["integrity"].startswith("sha512-"), name
+        assert package["version"], name
+        assert package["license"] == "MIT", name
+        licences = [dest for dest in package["files"] if dest.startswith("LICENSE.")]
+        assert licences == [f"LICENSE.{name}.txt"], name
+        for dest, entry in package["files"].items():
+            data = (graphiql.STATIC / dest).read_bytes()
+            assert hashlib.sha256(data).hexdigest() == entry["sha256"], dest
+            listed.add(dest)
+    assert {p.name for p in graphiql.STATIC.iterdir()} == listed
+    # Nothing the page loads names another host (source-map comments aside, which browsers
+    # only follow with developer tools open).
+    assert "http" not in graphiql.PAGE
+    ours = (graphiql.STATIC / "retailgraph-graphiql.js").read_text()
+    assert "://" not in ours
+
+
+def test_graphiql_page_and_assets(stack: Stack) -> None:
+    page = httpx.get(f"{stack.url}/graphql", headers={"Accept": "text/html"}, timeout=10)
+    assert page.status_code == 200
+    assert page.text == graphiql.PAGE
+    assert page.headers["content-security-policy"] == graphiql.CSP
+    for name in ("graphiql.min.js", "graphiql.min.css", "react.production.min.js",
+                 "react-dom.production.min.js", "graphql-ws.min.js", "retailgraph-graphiql.js",
+                 "LICENSE.graphiql.txt", "manifest.json"):
+        asset = httpx.get(f"{stack.url}/graphql/static/{name}", timeout=10)
+        assert asset.status_code == 200, name
+        assert asset.content == (graphiql.STATIC / name).read_bytes(), name
+    for probe in ("../__init__.py", "..%2f__init__.py", "%2e%2e/vendor.py", "nope.js"):
+        assert httpx.get(f"{stack.url}/graphql/static/{probe}", timeout=10).status_code == 404
+
+
+def test_graphiql_false_serves_neither_page_nor_assets(redis_url: str) -> None:
+    running = Stack(redis_url, skus=5)
+    running.settings.graphiql = False
+    with running:
+        page = httpx.get(f"{running.url}/graphql", headers={"Accept": "text/html"}, timeout=10)
+        assert page.text != graphiql.PAGE
+        asset = httpx.get(f"{running.url}/graphql/static/graphiql.min.js", timeout=10)
+        assert asset.status_code == 404
+
+
+def test_pyproject_packages_the_assets() -> None:
+    """package-data covers every static file, so a wheel (not only an editable install)
+    serves GraphiQL."""
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    patterns = pyproject["tool"]["setuptools"]["package-data"]["gateway.graphiql"]
+    package = graphiql.STATIC.parent
+    covered = {p for pattern in patterns for p in package.glob(pattern) if p.is_file()}
+    assert covered == set(graphiql.STATIC.iterdir())
