@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -123,6 +124,22 @@ class Stack:
 
         backend = self.settings.backends[name]
         return httpx.Client(base_url=backend.base_url, headers=auth_headers(backend), timeout=30)
+
+    def sale(self, i: int, store: int, quantity: int) -> int:
+        """Sell item ``i`` at store ``store`` in the Square simulator (its signed webhook
+        reaches the gateway); returns the simulator's IN_STOCK count afterwards."""
+        item, location = self.world.items[i], self.world.stores[store]
+        with self.sim("pos") as pos:
+            response = pos.post("/v2/inventory/changes/batch-create", json={
+                "idempotency_key": str(uuid.uuid4()), "changes": [{
+                    "type": "ADJUSTMENT", "adjustment": {
+                        "catalog_object_id": item.square_variation_id,
+                        "location_id": location.square_id, "from_state": "IN_STOCK",
+                        "to_state": "SOLD", "quantity": str(quantity)}}]})
+        assert response.status_code == 200, response.text
+        return next(int(c["quantity"]) for c in response.json()["counts"]
+                    if c["state"] == "IN_STOCK"
+                    and c["catalog_object_id"] == item.square_variation_id)
 
     def requests(self, name: str) -> dict[str, int]:
         """Requests the simulator has served, by ``METHOD path``."""

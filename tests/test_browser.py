@@ -26,7 +26,6 @@ import logging
 import os
 import time
 import tomllib
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -227,22 +226,6 @@ def _wait_registered(stack: Stack, before: set[Any]) -> None:
         time.sleep(0.05)
 
 
-def _sale(stack: Stack, i: int, store: int, quantity: int) -> int:
-    """Sell in the Square simulator (its signed webhook reaches the gateway); returns the
-    simulator's IN_STOCK count afterwards."""
-    item, location = stack.world.items[i], stack.world.stores[store]
-    with stack.sim("pos") as pos:
-        response = pos.post("/v2/inventory/changes/batch-create", json={
-            "idempotency_key": str(uuid.uuid4()), "changes": [{
-                "type": "ADJUSTMENT", "adjustment": {
-                    "catalog_object_id": item.square_variation_id,
-                    "location_id": location.square_id, "from_state": "IN_STOCK",
-                    "to_state": "SOLD", "quantity": str(quantity)}}]})
-    assert response.status_code == 200, response.text
-    return next(int(c["quantity"]) for c in response.json()["counts"]
-                if c["state"] == "IN_STOCK" and c["catalog_object_id"] == item.square_variation_id)
-
-
 def _available(stack: Stack, sku: str, loc: str) -> int:
     body = stack.graphql(STOCK_LEVEL, {"sku": sku, "loc": loc},
                          headers={"Authorization": f"Bearer {KEY}"})
@@ -338,14 +321,14 @@ def test_graphiql_shows_a_live_subscription(watched: Watched, stack: Stack) -> N
     before = _subscribers(stack)
     page.click(".graphiql-execute-button")
     _wait_registered(stack, before)
-    after = _sale(stack, 1, 0, 1)
+    after = stack.sale(1, 0, 1)
     result = _wait_result(page, lambda r: "data" in r, "the stock change")
     first = result["data"]["stockChanged"]
     assert (first["sku"], first["locationId"], first["source"]) == (sku, loc, "pos")
     assert first["stockLevel"] == {"available": after}
     # A second sale replaces the shown event: the subscription stays live, and this change
     # knows its movement and the level before it.
-    second = _sale(stack, 1, 0, 2)
+    second = stack.sale(1, 0, 2)
     assert second == after - 2
     shown = _wait_result(page, lambda r: r.get("data", {}).get("stockChanged", {}).get(
         "stockLevel", {}).get("available") == second, "the second change")
@@ -408,7 +391,7 @@ def test_listed_origin_subscribes_over_websocket(watched: Watched, stack: Stack,
     page.evaluate("([gw, key, query, variables]) => subscribe(gw, key, query, variables)",
                   [stack.url, KEY, SUBSCRIPTION, {"skus": [sku], "locs": [loc]}])
     _wait_registered(stack, before)
-    after = _sale(stack, 3, 0, 1)
+    after = stack.sale(3, 0, 1)
     page.wait_for_function("() => window.events.length > 0", timeout=30_000)
     events = page.evaluate("() => window.events")
     assert events == [{"data": {"stockChanged": {
