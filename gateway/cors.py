@@ -78,7 +78,8 @@ class BrowserOrigins:
         if (headers.get("sec-fetch-site") == "same-origin" or is_same_origin(origin, host)
                 or "*" in self.origins or normalize_origin(origin) in self.origins):
             return True
-        log.warning("WebSocket from origin %r to %r refused: it is not in cors_origins "
+        # %.200r: a hostile Origin header cannot flood the log.
+        log.warning("WebSocket from origin %.200r to %.200r refused: it is not in cors_origins "
                     "(RETAILGRAPH_CORS_ORIGINS)", origin, host)
         return False
 

@@ -481,14 +481,14 @@ def test_cors_covers_graphql_only(stack: Stack, origins: Origins) -> None:
         assert "access-control-allow-origin" not in plain.headers, path
 
 
-def _handshake(stack: Stack, origin: str | None) -> int:
+def _handshake(stack: Stack, origin: str | None, protocol: str = "graphql-transport-ws") -> int:
     """A WebSocket handshake with this ``Origin``: 101 (and an ack) or the refusal's status."""
     from websockets.exceptions import InvalidStatus
     from websockets.sync.client import connect
 
     url = stack.url.replace("http", "ws") + "/graphql"
     try:
-        with connect(url, subprotocols=[Subprotocol("graphql-transport-ws")],
+        with connect(url, subprotocols=[Subprotocol(protocol)],
                      origin=Origin(origin) if origin else None, open_timeout=10) as ws:
             ws.send(json.dumps({"type": "connection_init",
                                 "payload": {"Authorization": f"Bearer {KEY}"}}))
@@ -498,19 +498,55 @@ def _handshake(stack: Stack, origin: str | None) -> int:
         return exc.response.status_code
 
 
-def test_websocket_origins_without_a_browser(stack: Stack, origins: Origins,
+@pytest.mark.parametrize("protocol", ["graphql-transport-ws", "graphql-ws"])
+def test_websocket_origins_without_a_browser(stack: Stack, origins: Origins, protocol: str,
                                              caplog: pytest.LogCaptureFixture) -> None:
-    """The handshake check on its own: listed, own and absent origins pass, others get 403."""
+    """The handshake check on its own, on both subprotocols: listed, own and absent origins
+    pass; others (hostile ones included) get 403, one short log line each."""
+    hostile = ["http://evil.example", "null", "http://[", "https://" + "a" * 5000 + ".example",
+               f"http://127.0.0.1:{stack.gateways[0].port}.evil.example"]
     with caplog.at_level(logging.WARNING, logger="retailgraph.cors"):
-        assert _handshake(stack, None) == 101
-        assert _handshake(stack, origins.listed.url) == 101
-        assert _handshake(stack, stack.url) == 101  # GraphiQL's own origin
-        assert _handshake(stack, "http://evil.example") == 403
-        assert _handshake(stack, "null") == 403
-    assert [r.getMessage() for r in caplog.records] == [
+        assert _handshake(stack, None, protocol) == 101
+        assert _handshake(stack, origins.listed.url, protocol) == 101
+        assert _handshake(stack, stack.url, protocol) == 101  # GraphiQL's own origin
+        for origin in hostile:
+            assert _handshake(stack, origin, protocol) == 403, origin
+    messages = [r.getMessage() for r in caplog.records]
+    assert messages[:2] == [
         f"WebSocket from origin {o!r} to '127.0.0.1:{stack.gateways[0].port}' refused: it is "
-        "not in cors_origins (RETAILGRAPH_CORS_ORIGINS)" for o in ("http://evil.example",
-                                                                    "null")]
+        "not in cors_origins (RETAILGRAPH_CORS_ORIGINS)" for o in hostile[:2]]
+    assert len(messages) == len(hostile)
+    assert all(len(m) < 600 for m in messages)
+    assert httpx.get(f"{stack.url}/healthz", timeout=10).status_code == 200
+
+
+def test_any_origin() -> None:
+    """cors_origins = ["*"]: any page may call /graphql and open its WebSocket (the real app's
+    middleware stack; a preflight needs nothing behind it)."""
+    import asyncio
+
+    from gateway.app import create_app
+    from gateway.config import demo_settings
+    from gateway.cors import BrowserOrigins
+
+    settings = demo_settings(environ={})
+    settings.cors_origins = ["*"]
+    app = create_app(settings)
+
+    async def preflight() -> httpx.Response:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:
+            return await client.options("/graphql", headers={
+                "Origin": "https://any.example", "Access-Control-Request-Method": "POST",
+                "Access-Control-Request-Headers": "authorization"})
+
+    answer = asyncio.run(preflight())
+    assert answer.status_code == 200
+    assert answer.headers["access-control-allow-origin"] == "https://any.example"
+    origins = BrowserOrigins(app, browser_origins(settings))
+    scope = {"type": "websocket", "path": "/graphql", "headers": [
+        (b"host", b"gateway"), (b"origin", b"https://any.example")]}
+    assert origins.websocket_allowed(scope)
 
 
 # -- settings ----------------------------------------------------------------------------------
