@@ -161,7 +161,8 @@ def playwright() -> Iterator[Playwright]:
 
 @pytest.fixture(scope="module")
 def browser(playwright: Playwright) -> Iterator[Browser]:
-    launched = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+    launched = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS,
+                                          timeout=120_000)  # 2 shared cores under load
     try:
         yield launched
     finally:
@@ -174,6 +175,7 @@ class Watched:
 
     def __init__(self, browser: Browser) -> None:
         self.context = browser.new_context(viewport={"width": 1280, "height": 720})
+        self.context.set_default_timeout(60_000)
         self.urls: list[str] = []
         self.foreign: list[str] = []
         self.errors: list[str] = []
