@@ -20,6 +20,7 @@ is missing; elsewhere these tests are skipped, with the reason, when it is not i
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -42,7 +43,7 @@ from websockets.typing import Origin, Subprotocol
 
 from gateway import graphiql
 from gateway.config import ConfigError, Settings, apply_env, browser_origins
-from tests.support import ServerThread, Stack
+from tests.support import ServerThread, Stack, serve
 
 CHROMIUM = Path("/usr/bin/chromium")
 # As the machine notes prescribe: without the background-networking flags Chromium tries
@@ -483,7 +484,8 @@ def test_cors_covers_graphql_only(stack: Stack, origins: Origins) -> None:
         assert "access-control-allow-origin" not in plain.headers, path
 
 
-def _handshake(stack: Stack, origin: str | None, protocol: str = "graphql-transport-ws") -> int:
+def _handshake(stack: Stack | ServerThread, origin: str | None,
+               protocol: str = "graphql-transport-ws") -> int:
     """A WebSocket handshake with this ``Origin``: 101 (and an ack) or the refusal's status."""
     from websockets.exceptions import InvalidStatus
     from websockets.sync.client import connect
@@ -522,33 +524,16 @@ def test_websocket_origins_without_a_browser(stack: Stack, origins: Origins, pro
     assert httpx.get(f"{stack.url}/healthz", timeout=10).status_code == 200
 
 
-def test_any_origin() -> None:
-    """cors_origins = ["*"]: any page may call /graphql and open its WebSocket (the real app's
-    middleware stack; a preflight needs nothing behind it)."""
-    import asyncio
-
+def test_any_origin(stack: Stack) -> None:
+    """cors_origins = ["*"]: a page on any origin may call /graphql and open its WebSocket."""
     from gateway.app import create_app
-    from gateway.config import demo_settings
-    from gateway.cors import BrowserOrigins
 
-    settings = demo_settings(environ={})
-    settings.cors_origins = ["*"]
-    app = create_app(settings)
-
-    async def preflight() -> httpx.Response:
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:
-            return await client.options("/graphql", headers={
-                "Origin": "https://any.example", "Access-Control-Request-Method": "POST",
-                "Access-Control-Request-Headers": "authorization"})
-
-    answer = asyncio.run(preflight())
-    assert answer.status_code == 200
-    assert answer.headers["access-control-allow-origin"] == "https://any.example"
-    origins = BrowserOrigins(app, browser_origins(settings))
-    scope = {"type": "websocket", "path": "/graphql", "headers": [
-        (b"host", b"gateway"), (b"origin", b"https://any.example")]}
-    assert origins.websocket_allowed(scope)
+    settings = dataclasses.replace(stack.settings, cors_origins=["*"])
+    with serve(create_app(settings)) as gateway:
+        answer = _preflight(f"{gateway.url}/graphql", "https://any.example")
+        assert answer.status_code == 200
+        assert answer.headers["access-control-allow-origin"] == "https://any.example"
+        assert _handshake(gateway, "https://any.example") == 101
 
 
 # -- settings ----------------------------------------------------------------------------------
