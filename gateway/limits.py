@@ -64,6 +64,9 @@ FIELD_ROLES: dict[tuple[str, str], tuple[str, ...]] = {
     ("Query", "product"): ("erp",),
     ("Query", "products"): ("erp",),
     ("Query", "stockLevel"): ("square", "epcis", "erp"),
+    # Relay: a global id may name a product (ERP) or a stock level (its system of record).
+    ("Query", "node"): ("square", "epcis", "erp"),
+    ("Query", "nodes"): ("square", "epcis", "erp"),
     ("Product", "stock"): ("square", "epcis", "erp"),
     ("Product", "availability"): ("square", "epcis", "erp"),
     ("Product", "purchaseOrders"): ("erp",),
@@ -258,6 +261,8 @@ class _Walk:
                 size = _list_len(node, "locationIds", self.variables) or self.locations
             elif key == ("Query", "_entities"):  # federation: one item per representation
                 size = _list_len(node, "representations", self.variables) or DEFAULT_LIST_SIZE
+            elif key == ("Query", "nodes"):  # Relay: one item per global id
+                size = _list_len(node, "ids", self.variables) or DEFAULT_LIST_SIZE
             else:
                 size = DEFAULT_LIST_SIZE
         else:

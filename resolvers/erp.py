@@ -27,6 +27,7 @@ from resolvers.identity import (
     SQUARE_LOCATION,
     IdentityMap,
     normalize_gtin,
+    parse_node_id,
 )
 from resolvers.types import (
     ExternalRef,
@@ -214,7 +215,17 @@ class ErpConnector:
 
     async def locations(self) -> list[LocationRecord]:
         page = await self._get("/api/v1/locations", {})
-        return [self._location(raw) for raw in page.objects("locations")]
+        out = []
+        for record in (self._location(raw) for raw in page.objects("locations")):
+            # A location's id is its code; every other type's global id is base64 of
+            # "Type:key". A code of that form would make Query.node ambiguous: refused.
+            if parse_node_id(record.id) is not None:
+                self.identity.report(("erp", "location_code"), record.id,
+                                     "has the form of another type's global id (base64 of "
+                                     "'Type:key'); rename the location", self.name)
+                continue
+            out.append(record)
+        return out
 
     # -- purchase orders ---------------------------------------------------------------------------
 

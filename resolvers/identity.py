@@ -8,6 +8,9 @@ different things, is recorded in :attr:`IdentityMap.unmapped` and reported throu
 
 from __future__ import annotations
 
+import base64
+import binascii
+import re
 import tomllib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -33,6 +36,28 @@ SQUARE_LOCATION = ("square", "location_id")
 SHOPIFY_LOCATION = ("shopify", "location_id")
 
 Kind = tuple[str, str]
+
+# Global object ids (Relay): every type but Location (whose id is its ERP location code) has
+# base64("<TypeName>:<key>"), as graphql-relay's toGlobalId and strawberry.relay encode them.
+_TYPE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+
+
+def node_id(type_name: str, key: str) -> str:
+    """The global id of the ``type_name`` object with ``key``."""
+    return base64.b64encode(f"{type_name}:{key}".encode()).decode("ascii")
+
+
+def parse_node_id(value: str) -> tuple[str, str] | None:
+    """``(type name, key)`` of a global id made by :func:`node_id`; None for anything else
+    (a location code, a malformed or non-canonical id)."""
+    try:
+        raw = base64.b64decode(value.encode("ascii"), validate=True).decode()
+    except (binascii.Error, UnicodeError):
+        return None
+    type_name, colon, key = raw.partition(":")
+    if not colon or not _TYPE_NAME.match(type_name) or node_id(type_name, key) != value:
+        return None
+    return type_name, key
 
 
 def normalize_gtin(value: str) -> str | None:

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import base64
 import binascii
+from collections.abc import Awaitable
 from typing import Annotated
 
 import strawberry
 from graphql import GraphQLError
 
 from gateway.auth import ADMIN, STOCK_READ, requires
+from resolvers.identity import parse_node_id
 from resolvers.types import LocationType as LocationTypeEnum
 from schema.reconciliation import (
     DiscrepancyConnection,
@@ -21,12 +23,14 @@ from schema.subscription import StockChangePage, stock_events
 from schema.types import (
     Ctx,
     Location,
+    Node,
     PageInfo,
     Product,
     ProductConnection,
     ProductEdge,
     StockLevel,
     UnmappedIdentifier,
+    parse_stock_level_key,
 )
 
 CURSOR_PREFIX = "sku:"
@@ -46,12 +50,25 @@ def decode_cursor(cursor: str) -> str:
     return raw.removeprefix(CURSOR_PREFIX)
 
 
+async def resolve_node(info: Ctx, id: str) -> Node | None:
+    """``Query.node``: a global id of ours (base64 of ``Type:key``) names its type; anything
+    else is a location code (the ERP's location master refuses codes of the other form)."""
+    parsed = parse_node_id(id)
+    if parsed is None:
+        return await Location.load(info, id)
+    type_name, key = parsed
+    if type_name == "Product":
+        return await Product.load(info, key)
+    if type_name == "StockLevel" and (cell := parse_stock_level_key(key)):
+        return await StockLevel.load(info, *cell)
+    return None
+
+
 @strawberry.type(description="Read the unified retail graph.")
 class Query:
     @strawberry.field(description="One product by SKU; null if the item master has no such SKU.")
     async def product(self, info: Ctx, sku: strawberry.ID) -> Product | None:
-        item = await info.context.loaders.master.load(str(sku))
-        return Product.of(item) if item else None
+        return await Product.load(info, str(sku))
 
     @strawberry.field(description="Products in SKU order, Relay-style.")
     async def products(self, info: Ctx,
@@ -75,8 +92,7 @@ class Query:
 
     @strawberry.field(description="One location by id.")
     async def location(self, info: Ctx, id: strawberry.ID) -> Location | None:
-        record = await info.context.loaders.location(str(id))
-        return Location.of(record) if record else None
+        return await Location.load(info, str(id))
 
     @strawberry.field(description="All locations, optionally of one type, ordered by id.")
     async def locations(self, info: Ctx, type: LocationTypeEnum | None = None) -> list[Location]:
@@ -87,9 +103,21 @@ class Query:
                       extensions=[requires(STOCK_READ)])
     async def stock_level(self, info: Ctx, sku: strawberry.ID,
                           location_id: strawberry.ID) -> StockLevel | None:
-        info.context.principal.require_location(str(location_id))
-        levels = await info.context.loaders.stock(str(sku), [str(location_id)])
-        return StockLevel.of(levels[0]) if levels else None
+        return await StockLevel.load(info, str(sku), str(location_id))
+
+    @strawberry.field(description="The object with this global id (Relay), with the same "
+                                  "permissions as the root field that reads it (product, "
+                                  "location, stockLevel); null if there is none.")
+    async def node(self, info: Ctx, id: strawberry.ID) -> Node | None:
+        return await resolve_node(info, str(id))
+
+    @strawberry.field(description="The objects with these global ids, in order; each is null "
+                                  "if there is none, or null with an error if the caller may "
+                                  "not read it.",
+                      graphql_type=list[Node | None])
+    def nodes(self, info: Ctx, ids: list[strawberry.ID]) -> list[Awaitable[Node | None]]:
+        # Each item is awaited on its own: one FORBIDDEN id nulls only its own entry.
+        return [resolve_node(info, str(x)) for x in ids]
 
     stock_events: StockChangePage | None = strawberry.field(
         resolver=stock_events, extensions=[requires(STOCK_READ)],

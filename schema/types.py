@@ -10,12 +10,14 @@ from datetime import datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Annotated, Any
 
+import orjson
 import strawberry
 from strawberry.types import Info
 
 from gateway.auth import DISCREPANCIES_READ, STOCK_READ, Forbidden, requires
 from resolvers import merge
 from resolvers.graph import RequestContext
+from resolvers.identity import node_id
 from resolvers.types import (
     LocationRecord,
     MasterItem,
@@ -35,6 +37,8 @@ if TYPE_CHECKING:
 
 Ctx = Info[RequestContext, None]
 
+# strawberry.enum registers the enum class itself (and returns it): fields are annotated with
+# the classes, LocationTypeEnum and merge.Channel.
 LocationType = strawberry.enum(LocationTypeEnum, name="LocationType",
                                description="What a location is for.")
 Channel = strawberry.enum(merge.Channel, name="Channel",
@@ -55,14 +59,25 @@ class ExternalId:
     value: str = strawberry.field(description="The identifier as that system spells it.")
 
 
+@strawberry.interface(description="An object with a globally unique id (Relay Global Object "
+                                  "Identification): fetch it again with Query.node(id:), and "
+                                  "client caches (Apollo InMemoryCache, urql graphcache, Relay) "
+                                  "normalise it without configuration. A Location's id is its "
+                                  "location code; every other type's id is opaque.")
+class Node:
+    id: strawberry.ID = strawberry.field(description="Globally unique, stable id.")
+
+
 # Federation v2 entities (keys below): other subgraphs of a supergraph extend Product by
 # `sku`, Location by `id` and StockLevel by `sku location { id }` (see schema.federation_sdl).
 @strawberry.federation.type(keys=["id"],
                             description="A store or warehouse, from the ERP's location master.")
-class Location:
-    id: strawberry.ID = strawberry.field(description="Unified location id (ERP location code).")
+class Location(Node):
+    id: strawberry.ID = strawberry.field(description="Unified location id (ERP location code): "
+                                                     "also its global Node id, and what every "
+                                                     "locationIds argument takes.")
     name: str = strawberry.field(description="Display name.")
-    type: LocationType = strawberry.field(description="STORE or WAREHOUSE.")
+    type: LocationTypeEnum = strawberry.field(description="STORE or WAREHOUSE.")
     gln: str | None = strawberry.field(description="GS1 Global Location Number.")
     external_ids: list[ExternalId] = strawberry.field(
         description="This location's ids in the POS, e-commerce platform and WMS.")
@@ -77,17 +92,25 @@ class Location:
                    external_ids=refs)
 
     @classmethod
+    async def load(cls, info: Ctx, location_id: str) -> Location | None:
+        """One location, as ``Query.location``, ``Query.node`` and ``_entities`` read it:
+        FORBIDDEN outside the caller's locations."""
+        record = await info.context.loaders.location(location_id)
+        return cls.of(record) if record else None
+
+    @classmethod
     async def resolve_reference(cls, info: Ctx, id: strawberry.ID) -> Location | None:
         """Federation ``_entities``: the location another subgraph refers to."""
-        record = await info.context.loaders.location(str(id))
-        return cls.of(record) if record else None
+        return await cls.load(info, str(id))
 
 
 @strawberry.federation.type(keys=["sku location { id }"],
                             description="Stock of one SKU at one location, from that "
                                         "location's system of record (stores: POS; "
                                         "warehouses: WMS).")
-class StockLevel:
+class StockLevel(Node):
+    id: strawberry.ID = strawberry.field(description="Global id of this SKU x location "
+                                                     "(opaque).")
     sku: strawberry.ID = strawberry.field(description="The SKU.")
     location: Location = strawberry.field(description="Where the stock is.")
     on_hand: int = strawberry.field(description="Physically present: available + committed + "
@@ -118,29 +141,52 @@ class StockLevel:
 
     @classmethod
     def of(cls, r: merge.StockLevelRecord) -> StockLevel:
-        return cls(sku=strawberry.ID(r.sku), location=Location.of(r.location), on_hand=r.on_hand,
+        return cls(id=strawberry.ID(node_id("StockLevel", stock_level_key(r.sku, r.location.id))),
+                   sku=strawberry.ID(r.sku), location=Location.of(r.location), on_hand=r.on_hand,
                    available=r.available, committed=r.committed, incoming=r.incoming,
                    quality_control=r.quality_control, damaged=r.damaged,
                    safety_stock=r.safety_stock, sellable=r.sellable, source=r.source,
                    as_of=r.as_of, stale=r.stale)
 
     @classmethod
+    async def load(cls, info: Ctx, sku: str, location_id: str) -> StockLevel | None:
+        """One level, as ``Query.stockLevel``, ``Query.node`` and ``_entities`` read it:
+        FORBIDDEN without the stock:read scope or outside the caller's locations."""
+        principal = info.context.principal
+        if not principal.has(STOCK_READ):
+            raise Forbidden(f"the {STOCK_READ} scope is required for StockLevel")
+        principal.require_location(location_id)
+        levels = await info.context.loaders.stock(sku, [location_id])
+        return cls.of(levels[0]) if levels else None
+
+    @classmethod
     async def resolve_reference(cls, info: Ctx, sku: strawberry.ID,
                                 location: dict[str, Any]) -> StockLevel | None:
         """Federation ``_entities``: the level another subgraph refers to by SKU and location,
         with the permissions of ``Query.stockLevel``."""
-        principal = info.context.principal
-        if not principal.has(STOCK_READ):
-            raise Forbidden(f"the {STOCK_READ} scope is required for StockLevel")
-        location_id = str(location["id"])
-        principal.require_location(location_id)
-        levels = await info.context.loaders.stock(str(sku), [location_id])
-        return cls.of(levels[0]) if levels else None
+        return await cls.load(info, str(sku), str(location["id"]))
+
+
+def stock_level_key(sku: str, location_id: str) -> str:
+    """The key in a StockLevel's global id: ``["<sku>","<location id>"]`` (JSON, so any
+    character in either part stays unambiguous)."""
+    return orjson.dumps([sku, location_id]).decode()
+
+
+def parse_stock_level_key(key: str) -> tuple[str, str] | None:
+    try:
+        parts = orjson.loads(key)
+    except orjson.JSONDecodeError:
+        return None
+    if (not isinstance(parts, list) or len(parts) != 2
+            or not all(isinstance(x, str) for x in parts)):
+        return None
+    return parts[0], parts[1]
 
 
 @strawberry.type(description="How many units of a SKU can be promised on a channel.")
 class Availability:
-    channel: Channel = strawberry.field(description="The channel.")
+    channel: merge.Channel = strawberry.field(description="The channel.")
     available: int = strawberry.field(
         description="ONLINE: sum over warehouses of max(0, WMS available - safety stock). "
                     "STORE: sum of the stores' sellable counts.")
@@ -158,7 +204,8 @@ class Availability:
 
 @strawberry.type(description="A price on a channel, with where it came from.")
 class ChannelPrice:
-    channel: Channel | None = strawberry.field(description="Channel; null for the ERP list price.")
+    channel: merge.Channel | None = strawberry.field(
+        description="Channel; null for the ERP list price.")
     price: Money = strawberry.field(description="The price.")
     source: str = strawberry.field(description="Backend the price came from.")
     as_of: datetime = strawberry.field(description="When the source last changed it.")
@@ -208,7 +255,9 @@ class UnmappedIdentifier:
                             description="A sellable item: master data from the ERP, joined "
                                         "with its online listing, store price and stock "
                                         "everywhere.")
-class Product:
+class Product(Node):
+    id: strawberry.ID = strawberry.field(description="Global id of this product (opaque; the "
+                                                     "SKU is `sku`).")
     sku: strawberry.ID = strawberry.field(description="Unified SKU.")
     item_number: str = strawberry.field(description="ERP item number.")
     gtin: str | None = strawberry.field(description="GTIN-14.")
@@ -222,16 +271,22 @@ class Product:
 
     @classmethod
     def of(cls, r: MasterItem) -> Product:
-        return cls(sku=strawberry.ID(r.sku), item_number=r.item_number, gtin=r.gtin14,
+        return cls(id=strawberry.ID(node_id("Product", r.sku)), sku=strawberry.ID(r.sku),
+                   item_number=r.item_number, gtin=r.gtin14,
                    name=r.name, category=r.category,
                    price=Money(amount=r.list_price, currency_code=r.currency),
                    safety_stock=r.safety_stock, source=r.source, as_of=r.as_of)
 
     @classmethod
+    async def load(cls, info: Ctx, sku: str) -> Product | None:
+        """One product, as ``Query.product``, ``Query.node`` and ``_entities`` read it."""
+        item = await info.context.loaders.master.load(sku)
+        return cls.of(item) if item else None
+
+    @classmethod
     async def resolve_reference(cls, info: Ctx, sku: strawberry.ID) -> Product | None:
         """Federation ``_entities``: the product another subgraph refers to."""
-        item = await info.context.loaders.master.load(str(sku))
-        return cls.of(item) if item else None
+        return await cls.load(info, str(sku))
 
     # Fields read from a backend at request time are nullable: when that backend is down only
     # they become null (with an error naming it), not the product or the whole page.

@@ -156,3 +156,22 @@ class Stack:
         for name in self.sims:
             with self.sim(name) as client:
                 client.post("/_sim/webhooks/drain")
+
+
+@contextmanager
+def fresh_stack(redis_url: str, api_keys: dict[str, Any] | None = None,
+                **options: Any) -> Iterator[Stack]:
+    """A running :class:`Stack` on a flushed Redis, with ``api_keys`` (for module- or
+    class-scoped fixtures, which cannot use the per-test ``redis_url`` fixture)."""
+    import redis
+
+    flusher = redis.Redis.from_url(redis_url)
+    try:
+        flusher.flushall()
+    finally:
+        flusher.close()
+    running = Stack(redis_url, **options)
+    if api_keys is not None:
+        running.settings.api_keys = api_keys
+    with running:
+        yield running

@@ -11,10 +11,9 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-import redis
 
 from tests.nodejs import needs_node, run_client
-from tests.support import Stack
+from tests.support import Stack, fresh_stack
 
 READER_KEY = "clients-reader-key-000001"
 KEYS = {"reader": {"key": READER_KEY, "scopes": ["stock:read"]}}
@@ -26,12 +25,7 @@ PRODUCT = """query($sku: ID!) {
 
 @pytest.fixture(scope="module")
 def stack(redis_server_url: str) -> Iterator[Stack]:
-    flusher = redis.Redis.from_url(redis_server_url)
-    flusher.flushall()
-    flusher.close()
-    running = Stack(redis_server_url, skus=30)
-    running.settings.api_keys = KEYS
-    with running:
+    with fresh_stack(redis_server_url, KEYS, skus=30) as running:
         yield running
 
 

@@ -36,7 +36,7 @@ from graphql.language import ObjectTypeDefinitionNode, SchemaDefinitionNode, Str
 from gateway import cli
 from schema import federation_sdl, sdl
 from tests.nodejs import NODE, needs_node, node_env, npm_install
-from tests.support import Stack, free_port
+from tests.support import Stack, free_port, fresh_stack
 from tests.test_deployment import Proc, wait_for
 
 FEDERATION = Path(__file__).resolve().parent / "federation"
@@ -59,14 +59,7 @@ ENTITIES = """query($representations: [_Any!]!) {
 
 @pytest.fixture(scope="module")
 def stack(redis_server_url: str) -> Iterator[Stack]:
-    import redis
-
-    flusher = redis.Redis.from_url(redis_server_url)
-    flusher.flushall()
-    flusher.close()
-    running = Stack(redis_server_url, skus=40)
-    running.settings.api_keys = KEYS
-    with running:
+    with fresh_stack(redis_server_url, KEYS, skus=40) as running:
         yield running
 
 
