@@ -30,8 +30,9 @@ from gateway.config import Settings, browser_origins
 from gateway.cors import BrowserOrigins
 from gateway.events import EventLog
 from gateway.graphql import GraphQLApp
-from gateway.persisted import PersistedQueryMiddleware
-from gateway.ratelimit import RateLimitMiddleware
+from gateway.operations import OperationGuard
+from gateway.persisted import PersistedQueries, PersistedQueryMiddleware
+from gateway.ratelimit import RateLimiter, RateLimitMiddleware
 from gateway.reconcile import Reconciliation
 from gateway.redis_server import EmbeddedRedis
 from gateway.response_cache import ResponseCacheMiddleware
@@ -101,7 +102,8 @@ class Runtime:
                               client, self.settings.change_retention_seconds,
                               self.graph.current_view,
                               lambda loc, src: self.graph.system_of_record(loc) == src)))
-        self.feed = ChangeFeed(client, self.settings.subscriber_buffer)
+        self.feed = ChangeFeed(client, self.settings.subscriber_buffer,
+                               max_per_owner=self.settings.max_subscriptions_per_principal)
         self.graph.feed = self.feed
         self.graph.cache = self.cache if self.settings.cache else None
         telemetry.instrument_applier(applier)
@@ -161,7 +163,11 @@ def create_app(settings: Settings, transport: httpx.AsyncBaseTransport | None = 
     auth = Authenticator(settings)
     logs.protect(logs.secrets_of(settings))
     origins = browser_origins(settings)
-    graphql = GraphQLApp(graph, auth=auth, keep_alive=True,
+    limiter = RateLimiter(runtime, settings.rate_limit_per_minute)
+    persisted = PersistedQueries(runtime, settings)
+    # The per-operation checks every transport applies (gateway/operations.py).
+    guard = OperationGuard(limiter, persisted)
+    graphql = GraphQLApp(graph, auth=auth, guard=guard, keep_alive=True,
                          graphql_ide="graphiql" if settings.graphiql else None,
                          keep_alive_interval=settings.ws_keepalive_seconds,
                          allowed_origins=sorted(origins))
@@ -200,13 +206,14 @@ def create_app(settings: Settings, transport: httpx.AsyncBaseTransport | None = 
     app.add_middleware(ResponseCacheMiddleware, runtime=runtime)
     # Outermost last: metrics -> browser origins (CORS; preflights end here) -> auth -> rate
     # limit -> persisted queries -> response cache.
-    app.add_middleware(PersistedQueryMiddleware, runtime=runtime, settings=settings)
-    app.add_middleware(RateLimitMiddleware, runtime=runtime,
-                       per_minute=settings.rate_limit_per_minute)
+    app.add_middleware(PersistedQueryMiddleware, persisted=persisted,
+                       max_body=settings.max_body_bytes)
+    app.add_middleware(RateLimitMiddleware, limiter=limiter)
     app.add_middleware(AuthMiddleware, auth=auth)
     app.add_middleware(BrowserOrigins, origins=origins)
     app.add_middleware(telemetry.HttpMetrics)
     app.state.runtime = runtime
+    app.state.guard = guard
     app.state.graph = graph
     app.state.settings = settings
     return app

@@ -65,7 +65,6 @@ SCOPES = (STOCK_READ, DISCREPANCIES_READ, METRICS_READ, ADMIN)
 PRINCIPAL_STATE = "retailgraph_principal"
 JWT_ALGORITHMS = ("HS256", "RS256", "ES256")
 JWKS_CACHE_SECONDS = 300.0
-LEEWAY_SECONDS = 30
 
 
 class AuthError(Exception):
@@ -124,6 +123,14 @@ class Principal:
         """Stable id of the caller for rate limiting; empty when not authenticated."""
         return f"{self.kind}:{self.subject}" if self.kind in ("api_key", "jwt") else ""
 
+    def client_key(self, peer: object) -> str:
+        """Who a request or subscription counts against (rate limit, subscription limit): the
+        authenticated caller, else its address (``peer``: ``scope["client"]``)."""
+        if self.client_id:
+            return self.client_id
+        host = peer[0] if isinstance(peer, tuple | list) and peer else "unknown"
+        return f"ip:{host}"
+
     def cache_scope(self) -> str:
         """What the response cache keys on: two callers with equal scope share responses."""
         if self.kind == "open":
@@ -177,6 +184,7 @@ class Authenticator:
         self._jwk_cache: dict[str, tuple[jwt.PyJWK, float]] = {}
         self.audience = settings.jwt_audience or None
         self.issuer = settings.jwt_issuer or None
+        self.leeway = settings.jwt_leeway_seconds
 
     @property
     def enabled(self) -> bool:
@@ -269,7 +277,7 @@ class Authenticator:
         try:
             claims = jwt.decode(
                 token, key=key, algorithms=[alg], audience=self.audience, issuer=self.issuer,
-                leeway=LEEWAY_SECONDS,
+                leeway=self.leeway,
                 options={"require": ["exp"], "verify_aud": self.audience is not None})
         except jwt.PyJWTError as exc:
             raise AuthError(f"invalid token: {exc}") from exc

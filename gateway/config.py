@@ -76,6 +76,11 @@ class Settings:
     subscriber_buffer: int = 1000
     # Server keep-alive for WebSocket clients (protocol pings; legacy graphql-ws also "ka").
     ws_keepalive_seconds: float = 15.0
+    # A WebSocket that has not sent connection_init by then is closed (4408), on both protocols.
+    ws_init_timeout_seconds: float = 60.0
+    # Live subscriptions one caller (API key / JWT subject; address when auth is off) may hold
+    # on one replica, across all its sockets and streams; 0 = no limit.
+    max_subscriptions_per_principal: int = 200
     # -- access (gateway/auth.py): auth is on as soon as any credential is configured --------
     # {name: {key = "..." | key_sha256 = "<hex>", scopes = [...], locations = [...]}};
     # env RETAILGRAPH_API_KEYS takes the same table as JSON.
@@ -85,6 +90,8 @@ class Settings:
     jwks_file: str = ""  # ... or read from a file
     jwt_audience: str = ""  # required `aud` when set
     jwt_issuer: str = ""  # required `iss` when set
+    # Clock skew allowed on exp/nbf/iat; a WebSocket is closed (4403) at exp + this.
+    jwt_leeway_seconds: int = 30
     # -- hostile queries (gateway/limits.py, ratelimit.py, persisted.py) ---------------------
     rate_limit_per_minute: int = 600  # per client, token bucket in Redis; 0 = off
     max_depth: int = 12
@@ -173,6 +180,12 @@ def _check_access(settings: Settings) -> None:
             raise ConfigError(f"{limit} must be at least 1")
     if settings.rate_limit_per_minute < 0:
         raise ConfigError("rate_limit_per_minute must be 0 (off) or more")
+    if settings.max_subscriptions_per_principal < 0:
+        raise ConfigError("max_subscriptions_per_principal must be 0 (no limit) or more")
+    if settings.jwt_leeway_seconds < 0:
+        raise ConfigError("jwt_leeway_seconds must be 0 or more")
+    if settings.ws_init_timeout_seconds <= 0:
+        raise ConfigError("ws_init_timeout_seconds must be more than 0")
 
 
 def _coerce(value: str, target: Any, setting: str) -> Any:

@@ -3,13 +3,15 @@
 Validation limits are built once per schema (gateway/limits.py), so Strawberry's validation
 cache keeps hitting (a limiter built per request defeats it; see
 shared/reference/strawberry-notes.md). Auth: the principal comes from gateway/auth.py's
-middleware on HTTP and from the ``connection_init`` payload on WebSocket.
+middleware on HTTP and from the ``connection_init`` payload on WebSocket, where
+gateway/websocket.py applies every per-operation protection (gateway/operations.py).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
+from datetime import timedelta
 from typing import Any
 
 import orjson
@@ -18,15 +20,14 @@ from cross_web import HTTPException
 from graphql import GraphQLError
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.websockets import WebSocket, WebSocketDisconnect
-from strawberry.asgi import ASGIWebSocketAdapter, GraphQL
+from starlette.websockets import WebSocket
+from strawberry.asgi import GraphQL
 from strawberry.exceptions import ConnectionRejectionError
 from strawberry.extensions import (
     ParserCache,
     SchemaExtension,
     ValidationCache,
 )
-from strawberry.http.exceptions import WebSocketDisconnected
 from strawberry.types.graphql import OperationType
 from strawberry.types.unset import UNSET, UnsetType
 
@@ -34,8 +35,17 @@ from gateway import graphiql
 from gateway.auth import Authenticator, AuthError, ForbiddenErrors, principal_of
 from gateway.config import Settings
 from gateway.limits import limit_extensions
+from gateway.operations import OperationGuard
+from gateway.ratelimit import RateLimited
 from gateway.response_cache import FRESHNESS_STATE
 from gateway.telemetry import OperationTelemetry
+from gateway.websocket import (
+    TRY_AGAIN_LATER,
+    LegacyWsHandler,
+    TextFrames,
+    TransportWsHandler,
+    socket_of,
+)
 from resolvers.errors import RetailgraphError
 from resolvers.graph import RequestContext, RetailGraph
 from schema import build_schema
@@ -65,8 +75,9 @@ class ErrorCodes(SchemaExtension):
             exc.extensions = {"code": "GRAPHQL_PARSE_FAILED", **(exc.extensions or {})}
             raise
         result = self.execution_context.result
-        if result is not None and getattr(result, "errors", None):
-            self._process(result.errors)
+        errors = getattr(result, "errors", None)
+        if errors:
+            self._process(errors)
 
     def on_stream_result(self, result: Any) -> Iterator[None]:
         """Subscriptions: the same treatment for each streamed result."""
@@ -120,28 +131,22 @@ def make_schema(settings: Settings | None = None) -> strawberry.Schema:
     ])
 
 
-class TextFrames(ASGIWebSocketAdapter):
-    """Every WebSocket message is a text frame: both GraphQL-over-WebSocket protocols define
-    their messages as text, and standard clients (graphql-ws, Apollo, urql, gql, browsers)
-    reject binary frames. HTTP responses keep orjson's bytes."""
-
-    async def send_json(self, message: Mapping[str, object]) -> None:
-        try:
-            await self.ws.send_text(orjson.dumps(message).decode())
-        except WebSocketDisconnect as exc:
-            raise WebSocketDisconnected from exc
-
-
 class GraphQLApp(GraphQL[RequestContext, None]):
     """Strawberry's ASGI app with a per-request :class:`RequestContext`."""
 
     websocket_adapter_class = TextFrames
+    graphql_transport_ws_handler_class = TransportWsHandler
+    graphql_ws_handler_class = LegacyWsHandler
 
-    def __init__(self, graph: RetailGraph, auth: Authenticator | None = None,
+    def __init__(self, graph: RetailGraph, auth: Authenticator, guard: OperationGuard,
                  **kwargs: Any) -> None:
-        super().__init__(make_schema(graph.settings), **kwargs)
+        settings = graph.settings
+        kwargs.setdefault("connection_init_wait_timeout",
+                          timedelta(seconds=settings.ws_init_timeout_seconds))
+        super().__init__(make_schema(settings), **kwargs)
         self.graph = graph
-        self.auth = auth or Authenticator(graph.settings)
+        self.auth = auth
+        self.guard = guard
 
     async def get_context(self, request: Request | WebSocket,
                           response: Response | WebSocket) -> RequestContext:
@@ -152,18 +157,29 @@ class GraphQLApp(GraphQL[RequestContext, None]):
 
     async def on_ws_connect(self, context: RequestContext) -> UnsetType | dict[str, object] | None:
         """Authenticate a WebSocket from its ``connection_init`` payload (or, failing that,
-        the handshake's headers); bad or missing credentials close it with 4403."""
-        if not self.auth.enabled:
-            return _ACK
+        the handshake's headers): bad or missing credentials close it with 4403. Then take a
+        rate-limit token, as an HTTP request would (refused: close 1013, try again later).
+        A JWT's socket is closed when the token expires (gateway/websocket.py)."""
+        socket = socket_of(context)
+        if self.auth.enabled:
+            try:
+                credential = self.auth.credential_from_params(context.connection_params or {})
+                if credential is None and context.request is not None:
+                    credential = self.auth.credential_from_headers(context.request.headers)
+                principal = await self.auth.authenticate(credential)
+            except AuthError as exc:
+                log.info("WebSocket connection refused: %s", exc)
+                raise ConnectionRejectionError from exc
+            context.loaders.principal = principal
+            if socket is not None and principal.expires_at is not None:
+                socket.expires_at = principal.expires_at + self.auth.leeway
         try:
-            credential = self.auth.credential_from_params(context.connection_params or {})
-            if credential is None and context.request is not None:
-                credential = self.auth.credential_from_headers(context.request.headers)
-            principal = await self.auth.authenticate(credential)
-        except AuthError as exc:
-            log.info("WebSocket connection refused: %s", exc)
-            raise ConnectionRejectionError from exc
-        context.loaders.principal = principal
+            await self.guard.limiter.take(context.client)
+        except RateLimited as refused:
+            log.info("WebSocket connection refused: %s", refused.message)
+            if socket is not None:
+                socket.refusal = (TRY_AGAIN_LATER, refused.message[:120])
+            raise ConnectionRejectionError(refused.error()) from refused
         return _ACK
 
     async def render_graphql_ide(self, request: Request) -> Response:

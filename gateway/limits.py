@@ -325,6 +325,13 @@ class LimitErrors(SchemaExtension):
         for error in getattr(result, "errors", None) or ():
             self._mark(error)
 
+    def on_stream_result(self, result: Any) -> Iterator[None]:
+        """Streamed results (WebSocket, SSE, multipart) leave before on_operation resumes:
+        the same treatment for each of them, before it is sent."""
+        for error in getattr(result, "errors", None) or ():
+            self._mark(error)
+        yield None
+
     def _mark(self, error: GraphQLError) -> None:
         if _TOKENS_MESSAGE in error.message:
             error.message = (f"Query is too long: more than {self.max_tokens} tokens "

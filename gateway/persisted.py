@@ -5,7 +5,8 @@ APQ (``apq = true``): a client sends ``extensions.persistedQuery = {"version": 1
 in Redis) knows the hash, the query runs; if not, the answer is a GraphQL error
 ``PersistedQueryNotFound`` (``extensions.code = "PERSISTED_QUERY_NOT_FOUND"``) and the client
 sends hash and text together, which registers the text once it has parsed and validated. A
-hash that does not match the text is refused. Works for POST bodies and GET query strings.
+hash that does not match the text is refused. Works for POST bodies, GET query strings and
+WebSocket operations (each ``subscribe``/``start`` message's payload).
 
 Allow-list (``allow_list_file``): only operations listed in the file run, sent by hash or in
 full; anything else is refused with ``PERSISTED_QUERY_NOT_ALLOWED`` (HTTP 403). Callers with
@@ -30,9 +31,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from gateway.asgi import read_body, replay
 from gateway.auth import ADMIN, PRINCIPAL_STATE
 from gateway.config import ConfigError, Settings
+from gateway.operations import NOT_RUN_CODES, OperationRefused
 
 if TYPE_CHECKING:
     from gateway.app import Runtime
+    from gateway.auth import Principal
 
 log = logging.getLogger("retailgraph.persisted")
 
@@ -41,7 +44,7 @@ TTL_SECONDS = 7 * 86_400
 MAX_QUERY_BYTES = 100_000
 _HASH = re.compile(r"^[0-9a-f]{64}$")
 # A registered text must have run: these codes mean it did not parse or validate.
-_INVALID = (b"GRAPHQL_PARSE_FAILED", b"GRAPHQL_VALIDATION_FAILED", b"LIMIT_EXCEEDED")
+_INVALID = tuple(code.encode() for code in sorted(NOT_RUN_CODES))
 
 
 def sha256(query: str) -> str:
@@ -74,56 +77,48 @@ def load_allow_list(path: str) -> dict[str, str]:
     return out
 
 
-class PersistedQueryError(Exception):
+class PersistedQueryError(OperationRefused):
+    """A persisted-query refusal: not found / not supported (HTTP 200, the client retries with
+    the text), not on the allow-list (403), a bad hash (400)."""
+
     def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
+        super().__init__(message, code=code, status=status)
 
 
-async def _respond(send: Send, error: PersistedQueryError) -> None:
-    body = orjson.dumps({"errors": [{"message": error.message,
-                                     "extensions": {"code": error.code}}]})
+async def _respond(send: Send, error: OperationRefused) -> None:
+    body = error.body()
     await send({"type": "http.response.start", "status": error.status, "headers": [
         (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
     await send({"type": "http.response.body", "body": body})
 
 
-class PersistedQueryMiddleware:
-    """Turns hashes into query texts (and refuses what the allow-list does not name) before
-    the response cache and Strawberry see the request."""
+class PersistedQueries:
+    """The allow-list and the APQ store; one per app, shared by the HTTP middleware and the
+    per-operation checks (:class:`gateway.operations.OperationGuard`)."""
 
-    def __init__(self, app: ASGIApp, runtime: Runtime, settings: Settings) -> None:
-        self.app = app
+    def __init__(self, runtime: Runtime, settings: Settings) -> None:
         self.runtime = runtime
         self.apq = settings.apq
-        self.max_body = settings.max_body_bytes
         self.allow_list = (load_allow_list(settings.allow_list_file)
                            if settings.allow_list_file else None)
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] != "/graphql":
-            await self.app(scope, receive, send)
-            return
-        if scope["method"] == "POST":
-            await self._post(scope, receive, send)
-        elif scope["method"] == "GET" and scope.get("query_string"):
-            await self._get(scope, receive, send)
-        else:
-            await self.app(scope, receive, send)
-
-    def _exempt(self, scope: Scope) -> bool:
-        principal = scope.get("state", {}).get(PRINCIPAL_STATE)
+    @staticmethod
+    def exempt(principal: Principal | None) -> bool:
+        """Admins (authenticated ones) may run what the allow-list does not name."""
         return (principal is not None and principal.kind in ("api_key", "jwt")
                 and principal.has(ADMIN))
 
-    async def _resolve(self, scope: Scope, payload: dict[str, Any]) -> str | None:
-        """The query text to run; a hash to register once it ran, if any."""
+    def concerns(self, payload_bytes: bytes) -> bool:
+        """Whether a request body can need this at all (the fast path skips parsing it)."""
+        return self.allow_list is not None or b"persistedQuery" in payload_bytes
+
+    async def resolve(self, payload: dict[str, Any], principal: Principal | None) -> str | None:
+        """Check one operation and put the query text to run in ``payload["query"]``; return
+        a hash to register once it ran, if any. Raises :class:`PersistedQueryError`."""
         extensions = payload.get("extensions")
         persisted = extensions.get("persistedQuery") if isinstance(extensions, dict) else None
         query = payload.get("query")
-        listed = self.allow_list is not None and not self._exempt(scope)
+        listed = self.allow_list is not None and not self.exempt(principal)
         if persisted is None:
             if listed and isinstance(query, str) and sha256(query) not in self.allow_list:  # type: ignore[operator]
                 raise PersistedQueryError(403, "PERSISTED_QUERY_NOT_ALLOWED",
@@ -172,7 +167,8 @@ class PersistedQueryMiddleware:
             return None
         return raw.decode() if isinstance(raw, bytes) else raw
 
-    async def _register(self, digest: str, query: str) -> None:
+    async def register(self, digest: str, query: str) -> None:
+        """Store an APQ text (it ran: it parsed and validated)."""
         cache = self.runtime.cache
         if cache is None:
             return
@@ -180,6 +176,31 @@ class PersistedQueryMiddleware:
             await cache.redis.set(KEY_PREFIX + digest, query.encode(), ex=TTL_SECONDS)
         except (RedisError, OSError) as exc:
             log.warning("persisted query not stored: %s", exc)
+
+
+class PersistedQueryMiddleware:
+    """Turns hashes into query texts (and refuses what the allow-list does not name) before
+    the response cache and Strawberry see an HTTP request. (WebSocket operations:
+    gateway/graphql.py, through :class:`gateway.operations.OperationGuard`.)"""
+
+    def __init__(self, app: ASGIApp, persisted: PersistedQueries, max_body: int) -> None:
+        self.app = app
+        self.persisted = persisted
+        self.max_body = max_body
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] != "/graphql":
+            await self.app(scope, receive, send)
+            return
+        if scope["method"] == "POST":
+            await self._post(scope, receive, send)
+        elif scope["method"] == "GET" and scope.get("query_string"):
+            await self._get(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
+
+    async def _resolve(self, scope: Scope, payload: dict[str, Any]) -> str | None:
+        return await self.persisted.resolve(payload, scope.get("state", {}).get(PRINCIPAL_STATE))
 
     async def _run(self, scope: Scope, receive: Receive, send: Send,
                    register: tuple[str, str] | None) -> None:
@@ -200,7 +221,7 @@ class PersistedQueryMiddleware:
         await self.app(scope, receive, capture)
         body = b"".join(chunks)
         if status == 200 and not any(code in body for code in _INVALID):
-            await self._register(*register)
+            await self.persisted.register(*register)
 
     async def _post(self, scope: Scope, receive: Receive, send: Send) -> None:
         body = await read_body(receive, self.max_body)
@@ -208,7 +229,7 @@ class PersistedQueryMiddleware:
             await _respond(send, PersistedQueryError(
                 413, "BAD_USER_INPUT", f"request body is over the {self.max_body}-byte limit"))
             return
-        if b"persistedQuery" not in body and self.allow_list is None:
+        if not self.persisted.concerns(body):
             await self.app(scope, replay(body), send)
             return
         try:
@@ -232,7 +253,7 @@ class PersistedQueryMiddleware:
     async def _get(self, scope: Scope, receive: Receive, send: Send) -> None:
         params = dict(parse_qsl(scope["query_string"].decode("latin-1"),
                                 keep_blank_values=True))
-        if "extensions" not in params and self.allow_list is None:
+        if "extensions" not in params and self.persisted.allow_list is None:
             await self.app(scope, receive, send)
             return
         payload: dict[str, Any] = {"query": params.get("query")}
@@ -270,4 +291,5 @@ def _canonical(payload: dict[str, Any]) -> bytes:
     return orjson.dumps(out, option=orjson.OPT_SORT_KEYS)
 
 
-__all__ = ["PersistedQueryMiddleware", "load_allow_list", "sha256"]
+__all__ = ["PersistedQueries", "PersistedQueryError", "PersistedQueryMiddleware", "load_allow_list",
+           "sha256"]

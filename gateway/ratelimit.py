@@ -8,8 +8,11 @@ clock, so replicas agree and clock skew between them does not matter.
 Every answer carries ``RateLimit-Limit`` (bucket size), ``RateLimit-Remaining`` (whole tokens
 left) and ``RateLimit-Reset`` (seconds until the bucket is full again); a refused request
 gets ``429`` with ``Retry-After`` (seconds until one token is back) and a GraphQL error with
-``extensions.code = "RATE_LIMITED"``. If Redis is unreachable or slow (over half a second)
-the request is let through (logged): the limiter must not take the gateway down with it.
+``extensions.code = "RATE_LIMITED"`` (and ``extensions.retryAfter``). Over a WebSocket,
+``connection_init`` takes a token (refused: close 1013, "try again later") and so does each
+operation (refused: the protocol's ``error`` message with that error). If Redis is unreachable
+or slow (over half a second) the request is let through (logged): the limiter must not take
+the gateway down with it.
 """
 
 from __future__ import annotations
@@ -22,12 +25,12 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import orjson
 from redis.exceptions import RedisError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway import telemetry
-from gateway.auth import PRINCIPAL_STATE
+from gateway.auth import NOBODY, PRINCIPAL_STATE, Principal
+from gateway.operations import OperationRefused
 
 if TYPE_CHECKING:
     from gateway.app import Runtime
@@ -113,49 +116,82 @@ class TokenBucket:
 def client_of(scope: Scope) -> str:
     """Who to count a request against: the authenticated caller, else its address."""
     principal = scope.get("state", {}).get(PRINCIPAL_STATE)
-    client_id = getattr(principal, "client_id", "")
-    if client_id:
-        return str(client_id)
-    peer = scope.get("client")
-    return f"ip:{peer[0] if peer else 'unknown'}"
+    return (principal if isinstance(principal, Principal) else NOBODY).client_key(
+        scope.get("client"))
 
 
-class RateLimitMiddleware:
-    """Applies the bucket to GraphQL requests; runs after authentication."""
+class RateLimited(OperationRefused):
+    """Over the rate limit: HTTP 429 with ``Retry-After``; ``extensions.retryAfter`` (seconds)
+    says the same on transports without headers."""
 
-    def __init__(self, app: ASGIApp, runtime: Runtime, per_minute: int) -> None:
-        self.app = app
+    code = "RATE_LIMITED"
+
+    def __init__(self, decision: Decision) -> None:
+        super().__init__(
+            f"rate limit of {decision.limit} requests per minute exceeded; "
+            f"retry after {decision.retry_after_seconds}s",
+            status=429, extensions={"retryAfter": decision.retry_after_seconds},
+            headers=decision.headers())
+        self.decision = decision
+
+
+class RateLimiter:
+    """The bucket of every client, in the runtime's Redis; one per app, shared by the HTTP
+    middleware and the per-operation checks (:class:`gateway.operations.OperationGuard`)."""
+
+    def __init__(self, runtime: Runtime, per_minute: int) -> None:
         self.runtime = runtime
         self.bucket = TokenBucket(per_minute) if per_minute > 0 else None
         self._warned_at = -1e9
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def take(self, client: str) -> Decision | None:
+        """Take one token of ``client``'s; :class:`RateLimited` when there is none left.
+
+        None when the limiter is off, Redis is not connected yet, or it does not answer in
+        time (logged once in a while): the limiter must not take the gateway down with it.
+        """
         cache = self.runtime.cache
-        if (self.bucket is None or scope["type"] != "http" or cache is None
-                or scope["path"] not in LIMITED_PATHS):
-            await self.app(scope, receive, send)
-            return
+        if self.bucket is None or cache is None:
+            return None
         try:
-            decision = await asyncio.wait_for(self.bucket.take(cache.redis, client_of(scope)),
+            decision = await asyncio.wait_for(self.bucket.take(cache.redis, client),
                                               DECISION_TIMEOUT_SECONDS)
         except (RedisError, OSError, TimeoutError) as exc:
             if time.monotonic() - self._warned_at > 30:  # once in a while, not per request
                 self._warned_at = time.monotonic()
                 log.warning("rate limiter unavailable, letting requests through: %r", exc)
+            return None
+        if not decision.allowed:
+            telemetry.current().m.rate_limited.add(1)
+            raise RateLimited(decision)
+        return decision
+
+
+class RateLimitMiddleware:
+    """Applies the bucket to GraphQL requests over HTTP; runs after authentication. (A
+    WebSocket takes a token at ``connection_init`` and one per operation: gateway/graphql.py.)"""
+
+    def __init__(self, app: ASGIApp, limiter: RateLimiter) -> None:
+        self.app = app
+        self.limiter = limiter
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] not in LIMITED_PATHS:
+            await self.app(scope, receive, send)
+            return
+        try:
+            decision = await self.limiter.take(client_of(scope))
+        except RateLimited as refused:
+            body = refused.body()
+            await send({"type": "http.response.start", "status": refused.status, "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()), *refused.headers]})
+            await send({"type": "http.response.body", "body": body})
+            return
+        if decision is None:
             await self.app(scope, receive, send)
             return
         extra = decision.headers()
-        if not decision.allowed:
-            telemetry.current().m.rate_limited.add(1)
-            body = orjson.dumps({"errors": [{
-                "message": f"rate limit of {decision.limit} requests per minute exceeded; "
-                           f"retry after {decision.retry_after_seconds}s",
-                "extensions": {"code": "RATE_LIMITED"}}]})
-            await send({"type": "http.response.start", "status": 429, "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()), *extra]})
-            await send({"type": "http.response.body", "body": body})
-            return
 
         async def with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -165,4 +201,5 @@ class RateLimitMiddleware:
         await self.app(scope, receive, with_headers)
 
 
-__all__ = ["Decision", "RateLimitMiddleware", "TokenBucket", "client_of"]
+__all__ = ["Decision", "RateLimitMiddleware", "RateLimited", "RateLimiter", "TokenBucket",
+           "client_of"]

@@ -8,15 +8,18 @@ continues live, with no gap and no duplicate. Filtering happens here, on the ser
 
 A slow consumer cannot hold others back or grow memory without bound: each subscriber has a
 bounded buffer; on overflow it switches to conflation and delivers only the latest change per
-SKU x location (flagged ``conflated``), which is what a stock screen needs.
+SKU x location (flagged ``conflated``), which is what a stock screen needs. One caller cannot
+hold more than ``max_subscriptions_per_principal`` subscriptions on a replica
+(:class:`SubscriptionQuota`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections import OrderedDict, deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections import Counter, OrderedDict, deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -25,6 +28,7 @@ import orjson
 from redis.exceptions import RedisError, ResponseError
 
 from gateway.events import PENDING_KEY, Envelope, Movement, MovementType
+from gateway.limits import LimitExceeded
 from resolvers.errors import BackendError
 from resolvers.types import Quantities, StockView
 
@@ -42,6 +46,36 @@ local now = redis.call('TIME')
 local min_id = (tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)) - tonumber(ARGV[2])
 return redis.call('XADD', KEYS[2], 'MINID', '~', tostring(min_id), '*', 'c', ARGV[4], 'p', prev)
 """
+
+
+class SubscriptionQuota:
+    """Live subscriptions per caller on this replica (``max_subscriptions_per_principal``;
+    0 = no limit), across all its sockets and streams and every subscription field. A
+    caller is its API key or JWT subject, or its address when auth is off."""
+
+    def __init__(self, maximum: int) -> None:
+        self.maximum = maximum
+        self.held: Counter[str] = Counter()
+
+    def check(self, owner: str) -> None:
+        """:class:`~gateway.limits.LimitExceeded` if ``owner`` holds the maximum already."""
+        if self.maximum and self.held[owner] >= self.maximum:
+            raise LimitExceeded(
+                f"Too many subscriptions: this caller already holds {self.maximum} live "
+                "subscriptions on this gateway (limit max_subscriptions_per_principal); "
+                "complete some first", "max_subscriptions_per_principal", self.maximum)
+
+    @contextlib.contextmanager
+    def hold(self, owner: str) -> Iterator[None]:
+        """One of ``owner``'s subscriptions, for as long as the block runs."""
+        self.check(owner)
+        self.held[owner] += 1
+        try:
+            yield
+        finally:
+            self.held[owner] -= 1
+            if self.held[owner] <= 0:
+                del self.held[owner]
 
 
 class CursorExpired(Exception):
@@ -249,10 +283,13 @@ def _raise_if_cancelled() -> None:
 class ChangeFeed:
     """This replica's tail of the change stream, fanned out to its subscribers."""
 
-    def __init__(self, redis: Any, buffer_limit: int = 1000, page: int = 500) -> None:
+    def __init__(self, redis: Any, buffer_limit: int = 1000, page: int = 500,
+                 max_per_owner: int = 0) -> None:
         self.redis = redis
         self.buffer_limit = buffer_limit
         self.page = page
+        # Every live subscription of this replica (stock and discrepancy ones) holds one.
+        self.quota = SubscriptionQuota(max_per_owner)
         self.subscribers: set[Subscriber] = set()
         self.running = False
         self._last_id = "$"
@@ -320,6 +357,11 @@ class ChangeFeed:
         # An empty log still gives a cursor: subscribing after it misses nothing.
         end = out[-1].cursor if more else scanned or "0-0"
         return HistoryPage(out, end, more)
+
+    async def check_cursor(self, after: str) -> None:
+        """:class:`InvalidCursor` or :class:`CursorExpired` now, rather than when the
+        subscription starts reading."""
+        await self._start(after)
 
     async def _start(self, after: str | None) -> str:
         if after is None:

@@ -12,7 +12,7 @@ import asyncio
 import logging
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -485,3 +485,20 @@ class RequestContext:
     @property
     def principal(self) -> Principal:
         return self.loaders.principal
+
+    @property
+    def client(self) -> str:
+        """Who this request counts against (rate limit, subscription limit): the caller, or
+        its address when it is not authenticated (gateway.auth.Principal.client_key)."""
+        return self.principal.client_key(getattr(self.request, "scope", {}).get("client"))
+
+    def for_operation(self) -> RequestContext:
+        """A context for one more operation on the same connection (a WebSocket carries
+        many): the same caller, fresh loaders (nothing read by an earlier operation is
+        answered from memory), its own errors."""
+        return replace(self, loaders=self.graph.loaders(None, self.principal), errors=[])
+
+    def renew_loaders(self) -> None:
+        """Fresh loaders for the next event of a subscription: each event is resolved from
+        what is current, like a query of its own."""
+        self.loaders = self.graph.loaders(None, self.principal)

@@ -7,6 +7,7 @@ to some locations sees only those.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncGenerator
 from datetime import UTC, datetime
 from enum import Enum
@@ -301,19 +302,31 @@ async def discrepancy_detected(
         info: Ctx, location_ids: LocationsArg = None,
         min_severity: MinSeverityArg = DiscrepancySeverity.LOW, kinds: KindsArg = None,
 ) -> AsyncGenerator[DiscrepancyNotice, None]:
+    # Checked before the stream starts, so a refusal is the operation's error.
     reconciliation = await _reconciliation(info)
     query = DiscrepancyFilter(
         location_ids=_locations(info, location_ids),
         kinds=None if kinds is None else frozenset(KindRecord(k.value) for k in kinds),
         min_severity=SeverityRecord(min_severity.value))
+    # The caller's subscriptions on this replica are counted together (gateway.subscriptions).
+    quota = info.context.graph.feed.quota if info.context.graph.feed is not None else None
+    owner = info.context.client
+    if quota is not None:
+        quota.check(owner)
 
     def accept(event: EventRecord) -> bool:
         return query.accepts(event.finding)
 
-    async for event in reconciliation.feed.subscribe(accept):
-        yield DiscrepancyNotice(change=DiscrepancyChange(event.transition.value),
-                                discrepancy=Discrepancy.of(event.finding), at=event.at,
-                                cursor=event.cursor)
+    async def notices() -> AsyncGenerator[DiscrepancyNotice, None]:
+        with quota.hold(owner) if quota is not None else contextlib.nullcontext():
+            async with contextlib.aclosing(reconciliation.feed.subscribe(accept)) as events:
+                async for event in events:
+                    info.context.renew_loaders()
+                    yield DiscrepancyNotice(change=DiscrepancyChange(event.transition.value),
+                                            discrepancy=Discrepancy.of(event.finding),
+                                            at=event.at, cursor=event.cursor)
+
+    return notices()
 
 
 # -- sync health -------------------------------------------------------------------------------

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, Iterable
+import contextlib
+from collections.abc import AsyncGenerator, Awaitable, Iterable
 from datetime import datetime
 from enum import Enum
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import strawberry
 from graphql import GraphQLError
@@ -17,6 +18,8 @@ from resolvers.types import LocationType as LocationTypeEnum
 from resolvers.types import StockView
 from schema.reconciliation import DiscrepancyNotice, discrepancy_detected_field
 from schema.types import Availability, Ctx, StockLevel
+
+T = TypeVar("T")
 
 
 @strawberry.type(description="Quantities of a cell before a change.")
@@ -147,15 +150,86 @@ def _filter(info: Ctx, skus: list[strawberry.ID] | None,
 
 
 async def _changes(info: Ctx, accept: Any, after: str | None) -> AsyncGenerator[Any, None]:
+    """The matching changes (after ``after``), each with fresh loaders in the context.
+
+    Checked before the subscription starts, so a refusal is the operation's error (the
+    WebSocket protocols' ``error`` message): the caller's subscription quota and the cursor.
+    """
+    feed = _feed(info)
+    owner = info.context.client
+    feed.quota.check(owner)
+    if after is not None:
+        await _cursor_errors(feed.check_cursor(after))
+    return _feed_changes(info, feed, accept, after, owner)
+
+
+async def _cursor_errors(call: Awaitable[T]) -> T:
     from gateway.subscriptions import CursorExpired, InvalidCursor
 
     try:
-        async for change in _feed(info).subscribe(accept, after):
-            yield change
+        return await call
     except CursorExpired as exc:
         raise GraphQLError(str(exc), extensions={"code": "CURSOR_EXPIRED"}) from exc
     except InvalidCursor as exc:
         raise GraphQLError(str(exc), extensions={"code": "BAD_USER_INPUT"}) from exc
+
+
+async def _feed_changes(info: Ctx, feed: Any, accept: Any, after: str | None, owner: str
+                        ) -> AsyncGenerator[Any, None]:
+    from gateway.subscriptions import CursorExpired, InvalidCursor
+
+    try:
+        with feed.quota.hold(owner):
+            async with contextlib.aclosing(feed.subscribe(accept, after)) as changes:
+                async for change in changes:
+                    # Each event is resolved from what is current, like a query of its own.
+                    info.context.renew_loaders()
+                    yield change
+    except CursorExpired as exc:  # trimmed between the check and the first read
+        raise GraphQLError(str(exc), extensions={"code": "CURSOR_EXPIRED"}) from exc
+    except InvalidCursor as exc:
+        raise GraphQLError(str(exc), extensions={"code": "BAD_USER_INPUT"}) from exc
+
+
+async def _stock_changes(info: Ctx, changes: AsyncGenerator[Any, None]
+                         ) -> AsyncGenerator[StockChange, None]:
+    async with contextlib.aclosing(changes):
+        async for change in changes:
+            safety = await safety_stocks(info, [change.sku])
+            out = to_graphql(info, change, safety[change.sku])
+            if out is not None:
+                yield out
+
+
+async def _availabilities(info: Ctx, channel: merge.Channel, changes: AsyncGenerator[Any, None]
+                          ) -> AsyncGenerator[Availability, None]:
+    location_type = merge.CHANNEL_LOCATIONS[channel]
+    last: dict[str, int] = {}
+    async with contextlib.aclosing(changes):
+        async for change in changes:
+            levels = await info.context.loaders.stock(change.sku, location_type=location_type)
+            record = merge.availability(channel, levels)
+            if last.get(change.sku) != record.available:
+                last[change.sku] = record.available
+                yield Availability.of(record)
+
+
+async def _status_changes(info: Ctx, threshold: int, changes: AsyncGenerator[Any, None]
+                          ) -> AsyncGenerator[StockStatusChange, None]:
+    known: dict[tuple[str, str], StockStatus] = {}
+    async with contextlib.aclosing(changes):
+        async for change in changes:
+            safety = await safety_stocks(info, [change.sku])
+            out = to_graphql(info, change, safety[change.sku])
+            if out is None:
+                continue
+            status = status_of(out.stock_level.available, threshold)
+            before = known.get(change.key())
+            if before is None and change.previous is not None:
+                before = status_of(change.previous.available, threshold)
+            known[change.key()] = status
+            if status != before:
+                yield StockStatusChange(change=out, status=status, previous_status=before)
 
 
 SkusArg = Annotated[list[strawberry.ID] | None, strawberry.argument(
@@ -168,16 +242,15 @@ AfterArg = Annotated[str | None, strawberry.argument(
 
 @strawberry.type(description="Live stock changes, in order per SKU x location.")
 class Subscription:
+    # Each resolver checks its arguments before returning the stream, so a refusal
+    # (FORBIDDEN, a bad or expired cursor, too many subscriptions) is the operation's error.
     @strawberry.subscription(description="Every change of stock at the matching cells.",
                              extensions=[requires(STOCK_READ)])
     async def stock_changed(self, info: Ctx, skus: SkusArg = None,
                             location_ids: LocationsArg = None,
                             after: AfterArg = None) -> AsyncGenerator[StockChange, None]:
-        async for change in _changes(info, _filter(info, skus, location_ids), after):
-            safety = await safety_stocks(info, [change.sku])
-            out = to_graphql(info, change, safety[change.sku])
-            if out is not None:
-                yield out
+        return _stock_changes(info, await _changes(info, _filter(info, skus, location_ids),
+                                                   after))
 
     @strawberry.subscription(description="Availability of SKUs on a channel, each time it "
                                          "changes.", extensions=[requires(STOCK_READ)])
@@ -191,14 +264,7 @@ class Subscription:
             location = graph.catalog.locations.get(c.location_id) if graph.catalog else None
             return bool(base(c)) and location is not None and location.type is location_type
 
-        last: dict[str, int] = {}
-        async for change in _changes(info, accept, None):
-            levels = await graph.loaders(principal=info.context.principal).stock(
-                change.sku, location_type=location_type)
-            record = merge.availability(channel, levels)
-            if last.get(change.sku) != record.available:
-                last[change.sku] = record.available
-                yield Availability.of(record)
+        return _availabilities(info, channel, await _changes(info, accept, None))
 
     @strawberry.subscription(description="Fires only when a level crosses between in-stock, "
                                          "low (<= lowStockThreshold) and out-of-stock.",
@@ -207,19 +273,8 @@ class Subscription:
                                    skus: SkusArg = None, location_ids: LocationsArg = None,
                                    after: AfterArg = None,
                                    ) -> AsyncGenerator[StockStatusChange, None]:
-        known: dict[tuple[str, str], StockStatus] = {}
-        async for change in _changes(info, _filter(info, skus, location_ids), after):
-            safety = await safety_stocks(info, [change.sku])
-            out = to_graphql(info, change, safety[change.sku])
-            if out is None:
-                continue
-            status = status_of(out.stock_level.available, low_stock_threshold)
-            before = known.get(change.key())
-            if before is None and change.previous is not None:
-                before = status_of(change.previous.available, low_stock_threshold)
-            known[change.key()] = status
-            if status != before:
-                yield StockStatusChange(change=out, status=status, previous_status=before)
+        changes = await _changes(info, _filter(info, skus, location_ids), after)
+        return _status_changes(info, low_stock_threshold, changes)
 
     # Where the systems disagree (schema/reconciliation.py; scope discrepancies:read).
     discrepancy_detected: AsyncGenerator[DiscrepancyNotice, None] = discrepancy_detected_field

@@ -16,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from gateway.ratelimit import RateLimitMiddleware, TokenBucket
+from gateway.ratelimit import RateLimiter, RateLimitMiddleware, TokenBucket
 from tests.support import Stack, free_port, serve
 
 PER_MINUTE = 4
@@ -98,8 +98,9 @@ def test_requests_go_through_when_redis_is_down() -> None:
 
     dead = aioredis.Redis(host="127.0.0.1", port=free_port(), socket_connect_timeout=1)
     runtime = SimpleNamespace(cache=SimpleNamespace(redis=dead))
+    limiter = RateLimiter(runtime, per_minute=1)  # type: ignore[arg-type]
     app = RateLimitMiddleware(Starlette(routes=[Route("/graphql", hello, methods=["POST"])]),
-                              runtime=runtime, per_minute=1)  # type: ignore[arg-type]
+                              limiter=limiter)
     with serve(app) as server:
         for _ in range(3):
             response = httpx.post(f"{server.url}/graphql", json=QUERY, timeout=10)
