@@ -20,11 +20,15 @@ from gateway.redis_server import free_port
 class ServerThread:
     """uvicorn serving ``app`` in a thread with its own event loop (works for any test loop)."""
 
-    def __init__(self, app: ASGIApp, port: int | None = None) -> None:
+    def __init__(self, app: ASGIApp, port: int | None = None,
+                 tls: tuple[str, str] | None = None) -> None:
+        """``tls``: (certificate file, key file) to serve HTTPS instead of HTTP."""
         self.port = port or free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}"
         config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning",
-                                lifespan="on", ws="websockets-sansio")
+                                lifespan="on", ws="websockets-sansio",
+                                ssl_certfile=tls[0] if tls else None,
+                                ssl_keyfile=tls[1] if tls else None)
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -53,8 +57,9 @@ class ServerThread:
 
 
 @contextmanager
-def serve(app: ASGIApp, port: int | None = None) -> Iterator[ServerThread]:
-    server = ServerThread(app, port).start()
+def serve(app: ASGIApp, port: int | None = None,
+          tls: tuple[str, str] | None = None) -> Iterator[ServerThread]:
+    server = ServerThread(app, port, tls).start()
     try:
         yield server
     finally:

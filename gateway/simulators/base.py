@@ -2,13 +2,21 @@
 
 A simulator is a plain Starlette app built by :func:`simulator_app` around its own routes.
 ``/_sim/*`` is the simulator's back door for tests and the demo (never part of the imitated
-vendor API): request counts, recent webhook deliveries, delivery fault knobs.
+vendor API): request counts, recent webhook deliveries, delivery fault knobs, and an outage:
+
+- ``POST /_sim/outage {"seconds": N, "retry_after"?: S}``: for N seconds every vendor request
+  answers ``503 Service Unavailable`` (with ``Retry-After: S`` when given), as a system down
+  for maintenance does; ``{"seconds": 0}`` ends it; ``GET`` tells what is left. Webhooks keep
+  flowing (they are queued, not served). A refused connection is not something an app can
+  do: stop the simulator's server and start it again on the same port (the app object keeps
+  its state and its queued webhooks; ``tests/test_sim_shopify.py`` shows how).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
@@ -32,6 +40,37 @@ class RequestCounter:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and not scope["path"].startswith("/_sim/"):
             self.counts[f"{scope['method']} {scope['path']}"] += 1
+        await self.app(scope, receive, send)
+
+
+class Outage:
+    """Until ``until`` (monotonic time) the vendor API is down."""
+
+    def __init__(self) -> None:
+        self.until = 0.0
+        self.retry_after: int | None = None
+        self.refused = 0
+
+    def left(self) -> float:
+        return max(0.0, self.until - time.monotonic())
+
+
+class OutageGate:
+    """Pure ASGI middleware: 503 for every vendor request while an :class:`Outage` lasts."""
+
+    def __init__(self, app: ASGIApp, outage: Outage) -> None:
+        self.app = app
+        self.outage = outage
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and not scope["path"].startswith("/_sim/") \
+                and self.outage.left() > 0:
+            self.outage.refused += 1
+            headers = {"Retry-After": str(self.outage.retry_after)} \
+                if self.outage.retry_after is not None else None
+            await Response("Service Unavailable", 503, headers,
+                           media_type="text/plain")(scope, receive, send)
+            return
         await self.app(scope, receive, send)
 
 
@@ -96,6 +135,25 @@ def simulator_app(name: str, routes: Sequence[BaseRoute], sender: WebhookSender,
                 await sender.drain()
         return JSONResponse({"pending": sender.pending})
 
+    outage = Outage()
+
+    async def outage_control(request: Request) -> Response:
+        if request.method == "POST":
+            try:
+                body = await request.json()
+                seconds = float(body["seconds"])
+                retry_after = body.get("retry_after")
+                retry_after = None if retry_after is None else int(retry_after)
+            except (ValueError, KeyError, TypeError):
+                return JSONResponse({"error": 'expected {"seconds": N, "retry_after"?: S}'},
+                                    status_code=400)
+            if seconds < 0 or seconds != seconds:
+                return JSONResponse({"error": "seconds must be >= 0"}, status_code=400)
+            outage.until = time.monotonic() + seconds
+            outage.retry_after = retry_after
+        return JSONResponse({"seconds_left": round(outage.left(), 3),
+                             "refused": outage.refused})
+
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await sender.start()
@@ -109,13 +167,16 @@ def simulator_app(name: str, routes: Sequence[BaseRoute], sender: WebhookSender,
                 Route("/_sim/stats", stats, methods=["GET", "DELETE"]),
                 Route("/_sim/webhooks", deliveries),
                 Route("/_sim/webhooks/drain", drain, methods=["POST"]),
-                Route("/_sim/faults", faults, methods=["GET", "POST"])],
+                Route("/_sim/faults", faults, methods=["GET", "POST"]),
+                Route("/_sim/outage", outage_control, methods=["GET", "POST"])],
         lifespan=lifespan,
     )
     app.state.name = name
     app.state.sim = state
     app.state.sender = sender
     app.state.counts = counts
+    app.state.outage = outage
     app.add_middleware(TokenAuth, check=auth, unauthorized=unauthorized)
+    app.add_middleware(OutageGate, outage=outage)
     app.add_middleware(RequestCounter, counts=counts)
     return app

@@ -46,10 +46,10 @@ import re
 import uuid
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from starlette.applications import Starlette
@@ -62,6 +62,9 @@ from gateway.signatures import shopify_sign
 from gateway.simulators.base import simulator_app
 from gateway.simulators.webhooks import DeliveryOptions, WebhookSender
 from gateway.simulators.world import CITIES, EPOCH, Item, Location, World
+
+if TYPE_CHECKING:
+    from gateway.simulators.shopify_graphql import ShopifyAdmin
 
 API_VERSION = "2025-01"
 API = f"/admin/api/{API_VERSION}"
@@ -120,13 +123,34 @@ def slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
 
 
+QUANTITY_NAMES = ("available", "on_hand", "committed", "incoming", "reserved", "damaged",
+                  "quality_control", "safety_stock")
+
+
 @dataclass(slots=True)
 class Level:
-    """One inventory level; ``on_hand = available + committed`` in Shopify's terms."""
+    """One inventory level by Shopify's quantity names (``incoming`` is not on hand).
+
+    ``on_hand = available + committed + reserved + damaged + quality_control + safety_stock``.
+    """
 
     available: int
     committed: int
     updated_at: str
+    incoming: int = 0
+    reserved: int = 0
+    damaged: int = 0
+    quality_control: int = 0
+    safety_stock: int = 0
+
+    @property
+    def on_hand(self) -> int:
+        return (self.available + self.committed + self.reserved + self.damaged
+                + self.quality_control + self.safety_stock)
+
+    def quantity(self, name: str) -> int:
+        value: int = getattr(self, name)
+        return value
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,6 +176,23 @@ class Variant:
         return self.item.online_price if self.item else Decimal("500.00")
 
 
+@dataclass(slots=True)
+class ProductEdit:
+    """What the merchant or an app changed on a product and its variant (None: unchanged)."""
+
+    title: str | None = None
+    vendor: str | None = None
+    product_type: str | None = None
+    status: str | None = None
+    description_html: str | None = None
+    price: Decimal | None = None
+    compare_at_price: Decimal | None = None
+    compare_at_set: bool = False  # compare_at_price was given (None then clears it)
+    barcode: str | None = None
+    product_updated_at: str | None = None
+    variant_updated_at: str | None = None
+
+
 class Shop:
     """The shop's mutable state (only changed levels are stored) and its webhook sender."""
 
@@ -168,6 +209,7 @@ class Shop:
         self.location_ids = sorted(self.locations)
         self.opened_at = stamp(world.snapshot_as_of)
         self.levels: dict[tuple[int, int], Level] = {}
+        self.edits: dict[int, ProductEdit] = {}
         self.orders: dict[int, dict[str, Any]] = {}
         self._line_items = 0
         self._last = world.snapshot_as_of
@@ -222,6 +264,28 @@ class Shop:
     def store(self, variant: Variant, location_id: int, level: Level) -> None:
         self.levels[(variant.index, location_id)] = level
 
+    def change_level(self, variant: Variant, location_id: int, **quantities: int) -> Level:
+        """Set named quantities of a level; if anything changed, stamp it and send
+        ``inventory_levels/update``. The one write path of REST, GraphQL and admin edits."""
+        level = self.level(variant, location_id)
+        if all(level.quantity(name) == value for name, value in quantities.items()):
+            return level
+        at = self.now()
+        level = replace(level, updated_at=at, **quantities)
+        self.store(variant, location_id, level)
+        self.emit(at, [("inventory_levels/update",
+                        level_json(variant.inventory_item_id, location_id, level))])
+        return level
+
+    def edit(self, variant: Variant) -> ProductEdit:
+        return self.edits.get(variant.index) or ProductEdit()
+
+    def update_product(self, variant: Variant, edit: ProductEdit) -> None:
+        """Store a product/variant edit and send ``products/update`` (the REST product)."""
+        self.edits[variant.index] = edit
+        self.emit(edit.product_updated_at or self.now(),
+                  [("products/update", product_json(self, variant))])
+
     def now(self) -> str:
         """Strictly increasing: two changes never share an ``updated_at``."""
         moment = datetime.now(UTC)
@@ -265,27 +329,42 @@ def level_json(inventory_item_id: int, location_id: int, level: Level) -> dict[s
                                      f"?inventory_item_id={inventory_item_id}")}
 
 
+def compare_at_price(shop: Shop, v: Variant) -> Decimal | None:
+    edit = shop.edit(v)
+    if edit.compare_at_set:
+        return edit.compare_at_price
+    item = v.item
+    return item.list_price if item and item.list_price > item.online_price else None
+
+
 def product_json(shop: Shop, v: Variant) -> dict[str, Any]:
     created = stamp(EPOCH + timedelta(minutes=v.index))
     item = v.item
-    compare_at = str(item.list_price) if item and item.list_price > item.online_price else None
+    edit = shop.edit(v)
+    compare_at = compare_at_price(shop, v)
     quantity = sum(shop.level(v, loc).available for loc in shop.location_ids)
+    title = edit.title or v.title
     variant = {
         "id": v.variant_id, "product_id": v.product_id, "title": "Default Title",
-        "price": str(v.price), "compare_at_price": compare_at, "sku": v.sku,
-        "barcode": item.gtin13 if item else None, "position": 1,
+        "price": str(edit.price if edit.price is not None else v.price),
+        "compare_at_price": None if compare_at is None else str(compare_at), "sku": v.sku,
+        "barcode": edit.barcode or (item.gtin13 if item else None), "position": 1,
         "inventory_policy": "deny", "inventory_management": "shopify",
         "fulfillment_service": "manual", "inventory_item_id": v.inventory_item_id,
         "inventory_quantity": quantity, "option1": "Default Title", "option2": None,
         "option3": None, "taxable": True, "requires_shipping": item is not None,
         "grams": 0, "weight": 0.0, "weight_unit": "kg", "created_at": created,
-        "updated_at": created, "admin_graphql_api_id": f"gid://shopify/ProductVariant/{v.variant_id}",
+        "updated_at": edit.variant_updated_at or created,
+        "admin_graphql_api_id": f"gid://shopify/ProductVariant/{v.variant_id}",
     }
     return {
-        "id": v.product_id, "title": v.title, "body_html": f"<p>{v.title}</p>",
-        "vendor": VENDOR, "product_type": item.category if item else "Gift Cards",
-        "handle": slug(f"{v.title} {v.sku}"), "status": "active", "tags": "",
-        "created_at": created, "updated_at": created, "published_at": created,
+        "id": v.product_id, "title": title,
+        "body_html": edit.description_html or f"<p>{v.title}</p>",
+        "vendor": edit.vendor or VENDOR,
+        "product_type": edit.product_type or (item.category if item else "Gift Cards"),
+        "handle": slug(f"{v.title} {v.sku}"), "status": (edit.status or "active").lower(),
+        "tags": "", "created_at": created,
+        "updated_at": edit.product_updated_at or created, "published_at": created,
         "published_scope": "global", "template_suffix": None,
         "admin_graphql_api_id": f"gid://shopify/Product/{v.product_id}",
         "variants": [variant],
@@ -485,12 +564,7 @@ class CommerceApi:
             raise NOT_FOUND
         level = self.shop.level(variant, location_id)
         target = values[field] if absolute else level.available + values[field]
-        if target != level.available:
-            at = self.shop.now()
-            level = Level(target, level.committed, at)
-            self.shop.store(variant, location_id, level)
-            payload = level_json(variant.inventory_item_id, location_id, level)
-            self.shop.emit(at, [("inventory_levels/update", payload)])
+        level = self.shop.change_level(variant, location_id, available=target)
         return reply({"inventory_level": level_json(variant.inventory_item_id, location_id,
                                                     level)})
 
@@ -562,8 +636,9 @@ class CommerceApi:
         changed: dict[int, Variant] = {}
         for variant, quantity in lines:
             level = shop.level(variant, location_id)
-            shop.store(variant, location_id, Level(level.available - quantity,
-                                                   level.committed + quantity, at))
+            shop.store(variant, location_id, replace(
+                level, available=level.available - quantity,
+                committed=level.committed + quantity, updated_at=at))
             changed[variant.index] = variant
         updates = [("inventory_levels/update",
                     level_json(v.inventory_item_id, location_id, shop.level(v, location_id)))
@@ -605,8 +680,7 @@ class CommerceApi:
             assert variant is not None
             level = shop.level(variant, location_id)
             shop.store(variant, location_id,
-                       Level(level.available, level.committed - line["quantity"],
-                             level.updated_at))
+                       replace(level, committed=level.committed - line["quantity"]))
             line["fulfillable_quantity"] = 0
             line["fulfillment_status"] = "fulfilled"
         fulfillment_id = FULFILLMENT_ID_BASE + order["order_number"]
@@ -649,11 +723,84 @@ def _handler(fn: Endpoint) -> Endpoint:
     return handle
 
 
+class SimControls:
+    """``/_sim/shop/*``: what tests and the demo see and steer beyond the vendor API."""
+
+    def __init__(self, shop: Shop, admin: ShopifyAdmin) -> None:
+        self.shop = shop
+        self.admin = admin
+
+    async def writes(self, request: Request) -> Response:
+        """Effective GraphQL writes, counted per idempotency key (``DELETE`` clears)."""
+        if request.method == "DELETE":
+            self.admin.writes.clear()
+            self.admin.writes_by_key.clear()
+        return reply(self.admin.writes_json())
+
+    async def throttle(self, request: Request) -> Response:
+        """``{"restoreRate"?, "maximumAvailable"?, "currentlyAvailable"?}``: the cost bucket."""
+        bucket = self.admin.bucket
+        if request.method == "POST":
+            body = await read_body(request, "throttle")
+            fields = {"restoreRate": "restore_rate", "maximumAvailable": "maximum",
+                      "currentlyAvailable": "available"}
+            unknown = sorted(set(body) - set(fields))
+            if unknown:
+                raise invalid(unknown[0], "is not a throttle setting")
+            for key, attr in fields.items():
+                if key in body:
+                    value = body[key]
+                    if isinstance(value, bool) or not isinstance(value, int | float) \
+                            or value < 0:
+                        raise invalid(key, "must be a number >= 0")
+                    bucket.refill()
+                    setattr(bucket, attr, float(value))
+            bucket.available = min(bucket.available, bucket.maximum)
+        return reply(bucket.status())
+
+    async def admin_edit(self, request: Request) -> Response:
+        """A merchant changing a quantity in the Shopify admin: ``{sku | inventory_item_id,
+        location_id, available | delta}``; it fires ``inventory_levels/update`` like any
+        change and is not counted as an API write."""
+        body = await read_body(request, "available")
+        variant = None
+        if body.get("sku") is not None:
+            found = self.admin.search(f'sku:"{body["sku"]}"')
+            variant = self.shop.variant(found[0]) if found else None
+        elif body.get("inventory_item_id") is not None:
+            item_id = as_int(body["inventory_item_id"])
+            variant = None if item_id is None else self.shop.by_inventory_item_id(item_id)
+        location_id = as_int(body.get("location_id", self.shop.location_ids[0]))
+        if variant is None or location_id not in self.shop.locations:
+            raise NOT_FOUND
+        level = self.shop.level(variant, location_id)
+        if body.get("available") is not None:
+            target = as_int(body["available"])
+        elif body.get("delta") is not None:
+            delta = as_int(body["delta"])
+            target = None if delta is None else level.available + delta
+        else:
+            raise missing("available")
+        if target is None:
+            raise invalid("available", "must be an integer")
+        level = self.shop.change_level(variant, location_id, available=target)
+        return reply({"inventory_level": level_json(variant.inventory_item_id, location_id,
+                                                    level)})
+
+
 def create_app(world: World, settings: BackendSettings, webhook_url: str,
                options: DeliveryOptions | None = None) -> Starlette:
+    from gateway.simulators.shopify_graphql import GRAPHQL_PATH, ShopifyAdmin
+
     shop = Shop(world, settings, webhook_url, options)
     api = CommerceApi(shop)
+    admin = ShopifyAdmin(shop)
+    controls = SimControls(shop, admin)
     routes = [
+        Route(GRAPHQL_PATH, admin.endpoint, methods=["POST"]),
+        Route("/_sim/shop/writes", controls.writes, methods=["GET", "DELETE"]),
+        Route("/_sim/shop/throttle", _handler(controls.throttle), methods=["GET", "POST"]),
+        Route("/_sim/shop/admin-edit", _handler(controls.admin_edit), methods=["POST"]),
         Route(f"{API}/shop.json", _handler(api.shop_info)),
         Route(f"{API}/products.json", _handler(api.products)),
         Route(f"{API}/locations.json", _handler(api.locations)),
@@ -672,4 +819,6 @@ def create_app(world: World, settings: BackendSettings, webhook_url: str,
     def unauthorized() -> Response:
         return reply({"errors": UNAUTHORIZED}, 401)
 
-    return simulator_app(settings.name, routes, shop.sender, auth, unauthorized, shop)
+    app = simulator_app(settings.name, routes, shop.sender, auth, unauthorized, shop)
+    app.state.admin = admin
+    return app
