@@ -159,10 +159,11 @@ def test_connections_page_by_cursor_and_need_first_or_last(sim: Sim) -> None:
 
 
 def test_unknown_ids_resolve_to_null(sim: Sim) -> None:
-    body = sim.gql("""{ a: inventoryItem(id: "gid://shopify/InventoryItem/1") { id }
+    body = sim.gql("""query($loc: ID!) {
+        a: inventoryItem(id: "gid://shopify/InventoryItem/1") { id }
         b: inventoryItem(id: "not-a-gid") { id }
         c: productVariant(id: "gid://shopify/Product/1") { id }
-        d: node(id: "gid://shopify/Location/%d") { id ... on Location { name } } }""" % L2)
+        d: node(id: $loc) { id ... on Location { name } } }""", {"loc": LOC2})
     assert body["data"]["a"] is None
     assert body["data"]["b"] is None
     assert body["data"]["c"] is None
