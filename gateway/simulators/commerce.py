@@ -66,8 +66,10 @@ from gateway.simulators.world import CITIES, EPOCH, Item, Location, World
 if TYPE_CHECKING:
     from gateway.simulators.shopify_graphql import ShopifyAdmin
 
-API_VERSION = "2025-01"
+API_VERSION = "2025-01"  # the REST version the connector reads, and the webhooks' version
 API = f"/admin/api/{API_VERSION}"
+# A shop serves REST under every supported version; these two are the ones in use here.
+REST_VERSIONS = (API_VERSION, "2026-10")
 CURRENCY = "NOK"
 VENDOR = "RetailGraph"
 GIFT_CARD_SKU = "GIFTCARD-500"
@@ -788,6 +790,22 @@ class SimControls:
                                                     level)})
 
 
+def rest_routes(api: CommerceApi, prefix: str) -> list[Route]:
+    return [
+        Route(f"{prefix}/shop.json", _handler(api.shop_info)),
+        Route(f"{prefix}/products.json", _handler(api.products)),
+        Route(f"{prefix}/locations.json", _handler(api.locations)),
+        Route(f"{prefix}/inventory_levels.json", _handler(api.inventory_levels)),
+        Route(f"{prefix}/inventory_levels/set.json", _handler(api.set_level),
+              methods=["POST"]),
+        Route(f"{prefix}/inventory_levels/adjust.json", _handler(api.adjust_level),
+              methods=["POST"]),
+        Route(f"{prefix}/orders.json", _handler(api.create_order), methods=["POST"]),
+        Route(f"{prefix}/orders/{{order_id}}/fulfillments.json", _handler(api.fulfil_order),
+              methods=["POST"]),
+    ]
+
+
 def create_app(world: World, settings: BackendSettings, webhook_url: str,
                options: DeliveryOptions | None = None) -> Starlette:
     from gateway.simulators.shopify_graphql import GRAPHQL_PATH, ShopifyAdmin
@@ -801,16 +819,8 @@ def create_app(world: World, settings: BackendSettings, webhook_url: str,
         Route("/_sim/shop/writes", controls.writes, methods=["GET", "DELETE"]),
         Route("/_sim/shop/throttle", _handler(controls.throttle), methods=["GET", "POST"]),
         Route("/_sim/shop/admin-edit", _handler(controls.admin_edit), methods=["POST"]),
-        Route(f"{API}/shop.json", _handler(api.shop_info)),
-        Route(f"{API}/products.json", _handler(api.products)),
-        Route(f"{API}/locations.json", _handler(api.locations)),
-        Route(f"{API}/inventory_levels.json", _handler(api.inventory_levels)),
-        Route(f"{API}/inventory_levels/set.json", _handler(api.set_level), methods=["POST"]),
-        Route(f"{API}/inventory_levels/adjust.json", _handler(api.adjust_level),
-              methods=["POST"]),
-        Route(f"{API}/orders.json", _handler(api.create_order), methods=["POST"]),
-        Route(f"{API}/orders/{{order_id}}/fulfillments.json", _handler(api.fulfil_order),
-              methods=["POST"]),
+        *(route for version in REST_VERSIONS for route in rest_routes(
+            api, f"/admin/api/{version}")),
     ]
 
     def auth(headers: dict[str, str]) -> bool:
