@@ -8,7 +8,7 @@ import hmac
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
 
@@ -144,13 +144,17 @@ async def pos(sim: Sim) -> AsyncIterator[PosConnector]:
     await connector.aclose()
 
 
+# Square takes changes that occurred at most 24 hours before the request (and not later).
+OCCURRED = (datetime.now(UTC) - timedelta(hours=1)).replace(microsecond=0)
+
+
 def adjustment(world: World, item: int, store: int, from_state: str, to_state: str,
                quantity: str = "2") -> dict[str, Any]:
     return {"type": "ADJUSTMENT", "adjustment": {
         "from_state": from_state, "to_state": to_state, "quantity": quantity,
         "location_id": world.stores[store].square_id,
         "catalog_object_id": world.item(item).square_variation_id,
-        "occurred_at": "2025-06-01T10:00:00Z"}}
+        "occurred_at": OCCURRED.strftime("%Y-%m-%dT%H:%M:%SZ")}}
 
 
 def webhook_counts(receiver: Receiver) -> list[dict[str, Any]]:
@@ -373,7 +377,7 @@ async def test_sale_fires_signed_webhook(sim: Sim, pos: PosConnector) -> None:
     assert change["adjustment"]["from_state"] == "IN_STOCK"
     assert change["adjustment"]["to_state"] == "SOLD"
     assert change["adjustment"]["source"]["product"] == "SQUARE_POS"
-    assert change["adjustment"]["occurred_at"] == "2025-06-01T10:00:00.000000Z"
+    assert change["adjustment"]["occurred_at"] == OCCURRED.strftime("%Y-%m-%dT%H:%M:%S.000000Z")
 
 
 async def test_delivery_goes_through_in_transit(sim: Sim, pos: PosConnector) -> None:
@@ -404,7 +408,7 @@ async def test_physical_count_and_transfer(sim: Sim, pos: PosConnector) -> None:
     response = await sim.post(CREATE, {"idempotency_key": "count-and-move", "changes": [
         {"type": "PHYSICAL_COUNT", "physical_count": {
             "catalog_object_id": vid, "state": "IN_STOCK", "location_id": s0, "quantity": "40",
-            "occurred_at": "2025-06-01T09:00:00+02:00"}},
+            "occurred_at": OCCURRED.astimezone(timezone(timedelta(hours=2))).isoformat()}},
         {"type": "TRANSFER", "transfer": {
             "catalog_object_id": vid, "state": "IN_STOCK", "from_location_id": s0,
             "to_location_id": s1, "quantity": "15"}}]})

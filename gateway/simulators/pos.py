@@ -30,11 +30,13 @@ every counted state that changed (at most 100 counts per notification), signed w
 
 from __future__ import annotations
 
+import base64
+import binascii
 import os
 import re
 import uuid
-from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections import Counter, OrderedDict
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -55,6 +57,9 @@ from gateway.simulators.world import EPOCH, SQUARE_ALPHABET, World, mix
 
 CURRENCY = "NOK"
 TOPIC = "inventory.count.updated"
+CATALOG_TOPIC = "catalog.version.updated"
+API_VERSION = "2026-09-16"  # the Square-Version this simulator implements
+SQUARE_VERSION = re.compile(r"\d{4}-\d{2}-\d{2}")
 # States that hold a count at a location, in the order counts are listed.
 COUNTED = ("IN_STOCK", "RESERVED_FOR_SALE", "IN_TRANSIT_TO", "IN_TRANSIT",
            "RECEIVED_FROM_VENDOR", "WASTE")
@@ -66,6 +71,8 @@ MAX_IDS = 1000
 MAX_LIMIT = 1000
 CATALOG_PAGE = 1000
 NOTIFICATION_COUNTS = 100
+MAX_CHANGE_AGE = timedelta(hours=24)  # occurred_at may be at most this old ...
+CLOCK_SKEW = timedelta(seconds=1)  # ... and at most this far ahead of the request
 QUANTITY = re.compile(r"^\d{1,12}(\.\d{1,5})?$")
 SOURCE = {"product": "SQUARE_POS", "name": "Square Point of Sale"}
 
@@ -84,16 +91,20 @@ def fmt_quantity(q: Decimal) -> str:
 class SquareError(Exception):
     """A request Square would refuse; becomes its ``{"errors": [...]}`` body."""
 
-    def __init__(self, code: str, detail: str, field: str | None = None) -> None:
+    def __init__(self, code: str, detail: str, field: str | None = None, status: int = 400,
+                 category: str = "INVALID_REQUEST_ERROR",
+                 headers: dict[str, str] | None = None) -> None:
         super().__init__(detail)
         self.code, self.detail, self.field = code, detail, field
+        self.status, self.category, self.headers = status, category, headers
 
     def response(self) -> JSONResponse:
-        error: dict[str, str] = {"category": "INVALID_REQUEST_ERROR", "code": self.code,
+        error: dict[str, str] = {"category": self.category, "code": self.code,
                                  "detail": self.detail}
         if self.field:
             error["field"] = self.field
-        return JSONResponse({"errors": [error]}, status_code=400)
+        return JSONResponse({"errors": [error]}, status_code=self.status,
+                            headers=self.headers)
 
 
 def parse_time(value: Any, where: str) -> datetime:
@@ -139,6 +150,46 @@ def page_limit(body: Mapping[str, Any], default: int) -> int:
 
 Cell = tuple[int, int]  # (item index, location index)
 Key = tuple[int, int, str]  # (item index, location index, state)
+When = tuple[datetime, int]  # (occurred_at, receipt order): ties go by arrival
+
+
+@dataclass(slots=True)
+class Ledger:
+    """One count's physical count (``base`` at ``base_at``; None: the opening count, older
+    than any change) plus the adjustments that occurred after it. The count is their sum, so
+    a change that arrives late still lands where its ``occurred_at`` puts it."""
+
+    base: Decimal
+    base_at: When | None = None
+    deltas: list[tuple[When, Decimal]] = field(default_factory=list)
+
+    @property
+    def quantity(self) -> Decimal:
+        return self.base + sum((d for _, d in self.deltas), Decimal(0))
+
+    def copy(self) -> Ledger:
+        return Ledger(self.base, self.base_at, list(self.deltas))
+
+    def adjust(self, at: When, delta: Decimal) -> None:
+        """An adjustment that occurred at ``at``; one from before the physical count is
+        already in that count."""
+        if self.base_at is None or at > self.base_at:
+            self.deltas.append((at, delta))
+
+    def count(self, at: When, quantity: Decimal) -> None:
+        """A physical count taken at ``at``: the new base unless a later count exists;
+        adjustments that occurred after it stay on top of it."""
+        if self.base_at is not None and at < self.base_at:
+            return
+        self.base, self.base_at = quantity, at
+        self.deltas = [(t, d) for t, d in self.deltas if t > at]
+
+    def fold(self, before: datetime) -> None:
+        """Adjustments older than any count still accepted can no longer be overtaken."""
+        old = [d for t, d in self.deltas if t[0] < before]
+        if old:
+            self.base += sum(old, Decimal(0))
+            self.deltas = [(t, d) for t, d in self.deltas if t[0] >= before]
 
 
 @dataclass
@@ -147,7 +198,19 @@ class PosState:
 
     world: World
     overrides: dict[Key, tuple[Decimal, str]] = field(default_factory=dict)
+    # How each changed count came about: its last physical count and the adjustments that
+    # occurred after it (by the clients' occurred_at), so late changes land in time order.
+    ledgers: dict[Key, Ledger] = field(default_factory=dict)
     history: list[dict[str, Any]] = field(default_factory=list)
+    events: list[dict[str, Any]] = field(default_factory=list)  # the Events API's store
+    catalog_edits: dict[int, dict[str, Any]] = field(default_factory=dict)
+    catalog_idempotency: dict[str, tuple[bytes, dict[str, Any]]] = field(default_factory=dict)
+    square_versions: Counter[str] = field(default_factory=Counter)
+    required_version: str | None = None
+    rate_limited: int = 0  # the next N API requests answer 429 RATE_LIMITED
+    retry_after: int | None = None
+    clock_offset: timedelta = timedelta(0)
+    last_catalog_version: int = 0
     idempotency: dict[str, tuple[bytes, dict[str, Any]]] = field(default_factory=dict)
     first_delivery: OrderedDict[str, str] = field(default_factory=OrderedDict)
     catalog_page_size: int = CATALOG_PAGE
@@ -187,9 +250,13 @@ class PosState:
         self.serial += 1
         return self.square_id(3, self.serial, 26)
 
+    def clock(self) -> datetime:
+        """The simulator's wall clock (``/_sim/square`` can move it forward, for ageing)."""
+        return datetime.now(UTC) + self.clock_offset
+
     def now(self) -> datetime:
         """Strictly increasing, so ``calculated_at`` orders every change."""
-        self.last_time = max(datetime.now(UTC), self.last_time + timedelta(microseconds=1))
+        self.last_time = max(self.clock(), self.last_time + timedelta(microseconds=1))
         return self.last_time
 
     @cached_property
@@ -214,6 +281,10 @@ class PosState:
     def quantity(self, key: Key) -> Decimal:
         held = self.overrides.get(key)
         return held[0] if held else self.opening(*key)
+
+    def ledger(self, key: Key) -> Ledger:
+        found = self.ledgers.get(key)
+        return found.copy() if found else Ledger(self.quantity(key))
 
     def count(self, i: int, loc: int, state: str) -> dict[str, Any] | None:
         """The InventoryCount of one state, or None when Square would not list it."""
@@ -250,7 +321,11 @@ def location_json(state: PosState, index: int) -> dict[str, Any]:
 
 
 def variation_json(state: PosState, n: int) -> dict[str, Any]:
-    """Catalog object ``n``: an item's variation, or the gift wrapping after the last item."""
+    """Catalog object ``n``: an item's variation, or the gift wrapping after the last item
+    (as last upserted, when it was)."""
+    edited = state.catalog_edits.get(n)
+    if edited is not None:
+        return edited
     world = state.world
     if n == world.n_skus:
         vid, item_id, name, sku, upc, minor = (state.gift_wrap_id, state.square_id(4, n),
@@ -380,6 +455,179 @@ def retrieve_changes(state: PosState, body: Mapping[str, Any]) -> dict[str, Any]
     return out
 
 
+# -- catalog writes -------------------------------------------------------------------------------
+
+def catalog_index(state: PosState, object_id: Any) -> int | None:
+    """Catalog object number of a variation id (the gift wrapping is ``n_skus``)."""
+    if not isinstance(object_id, str):
+        return None
+    if object_id == state.gift_wrap_id:
+        return state.world.n_skus
+    return state.variation_index.get(object_id)
+
+
+def retrieve_object(state: PosState, object_id: str) -> dict[str, Any]:
+    n = catalog_index(state, object_id)
+    if n is None:
+        raise SquareError("NOT_FOUND", f"Object with ID `{object_id}` not found.",
+                          status=404)
+    return {"object": variation_json(state, n)}
+
+
+def upsert_object(state: PosState, body: Mapping[str, Any]) -> tuple[dict[str, Any], bool]:
+    """UpsertCatalogObject for an existing ITEM_VARIATION: the whole object is replaced
+    (Square has no sparse updates) if its ``version`` is the current one."""
+    key = body.get("idempotency_key")
+    if not isinstance(key, str) or not 1 <= len(key) <= 128:
+        raise SquareError("MISSING_REQUIRED_PARAMETER", "idempotency_key (1..128 characters) "
+                          "is required", "idempotency_key")
+    fingerprint = orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
+    if key in state.catalog_idempotency:
+        seen, response = state.catalog_idempotency[key]
+        if seen != fingerprint:
+            raise SquareError("IDEMPOTENCY_KEY_REUSED", "idempotency_key was used for a "
+                              "different request", "idempotency_key")
+        return response, False
+    obj = body.get("object")
+    if not isinstance(obj, dict):
+        raise SquareError("MISSING_REQUIRED_PARAMETER", "object is required", "object")
+    if obj.get("type") != "ITEM_VARIATION":
+        raise SquareError("INVALID_VALUE", "this simulator upserts ITEM_VARIATION objects "
+                          "only", "object.type")
+    n = catalog_index(state, obj.get("id"))
+    if n is None:
+        raise SquareError("INVALID_VALUE", f"Object with ID `{obj.get('id')}` not found "
+                          "(creating objects is not simulated).", "object.id")
+    current = variation_json(state, n)
+    if type(obj.get("version")) is not int or obj["version"] != current["version"]:
+        raise SquareError("VERSION_MISMATCH", "Object version does not match latest "
+                          "database version.", "object.version")
+    data = obj.get("item_variation_data")
+    if not isinstance(data, dict):
+        raise SquareError("MISSING_REQUIRED_PARAMETER", "object.item_variation_data is "
+                          "required", "object.item_variation_data")
+    name = data.get("name")
+    if name is not None and not isinstance(name, str):
+        raise SquareError("EXPECTED_STRING", "item_variation_data.name must be a string",
+                          "object.item_variation_data.name")
+    money = data.get("price_money")
+    if money is not None and (not isinstance(money, dict)
+                              or type(money.get("amount")) is not int or money["amount"] < 0
+                              or money.get("currency") != CURRENCY):
+        raise SquareError("INVALID_VALUE", f"price_money must be a non-negative integer "
+                          f"amount in {CURRENCY}", "object.item_variation_data.price_money")
+    if data.get("item_id", current["item_variation_data"]["item_id"]) != \
+            current["item_variation_data"]["item_id"]:
+        raise SquareError("INVALID_VALUE", "item_id cannot change",
+                          "object.item_variation_data.item_id")
+    moment = state.now()
+    state.last_catalog_version = max(state.last_catalog_version + 1,
+                                     int(moment.timestamp() * 1000))
+    replaced = {**data, "item_id": current["item_variation_data"]["item_id"]}
+    if "track_inventory" not in replaced:
+        replaced["track_inventory"] = current["item_variation_data"]["track_inventory"]
+    updated = {**current, "updated_at": ts(moment), "version": state.last_catalog_version,
+               "item_variation_data": replaced}
+    state.catalog_edits[n] = updated
+    response = {"catalog_object": updated, "id_mappings": []}
+    state.catalog_idempotency[key] = (fingerprint, response)
+    return response, True
+
+
+# -- Events API -------------------------------------------------------------------------------
+
+EVENT_RETENTION = timedelta(days=28)
+MAX_EVENTS_PAGE = 100
+
+
+def record_event(state: PosState, event: dict[str, Any]) -> None:
+    """Keep a notification for the Events API (the same object the webhook carried)."""
+    state.events.append(event)
+    horizon = ts(state.clock() - EVENT_RETENTION)
+    if state.events and state.events[0]["created_at"] < horizon:
+        state.events[:] = [e for e in state.events if e["created_at"] >= horizon]
+
+
+def event_locations(event: dict[str, Any]) -> set[str]:
+    obj = event.get("data", {}).get("object") or {}
+    found = {c.get("location_id") for c in obj.get("inventory_counts", [])}
+    if event.get("location_id"):
+        found.add(event["location_id"])
+    return {x for x in found if isinstance(x, str)}
+
+
+def search_events(state: PosState, body: Mapping[str, Any]) -> dict[str, Any]:
+    """SearchEvents over the last 28 days: filter by type, location and ``created_at``,
+    newest first unless ``sort.order`` is ASC; keyset cursors, so pages never repeat."""
+    limit = body.get("limit", MAX_EVENTS_PAGE)
+    if type(limit) is not int or not 1 <= limit <= MAX_EVENTS_PAGE:
+        raise SquareError("INVALID_VALUE", f"limit must be an integer 1..{MAX_EVENTS_PAGE}",
+                          "limit")
+    query = body.get("query") or {}
+    if not isinstance(query, dict):
+        raise SquareError("EXPECTED_OBJECT", "query must be an object", "query")
+    flt = query.get("filter") or {}
+    sort = query.get("sort") or {}
+    if not isinstance(flt, dict) or not isinstance(sort, dict):
+        raise SquareError("EXPECTED_OBJECT", "query.filter and query.sort must be objects",
+                          "query")
+    types = str_list(flt, "event_types")
+    merchants = str_list(flt, "merchant_ids")
+    locations = str_list(flt, "location_ids")
+    window = flt.get("created_at") or {}
+    if not isinstance(window, dict):
+        raise SquareError("EXPECTED_OBJECT", "query.filter.created_at must be an object",
+                          "query.filter.created_at")
+    start = ts(parse_time(window["start_at"], "query.filter.created_at.start_at")) \
+        if window.get("start_at") is not None else None
+    end = ts(parse_time(window["end_at"], "query.filter.created_at.end_at")) \
+        if window.get("end_at") is not None else None
+    if sort.get("field", "DEFAULT") != "DEFAULT" or sort.get("order", "DESC") not in (
+            "ASC", "DESC"):
+        raise SquareError("INVALID_ENUM_VALUE", "sort.field must be DEFAULT and sort.order "
+                          "ASC or DESC", "query.sort")
+    descending = sort.get("order", "DESC") == "DESC"
+    horizon = ts(state.clock() - EVENT_RETENTION)
+    cursor = body.get("cursor")
+    after: tuple[str, str] | None = None
+    fingerprint = orjson.dumps(query, option=orjson.OPT_SORT_KEYS).decode()
+    if cursor is not None:
+        try:
+            raw = orjson.loads(base64.urlsafe_b64decode(str(cursor) + "=" * (
+                -len(str(cursor)) % 4)))
+            after = (str(raw["created_at"]), str(raw["event_id"]))
+            same_query = raw["query"] == fingerprint
+        except (ValueError, KeyError, TypeError, binascii.Error) as exc:
+            raise SquareError("INVALID_CURSOR", "the cursor is not one this API returned",
+                              "cursor") from exc
+        if not same_query:
+            raise SquareError("INVALID_CURSOR", "a cursor must be used with its original "
+                              "query", "cursor")
+
+    def keep(e: dict[str, Any]) -> bool:
+        at = e["created_at"]
+        return (at >= horizon and (types is None or e["type"] in types)
+                and (merchants is None or e["merchant_id"] in merchants)
+                and (locations is None or bool(event_locations(e) & set(locations)))
+                and (start is None or at >= start) and (end is None or at < end))
+
+    found = sorted((e for e in state.events if keep(e)),
+                   key=lambda e: (e["created_at"], e["event_id"]), reverse=descending)
+    if after is not None:
+        found = [e for e in found if ((e["created_at"], e["event_id"]) < after) == descending
+                 and (e["created_at"], e["event_id"]) != after]
+    page = found[:limit]
+    out: dict[str, Any] = {
+        "events": page,
+        "metadata": [{"event_id": e["event_id"], "api_version": API_VERSION} for e in page]}
+    if len(found) > limit:
+        last = page[-1]
+        out["cursor"] = base64.urlsafe_b64encode(orjson.dumps({
+            "created_at": last["created_at"], "event_id": last["event_id"],
+            "query": fingerprint})).decode().rstrip("=")
+    return out
+
+
 # -- batch change -------------------------------------------------------------------------------
 
 @dataclass
@@ -388,26 +636,55 @@ class Batch:
 
     state: PosState
     ignore_unchanged: bool
-    scratch: dict[Key, Decimal] = field(default_factory=dict)
+    scratch: dict[Key, Ledger] = field(default_factory=dict)
     changed: dict[Key, None] = field(default_factory=dict)
     cells: dict[Cell, None] = field(default_factory=dict)
     records: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    received: datetime = field(default_factory=lambda: datetime.now(UTC))
+    serial: int = 0
+
+    def ledger(self, key: Key) -> Ledger:
+        if key not in self.scratch:
+            self.scratch[key] = self.state.ledger(key)
+        return self.scratch[key]
 
     def value(self, key: Key) -> Decimal:
-        return self.scratch[key] if key in self.scratch else self.state.quantity(key)
+        return self.ledger(key).quantity
 
-    def put(self, key: Key, q: Decimal, where: str) -> None:
+    def when(self, occurred: datetime) -> When:
+        self.serial += 1
+        return occurred, self.state.serial * 1000 + self.serial
+
+    def apply(self, key: Key, where: str, at: When, delta: Decimal | None = None,
+              count: Decimal | None = None) -> None:
+        """An adjustment (``delta``) or a physical count (``count``) of one state."""
         self.cells[key[0], key[1]] = None
         if key[2] not in COUNTED:
             return  # stock came from, or left to, outside the store
-        if q < 0:
+        ledger = self.ledger(key)
+        if count is not None:
+            ledger.count(at, count)
+        else:
+            assert delta is not None
+            ledger.adjust(at, delta)
+        if ledger.quantity < 0:
             raise SquareError("INSUFFICIENT_INVENTORY", f"{where}: {key[2]} would become "
-                              f"{fmt_quantity(q)} at the location", where)
-        self.scratch[key] = q
+                              f"{fmt_quantity(ledger.quantity)} at the location", where)
         self.changed[key] = None
 
-    def move(self, key: Key, delta: Decimal, where: str) -> None:
-        self.put(key, self.value(key) + delta, where)
+    def occurred(self, obj: Mapping[str, Any], where: str) -> datetime:
+        """The client's ``occurred_at`` (default: now); not in the future, not older than
+        24 hours (Square's rule for counts and adjustments)."""
+        if obj.get("occurred_at") is None:
+            return self.received
+        moment = parse_time(obj["occurred_at"], f"{where}.occurred_at").astimezone(UTC)
+        if moment > self.received + CLOCK_SKEW:
+            raise SquareError("INVALID_VALUE", f"{where}.occurred_at cannot be in the future",
+                              f"{where}.occurred_at")
+        if moment < self.received - MAX_CHANGE_AGE:
+            raise SquareError("INVALID_VALUE", f"{where}.occurred_at cannot be older than "
+                              "24 hours", f"{where}.occurred_at")
+        return moment
 
     def item(self, obj: Mapping[str, Any], where: str) -> int:
         value = obj.get("catalog_object_id")
@@ -438,13 +715,13 @@ class Batch:
                   "catalog_object_type": "ITEM_VARIATION"}
         if obj.get("reference_id") is not None:
             record["reference_id"] = str(obj["reference_id"])
-        if obj.get("occurred_at") is not None:
-            record["occurred_at"] = ts(parse_time(obj["occurred_at"], f"{where}.occurred_at"))
+        moment = self.occurred(obj, where)
+        record["occurred_at"] = ts(moment)
         i = self.item(obj, f"{where}.catalog_object_id")
-        getattr(self, kind)(i, obj, where, record)
+        getattr(self, kind)(i, obj, where, record, self.when(moment))
 
     def adjustment(self, i: int, obj: Mapping[str, Any], where: str,
-                   record: dict[str, Any]) -> None:
+                   record: dict[str, Any], at: When) -> None:
         loc = self.location(obj, "location_id", f"{where}.location_id")
         states = [self.enum(obj, k, COUNTED + OUTSIDE, where) for k in ("from_state",
                                                                          "to_state")]
@@ -453,25 +730,25 @@ class Batch:
                               "between two different states, one of them at the location",
                               f"{where}.to_state")
         q = parse_quantity(obj.get("quantity"), f"{where}.quantity", positive=True)
-        self.move((i, loc, states[0]), -q, where)
-        self.move((i, loc, states[1]), q, where)
+        self.apply((i, loc, states[0]), where, at, delta=-q)
+        self.apply((i, loc, states[1]), where, at, delta=q)
         self.records.append(("ADJUSTMENT", record | {
             "from_state": states[0], "to_state": states[1], "location_id": obj["location_id"],
             "quantity": fmt_quantity(q)}))
 
     def physical_count(self, i: int, obj: Mapping[str, Any], where: str,
-                       record: dict[str, Any]) -> None:
+                       record: dict[str, Any], at: When) -> None:
         loc = self.location(obj, "location_id", f"{where}.location_id")
         state = self.enum(obj, "state", COUNTED, where)
         q = parse_quantity(obj.get("quantity"), f"{where}.quantity", positive=False)
         if self.ignore_unchanged and self.value((i, loc, state)) == q:
             return
-        self.put((i, loc, state), q, where)
+        self.apply((i, loc, state), where, at, count=q)
         self.records.append(("PHYSICAL_COUNT", record | {
             "state": state, "location_id": obj["location_id"], "quantity": fmt_quantity(q)}))
 
     def transfer(self, i: int, obj: Mapping[str, Any], where: str,
-                 record: dict[str, Any]) -> None:
+                 record: dict[str, Any], at: When) -> None:
         src = self.location(obj, "from_location_id", f"{where}.from_location_id")
         dst = self.location(obj, "to_location_id", f"{where}.to_location_id")
         if src == dst:
@@ -479,8 +756,8 @@ class Batch:
                               f"{where}.to_location_id")
         state = self.enum(obj, "state", COUNTED, where)
         q = parse_quantity(obj.get("quantity"), f"{where}.quantity", positive=True)
-        self.move((i, src, state), -q, where)
-        self.move((i, dst, state), q, where)
+        self.apply((i, src, state), where, at, delta=-q)
+        self.apply((i, dst, state), where, at, delta=q)
         self.records.append(("TRANSFER", record | {
             "state": state, "from_location_id": obj["from_location_id"],
             "to_location_id": obj["to_location_id"], "quantity": fmt_quantity(q)}))
@@ -497,13 +774,17 @@ class Batch:
         """Store the new counts and history; return the response and the changed counts."""
         state = self.state
         at = ts(state.now())
+        oldest = self.received - MAX_CHANGE_AGE
         for key in self.changed:
-            state.overrides[key] = (self.scratch[key], at)
+            ledger = self.scratch[key]
+            ledger.fold(oldest)
+            state.ledgers[key] = ledger
+            state.overrides[key] = (ledger.quantity, at)
+        state.serial += 1
         changes = []
         for kind, record in self.records:
             obj = {"id": state.next_change_id(), **record, "created_at": at,
                    "source": SOURCE}
-            obj.setdefault("occurred_at", at)
             changes.append({"type": kind, kind.lower(): obj})
         state.history.extend(changes)
         counts = [c for cell in self.cells for c in state.cell_counts(*cell)]
@@ -528,7 +809,8 @@ def batch_change(state: PosState, body: Mapping[str, Any]
     if not isinstance(changes, list) or not 1 <= len(changes) <= MAX_CHANGES:
         raise SquareError("INVALID_ARRAY_LENGTH", f"changes must hold 1..{MAX_CHANGES} "
                           "changes", "changes")
-    batch = Batch(state, ignore_unchanged=body.get("ignore_unchanged_counts", True) is not False)
+    batch = Batch(state, ignore_unchanged=body.get("ignore_unchanged_counts", True) is not False,
+                  received=state.clock())
     for n, change in enumerate(changes):
         batch.add(n, change)
     response, changed = batch.commit()
@@ -546,11 +828,27 @@ def notify(state: PosState, sender: WebhookSender, counts: list[dict[str, Any]])
         state.first_delivery[event_id] = created
         while len(state.first_delivery) > 10_000:
             state.first_delivery.popitem(last=False)
-        sender.send(TOPIC, event_id, {
+        part = counts[start:start + NOTIFICATION_COUNTS]
+        event: dict[str, Any] = {
             "merchant_id": state.merchant_id, "type": TOPIC, "event_id": event_id,
             "created_at": created,
             "data": {"type": "inventory_counts", "id": state.next_uuid(),
-                     "object": {"inventory_counts": counts[start:start + NOTIFICATION_COUNTS]}}})
+                     "object": {"inventory_counts": part}}}
+        record_event(state, event)
+        sender.send(TOPIC, event_id, event)
+
+
+def notify_catalog(state: PosState, sender: WebhookSender, updated_at: str) -> None:
+    """``catalog.version.updated``: the catalog changed (the payload names no objects)."""
+    event_id = state.next_uuid()
+    created = ts(state.now())
+    state.first_delivery[event_id] = created
+    event = {"merchant_id": state.merchant_id, "type": CATALOG_TOPIC, "event_id": event_id,
+             "created_at": created,
+             "data": {"type": "catalog", "id": "",
+                      "object": {"catalog_version": {"updated_at": updated_at}}}}
+    record_event(state, event)
+    sender.send(CATALOG_TOPIC, event_id, event)
 
 
 def unauthorized() -> Response:
@@ -588,42 +886,124 @@ def create_app(world: World, settings: BackendSettings, webhook_url: str,
 
     sender = WebhookSender(webhook_url, sign, options, seed=world.seed)
 
-    async def locations(request: Request) -> Response:
-        return JSONResponse({"locations": [location_json(state, loc.index)
-                                           for loc in world.stores]})
+    def endpoint(fn: Callable[[Request], Awaitable[Any]]) -> Endpoint:
+        """Square-Version (recorded; checked), the rate-limit knob, Square's error shape."""
 
-    async def catalog(request: Request) -> Response:
-        try:
-            return JSONResponse(list_catalog(state, request.query_params))
-        except SquareError as exc:
-            return exc.response()
+        async def handle(request: Request) -> Response:
+            try:
+                check_version(state, request.headers.get("square-version"))
+                if state.rate_limited > 0:
+                    state.rate_limited -= 1
+                    raise SquareError(
+                        "RATE_LIMITED", "Rate limit exceeded. Retry later.", status=429,
+                        category="RATE_LIMIT_ERROR",
+                        headers=None if state.retry_after is None else {
+                            "Retry-After": str(state.retry_after)})
+                found = await fn(request)
+            except SquareError as exc:
+                return exc.response()
+            return found if isinstance(found, Response) else JSONResponse(found)
+        return handle
 
-    async def counts(request: Request) -> Response:
-        try:
-            return JSONResponse(retrieve_counts(state, await json_body(request)))
-        except SquareError as exc:
-            return exc.response()
+    async def locations(request: Request) -> dict[str, Any]:
+        return {"locations": [location_json(state, loc.index) for loc in world.stores]}
 
-    async def change(request: Request) -> Response:
-        try:
-            response, changed = batch_change(state, await json_body(request))
-        except SquareError as exc:
-            return exc.response()
+    async def catalog(request: Request) -> dict[str, Any]:
+        return list_catalog(state, request.query_params)
+
+    async def catalog_object(request: Request) -> dict[str, Any]:
+        return retrieve_object(state, request.path_params["object_id"])
+
+    async def upsert(request: Request) -> dict[str, Any]:
+        response, changed = upsert_object(state, await json_body(request))
+        if changed:
+            notify_catalog(state, sender, response["catalog_object"]["updated_at"])
+        return response
+
+    async def counts(request: Request) -> dict[str, Any]:
+        return retrieve_counts(state, await json_body(request))
+
+    async def change(request: Request) -> dict[str, Any]:
+        response, changed = batch_change(state, await json_body(request))
         notify(state, sender, changed)
-        return JSONResponse(response)
+        return response
 
-    async def history(request: Request) -> Response:
-        try:
-            return JSONResponse(retrieve_changes(state, await json_body(request)))
-        except SquareError as exc:
-            return exc.response()
+    async def history(request: Request) -> dict[str, Any]:
+        return retrieve_changes(state, await json_body(request))
+
+    async def events(request: Request) -> dict[str, Any]:
+        return search_events(state, await json_body(request))
+
+    async def controls(request: Request) -> Response:
+        """``/_sim/square``: versions seen, the version to require, the rate-limit knob and
+        the simulator's clock offset (ageing events past the 28-day window)."""
+        if request.method == "POST":
+            try:
+                apply_controls(state, await json_body(request))
+            except SquareError as exc:
+                return exc.response()
+        return JSONResponse({
+            "square_versions": dict(state.square_versions),
+            "require_version": state.required_version,
+            "rate_limit_next": state.rate_limited, "retry_after": state.retry_after,
+            "clock_offset_seconds": state.clock_offset.total_seconds(),
+            "events": len(state.events)})
 
     routes = [
-        Route("/v2/locations", locations, methods=["GET"]),
-        Route("/v2/catalog/list", catalog, methods=["GET"]),
-        Route("/v2/inventory/counts/batch-retrieve", counts, methods=["POST"]),
-        Route("/v2/inventory/changes/batch-create", change, methods=["POST"]),
-        Route("/v2/inventory/changes/batch-retrieve", history, methods=["POST"]),
+        Route("/v2/locations", endpoint(locations), methods=["GET"]),
+        Route("/v2/catalog/list", endpoint(catalog), methods=["GET"]),
+        Route("/v2/catalog/object", endpoint(upsert), methods=["POST"]),
+        Route("/v2/catalog/object/{object_id}", endpoint(catalog_object), methods=["GET"]),
+        Route("/v2/inventory/counts/batch-retrieve", endpoint(counts), methods=["POST"]),
+        Route("/v2/inventory/changes/batch-create", endpoint(change), methods=["POST"]),
+        Route("/v2/inventory/changes/batch-retrieve", endpoint(history), methods=["POST"]),
+        Route("/v2/events", endpoint(events), methods=["POST"]),
+        Route("/_sim/square", controls, methods=["GET", "POST"]),
     ]
     return simulator_app(settings.name, routes, sender, bearer_check(settings.token),
                          unauthorized, state)
+
+
+Endpoint = Callable[[Request], Awaitable[Response]]
+
+
+def check_version(state: PosState, version: str | None) -> None:
+    """Record the request's ``Square-Version``; refuse a malformed one, and (when the test
+    asks for it) any other than the required one. Without the header Square uses the app's
+    default version, so that is accepted unless a version is required."""
+    state.square_versions[version or "missing"] += 1
+    if version is not None and not SQUARE_VERSION.fullmatch(version):
+        raise SquareError("INVALID_SQUARE_VERSION_FORMAT", f"Square-Version {version!r} is "
+                          "not of the form YYYY-MM-DD", "Square-Version")
+    if state.required_version is not None and version != state.required_version:
+        raise SquareError("API_VERSION_INCOMPATIBLE", f"this endpoint needs Square-Version "
+                          f"{state.required_version} (got {version or 'none'})",
+                          "Square-Version")
+
+
+def apply_controls(state: PosState, body: Mapping[str, Any]) -> None:
+    allowed = {"require_version", "rate_limit_next", "retry_after", "advance_clock_seconds",
+               "reset_versions"}
+    unknown = sorted(set(body) - allowed)
+    if unknown:
+        raise SquareError("INVALID_VALUE", f"unknown control {unknown[0]!r}", unknown[0])
+    if "require_version" in body:
+        value = body["require_version"]
+        if value is not None and not (isinstance(value, str)
+                                      and SQUARE_VERSION.fullmatch(value)):
+            raise SquareError("INVALID_VALUE", "require_version is YYYY-MM-DD or null",
+                              "require_version")
+        state.required_version = value
+    for name in ("rate_limit_next", "retry_after", "advance_clock_seconds"):
+        value = body.get(name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)
+                                  or value < 0):
+            raise SquareError("INVALID_VALUE", f"{name} must be a number >= 0", name)
+    if body.get("rate_limit_next") is not None:
+        state.rate_limited = int(body["rate_limit_next"])
+    if "retry_after" in body:
+        state.retry_after = None if body["retry_after"] is None else int(body["retry_after"])
+    if body.get("advance_clock_seconds") is not None:
+        state.clock_offset += timedelta(seconds=float(body["advance_clock_seconds"]))
+    if body.get("reset_versions"):
+        state.square_versions.clear()
