@@ -16,6 +16,7 @@ import ipaddress
 import json
 import ssl
 import subprocess
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -275,3 +276,127 @@ def test_shopify_python_library_graphql_and_rest_agree(
                                        location_ids=L1)
     assert [lv.available for lv in rest] == [available + 7]
     assert http.get("/_sim/shop/writes").json()["byKey"] == {"py-1": 1}
+
+
+# -- squareup (Python) -----------------------------------------------------------------------
+
+SQUARE_TOKEN = "square-sdk-token"
+
+
+@pytest.fixture
+def square_sim() -> Iterator[tuple[Any, httpx.Client]]:
+    from square import Square
+
+    from gateway.simulators.pos import create_app as pos_app
+
+    settings = BackendSettings(name="pos", format="square", base_url="", token=SQUARE_TOKEN,
+                               webhook_secret="square-secret")
+    app = pos_app(WORLD, settings, "", DeliveryOptions(backoff=0.01))
+    with serve(app) as server, httpx.Client(base_url=server.url, timeout=10) as http, \
+            httpx.Client(timeout=10) as transport:
+        # The SDK sends its own Square-Version; make the simulator insist on the current one.
+        http.post("/_sim/square", json={"require_version": "2026-09-16"})
+        yield Square(token=SQUARE_TOKEN, base_url=server.url, httpx_client=transport), http
+
+
+def _occurred(minutes_ago: float) -> str:
+    return (dt.datetime.now(dt.UTC) - dt.timedelta(minutes=minutes_ago)).isoformat()
+
+
+def test_squareup_batch_changes_are_idempotent_and_timestamp_ordered(
+        square_sim: tuple[Any, httpx.Client]) -> None:
+    client, http = square_sim
+    vid, store = WORLD.item(2).square_variation_id, WORLD.stores[0].square_id
+    count = {"type": "PHYSICAL_COUNT", "physical_count": {
+        "catalog_object_id": vid, "state": "IN_STOCK", "location_id": store,
+        "quantity": "30", "occurred_at": _occurred(10)}}
+    sale = {"type": "ADJUSTMENT", "adjustment": {
+        "catalog_object_id": vid, "from_state": "IN_STOCK", "to_state": "SOLD",
+        "location_id": store, "quantity": "2", "occurred_at": _occurred(5)}}
+    first = client.inventory.batch_create_changes(idempotency_key="sdk-1",
+                                                  changes=[count, sale])
+    again = client.inventory.batch_create_changes(idempotency_key="sdk-1",
+                                                  changes=[count, sale])
+    assert first == again
+    assert [(c.state, c.quantity) for c in first.counts or [] if c.state == "IN_STOCK"] == [
+        ("IN_STOCK", "28")]
+    # A sale that happened before the count but arrives now is already in that count.
+    late = {"type": "ADJUSTMENT", "adjustment": {**sale["adjustment"],
+                                                 "occurred_at": _occurred(20)}}
+    client.inventory.batch_create_changes(idempotency_key="sdk-2", changes=[late])
+    counts = client.inventory.batch_get_counts(catalog_object_ids=[vid], location_ids=[store],
+                                              states=["IN_STOCK"])
+    assert [c.quantity for c in counts] == ["28"]
+    from square.core.api_error import ApiError
+
+    with pytest.raises(ApiError) as refused:
+        client.inventory.batch_create_changes(idempotency_key="sdk-1", changes=[late])
+    assert refused.value.status_code == 400
+    assert refused.value.errors[0].code == "IDEMPOTENCY_KEY_REUSED"
+    versions = http.get("/_sim/square").json()["square_versions"]
+    assert set(versions) == {"2026-09-16"}
+
+
+def test_squareup_catalog_upsert_and_version_mismatch(
+        square_sim: tuple[Any, httpx.Client]) -> None:
+    from square.core.api_error import ApiError
+
+    client, _ = square_sim
+    vid = WORLD.item(3).square_variation_id
+    current = client.catalog.object.get(object_id=vid).object
+    assert current is not None
+    body = current.model_dump(exclude_none=True)
+    body["item_variation_data"]["name"] = "Renamed by sync"
+    body["item_variation_data"]["price_money"] = {"amount": 4200, "currency": "NOK"}
+    done = client.catalog.object.upsert(idempotency_key="cat-1", object=body)
+    assert done.catalog_object is not None
+    assert done.catalog_object.version > current.version
+    assert done.catalog_object.item_variation_data.name == "Renamed by sync"
+    with pytest.raises(ApiError) as stale:
+        client.catalog.object.upsert(idempotency_key="cat-2", object=body)  # old version
+    assert stale.value.status_code == 400
+    assert [(e.category, e.code) for e in stale.value.errors] == [
+        ("INVALID_REQUEST_ERROR", "VERSION_MISMATCH")]
+    reread = client.catalog.object.get(object_id=vid).object
+    assert reread is not None
+    assert reread.version == done.catalog_object.version
+
+
+def test_squareup_searches_events_by_cursor(square_sim: tuple[Any, httpx.Client]) -> None:
+    client, _ = square_sim
+    vid, store = WORLD.item(4).square_variation_id, WORLD.stores[1].square_id
+    for n in range(3):
+        client.inventory.batch_create_changes(idempotency_key=f"ev-{n}", changes=[{
+            "type": "PHYSICAL_COUNT", "physical_count": {
+                "catalog_object_id": vid, "state": "IN_STOCK", "location_id": store,
+                "quantity": str(10 + n), "occurred_at": _occurred(1)}}])
+    query = {"filter": {"event_types": ["inventory.count.updated"],
+                        "created_at": {"start_at": _occurred(60)}}}
+    seen: list[Any] = []
+    page = client.events.search_events(limit=2, query=query)
+    while True:
+        seen += page.events or []
+        if not page.cursor:
+            break
+        page = client.events.search_events(limit=2, query=query, cursor=page.cursor)
+    assert [e.type for e in seen] == ["inventory.count.updated"] * 3
+    quantities = [e.data.object["inventory_counts"][0]["quantity"] for e in seen]
+    assert quantities == ["12", "11", "10"]  # newest first
+
+
+def test_squareup_backs_off_on_429_and_honours_retry_after(
+        square_sim: tuple[Any, httpx.Client]) -> None:
+    from square.core.api_error import ApiError
+
+    client, http = square_sim
+    http.post("/_sim/square", json={"rate_limit_next": 1, "retry_after": 1})
+    started = time.monotonic()
+    locations = client.locations.list()  # the SDK retries a 429 after Retry-After
+    assert time.monotonic() - started >= 1.0
+    assert len(locations.locations or []) == len(WORLD.stores)
+    http.post("/_sim/square", json={"rate_limit_next": 1, "retry_after": 0})
+    with pytest.raises(ApiError) as limited:
+        client.locations.list(request_options={"max_retries": 0})
+    assert limited.value.status_code == 429
+    assert [(e.category, e.code) for e in limited.value.errors] == [
+        ("RATE_LIMIT_ERROR", "RATE_LIMITED")]
