@@ -186,6 +186,19 @@ async def test_activity_keeps_the_graph_exactly_in_step_with_the_systems(
     assert not wrong, f"{len(wrong)} of {len(expected)} cells differ (want, got): {wrong}"
 
 
+async def test_the_shop_stock_feed_can_be_switched_off(stack: Stack) -> None:
+    """For the sync: without the built-in WMS -> Shopify feed nothing sets shop stock."""
+    stack.reset_requests()
+    activity = Activity(stack.settings, stack.world, 40, seed=5, follow_up_delay=(0.1, 0.3),
+                        shop_stock_feed=False)
+    await run_activity(activity, least_seconds=2.0, patience=2.5)  # never has every kind
+    assert activity.stats["allocate"] + activity.stats["receive"] > 0  # WMS changes happened
+    assert activity.stats["stock_sync"] == 0
+    sets = {k: v for k, v in stack.requests("commerce").items()
+            if k.startswith("POST") and "inventory_levels" in k}
+    assert sets == {}
+
+
 async def test_unreachable_system_is_retried_later_and_the_rest_goes_on(stack: Stack) -> None:
     settings = copy.deepcopy(stack.settings)
     erp = settings.backends["erp"]

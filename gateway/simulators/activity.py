@@ -105,7 +105,11 @@ class Activity:
     """Drives the four simulators at about ``rate`` operations per second until cancelled."""
 
     def __init__(self, settings: Settings, world: World, rate: float, seed: int = 42,
-                 follow_up_delay: tuple[float, float] = (1.0, 5.0)) -> None:
+                 follow_up_delay: tuple[float, float] = (1.0, 5.0),
+                 shop_stock_feed: bool = True) -> None:
+        """``shop_stock_feed=False`` switches off the built-in WMS -> Shopify stock feed
+        (``_stock_sync``): with retailgraph's sync on, it is the only thing that moves stock
+        numbers between systems, so this integration must be absent."""
         if rate <= 0:
             raise ValueError("rate must be positive")
         self.settings = settings
@@ -115,6 +119,7 @@ class Activity:
         # Follow-up delays draw from their own stream, so they never shift the choices.
         self._delays = random.Random(seed + 1)
         self.follow_up_delay = follow_up_delay
+        self.shop_stock_feed = shop_stock_feed
         self.stats: Counter[str] = Counter()
         # (item index, location index) of every cell a write changed: what to check.
         self.touched: set[tuple[int, int]] = set()
@@ -309,7 +314,7 @@ class Activity:
     async def _changed(self, item: Item, site: Location) -> None:
         """After a change at a warehouse, the stock feed brings Shopify's available in line."""
         self.touched.add((item.index, site.index))
-        if site.shopify_id is not None:
+        if self.shop_stock_feed and site.shopify_id is not None:
             await self._do(Step("stock_sync", lambda s: self._stock_sync(item, site)))
 
     async def _stock_sync(self, item: Item, site: Location) -> None:
