@@ -1,11 +1,18 @@
-"""Shopify Admin REST (2025-01) subset: the e-commerce platform of the demo retailer.
+"""Shopify (REST Admin 2025-01 and GraphQL Admin 2026-10): the demo retailer's web shop.
+
+The GraphQL Admin API (reads by quantity name, ``inventorySetQuantities`` with
+``changeFromQuantity`` and ``@idempotent``, product/variant writes, the cost-based rate limit)
+is in :mod:`gateway.simulators.shopify_graphql`; this module holds the shop's state, its REST
+endpoints and its webhooks. Every change, whichever API or the admin made it, goes through
+:meth:`Shop.change_level` and fires the same ``inventory_levels/update``.
 
 The shop's locations are the World's warehouses (they fulfil online orders). Every World item
 is one product with one variant; one extra product, "Gift Card" (SKU ``GIFTCARD-500``), is not
 in the ERP, so identity resolution has something to report. Its ids are the World's id scheme
 at index ``n_skus`` (one past the last item).
 
-Endpoints, all under ``/admin/api/2025-01/`` with ``X-Shopify-Access-Token``:
+REST endpoints, under ``/admin/api/2025-01/`` and ``/admin/api/2026-10/`` (REST is legacy
+but still served; merchants' tools call it), with ``X-Shopify-Access-Token``:
 
 - ``GET shop.json`` -> ``{"shop": {id, name, myshopify_domain, currency: "NOK", ...}}``
 - ``GET products.json?limit=1..250 (50)&page_info=`` -> ``{"products": [...]}``; cursor
@@ -31,6 +38,17 @@ Webhooks (body = the REST resource; headers ``X-Shopify-Topic``, ``-Hmac-Sha256`
 ``-Shop-Domain``, ``-API-Version``, ``-Webhook-Id`` (per delivery, same across retries),
 ``-Event-Id`` (per merchant action), ``-Triggered-At``):
 ``inventory_levels/update`` (one per changed level), ``orders/create``, ``orders/fulfilled``.
+
+Simulator controls (``/_sim/``, beside the shared ones of :mod:`gateway.simulators.base`,
+``/_sim/outage`` among them):
+
+- ``GET /_sim/shop/writes`` -> ``{"byKey": {idempotency key: effective writes},
+  "writes": [{key, mutation, at, changes}]}``: GraphQL writes that changed the shop (a replay
+  of a key, a stale or failed write counts nothing); ``DELETE`` clears.
+- ``GET|POST /_sim/shop/throttle {restoreRate?, maximumAvailable?, currentlyAvailable?}``:
+  the cost bucket (default 2,000 points, restoring 100/s).
+- ``POST /_sim/shop/admin-edit {sku | inventory_item_id, location_id?, available | delta}``:
+  a merchant editing ``available`` in the admin; fires the webhook, not an API write.
 
 Timestamps are RFC 3339 UTC with fixed-width milliseconds and strictly increase, so a level's
 ``updated_at`` orders its versions both as a time and as a string.

@@ -1,11 +1,15 @@
-"""Square POS simulator: the subset of Square's Locations, Catalog and Inventory APIs we read.
+"""Square POS simulator (API version 2026-09-16): Locations, Catalog, Inventory and Events.
 
 Stores of the :class:`World` are the Square locations (``loc.square_id``); every item is an
 ``ITEM_VARIATION`` (``item.square_variation_id``) plus one "Gift wrapping" variation that
 maps to no ERP item (no SKU, no UPC, not inventory-tracked). Currency NOK. Opening counts
 come from ``World.store_counts``; only changed (variation, location, state) cells are stored.
 
-Endpoints (``Authorization: Bearer <token>``; 401 is Square's ``{"errors": [...]}``):
+Endpoints (``Authorization: Bearer <token>``; every error is Square's ``{"errors":
+[{category, code, detail, field?}]}``, 401 included). ``Square-Version`` is recorded per
+request; a malformed one is ``INVALID_SQUARE_VERSION_FORMAT``; none means the app's default
+version, unless ``/_sim/square`` requires one (then anything else is
+``API_VERSION_INCOMPATIBLE``):
 
 - ``GET /v2/locations`` -> ``{"locations": [Location]}``
 - ``GET /v2/catalog/list?types=ITEM_VARIATION&cursor=`` -> ``{"objects": [CatalogObject],
@@ -18,12 +22,34 @@ Endpoints (``Authorization: Bearer <token>``; 401 is Square's ``{"errors": [...]
   ignore_unchanged_counts?}`` -> ``{"counts": [...], "changes": [...]}``. Up to 100 changes of
   type ADJUSTMENT (``from_state`` -> ``to_state``; NONE/SOLD/... are outside the store),
   PHYSICAL_COUNT (absolute) or TRANSFER (between locations). The batch is atomic: unknown
-  ids, bad quantities or a count going negative reject all of it with 400.
+  ids, bad quantities or a count going negative reject all of it with 400. The same
+  ``idempotency_key`` with the same body returns the first response and changes nothing;
+  with another body it is ``IDEMPOTENCY_KEY_REUSED``. Changes apply by their clients'
+  ``occurred_at`` (default: the request time; at most 24 hours old, never in the future): a
+  count is its latest physical count plus the adjustments that occurred after it, so a sale
+  that arrives after a later count is already in that count, and an older count changes
+  nothing now (both still enter the history).
+- ``GET /v2/catalog/object/{id}`` -> ``{"object": CatalogObject}`` (404 ``NOT_FOUND``).
+- ``POST /v2/catalog/object {idempotency_key, object}``: replaces an ITEM_VARIATION whole
+  (no sparse updates) when ``object.version`` is the current one, else 400
+  ``VERSION_MISMATCH`` (re-read and retry); -> ``{"catalog_object", "id_mappings": []}`` with a
+  new, larger version; fires ``catalog.version.updated``. Creating objects is not simulated.
+- ``POST /v2/events {cursor?, limit? (1..100), query?: {filter?: {event_types?,
+  merchant_ids?, location_ids?, created_at?: {start_at?, end_at?}}, sort?: {field: DEFAULT,
+  order: ASC|DESC (default)}}}`` -> ``{"events", "metadata": [{event_id, api_version}],
+  "cursor"?}``: every notification of the last 28 days (older ones are gone), the same
+  objects the webhooks carried; a cursor only works with its original query.
 - ``POST /v2/inventory/changes/batch-retrieve`` ``{catalog_object_ids?, location_ids?, types?,
   states?, updated_after?, updated_before?, cursor?, limit?}`` -> ``{"changes": [...],
   "cursor"?}``, oldest first.
 
-Webhook: ``inventory.count.updated`` after every accepted batch, carrying the new count of
+Controls: ``GET|POST /_sim/square {require_version?, rate_limit_next?: N, retry_after?: S,
+advance_clock_seconds?, reset_versions?}``: versions seen, the version to insist on, the next
+N API requests answering 429 ``RATE_LIMITED`` (``RATE_LIMIT_ERROR``, ``Retry-After: S``), and
+the simulator's clock moved forward (to age events past 28 days).
+
+Webhooks: ``catalog.version.updated`` after an upsert; ``inventory.count.updated`` after every
+accepted batch, carrying the new count of
 every counted state that changed (at most 100 counts per notification), signed with
 ``x-square-hmacsha256-signature = base64(HMAC-SHA256(secret, notification_url + body))``.
 """
