@@ -230,7 +230,8 @@ class PosState:
     history: list[dict[str, Any]] = field(default_factory=list)
     events: list[dict[str, Any]] = field(default_factory=list)  # the Events API's store
     catalog_edits: dict[int, dict[str, Any]] = field(default_factory=dict)
-    catalog_idempotency: dict[str, tuple[bytes, dict[str, Any]]] = field(default_factory=dict)
+    catalog_idempotency: dict[str, tuple[bytes, dict[str, Any]]] = field(
+        default_factory=dict)
     square_versions: Counter[str] = field(default_factory=Counter)
     required_version: str | None = None
     rate_limited: int = 0  # the next N API requests answer 429 RATE_LIMITED
@@ -483,6 +484,27 @@ def retrieve_changes(state: PosState, body: Mapping[str, Any]) -> dict[str, Any]
 
 # -- catalog writes -------------------------------------------------------------------------------
 
+Remembered = dict[str, tuple[bytes, dict[str, Any]]]  # key -> (request fingerprint, response)
+
+
+def idempotent(store: Remembered, body: Mapping[str, Any]
+               ) -> tuple[str, bytes, dict[str, Any] | None]:
+    """The request's ``idempotency_key``, its fingerprint and, when the key was used for
+    this same request before, the response it got; the key reused for another request is
+    ``IDEMPOTENCY_KEY_REUSED``."""
+    key = body.get("idempotency_key")
+    if not isinstance(key, str) or not 1 <= len(key) <= 128:
+        raise SquareError("MISSING_REQUIRED_PARAMETER", "idempotency_key (1..128 characters) "
+                          "is required", "idempotency_key")
+    fingerprint = orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
+    if key not in store:
+        return key, fingerprint, None
+    seen, response = store[key]
+    if seen != fingerprint:
+        raise SquareError("IDEMPOTENCY_KEY_REUSED", "idempotency_key was used for a "
+                          "different request", "idempotency_key")
+    return key, fingerprint, response
+
 def catalog_index(state: PosState, object_id: Any) -> int | None:
     """Catalog object number of a variation id (the gift wrapping is ``n_skus``)."""
     if not isinstance(object_id, str):
@@ -503,17 +525,9 @@ def retrieve_object(state: PosState, object_id: str) -> dict[str, Any]:
 def upsert_object(state: PosState, body: Mapping[str, Any]) -> tuple[dict[str, Any], bool]:
     """UpsertCatalogObject for an existing ITEM_VARIATION: the whole object is replaced
     (Square has no sparse updates) if its ``version`` is the current one."""
-    key = body.get("idempotency_key")
-    if not isinstance(key, str) or not 1 <= len(key) <= 128:
-        raise SquareError("MISSING_REQUIRED_PARAMETER", "idempotency_key (1..128 characters) "
-                          "is required", "idempotency_key")
-    fingerprint = orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
-    if key in state.catalog_idempotency:
-        seen, response = state.catalog_idempotency[key]
-        if seen != fingerprint:
-            raise SquareError("IDEMPOTENCY_KEY_REUSED", "idempotency_key was used for a "
-                              "different request", "idempotency_key")
-        return response, False
+    key, fingerprint, seen = idempotent(state.catalog_idempotency, body)
+    if seen is not None:
+        return seen, False
     obj = body.get("object")
     if not isinstance(obj, dict):
         raise SquareError("MISSING_REQUIRED_PARAMETER", "object is required", "object")
@@ -820,17 +834,9 @@ class Batch:
 
 def batch_change(state: PosState, body: Mapping[str, Any]
                  ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    key = body.get("idempotency_key")
-    if not isinstance(key, str) or not 1 <= len(key) <= 128:
-        raise SquareError("MISSING_REQUIRED_PARAMETER", "idempotency_key (1..128 characters) "
-                          "is required", "idempotency_key")
-    fingerprint = orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
-    if key in state.idempotency:
-        seen, response = state.idempotency[key]
-        if seen != fingerprint:
-            raise SquareError("IDEMPOTENCY_KEY_REUSED", "idempotency_key was used for a "
-                              "different request", "idempotency_key")
-        return response, []
+    key, fingerprint, seen = idempotent(state.idempotency, body)
+    if seen is not None:
+        return seen, []
     changes = body.get("changes")
     if not isinstance(changes, list) or not 1 <= len(changes) <= MAX_CHANGES:
         raise SquareError("INVALID_ARRAY_LENGTH", f"changes must hold 1..{MAX_CHANGES} "
