@@ -4,8 +4,10 @@ Every rejection is a GraphQL error with ``extensions.code = "LIMIT_EXCEEDED"`` a
 ``extensions.limit`` naming the setting that was hit (``max_depth``, ``max_aliases``,
 ``max_tokens``, ``max_page_size``, ``max_cost``) and ``extensions.max`` its value.
 
-The validation rules are built once per schema (:func:`limit_extensions`), so Strawberry's
-validation cache keeps hitting; a rule class built per request would defeat it. The cost and
+Every check costs time linear in the document's size: a fragment is measured once, however
+often it is spread (see :class:`_Shape` and :class:`_Walk`). The validation rules are built
+once per schema (:func:`limit_extensions`), so Strawberry's validation cache keeps hitting; a
+rule class built per request would defeat it. The cost and
 page-size checks need the request's variables, which validation rules never see, so they run
 as a schema extension just before execution, outside the validation cache.
 
@@ -37,21 +39,15 @@ from graphql import (
     InlineFragmentNode,
     IntValueNode,
     ListValueNode,
+    Node,
     OperationDefinitionNode,
     OperationType,
     SelectionSetNode,
-    ValidationContext,
     VariableNode,
     get_named_type,
 )
 from graphql.validation import NoSchemaIntrospectionCustomRule
-from strawberry.extensions import (
-    AddValidationRules,
-    MaxAliasesLimiter,
-    MaxTokensLimiter,
-    QueryDepthLimiter,
-    SchemaExtension,
-)
+from strawberry.extensions import AddValidationRules, MaxTokensLimiter, SchemaExtension
 
 from gateway.config import Settings
 
@@ -79,47 +75,111 @@ DEFAULT_LIST_SIZE = 10
 _SUGGESTION = re.compile(r"\s*Did you mean .*\?$")
 _TOKENS_MESSAGE = "tokens. Parsing aborted"
 _PAGE_MESSAGE = re.compile(r"^first must be between 1 and (\d+)")
+# Larger counts and costs are reported as "more than" this (JavaScript's largest safe integer;
+# orjson cannot encode integers past 64 bits at all).
+MAX_REPORTED = 2**53 - 1
 
 
 class LimitExceeded(GraphQLError):
     """A query over one of the configured limits."""
 
-    def __init__(self, message: str, limit: str, maximum: int, **extra: Any) -> None:
-        super().__init__(message, extensions={"code": LIMIT_CODE, "limit": limit,
-                                              "max": maximum, **extra})
+    def __init__(self, message: str, limit: str, maximum: int,
+                 nodes: list[Node] | None = None, **extra: Any) -> None:
+        super().__init__(message, nodes, extensions={"code": LIMIT_CODE, "limit": limit,
+                                                     "max": maximum, **extra})
 
 
-def _tagged(rule: type[ASTValidationRule], limit: str, maximum: int,
-            what: str) -> type[ASTValidationRule]:
-    """``rule`` with its errors marked as this limit (Strawberry's limiters report plain
-    errors from their constructors)."""
+class _Shape:
+    """Depth and alias count of a document's selections, each fragment summarised once.
 
-    class Tagged(ASTValidationRule):
-        def __init__(self, context: ValidationContext) -> None:
-            super().__init__(context)
-            report = context.on_error
+    Strawberry's ``QueryDepthLimiter`` and ``MaxAliasesLimiter`` expand a fragment again at
+    every spread, so a chain of fragments each spreading the next twice costs 2^n: twenty
+    levels (about 170 tokens) held the event loop for seconds. Here a fragment's depth and
+    aliases are computed the first time it is spread and reused, so the cost is linear in the
+    document's size. A spread of a fragment that is being summarised (a cycle, which
+    ``NoFragmentCyclesRule`` reports) or that does not exist adds nothing.
 
-            def tag(error: GraphQLError) -> None:
-                error.message = f"{what}: {error.message} (limit {limit})"
-                error.extensions = {"code": LIMIT_CODE, "limit": limit, "max": maximum}
-                report(error)
+    The measures are Strawberry's: depth counts the fields a selection is nested in
+    (introspection fields and what is below them excepted), aliases are counted at each
+    place a fragment is spread.
+    """
 
-            context.on_error = tag  # type: ignore[method-assign]
-            try:
-                rule(context)
-            finally:
-                context.on_error = report  # type: ignore[method-assign]
+    def __init__(self, document: DocumentNode) -> None:
+        self.fragments = {d.name.value: d for d in document.definitions
+                          if isinstance(d, FragmentDefinitionNode)}
+        self.done: dict[str, tuple[int, int]] = {}
+        self.busy: set[str] = set()
 
-    Tagged.__name__ = f"{limit}_rule"
-    return Tagged
+    def measure(self, selection_set: SelectionSetNode) -> tuple[int, int]:
+        """(depth, aliases) of ``selection_set``. It recurses only as deep as the document
+        nests: :class:`DocumentLimits` measures when leaving the document, and graphql-core
+        has by then aborted the validation of documents nested past its limit."""
+        depth = aliases = 0
+        for selection in selection_set.selections:
+            inner: tuple[int, int] = (0, 0)
+            if isinstance(selection, FieldNode):
+                aliases += selection.alias is not None
+                if selection.selection_set is not None:
+                    inner = self.measure(selection.selection_set)
+                    if not selection.name.value.startswith("__"):
+                        inner = (1 + inner[0], inner[1])
+                    else:  # introspection: not counted, nor what is below it
+                        inner = (0, inner[1])
+            elif isinstance(selection, InlineFragmentNode):
+                inner = self.measure(selection.selection_set)
+            elif isinstance(selection, FragmentSpreadNode):
+                inner = self.fragment(selection.name.value)
+            depth, aliases = max(depth, inner[0]), aliases + inner[1]
+        return depth, aliases
+
+    def fragment(self, name: str) -> tuple[int, int]:
+        found = self.done.get(name)
+        if found is not None:
+            return found
+        definition = self.fragments.get(name)
+        if definition is None or name in self.busy:
+            return 0, 0
+        self.busy.add(name)
+        found = self.done[name] = self.measure(definition.selection_set)
+        self.busy.discard(name)
+        return found
+
+
+def _document_limits(max_depth: int, max_aliases: int) -> type[ASTValidationRule]:
+    """A validation rule enforcing ``max_depth`` (per operation) and ``max_aliases`` (over
+    the document) in time linear in the document's size."""
+
+    class DocumentLimits(ASTValidationRule):
+        def leave_document(self, node: DocumentNode, *_args: Any) -> None:
+            shape = _Shape(node)
+            aliases = 0
+            for definition in node.definitions:
+                if not isinstance(definition, OperationDefinitionNode):
+                    continue
+                depth, count = shape.measure(definition.selection_set)
+                aliases += count
+                if depth > max_depth:
+                    name = definition.name.value if definition.name else "anonymous"
+                    self.report_error(LimitExceeded(
+                        f"Query is too deep: '{name}' exceeds maximum operation depth of "
+                        f"{max_depth} (it nests fields {depth} levels deep; limit max_depth)",
+                        "max_depth", max_depth, nodes=[definition]))
+            if aliases > max_aliases:
+                self.report_error(LimitExceeded(
+                    f"Too many aliases: {_count(aliases)} aliases found. Allowed: "
+                    f"{max_aliases} (limit max_aliases)", "max_aliases", max_aliases))
+
+    return DocumentLimits
+
+
+def _count(value: int) -> str:
+    """A count for a message: spreads multiply, so it can have hundreds of digits."""
+    return str(value) if value <= MAX_REPORTED else f"more than {MAX_REPORTED}"
 
 
 def validation_rules(settings: Settings) -> list[type[ASTValidationRule]]:
     """The depth and alias limits (and no introspection, if so configured), built once."""
-    depth = QueryDepthLimiter(max_depth=settings.max_depth).validation_rules[0]
-    aliases = MaxAliasesLimiter(max_alias_count=settings.max_aliases).validation_rules[0]
-    rules = [_tagged(depth, "max_depth", settings.max_depth, "Query is too deep"),
-             _tagged(aliases, "max_aliases", settings.max_aliases, "Too many aliases")]
+    rules = [_document_limits(settings.max_depth, settings.max_aliases)]
     if not settings.introspection:
         rules.append(NoSchemaIntrospectionCustomRule)
     return rules
@@ -186,13 +246,19 @@ class CostModel:
             if isinstance(variable.default_value, IntValueNode):
                 defaults[variable.variable.name.value] = int(variable.default_value.value)
         walk = _Walk(schema, fragments, variables, defaults, locations, self.max_page_size)
-        return walk.selections(root, operation.selection_set, paged=False, seen=frozenset())
+        return walk.selections(root, operation.selection_set, paged=False)
 
 
 Composite = GraphQLObjectType | GraphQLInterfaceType | GraphQLUnionType
 
 
 class _Walk:
+    """One operation's cost. A fragment's cost depends only on the type it is spread on and
+    on whether it is inside a page, so it is computed once per (fragment, type, paged) and
+    reused at every other spread: linear in the document's size (re-expanding fragments at
+    each spread costs 2^n for a chain of fragments each spreading the next twice). A spread
+    of a fragment being computed (a cycle; validation refuses those) adds nothing."""
+
     def __init__(self, schema: GraphQLSchema, fragments: dict[str, FragmentDefinitionNode],
                  variables: Mapping[str, Any], defaults: Mapping[str, Any], locations: int,
                  max_page_size: int) -> None:
@@ -202,23 +268,35 @@ class _Walk:
         self.defaults = defaults
         self.locations = locations
         self.max_page_size = max_page_size
+        self.done: dict[tuple[str, str, bool], int] = {}
+        self.busy: set[tuple[str, str, bool]] = set()
 
     def selections(self, parent: Composite, selection_set: SelectionSetNode | None,
-                   paged: bool, seen: frozenset[str]) -> int:
+                   paged: bool) -> int:
         total = 0
         for selection in selection_set.selections if selection_set else ():
             if isinstance(selection, FieldNode):
-                total += self.field(parent, selection, paged, seen)
+                total += self.field(parent, selection, paged)
             elif isinstance(selection, InlineFragmentNode):
                 total += self.selections(self._narrow(parent, selection.type_condition),
-                                         selection.selection_set, paged, seen)
+                                         selection.selection_set, paged)
             elif isinstance(selection, FragmentSpreadNode):
-                name = selection.name.value
-                fragment = self.fragments.get(name)
-                if fragment is not None and name not in seen:
-                    total += self.selections(self._narrow(parent, fragment.type_condition),
-                                             fragment.selection_set, paged, seen | {name})
+                total += self.fragment(parent, selection.name.value, paged)
         return total
+
+    def fragment(self, parent: Composite, name: str, paged: bool) -> int:
+        key = (name, parent.name, paged)
+        found = self.done.get(key)
+        if found is not None:
+            return found
+        fragment = self.fragments.get(name)
+        if fragment is None or key in self.busy:
+            return 0
+        self.busy.add(key)
+        found = self.done[key] = self.selections(
+            self._narrow(parent, fragment.type_condition), fragment.selection_set, paged)
+        self.busy.discard(key)
+        return found
 
     def _narrow(self, parent: Composite, condition: Any) -> Composite:
         if condition is None:
@@ -226,8 +304,7 @@ class _Walk:
         found = self.schema.get_type(condition.name.value)
         return found if isinstance(found, GraphQLObjectType) else parent
 
-    def field(self, parent: Composite, node: FieldNode, paged: bool,
-              seen: frozenset[str]) -> int:
+    def field(self, parent: Composite, node: FieldNode, paged: bool) -> int:
         name = node.name.value
         if name.startswith("__"):
             return 1 if name != "__typename" else 0
@@ -271,7 +348,7 @@ class _Walk:
             return weight * size
         # On a union (federation's _Entity) or interface, each fragment counts, narrowed to
         # its type: an upper bound.
-        inner = self.selections(named, node.selection_set, paged=first is not None, seen=seen)
+        inner = self.selections(named, node.selection_set, paged=first is not None)
         if first is None and not isinstance(wrapped, GraphQLList):
             return weight + inner
         return weight + size * (inner + 1)  # each item counts, and what is selected in it
@@ -290,9 +367,9 @@ class QueryCost(SchemaExtension):
                                    ec.variables or {}, _visible_locations(ec.context))
             if cost > self.model.max_cost:
                 raise LimitExceeded(
-                    f"Query is too expensive: cost {cost} is over the maximum of "
+                    f"Query is too expensive: cost {_count(cost)} is over the maximum of "
                     f"{self.model.max_cost} (limit max_cost); ask for fewer items or fields",
-                    "max_cost", self.model.max_cost, cost=cost)
+                    "max_cost", self.model.max_cost, cost=min(cost, MAX_REPORTED))
         yield
 
 

@@ -25,6 +25,7 @@ import hashlib
 import hmac
 import json
 import logging
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -49,6 +50,8 @@ READER = "hostile-reader-key-0123456789"
 JWT_SECRET = "hostile-hs256-secret-0123456789-abcdefghij"
 SKU = "SKU-000001"
 WS_PROTOCOLS = ("graphql-transport-ws", "graphql-ws")
+# Every /healthz sample taken while hostile requests run must be answered within this.
+LIVENESS_BOUND = 1.0
 # Keys that change without any request: locks and per-source bookkeeping (reject counters).
 VOLATILE = ("rg:{sync}:", "rg:{disc}:lock", "rg:rl:")
 
@@ -143,6 +146,43 @@ class Hostile:
     def live(self, within: float = 5.0) -> None:
         response = httpx.get(f"{self.url}/healthz", timeout=within)
         assert response.status_code == 200, response.text
+
+    @contextmanager
+    def probing_liveness(self, bound: float = LIVENESS_BOUND) -> Iterator[list[float]]:
+        """While the block runs, ``GET /healthz`` every 50 ms from a connection of its own;
+        afterwards every sample must have been answered within ``bound`` seconds (a bound
+        for "not blocked behind a hostile request", not a speed target). Yields the
+        latencies, filled in as they are measured."""
+        latencies: list[float] = []
+        failures: list[str] = []
+        stop = threading.Event()
+
+        def sample() -> None:
+            with httpx.Client(timeout=30) as client:
+                while not stop.is_set():
+                    began = time.perf_counter()
+                    try:
+                        status = client.get(f"{self.url}/healthz").status_code
+                    except httpx.HTTPError as exc:
+                        failures.append(repr(exc))
+                        status = 200
+                    latencies.append(time.perf_counter() - began)
+                    if status != 200:
+                        failures.append(f"status {status}")
+                    stop.wait(0.05)
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        try:
+            time.sleep(0.2)  # a few samples before the block starts
+            yield latencies
+        finally:
+            stop.set()
+            sampler.join(60)
+        assert not failures, failures
+        assert latencies, "no /healthz sample was taken"
+        assert max(latencies) < bound, (
+            f"/healthz waited {max(latencies):.2f}s (samples: {len(latencies)})")
 
     def clean(self) -> None:
         """Nothing was logged as an error since the last check."""
@@ -245,6 +285,14 @@ def graphql_errors(response: httpx.Response) -> list[tuple[str, str]]:
              (e.get("extensions") or {}).get("limit", "")) for e in body.get("errors", [])]
 
 
+def fan_out(on: str, leaf: str, levels: int = 20) -> str:
+    """``{ ...F0 }`` where each fragment spreads the next one twice: 2^levels selections."""
+    root = "subscription" if on == "Subscription" else "query"
+    fragments = " ".join(f"fragment F{n} on {on} {{ ...F{n + 1} ...F{n + 1} }}"
+                         for n in range(levels))
+    return f"{root} {{ ...F0 }} {fragments} fragment F{levels} on {on} {{ {leaf} }}"
+
+
 def jws(header: dict[str, Any] | bytes, claims: dict[str, Any] | bytes, key: bytes) -> str:
     """An HS256-signed token from raw JSON (so claims PyJWT would refuse to encode can be
     sent: huge numbers, NaN)."""
@@ -290,6 +338,44 @@ class TestQueries:
         with hostile.unchanged():
             response = hostile.graphql(query)
         assert graphql_errors(response) == [("LIMIT_EXCEEDED", "max_cost")]
+
+    def test_fragment_fan_out(self, hostile: Hostile) -> None:
+        """F0 spreads F1 twice, F1 spreads F2 twice, ... twenty levels: about 170 tokens that
+        expand to a million selections. Validation is linear in the document (each fragment
+        measured once), so it is answered at once and /healthz never waits behind it."""
+        leaves = {"__typename": None, "locations { id }": "max_cost",
+                  "a: __typename": "max_aliases"}
+        with hostile.probing_liveness():
+            for leaf, limit in leaves.items():
+                with hostile.unchanged():
+                    response = hostile.graphql(fan_out("Query", leaf))
+                if limit is None:  # nothing to refuse: execution merges the repeated fields
+                    assert response.json()["data"] == {"__typename": "Query"}, response.text
+                else:
+                    assert graphql_errors(response) == [("LIMIT_EXCEEDED", limit)], leaf
+                    assert response.json()["data"] is None
+
+    def test_fragment_fan_out_over_websocket(self, hostile: Hostile) -> None:
+        document = fan_out("Subscription", "stockChanged { a: sku }")
+        with hostile.probing_liveness():
+            for protocol in WS_PROTOCOLS:
+                message = asyncio.run(hostile.query_ws(protocol, document))
+                assert message["type"] == "error", message
+                payload = message["payload"]
+                errors = payload if isinstance(payload, list) else payload.get("errors",
+                                                                                [payload])
+                assert [e["extensions"]["limit"] for e in errors] == ["max_aliases"], message
+
+    def test_fragment_cycles(self, hostile: Hostile) -> None:
+        for document in ("{ ...A } fragment A on Query { ...A }",
+                         "{ ...A } fragment A on Query { ...B ...B } "
+                         "fragment B on Query { ...A ...A }",
+                         "{ ...A } fragment A on Query { locations { ...L } } "
+                         "fragment L on Location { id ...L }"):
+            with hostile.unchanged():
+                response = hostile.graphql(document)
+            assert response.json()["data"] is None
+            assert "GRAPHQL_VALIDATION_FAILED" in {c for c, _ in graphql_errors(response)}
 
     def test_document_nested_past_the_parser_limit(self, hostile: Hostile) -> None:
         with hostile.unchanged():
