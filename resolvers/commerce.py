@@ -13,7 +13,6 @@ import asyncio
 import re
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
-from decimal import Decimal, InvalidOperation
 from typing import Any
 
 import httpx
@@ -24,6 +23,7 @@ from resolvers.errors import BackendProtocolError
 from resolvers.http import BackendClient
 from resolvers.identity import SHOPIFY_INVENTORY_ITEM, SHOPIFY_LOCATION, IdentityMap
 from resolvers.types import NativeLocation, OnlineListing, Quantities, StockView
+from resolvers.values import plain_decimal, shown
 
 API = "/admin/api/2025-01"
 MAX_IDS = 50  # Shopify's cap on inventory_item_ids and location_ids per request
@@ -177,13 +177,11 @@ class CommerceConnector:
     def _listing(self, variant: dict[str, Any], product_id: str, product_title: str,
                  status: str, currency: str) -> OnlineListing:
         variant_id = _native_id(variant, "id", self.name)
-        try:
-            price = Decimal(str(variant.get("price")))
-        except InvalidOperation as exc:
-            raise BackendProtocolError(self.name, f"variant {variant_id} price "
-                                       f"{variant.get('price')!r} is not a decimal") from exc
-        if not price.is_finite():
-            raise BackendProtocolError(self.name, f"variant {variant_id} price is not finite")
+        raw = variant.get("price")
+        price = plain_decimal(raw if isinstance(raw, str) else str(raw))
+        if price is None:
+            raise BackendProtocolError(self.name, f"variant {variant_id} price {shown(raw)} "
+                                       "is not a decimal")
         variant_title = _optional_str(variant, "title", self.name)
         title = product_title if variant_title in (None, "Default Title") \
             else f"{product_title} - {variant_title}"

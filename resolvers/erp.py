@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any, TypeVar
 
 import httpx
@@ -38,6 +38,7 @@ from resolvers.types import (
     Quantities,
     StockView,
 )
+from resolvers.values import plain_decimal
 
 PAGE = 1000  # the ERP's largest page
 BATCH = 1000  # the ERP's largest skus= filter
@@ -79,10 +80,10 @@ class Payload:
         return self.get(key, int)
 
     def decimal(self, key: str) -> Decimal:
-        try:
-            return Decimal(self.text(key))
-        except InvalidOperation as exc:
-            raise self.fail(key, "not a decimal") from exc
+        value = plain_decimal(self.text(key))
+        if value is None:
+            raise self.fail(key, "not a plain decimal string")
+        return value
 
     def time(self, key: str) -> datetime:
         try:

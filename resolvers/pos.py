@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any
 
 import httpx
@@ -21,11 +21,13 @@ from resolvers.errors import BackendProtocolError
 from resolvers.http import BackendClient
 from resolvers.identity import SQUARE_LOCATION, SQUARE_VARIATION, IdentityMap
 from resolvers.types import NativeLocation, Quantities, StockView, StoreListing
+from resolvers.values import plain_decimal, shown
 
 MAX_IDS = 1000  # catalog_object_ids per BatchRetrieveInventoryCounts request
 PAGE_LIMIT = 1000  # counts per page (Square's maximum)
 MINOR_UNITS = {"JPY": 0, "KRW": 0, "ISK": 0}  # everything else has 2 decimals
 INCOMING = ("IN_TRANSIT_TO", "IN_TRANSIT")
+SQUARE_PLACES = 5  # Square's quantities are decimal strings with up to 5 decimals
 
 
 def _parse_time(source: str, value: Any, what: str) -> datetime:
@@ -41,15 +43,15 @@ def _parse_time(source: str, value: Any, what: str) -> datetime:
 
 
 def _quantity(source: str, value: Any) -> int:
-    """Square's decimal string as an integer; fractional stock is not something we model."""
-    try:
-        q = Decimal(value) if isinstance(value, str) else None
-    except InvalidOperation:
-        q = None
-    if q is None or not q.is_finite():
-        raise BackendProtocolError(source, f"count quantity {value!r} is not a decimal string")
+    """Square's decimal string (up to 5 decimals) as an integer, checked before it is
+    converted (resolvers/values.py); fractional stock is not something we model."""
+    q = plain_decimal(value, places=SQUARE_PLACES)
+    if q is None:
+        raise BackendProtocolError(source, f"count quantity {shown(value)} is not a decimal "
+                                   f"string (digits, at most {SQUARE_PLACES} decimals)")
     if q != q.to_integral_value():
-        raise BackendProtocolError(source, f"count quantity {value!r} is not a whole number")
+        raise BackendProtocolError(source, f"count quantity {shown(value)} is not a whole "
+                                   "number")
     return int(q)
 
 

@@ -490,6 +490,38 @@ class TestWebhooks:
                 response = hostile.post(f"/webhooks/{path}", b"{}", credential=None)
             assert response.status_code == 404, (path, response.text)
 
+    def test_decimals_that_are_not_plain_decimal_strings(self, hostile: Hostile) -> None:
+        """Square quantities and ERP prices are decimal strings: an exponent ("1e30" was
+        a 500, the sender retrying forever; "1e100000" took seconds of CPU on the event
+        loop), NaN, Infinity, whitespace, non-ASCII digits... are a 400 naming the field,
+        checked before anything converts them."""
+        s = hostile.signer
+        item = hostile.stack.world.items[5]
+        not_decimals = ["1e30", "1e100000", "1E5", "NaN", "-Infinity", "sNaN", " 5", "5\n",
+                        "+5", "1_000", "0x10", "\u0663", "1.5e3", "", "9" * 25, "-", "."]
+        cases: list[tuple[str, Delivery]] = []
+        for bad in [*not_decimals, "1.000001", "2.5"]:  # Square: up to 5 decimals, whole
+            count = s.square_count(5, 0, 1, now()) | {"quantity": bad}
+            cases.append(("quantity", s.square(hostile.square_url, [count])))
+        for bad in not_decimals:
+            data = {"itemNumber": item.item_number, "sku": item.sku, "gtin": item.gtin13,
+                    "description": "Renamed", "category": item.category, "listPrice": bad,
+                    "cost": "4.50", "currency": "NOK", "safetyStock": 1, "status": "ACTIVE",
+                    "updatedAt": now().isoformat()}
+            cases.append(("listPrice", s.erp(s.erp_event("item.updated", 3000, data))))
+        with hostile.probing_liveness():
+            for field, delivery in cases:
+                with hostile.unchanged():
+                    response = hostile.webhook(delivery)
+                assert response.status_code == 400, (delivery.body[:300], response.text)
+                assert response.json()["reason"] == "malformed"
+                assert field in response.json()["error"], response.text
+                assert len(response.text) < 500  # the value is not echoed whole
+        # Plain decimals are still taken: whole numbers with zero decimals, and prices.
+        fine = s.square(hostile.square_url, [s.square_count(5, 0, 1, now())
+                                            | {"quantity": "7.00000"}])
+        assert hostile.webhook(fine).status_code == 200
+
     def test_signed_garbage(self, hostile: Hostile) -> None:
         s = hostile.signer
         for body in (b"not json", b"[]", b"null", b'{"type": 5}', b"\xff" * 64):
