@@ -65,6 +65,9 @@ SCOPES = (STOCK_READ, DISCREPANCIES_READ, METRICS_READ, ADMIN)
 PRINCIPAL_STATE = "retailgraph_principal"
 JWT_ALGORITHMS = ("HS256", "RS256", "ES256")
 JWKS_CACHE_SECONDS = 300.0
+# NumericDate claims (RFC 7519 section 2) are seconds since the epoch: no later than the end
+# of year 9999 (a huge integer passed PyJWT's checks, then float() overflowed: a 500).
+MAX_NUMERIC_DATE = 253_402_300_799
 
 
 class AuthError(Exception):
@@ -153,6 +156,19 @@ def _scopes(value: object) -> frozenset[str]:
     if isinstance(value, list) and all(isinstance(x, str) for x in value):
         return frozenset(value)
     raise AuthError("the scope claim must be a space-separated string")
+
+
+def _numeric_dates(claims: Mapping[str, Any]) -> float:
+    """The token's ``exp``, once ``exp``, ``nbf`` and ``iat`` (when present) are checked to
+    be dates: finite numbers from 0 to :data:`MAX_NUMERIC_DATE`."""
+    for name in ("exp", "nbf", "iat"):
+        value = claims.get(name)
+        if value is None and name != "exp":
+            continue
+        if isinstance(value, bool) or not isinstance(value, int | float) \
+                or not 0 <= value <= MAX_NUMERIC_DATE:  # NaN compares false
+            raise AuthError(f"invalid token: the {name} claim is not a date")
+    return float(claims["exp"])
 
 
 def _locations(value: object) -> frozenset[str] | None:
@@ -281,13 +297,13 @@ class Authenticator:
                 options={"require": ["exp"], "verify_aud": self.audience is not None})
         except jwt.PyJWTError as exc:
             raise AuthError(f"invalid token: {exc}") from exc
-        except (ValueError, TypeError, KeyError) as exc:
+        except (ValueError, TypeError, KeyError, ArithmeticError) as exc:
             raise AuthError("invalid token") from exc
         subject = claims.get("sub") or claims.get("client_id") or "jwt"
         return Principal(subject=str(subject), kind="jwt",
                          scopes=_scopes(claims.get("scope", claims.get("scp", ""))),
                          locations=_locations(claims.get("locations")),
-                         expires_at=float(claims["exp"]))
+                         expires_at=_numeric_dates(claims))
 
     async def _signing_key(self, kid: object) -> jwt.PyJWK:
         if self._jwks_set is not None:

@@ -560,6 +560,25 @@ class TestAuth:
         for header in ({"alg": "HS256", "kid": "rsa-1"}, {"alg": "RS256", "kid": "rsa-1"}):
             self._refused(hostile, jws(header, claims, public))
 
+    def test_numeric_dates_out_of_range(self, hostile: Hostile) -> None:
+        """exp, nbf and iat that are no date: huge (``exp: 1`` followed by 400 zeros passed
+        PyJWT and then overflowed float(): a 500), infinite, NaN, far beyond year 9999,
+        negative, not numbers. Correctly signed, and still refused."""
+        soon = str(int(time.time()) + 600).encode()
+        values = [b"1" + b"0" * 400, b"1e400", b"-1e400", b"NaN", b"Infinity", b"1e30",
+                  b"253402300800", b"-1", b'"soon"', b"true", b"null", b"[]", b"{}"]
+        for claim in (b"exp", b"nbf", b"iat"):
+            for value in values:
+                if claim != b"exp" and value == b"null":
+                    continue  # an absent nbf or iat is fine
+                claims = b'{"sub": "x", "scope": "admin", "exp": ' + (
+                    value if claim == b"exp" else soon + b', "' + claim + b'": ' + value) + b"}"
+                self._refused(hostile, jws({"alg": "HS256", "typ": "JWT"}, claims,
+                                           JWT_SECRET.encode()))
+        fine = jws({"alg": "HS256"}, b'{"sub": "x", "scope": "admin", "exp": ' + soon
+                   + b', "iat": ' + str(int(time.time())).encode() + b"}", JWT_SECRET.encode())
+        assert hostile.graphql("{ locations { id } }", credential=fine).status_code == 200
+
     def test_forged_and_malformed_tokens(self, hostile: Hostile) -> None:
         good = jwt.encode({"sub": "x", "scope": "admin", "exp": int(time.time()) + 600},
                           JWT_SECRET, algorithm="HS256")
