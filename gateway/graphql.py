@@ -9,6 +9,7 @@ gateway/websocket.py applies every per-operation protection (gateway/operations.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Iterator
 from datetime import timedelta
@@ -31,7 +32,7 @@ from strawberry.extensions import (
 from strawberry.types.graphql import OperationType
 from strawberry.types.unset import UNSET, UnsetType
 
-from gateway import graphiql
+from gateway import graphiql, limits
 from gateway.auth import Authenticator, AuthError, ForbiddenErrors, principal_of
 from gateway.config import Settings
 from gateway.limits import limit_extensions
@@ -190,12 +191,18 @@ class GraphQLApp(GraphQL[RequestContext, None]):
         return orjson.dumps(data)
 
     def decode_json(self, data: str | bytes) -> object:
-        # orjson.JSONDecodeError is a json.JSONDecodeError, which Strawberry answers with 400;
-        # json.loads raised UnicodeDecodeError on a body that is not UTF-8: a 500.
-        return orjson.loads(data)
+        # orjson.JSONDecodeError is a json.JSONDecodeError, which Strawberry answers with 400
+        # (and a WebSocket closes with 4400); json.loads raised UnicodeDecodeError on a body
+        # that is not UTF-8: a 500. Bodies nested too deeply are refused the same way.
+        return limits.loads(data)
 
     def parse_json(self, data: str | bytes) -> Any:
-        parsed = super().parse_json(data)
+        try:
+            parsed = self.decode_json(data)
+        except limits.NestedTooDeep as exc:
+            raise HTTPException(400, f"The request body is {exc}") from exc
+        except json.JSONDecodeError as exc:  # as Strawberry's parse_json answers
+            raise HTTPException(400, "Unable to parse request body as JSON") from exc
         if not isinstance(parsed, dict | list):  # Strawberry would fail on it with a 500
             raise HTTPException(400, "The request body must be a JSON object")
         return parsed

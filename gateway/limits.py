@@ -1,4 +1,5 @@
-"""Limits on hostile queries: depth, aliases, tokens, page size and query cost.
+"""Limits on hostile queries (depth, aliases, tokens, page size and query cost) and on how
+deeply any JSON body may nest (:func:`loads`).
 
 Every rejection is a GraphQL error with ``extensions.code = "LIMIT_EXCEEDED"`` and
 ``extensions.limit`` naming the setting that was hit (``max_depth``, ``max_aliases``,
@@ -23,6 +24,7 @@ import re
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
+import orjson
 from graphql import (
     ASTValidationRule,
     DocumentNode,
@@ -79,6 +81,55 @@ _PAGE_MESSAGE = re.compile(r"^first must be between 1 and (\d+)")
 # orjson cannot encode integers past 64 bits at all).
 MAX_REPORTED = 2**53 - 1
 
+
+# -- JSON nesting -----------------------------------------------------------------------------
+
+# How deeply a JSON body (webhook payloads, GraphQL requests and their variables, WebSocket
+# messages) may nest arrays and objects. orjson parses up to 1024 levels, but encodes only
+# 255 (re-encoding a persisted query's variables failed: a 500), and repr() and other walks
+# recurse: str() of a 1000-deep list in an ERP payload was a RecursionError.
+MAX_JSON_DEPTH = 64
+
+
+class NestedTooDeep(orjson.JSONDecodeError):
+    """A JSON body nesting deeper than :data:`MAX_JSON_DEPTH`: malformed JSON, as far as
+    whoever catches JSONDecodeError is concerned."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"nested deeper than {limit} levels", "", 0)
+
+    def __str__(self) -> str:
+        return str(self.msg)
+
+
+def loads(data: bytes | str, limit: int = MAX_JSON_DEPTH) -> Any:
+    """``orjson.loads``, refusing (:class:`NestedTooDeep`) a value nested deeper than
+    ``limit`` levels, before anything recursive touches it."""
+    try:
+        value = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        if str(exc.msg).startswith("depth limit exceeded"):  # orjson's own, at 1024
+            raise NestedTooDeep(limit) from exc
+        raise
+    raw = data.encode() if isinstance(data, str) else data
+    if raw.count(b"[") + raw.count(b"{") > limit and _deeper_than(value, limit):
+        raise NestedTooDeep(limit)
+    return value
+
+
+def _deeper_than(value: Any, limit: int) -> bool:
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > limit:
+            return True
+        children = item.values() if isinstance(item, dict) else item
+        stack.extend((child, depth + 1) for child in children
+                     if isinstance(child, dict | list))
+    return False
+
+
+# -- GraphQL limits -----------------------------------------------------------------------------
 
 class LimitExceeded(GraphQLError):
     """A query over one of the configured limits."""
@@ -436,5 +487,5 @@ def limit_extensions(settings: Settings) -> list[Callable[[], SchemaExtension]]:
     ]
 
 
-__all__ = ["LIMIT_CODE", "CostModel", "LimitExceeded", "QueryCost", "limit_extensions",
-           "validation_rules"]
+__all__ = ["LIMIT_CODE", "MAX_JSON_DEPTH", "CostModel", "LimitExceeded", "NestedTooDeep",
+           "QueryCost", "limit_extensions", "loads", "validation_rules"]

@@ -28,6 +28,7 @@ import orjson
 from redis.exceptions import RedisError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from gateway import limits
 from gateway.asgi import read_body, replay
 from gateway.auth import ADMIN, PRINCIPAL_STATE
 from gateway.config import ConfigError, Settings
@@ -233,8 +234,8 @@ class PersistedQueryMiddleware:
             await self.app(scope, replay(body), send)
             return
         try:
-            payload = orjson.loads(body)
-        except orjson.JSONDecodeError:
+            payload = limits.loads(body)
+        except orjson.JSONDecodeError:  # also when nested too deeply: Strawberry answers
             payload = None
         if not isinstance(payload, dict):  # malformed or a batch: Strawberry answers
             await self.app(scope, replay(body), send)
@@ -258,7 +259,7 @@ class PersistedQueryMiddleware:
             return
         payload: dict[str, Any] = {"query": params.get("query")}
         try:
-            payload["extensions"] = (orjson.loads(params["extensions"])
+            payload["extensions"] = (limits.loads(params["extensions"])
                                      if "extensions" in params else None)
         except orjson.JSONDecodeError:
             await _respond(send, PersistedQueryError(400, "BAD_USER_INPUT",

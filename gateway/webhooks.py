@@ -23,7 +23,7 @@ from redis.exceptions import RedisError
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
-from gateway import signatures
+from gateway import limits, signatures
 from gateway.applier import Applier
 from gateway.config import BackendSettings, Settings
 from gateway.events import DeadLetter, Envelope, EventLog
@@ -139,7 +139,9 @@ class WebhookIntake:
         url = str(request.url) if backend.format == "square" else ""
         verify(backend, body, headers, url, self.settings.webhook_tolerance_seconds)
         try:
-            payload = orjson.loads(body)
+            payload = limits.loads(body)
+        except limits.NestedTooDeep as exc:
+            raise Rejected(400, "malformed", f"body is {exc}") from exc
         except orjson.JSONDecodeError as exc:
             raise Rejected(400, "malformed", f"body is not valid JSON: {exc}") from exc
         delivery = Delivery(backend=backend, body=body, payload=payload, headers=headers,

@@ -285,6 +285,19 @@ def graphql_errors(response: httpx.Response) -> list[tuple[str, str]]:
              (e.get("extensions") or {}).get("limit", "")) for e in body.get("errors", [])]
 
 
+DEEP = "\u0000deep"  # stands for the deep value in a payload until it is encoded
+
+
+def nested(depth: int) -> bytes:
+    """JSON arrays nested ``depth`` levels deep, a SKU inside (orjson encodes only 255)."""
+    return b"[" * (depth - 1) + b'{"x": "SKU-000001"}' + b"]" * (depth - 1)
+
+
+def deep(payload: Any, depth: int) -> bytes:
+    """``payload`` encoded, with its :data:`DEEP` string replaced by :func:`nested`."""
+    return orjson.dumps(payload).replace(orjson.dumps(DEEP), nested(depth), 1)
+
+
 def fan_out(on: str, leaf: str, levels: int = 20) -> str:
     """``{ ...F0 }`` where each fragment spreads the next one twice: 2^levels selections."""
     root = "subscription" if on == "Subscription" else "query"
@@ -425,6 +438,42 @@ class TestBodies:
             assert hostile.post("/graphql", big).status_code == 413
             assert hostile.post("/webhooks/wms", big, credential=None).status_code == 413
 
+    def test_deep_json(self, hostile: Hostile) -> None:
+        """Variables nested past the limit (64) are a 400 before anything walks them: the
+        persisted-query path re-encoded them (orjson stops at 255 levels) and graphql-core
+        and the caches recurse into them."""
+        query = "query($v: [ID!]) { locations { id } }"
+        apq = {"persistedQuery": {"version": 1,
+                                  "sha256Hash": hashlib.sha256(query.encode()).hexdigest()}}
+        for depth in (65, 300, 1000, 5000):
+            for payload in ({"query": query, "variables": {"v": DEEP}},
+                            {"query": query, "variables": {"v": DEEP}, "extensions": apq},
+                            {"query": query, "variables": {"v": [1]}, "pad": DEEP}):
+                with hostile.unchanged():
+                    response = hostile.post("/graphql", deep(payload, depth))
+                assert response.status_code == 400, (depth, response.text)
+                assert "nested deeper than 64 levels" in response.text, response.text
+        within = hostile.post("/graphql", deep({"query": query, "variables": {"v": DEEP}}, 60))
+        assert within.status_code == 200  # within the limit: GraphQL's own answer
+        assert graphql_errors(within)
+
+    def test_deep_json_over_websocket(self, hostile: Hostile) -> None:
+        async def probe(protocol: str) -> int | None:
+            ws = await hostile.connect(protocol)
+            kind = "subscribe" if protocol == "graphql-transport-ws" else "start"
+            await ws.send(deep({"id": "d", "type": kind, "payload": {
+                "query": "subscription($s: [ID!]) { stockChanged(skus: $s) { sku } }",
+                "variables": {"s": DEEP}}}, 200).decode())
+            try:
+                return await hostile.closed_with(ws, 5)
+            except TimeoutError:
+                return None
+            finally:
+                await ws.close()
+
+        assert asyncio.run(probe("graphql-transport-ws")) == 4400
+        asyncio.run(probe("graphql-ws"))  # no close codes: ignored or an error, no exception
+
     def test_not_json(self, hostile: Hostile) -> None:
         for body in (b"", b"{", b"\xff\xfe", b"[1, 2", b'"a string"', b"42", b"null",
                      b'{"query": 5}', b'{"query": "{ __typename }", "variables": 7}'):
@@ -521,6 +570,27 @@ class TestWebhooks:
         fine = s.square(hostile.square_url, [s.square_count(5, 0, 1, now())
                                             | {"quantity": "7.00000"}])
         assert hostile.webhook(fine).status_code == 200
+
+    def test_deep_json(self, hostile: Hostile) -> None:
+        """A signed body nested past the limit (64) is a 400 before anything walks it (a
+        1000-deep array in an ERP payload was a RecursionError, a 500)."""
+        s = hostile.signer
+        warehouse = hostile.stack.world.warehouses[0].code
+        for depth in (65, 300, 1000):
+            adjusted = s.erp_stock(6, warehouse, 9, 4000)
+            adjusted["data"]["reason"] = DEEP
+            event = s.epcis_event(6, 0, 9, 4000) | {"wms:extra": DEEP}
+            square = orjson.loads(s.square(hostile.square_url, [
+                s.square_count(6, 0, 9, now()) | {"extra": DEEP}]).body)
+            level = s.shopify_level(6, 0, 9, now()) | {"extra": DEEP}
+            for delivery in (s.erp(deep(adjusted, depth)), s.standard("wms", deep(event, depth)),
+                             s.square(hostile.square_url, [], payload=deep(square, depth)),
+                             s.shopify(deep(level, depth))):
+                with hostile.unchanged():
+                    response = hostile.webhook(delivery)
+                assert response.status_code == 400, (delivery.backend, depth, response.text)
+                assert response.json()["reason"] == "malformed"
+                assert "nested deeper than 64 levels" in response.json()["error"], response.text
 
     def test_signed_garbage(self, hostile: Hostile) -> None:
         s = hostile.signer
