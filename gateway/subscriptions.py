@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 import logging
 from collections import Counter, OrderedDict, deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
@@ -36,15 +37,41 @@ log = logging.getLogger("retailgraph.subscriptions")
 
 CHANGES_KEY = "rg:{ev}:changes"
 LAST_KEY = "rg:{ev}:last"
+# The change stream's indexes: per SKU and per location, a stream with the same entry ids
+# whose entries name their cell ("sku|location|source"), so a filtered history reads only
+# the entries of the SKUs or locations it asks for, not the whole stream.
+INDEXED_KEY = "rg:{ev}:changes:indexed"  # the first change id that was indexed
+# Filters naming more SKUs or locations than this scan the stream instead.
+MAX_INDEX_STREAMS = 1000
 
+
+def sku_index_key(sku: str) -> str:
+    return f"rg:{{ev}}:changes:sku:{sku}"
+
+
+def location_index_key(location_id: str) -> str:
+    return f"rg:{{ev}}:changes:loc:{location_id}"
+
+
+# Trimming is exact (MINID without ~) on the stream and on its indexes alike, so an index
+# never lacks an entry the stream still holds, and the retention check on a cursor
+# (ChangeFeed._start) holds for both. An index not written to for the retention plus an
+# hour expires: what it listed has left the stream by then (or will with the next change).
 PUBLISH_LUA = """
 redis.call('ZREM', KEYS[4], ARGV[5])
 if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) then return false end
 local prev = redis.call('HGET', KEYS[3], ARGV[3]) or ''
 redis.call('HSET', KEYS[3], ARGV[3], ARGV[4])
 local now = redis.call('TIME')
-local min_id = (tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)) - tonumber(ARGV[2])
-return redis.call('XADD', KEYS[2], 'MINID', '~', tostring(min_id), '*', 'c', ARGV[4], 'p', prev)
+local min_id = tostring((tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000))
+                        - tonumber(ARGV[2]))
+local id = redis.call('XADD', KEYS[2], 'MINID', min_id, '*', 'c', ARGV[4], 'p', prev)
+for i = 5, 6 do
+  redis.call('XADD', KEYS[i], 'MINID', min_id, id, 'k', ARGV[3])
+  redis.call('PEXPIRE', KEYS[i], tonumber(ARGV[2]) + 3600000)
+end
+redis.call('SET', KEYS[7], id, 'NX')
+return id
 """
 
 
@@ -208,7 +235,9 @@ class ChangePublisher:
                 cell = None
         quantities = cell.quantities if cell is not None else envelope.quantities
         await self._publish(
-            keys=[f"rg:{{ev}}:pub:{entry_id}", CHANGES_KEY, LAST_KEY, PENDING_KEY],
+            keys=[f"rg:{{ev}}:pub:{entry_id}", CHANGES_KEY, LAST_KEY, PENDING_KEY,
+                  sku_index_key(envelope.sku), location_index_key(envelope.location_id),
+                  INDEXED_KEY],
             args=[self.retention_ms // 1000 + 3600, self.retention_ms,
                   f"{envelope.sku}|{envelope.location_id}|{envelope.source}",
                   _encode(envelope, quantities), entry_id])
@@ -217,16 +246,29 @@ class ChangePublisher:
 Filter = Callable[[Change], bool]
 
 
-def make_filter(skus: Iterable[str] | None, location_ids: Iterable[str] | None,
-                sources: Callable[[Change], bool] | None = None) -> Filter:
-    sku_set = set(skus) if skus is not None else None
-    loc_set = set(location_ids) if location_ids is not None else None
+@dataclass(frozen=True, slots=True)
+class CellFilter:
+    """Which changes a client asked for: SKUs, locations (None: all) and, per location,
+    which sources count. ChangeFeed.history reads the indexes of the SKUs or locations
+    named, so its cost follows what matches, not the length of the stream."""
 
-    def accept(change: Change) -> bool:
-        return ((sku_set is None or change.sku in sku_set)
-                and (loc_set is None or change.location_id in loc_set)
-                and (sources is None or sources(change)))
-    return accept
+    skus: frozenset[str] | None
+    locations: frozenset[str] | None
+    sources: Callable[[str, str], bool] | None = None  # (location_id, source)
+
+    def cell(self, sku: str, location_id: str, source: str) -> bool:
+        return ((self.skus is None or sku in self.skus)
+                and (self.locations is None or location_id in self.locations)
+                and (self.sources is None or self.sources(location_id, source)))
+
+    def __call__(self, change: Change) -> bool:
+        return self.cell(change.sku, change.location_id, change.source)
+
+
+def make_filter(skus: Iterable[str] | None, location_ids: Iterable[str] | None,
+                sources: Callable[[str, str], bool] | None = None) -> CellFilter:
+    return CellFilter(frozenset(skus) if skus is not None else None,
+                      frozenset(location_ids) if location_ids is not None else None, sources)
 
 
 @dataclass(slots=True, eq=False)
@@ -334,10 +376,103 @@ class ChangeFeed:
         """Up to ``first`` matching changes after ``after``, oldest first.
 
         ``end_cursor`` is where to continue (or subscribe from) without a gap: the last
-        change returned, or, when the history is exhausted, the last entry scanned (``0-0``
-        for a log that holds nothing yet).
+        change returned, or, when the history is exhausted, the last entry of the stream
+        (``0-0`` for a log that holds nothing yet). A :class:`CellFilter` naming SKUs or
+        locations reads their indexes: its cost follows what matches.
         """
         start = await self._start(after)
+        if isinstance(accept, CellFilter):
+            plan = await self._plan(accept, after)
+            if plan is not None:
+                keys, oldest, tail = plan
+                return await self._indexed(accept, keys, start if after else oldest, tail,
+                                           after, first)
+        return await self._scan(accept, start, after, first)
+
+    async def _plan(self, accept: CellFilter, after: str | None
+                    ) -> tuple[list[str], str, str | None] | None:
+        """The index streams to read for ``accept``, the stream's first and last entry ids
+        (read before the indexes: everything up to the last is in them), or None to scan
+        the stream: no SKUs or locations named (or too many), or entries older than the
+        indexes."""
+        families = [[sku_index_key(s) for s in sorted(accept.skus)]
+                    if accept.skus is not None else None,
+                    [location_index_key(x) for x in sorted(accept.locations)]
+                    if accept.locations is not None else None]
+        candidates = [f for f in families if f is not None and len(f) <= MAX_INDEX_STREAMS]
+        if not candidates:
+            return None
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.xrevrange(CHANGES_KEY, count=1)
+            pipe.xrange(CHANGES_KEY, count=1)
+            pipe.get(INDEXED_KEY)
+            for family in candidates:
+                for key in family:
+                    pipe.xlen(key)
+            replies = await pipe.execute()
+        last, oldest, since = replies[:3]
+        if last and (since is None or (
+                _id_tuple(_text(oldest[0][0])) < _id_tuple(_text(since))
+                and (after is None or _id_tuple(after) < _id_tuple(_text(since))))):
+            return None  # changes published before the indexes existed: scan
+        lengths = iter(replies[3:])
+        sizes = [sum(next(lengths) for _ in family) for family in candidates]
+        keys = candidates[sizes.index(min(sizes))]  # the fewer entries to read
+        if not last:
+            return keys, "-", None
+        return keys, _text(oldest[0][0]), _text(last[0][0])
+
+    async def _indexed(self, accept: CellFilter, keys: list[str], start: str,
+                       tail: str | None, after: str | None, first: int) -> HistoryPage:
+        """Merge the index streams ``keys`` in id order from ``start`` up to ``tail``, keep
+        the entries ``accept`` matches, then read those (and only those) from the stream."""
+        wanted: list[str] = []
+        if tail is not None:
+            batch = first + 1
+            buffers: list[deque[tuple[bytes, dict[bytes, bytes]]]] = []
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for key in keys:
+                    pipe.xrange(key, min=start, max=tail, count=batch)
+                for entries in await pipe.execute():
+                    buffers.append(deque(entries))
+            full = [len(b) == batch for b in buffers]
+            heads = [(_id_tuple(_text(b[0][0])), n) for n, b in enumerate(buffers) if b]
+            heapq.heapify(heads)
+            while heads and len(wanted) <= first:
+                _, n = heapq.heappop(heads)
+                entry_id, fields = buffers[n].popleft()
+                sku, location_id, source = _text(fields[b"k"]).rsplit("|", 2)
+                if accept.cell(sku, location_id, source):
+                    wanted.append(_text(entry_id))
+                    if len(wanted) > first:
+                        break
+                if not buffers[n] and full[n]:
+                    refill = await self.redis.xrange(keys[n], min=f"({_text(entry_id)}",
+                                                     max=tail, count=batch)
+                    buffers[n].extend(refill)
+                    full[n] = len(refill) == batch
+                if buffers[n]:
+                    heapq.heappush(heads, (_id_tuple(_text(buffers[n][0][0])), n))
+        out: list[Change] = []
+        if wanted:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for wanted_id in wanted[:first]:
+                    pipe.xrange(CHANGES_KEY, min=wanted_id, max=wanted_id)
+                found = await pipe.execute()
+            # An entry trimmed since the index was read has left the history.
+            out = [decode_change(_text(e[0][0]), e[0][1]) for e in found if e]
+        more = len(wanted) > first
+        if more:
+            end = wanted[first - 1]
+        elif tail is not None and (after is None or _id_tuple(tail) > _id_tuple(after)):
+            end = tail
+        else:
+            end = after or "0-0"
+        return HistoryPage(out, end, more)
+
+    async def _scan(self, accept: Filter, start: str, after: str | None, first: int
+                    ) -> HistoryPage:
+        """The history by reading the stream itself, for filters no index serves."""
         out: list[Change] = []
         scanned = after
         more = False

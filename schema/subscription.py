@@ -146,7 +146,7 @@ def _filter(info: Ctx, skus: list[strawberry.ID] | None,
     locations = info.context.principal.restrict(
         [str(x) for x in location_ids] if location_ids is not None else None)
     return make_filter([str(s) for s in skus] if skus is not None else None, locations,
-                       lambda c: graph.system_of_record(c.location_id) == c.source)
+                       lambda location_id, source: graph.system_of_record(location_id) == source)
 
 
 async def _changes(info: Ctx, accept: Any, after: str | None) -> AsyncGenerator[Any, None]:
