@@ -82,6 +82,8 @@ class Runtime:
     feed: ChangeFeed | None = None
     reconciliation: Reconciliation | None = None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    # retailgraph_event_loop_lag_seconds (gateway/telemetry.py)
+    loop_lag: telemetry.LoopLag = field(default_factory=telemetry.LoopLag)
     # False for one-shot commands (events dlq/replay): no sweeper, feed or refreshers.
     background: bool = True
 
@@ -119,6 +121,7 @@ class Runtime:
                                                           self.settings.probe_interval_seconds)),
                       asyncio.create_task(self.sweeper.run()),
                       asyncio.create_task(self.feed.run()),
+                      asyncio.create_task(self.loop_lag.run()),
                       *map(asyncio.create_task, self.reconciliation.background())]
 
     async def readiness(self) -> dict[str, Any]:

@@ -19,16 +19,20 @@ Metrics (Prometheus names): ``retailgraph_http_requests_total`` / ``..._duration
 (operation, type, outcome), ``retailgraph_cache_lookups_total`` (layer, source, result: the
 hit ratio), ``retailgraph_backend_duration_seconds`` and ``retailgraph_backend_errors_total``
 (backend), ``retailgraph_webhooks_total`` (source, result, reason), ``retailgraph_subscribers``,
-``retailgraph_sync_lag_seconds`` (source: event time at the source to applied here) and
-``retailgraph_ratelimit_rejected_total``.
+``retailgraph_sync_lag_seconds`` (source: event time at the source to applied here),
+``retailgraph_ratelimit_rejected_total`` and ``retailgraph_event_loop_lag_seconds`` (the
+longest the event loop was late over the last 10 s: while it is late, every request on this
+process waits, ``/healthz`` too).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Container, Iterator, Mapping, Sequence
 from contextvars import ContextVar
 from datetime import UTC, datetime
@@ -72,7 +76,8 @@ _INTAKE: ContextVar[str | None] = ContextVar("retailgraph_intake", default=None)
 class Instruments:
     """Every metric the gateway records."""
 
-    def __init__(self, meter: Meter, observe_subscribers: Callable[[], int]) -> None:
+    def __init__(self, meter: Meter, observe_subscribers: Callable[[], int],
+                 observe_loop_lag: Callable[[], float] = lambda: 0.0) -> None:
         self.http_requests = meter.create_counter(
             "retailgraph.http.requests", unit="{request}", description="HTTP requests served.")
         self.http_duration = meter.create_histogram(
@@ -110,6 +115,14 @@ class Instruments:
             "retailgraph.subscribers", callbacks=[subscribers], unit="{subscriber}",
             description="Open subscriptions on this process.")
 
+        def loop_lag(options: CallbackOptions) -> Iterator[Observation]:
+            yield Observation(observe_loop_lag())
+
+        meter.create_observable_gauge(
+            "retailgraph.event_loop.lag", callbacks=[loop_lag], unit="s",
+            description="The longest the event loop was late to run a timer over the last "
+                        f"{LoopLag.window:g} s: every request on this process waited as long.")
+
 
 class Telemetry:
     """A tracer (or none) and the meters; :func:`current` is the one in use."""
@@ -127,7 +140,8 @@ class Telemetry:
         self.meter_provider = MeterProvider(
             metric_readers=readers,
             resource=resource or Resource.create({"service.name": SERVICE_NAME}))
-        self.m = Instruments(self.meter_provider.get_meter(TRACER_NAME), _subscriber_count)
+        self.m = Instruments(self.meter_provider.get_meter(TRACER_NAME), _subscriber_count,
+                             _loop_lag)
         self._names: set[str] = set()
 
     def operation_label(self, name: str | None) -> str:
@@ -231,6 +245,40 @@ def _subscriber_count() -> int:
         feed = getattr(runtime, "feed", None)
         total += len(getattr(feed, "subscribers", ()))
     return total
+
+
+def _loop_lag() -> float:
+    return max((getattr(r, "loop_lag", NO_LAG).worst() for r in list(_runtimes)), default=0.0)
+
+
+class LoopLag:
+    """How late the event loop runs a timer: a task sleeps ``interval`` seconds over and
+    over and records how much later than asked it woke up. Anything holding the loop (a
+    hostile request parsed, validated or converted without yielding) shows here, for every
+    request on the process waited as long. :meth:`worst` is the largest lag of the last
+    ``window`` seconds (``retailgraph_event_loop_lag_seconds``)."""
+
+    interval = 0.1
+    window = 10.0
+
+    def __init__(self) -> None:
+        self.samples: deque[tuple[float, float]] = deque()
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            asked = loop.time() + self.interval
+            await asyncio.sleep(self.interval)
+            woke = loop.time()
+            self.samples.append((woke, max(0.0, woke - asked)))
+            while self.samples[0][0] < woke - self.window:
+                self.samples.popleft()
+
+    def worst(self) -> float:
+        return max((lag for _, lag in self.samples), default=0.0)
+
+
+NO_LAG = LoopLag()
 
 
 def trace_ids() -> tuple[str, str] | None:
@@ -503,6 +551,6 @@ async def metrics_endpoint(request: Request) -> Response:
     return Response(current().render(), media_type=CONTENT_TYPE_LATEST)
 
 
-__all__ = ["HttpMetrics", "OperationTelemetry", "Telemetry", "TracedTransport",
+__all__ = ["HttpMetrics", "LoopLag", "OperationTelemetry", "Telemetry", "TracedTransport",
            "cache_lookup", "configure", "current", "from_env", "instrument_applier",
            "metrics_endpoint", "trace_ids", "traced_webhook", "unwatch", "watch"]

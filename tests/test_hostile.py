@@ -2,19 +2,16 @@
 running gateway with authentication on, over real HTTP and WebSocket.
 
 Each probe asserts the documented answer (status, code, limit or close code), and the module
-checks the rest around every probe (:func:`_every_probe`): no 5xx reached the client, no
-error (unhandled exception, traceback) was logged by the gateway or uvicorn, and ``/healthz``
-still answers. Probes that refuse an input also assert that nothing changed
+checks the rest around every probe (:func:`_every_probe`): while it runs, ``/healthz`` is
+sampled every 50 ms from a connection of its own and must answer each time within
+:data:`LIVENESS_BOUND` (the liveness probe is never held up behind a hostile request); no
+5xx reached the client; no error (unhandled exception, traceback) was logged by the gateway
+or uvicorn. Probes that refuse an input also assert that nothing changed
 (``with hostile.unchanged():`` compares the Redis state: event log, dead letters, cache
 cells, change stream, persisted queries, response cache).
 
-One class per area. Conventions, so that :class:`TestLiveness` can run the whole corpus
-while it samples ``/healthz`` from another connection:
-
-- a probe is a method ``test_*(self, hostile)`` (sync or ``async``) taking only the
-  ``hostile`` fixture (loop over cases inside; no parametrize);
-- a probe leaves the gateway as it found it, apart from what an accepted input is meant to
-  change.
+One class per area; a probe is a method ``test_*(self, hostile)`` (sync or ``async``), and
+leaves the gateway as it found it, apart from what an accepted input is meant to change.
 """
 
 from __future__ import annotations
@@ -272,7 +269,8 @@ def hostile(redis_server_url: str, tmp_path_factory: pytest.TempPathFactory
 @pytest.fixture(autouse=True)
 def _every_probe(hostile: Hostile) -> Iterator[None]:
     hostile.log.records.clear()
-    yield
+    with hostile.probing_liveness():
+        yield
     hostile.clean()
     hostile.live()
 
@@ -358,26 +356,23 @@ class TestQueries:
         measured once), so it is answered at once and /healthz never waits behind it."""
         leaves = {"__typename": None, "locations { id }": "max_cost",
                   "a: __typename": "max_aliases"}
-        with hostile.probing_liveness():
-            for leaf, limit in leaves.items():
-                with hostile.unchanged():
-                    response = hostile.graphql(fan_out("Query", leaf))
-                if limit is None:  # nothing to refuse: execution merges the repeated fields
-                    assert response.json()["data"] == {"__typename": "Query"}, response.text
-                else:
-                    assert graphql_errors(response) == [("LIMIT_EXCEEDED", limit)], leaf
-                    assert response.json()["data"] is None
+        for leaf, limit in leaves.items():
+            with hostile.unchanged():
+                response = hostile.graphql(fan_out("Query", leaf))
+            if limit is None:  # nothing to refuse: execution merges the repeated fields
+                assert response.json()["data"] == {"__typename": "Query"}, response.text
+            else:
+                assert graphql_errors(response) == [("LIMIT_EXCEEDED", limit)], leaf
+                assert response.json()["data"] is None
 
     def test_fragment_fan_out_over_websocket(self, hostile: Hostile) -> None:
         document = fan_out("Subscription", "stockChanged { a: sku }")
-        with hostile.probing_liveness():
-            for protocol in WS_PROTOCOLS:
-                message = asyncio.run(hostile.query_ws(protocol, document))
-                assert message["type"] == "error", message
-                payload = message["payload"]
-                errors = payload if isinstance(payload, list) else payload.get("errors",
-                                                                                [payload])
-                assert [e["extensions"]["limit"] for e in errors] == ["max_aliases"], message
+        for protocol in WS_PROTOCOLS:
+            message = asyncio.run(hostile.query_ws(protocol, document))
+            assert message["type"] == "error", message
+            payload = message["payload"]
+            errors = payload if isinstance(payload, list) else payload.get("errors", [payload])
+            assert [e["extensions"]["limit"] for e in errors] == ["max_aliases"], message
 
     def test_fragment_cycles(self, hostile: Hostile) -> None:
         for document in ("{ ...A } fragment A on Query { ...A }",
@@ -558,14 +553,13 @@ class TestWebhooks:
                     "cost": "4.50", "currency": "NOK", "safetyStock": 1, "status": "ACTIVE",
                     "updatedAt": now().isoformat()}
             cases.append(("listPrice", s.erp(s.erp_event("item.updated", 3000, data))))
-        with hostile.probing_liveness():
-            for field, delivery in cases:
-                with hostile.unchanged():
-                    response = hostile.webhook(delivery)
-                assert response.status_code == 400, (delivery.body[:300], response.text)
-                assert response.json()["reason"] == "malformed"
-                assert field in response.json()["error"], response.text
-                assert len(response.text) < 500  # the value is not echoed whole
+        for field, delivery in cases:
+            with hostile.unchanged():
+                response = hostile.webhook(delivery)
+            assert response.status_code == 400, (delivery.body[:300], response.text)
+            assert response.json()["reason"] == "malformed"
+            assert field in response.json()["error"], response.text
+            assert len(response.text) < 500  # the value is not echoed whole
         # Plain decimals are still taken: whole numbers with zero decimals, and prices.
         fine = s.square(hostile.square_url, [s.square_count(5, 0, 1, now())
                                             | {"quantity": "7.00000"}])

@@ -320,3 +320,26 @@ def test_json_logs_carry_trace_ids_and_no_secrets() -> None:
         assert secret not in text, secret
     assert "ValueError" in second["exception"]
     assert "trace_id" not in second
+
+
+def _lag_in(text: str) -> float:
+    for line in text.splitlines():
+        if line.startswith("retailgraph_event_loop_lag_seconds"):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError("retailgraph_event_loop_lag_seconds is not in /metrics")
+
+
+def test_event_loop_lag_is_measured(traced: Stack, metrics: InMemoryMetricReader) -> None:
+    """A loop held for 0.6 s (what a hostile request did before issue 11) shows in
+    retailgraph_event_loop_lag_seconds, on /metrics and through OpenTelemetry."""
+    server = traced.gateways[0]
+    assert server.loop is not None
+    calm = _lag_in(httpx.get(f"{traced.url}/metrics", timeout=10).text)
+    assert 0 <= calm < 0.5
+    server.loop.call_soon_threadsafe(time.sleep, 0.6)  # hold the gateway's event loop
+    deadline = time.monotonic() + 10
+    while _lag_in(httpx.get(f"{traced.url}/metrics", timeout=10).text) < 0.5:
+        assert time.monotonic() < deadline, "the held loop never showed as lag"
+        time.sleep(0.1)
+    ((_, point),) = points(metrics, "retailgraph.event_loop.lag")
+    assert point.value >= 0.5
