@@ -9,23 +9,24 @@ gateway/websocket.py applies every per-operation protection (gateway/operations.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 from typing import Any
 
 import orjson
 import strawberry
 from cross_web import HTTPException
-from graphql import GraphQLError
+from graphql import DocumentNode, GraphQLError, GraphQLSyntaxError, parse
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.websockets import WebSocket
 from strawberry.asgi import GraphQL
 from strawberry.exceptions import ConnectionRejectionError
 from strawberry.extensions import (
-    ParserCache,
     SchemaExtension,
     ValidationCache,
 )
@@ -99,9 +100,35 @@ class ErrorCodes(SchemaExtension):
                 log.error("unexpected error in %s", error.path, exc_info=original)
                 error.message = "Internal error"
                 extensions["code"] = "INTERNAL"
-            extensions.setdefault("code", "GRAPHQL_VALIDATION_FAILED" if error.path is None
+            extensions.setdefault("code", "GRAPHQL_PARSE_FAILED"
+                                  if isinstance(error, GraphQLSyntaxError)
+                                  else "GRAPHQL_VALIDATION_FAILED" if error.path is None
                                   else "BAD_USER_INPUT")
             error.extensions = extensions
+
+
+@functools.cache
+def _parse_cache(maxsize: int) -> Callable[..., DocumentNode]:
+    return functools.lru_cache(maxsize=maxsize)(parse)
+
+
+class ParsedOnce(SchemaExtension):
+    """Parsed documents kept in an LRU, as Strawberry's ``ParserCache`` does, except that a
+    document that does not parse is left to Strawberry's own parse step, which reports the
+    error as the operation's result on every transport. ``ParserCache`` raised it from
+    ``on_parse``, outside Strawberry's error handling: over WebSocket a syntax error or a
+    document over ``max_tokens`` was an unhandled exception in the log and no answer (a bare
+    ``complete`` on graphql-transport-ws)."""
+
+    def __init__(self, maxsize: int = 256) -> None:
+        self.parse = _parse_cache(maxsize)
+
+    def on_parse(self) -> Iterator[None]:
+        context = self.execution_context
+        if context.query:
+            with contextlib.suppress(GraphQLError):
+                context.graphql_document = self.parse(context.query, **context.parse_options)
+        yield
 
 
 class FreshnessReport(SchemaExtension):
@@ -123,7 +150,7 @@ class FreshnessReport(SchemaExtension):
 def make_schema(settings: Settings | None = None) -> strawberry.Schema:
     return build_schema(extensions=[
         *limit_extensions(settings or Settings()),
-        lambda: ParserCache(maxsize=256),
+        lambda: ParsedOnce(maxsize=256),
         lambda: ValidationCache(maxsize=256),
         ErrorCodes,
         FreshnessReport,

@@ -689,6 +689,32 @@ class TestWebSocket:
                                     "payload": {"query": "{ __typename }"}}).decode())
         assert await hostile.closed_with(ws) == 4401
 
+    async def test_documents_that_do_not_parse(self, hostile: Hostile) -> None:
+        """A syntax error, or a document over max_tokens, in a subscribe/start (it was an
+        unhandled exception, and a bare complete or no answer at all): graphql-transport-ws
+        closes the socket with 4400 and the parser's message, as Strawberry does for syntax
+        errors; legacy graphql-ws answers an ``error`` with the code HTTP answers."""
+        documents = {"{": ("GRAPHQL_PARSE_FAILED", "", "Syntax Error"),
+                     "subscription { " + "stockChanged { sku } " * 700 + "}":
+                         ("LIMIT_EXCEEDED", "max_tokens", "tokens"),
+                     "{" + "a {" * 300 + "b" + "}" * 301:
+                         ("GRAPHQL_PARSE_FAILED", "", "nested too deeply")}
+        for document, (code, limit, says) in documents.items():
+            ws = await hostile.connect("graphql-transport-ws")
+            await ws.send(orjson.dumps({"id": "p", "type": "subscribe",
+                                        "payload": {"query": document}}).decode())
+            with pytest.raises(websockets.ConnectionClosed) as closed:
+                await hostile.recv(ws)
+            assert closed.value.rcvd is not None
+            assert closed.value.rcvd.code == 4400, document[:20]
+            assert says in closed.value.rcvd.reason, closed.value.rcvd.reason
+            message = await hostile.query_ws("graphql-ws", document)
+            assert message["type"] == "error", (document[:20], message)
+            error = message["payload"]
+            assert (error["extensions"]["code"], error["extensions"].get("limit", "")) == (
+                code, limit), message
+            assert says in error["message"], message
+
     async def test_twenty_megabyte_frames(self, hostile: Hostile) -> None:
         for protocol in WS_PROTOCOLS:
             ws = await hostile.connect(protocol)
