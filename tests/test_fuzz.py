@@ -9,6 +9,7 @@ error in the answer, and nothing in Redis changed by input that was refused.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -19,7 +20,8 @@ from typing import Any
 import httpx
 import pytest
 import redis
-from hypothesis import HealthCheck, given, settings
+import websockets
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from gateway import signatures
@@ -247,3 +249,93 @@ def test_random_webhook_bodies(target: tuple[Stack, redis.Redis, Collected],
             assert response.json()["reason"]
     elif signing != "valid":
         raise AssertionError(f"accepted a delivery signed {signing}: {response.text}")
+
+
+# -- WebSocket messages --------------------------------------------------------------------------
+
+WS_TYPES = ["connection_init", "subscribe", "start", "stop", "complete", "ping", "pong",
+            "connection_terminate", "next", "data", "error", "ka", "", "CONNECTION_INIT"]
+
+
+@st.composite
+def ws_message(draw: st.DrawFn) -> str | bytes:
+    kind = draw(st.integers(0, 9))
+    if kind == 0:
+        return draw(st.binary(max_size=60))
+    if kind == 1:
+        return draw(st.text(max_size=60))
+    if kind == 2:
+        return json.dumps(draw(JSON))
+    payload = draw(st.one_of(
+        st.none(), JSON, st.fixed_dictionaries(
+            {"query": st.one_of(document(), st.integers(), st.none())},
+            optional={"variables": st.one_of(JSON, st.dictionaries(
+                st.sampled_from(["v", "first", "skus"]), JSON, max_size=3)),
+                "operationName": st.one_of(st.none(), st.text(max_size=8), st.integers()),
+                "extensions": st.one_of(JSON, st.just({"persistedQuery": {
+                    "version": 1, "sha256Hash": "0" * 64}}))})))
+    message: dict[str, Any] = {"type": draw(st.sampled_from(WS_TYPES))}
+    if draw(st.booleans()):
+        message["id"] = draw(st.one_of(st.text(max_size=6), st.integers(), st.none()))
+    if payload is not None or draw(st.booleans()):
+        message["payload"] = payload
+    return json.dumps(message)
+
+
+async def _ws_session(url: str, protocol: str, init: bool, messages: list[str | bytes]
+                      ) -> tuple[list[Any], int | None]:
+    """Send ``messages`` (after a proper connection_init when ``init``); what came back
+    within a short while, and the close code if the server closed."""
+    received: list[Any] = []
+    async with websockets.connect(url, subprotocols=[protocol],  # type: ignore[list-item]
+                                  open_timeout=10, max_size=None) as ws:
+        try:
+            if init:
+                await ws.send(json.dumps({"type": "connection_init",
+                                          "payload": {"Authorization": f"Bearer {KEY}"}}))
+                received.append(json.loads(await asyncio.wait_for(ws.recv(), 10)))
+            for message in messages:
+                await ws.send(message)
+            while True:
+                received.append(json.loads(await asyncio.wait_for(ws.recv(), 0.5)))
+        except TimeoutError:
+            return received, None
+        except websockets.ConnectionClosed as closed:
+            return received, closed.rcvd.code if closed.rcvd else None
+
+
+@EXAMPLES
+@given(protocol=st.sampled_from(["graphql-transport-ws", "graphql-ws"]), init=st.booleans(),
+       messages=st.lists(ws_message(), min_size=1, max_size=4))
+@example(protocol="graphql-transport-ws", init=True, messages=["[]"])
+@example(protocol="graphql-ws", init=True, messages=["{}"])
+@example(protocol="graphql-ws", init=True, messages=["[1]", "7", '"x"', "null"])
+@example(protocol="graphql-ws", init=True, messages=['{"type": "start", "id": "1"}'])
+@example(protocol="graphql-transport-ws", init=True,
+         messages=['{"type": "subscribe", "id": "1", "payload": {"query": "{"}}'])
+@example(protocol="graphql-ws", init=True,
+         messages=['{"type": "start", "id": "1", "payload": {"query": "{"}}'])
+def test_random_websocket_messages(target: tuple[Stack, redis.Redis, Collected],
+                                   protocol: str, init: bool,
+                                   messages: list[str | bytes]) -> None:
+    """Random frames on both protocols: the server answers, ignores or closes with a
+    protocol code, never with 1011 (internal error; legacy graphql-ws refuses a connection
+    with connection_error and then 1011); nothing is logged as an error; no state changes
+    (the messages cannot carry a webhook); /healthz stays live."""
+    stack, client, collected = target
+    before = event_state(client), apq_keys(client)
+    url = stack.url.replace("http://", "ws://") + "/graphql"
+    received, code = asyncio.run(_ws_session(url, protocol, init, messages))
+    refused = any(m.get("type") == "connection_error" for m in received
+                  if isinstance(m, dict))
+    assert code != 1011 or (protocol == "graphql-ws" and refused), (received, code)
+    assert not collected.records, [r.getMessage() for r in collected.records]
+    for message in received:
+        assert isinstance(message, dict), message
+        errors = message.get("payload") if message.get("type") == "error" else \
+            (message.get("payload") or {}).get("errors") if isinstance(
+                message.get("payload"), dict) else None
+        for error in errors if isinstance(errors, list) else []:
+            assert (error.get("extensions") or {}).get("code") != "INTERNAL", message
+    assert (event_state(client), apq_keys(client)) == before
+    assert httpx.get(f"{stack.url}/healthz", timeout=5).status_code == 200
