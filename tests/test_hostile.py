@@ -412,14 +412,22 @@ class TestQueries:
 
     def test_refused_over_websocket_too(self, hostile: Hostile) -> None:
         aliases = " ".join(f"a{i}: sku" for i in range(200))
+        page = ("products(first: 100) { nodes { stock { onHand } "
+                "store: availability(channel: STORE) { byLocation { onHand } } } }")
+        documents = {f"subscription {{ stockChanged {{ {aliases} }} }}": "max_aliases",
+                     "{ " + " ".join(f"p{i}: {page}" for i in range(10)) + " }": "max_cost",
+                     "{ " + "products { nodes { " * 10 + "sku" + " } }" * 10 + " }":
+                         "max_depth"}
         for protocol in WS_PROTOCOLS:
-            with hostile.unchanged():
-                message = asyncio.run(hostile.query_ws(
-                    protocol, f"subscription {{ stockChanged {{ {aliases} }} }}"))
-            assert message["type"] == "error", message
-            payload = message["payload"]
-            errors = payload if isinstance(payload, list) else payload.get("errors", [payload])
-            assert [e["extensions"]["limit"] for e in errors] == ["max_aliases"], message
+            for document, limit in documents.items():
+                if limit == "max_depth" and protocol == "graphql-ws":
+                    continue  # its error message carries one error: that of the bad field
+                with hostile.unchanged():
+                    message = asyncio.run(hostile.query_ws(protocol, document))
+                payload = message["payload"]
+                errors = (payload if isinstance(payload, list)
+                          else payload.get("errors", [payload]))
+                assert limit in [e["extensions"].get("limit") for e in errors], message
 
 
 # -- request bodies -------------------------------------------------------------------------
@@ -662,7 +670,10 @@ class TestWebSocket:
 
     async def test_garbage_frames_on_graphql_transport_ws(self, hostile: Hostile) -> None:
         for frame, code in (("not json", 4400), ('{"type": "nope"}', 4400),
-                            (b"\x00\x01binary", 4400)):
+                            (b"\x00\x01binary", 4400), ("[]", 4400), ("{}", 4400),
+                            ("7", 4400), ('"x"', 4400), ("null", 4400),
+                            ('{"type": "subscribe", "id": "1"}', 4400),
+                            ('{"type": "subscribe", "id": "1", "payload": 5}', 4400)):
             ws = await hostile.connect("graphql-transport-ws")
             await ws.send(frame)
             assert await hostile.closed_with(ws) == code, frame
@@ -670,7 +681,8 @@ class TestWebSocket:
     async def test_garbage_frames_on_graphql_ws(self, hostile: Hostile) -> None:
         """Legacy graphql-ws has no close codes for bad messages: text it cannot use is
         ignored or answered with an ``error``; a binary frame closes the socket."""
-        for frame in ("not json", '{"type": "nope"}'):
+        for frame in ("not json", '{"type": "nope"}', "[]", "{}", "7", '"x"', "null",
+                      '{"type": "start", "id": "1"}', '{"type": "start", "payload": []}'):
             ws = await hostile.connect("graphql-ws")
             await ws.send(frame)
             try:
@@ -678,6 +690,9 @@ class TestWebSocket:
             except TimeoutError:
                 message = {"type": "ignored"}
             assert message["type"] in ("ignored", "error", "connection_error"), frame
+            # The socket stays usable.
+            answer = await hostile.query_ws("graphql-ws", "{ __typename }", ws=ws)
+            assert answer["payload"]["data"] == {"__typename": "Query"}, frame
             await ws.close()
         ws = await hostile.connect("graphql-ws")
         await ws.send(b"\x00\x01binary")
