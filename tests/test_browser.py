@@ -502,6 +502,32 @@ def _handshake(stack: Stack | ServerThread, origin: str | None,
         return exc.response.status_code
 
 
+def test_hostile_preflights_get_400_and_change_nothing(stack: Stack, origins: Origins) -> None:
+    shop = origins.listed.url
+    url = f"{stack.url}/graphql"
+    probes = [
+        {"Origin": shop, "Access-Control-Request-Method": "DELETE"},
+        {"Origin": shop, "Access-Control-Request-Method": "POST",
+         "Access-Control-Request-Headers": ", ".join(f"x-h{i}" for i in range(2000))},
+        {"Origin": shop, "Access-Control-Request-Method": "POST",
+         "Access-Control-Request-Private-Network": "true"},
+        {"Origin": shop + "/", "Access-Control-Request-Method": "POST"},
+        {"Origin": shop.upper(), "Access-Control-Request-Method": "POST"},
+        {"Origin": "null", "Access-Control-Request-Method": "POST"},
+    ]
+    for headers in probes:
+        answer = httpx.options(url, headers=headers, timeout=10)
+        assert answer.status_code == 400, (headers, answer.status_code)  # a browser stops here
+        assert answer.text.startswith("Disallowed CORS")
+        if headers["Origin"] != shop:
+            assert "access-control-allow-origin" not in answer.headers
+    odd = httpx.post(url, json={"query": "{ __typename }"}, timeout=10, headers={
+        b"origin": "http://\u00e9vil.example".encode(), b"authorization": f"Bearer {KEY}".encode()})
+    assert odd.status_code == 200
+    assert "access-control-allow-origin" not in odd.headers
+    assert httpx.get(f"{stack.url}/healthz", timeout=10).status_code == 200
+
+
 @pytest.mark.parametrize("protocol", ["graphql-transport-ws", "graphql-ws"])
 def test_websocket_origins_without_a_browser(stack: Stack, origins: Origins, protocol: str,
                                              caplog: pytest.LogCaptureFixture) -> None:
