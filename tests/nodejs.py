@@ -8,6 +8,8 @@
 - :class:`ClientScript` runs one alongside the test (``async with``), for scenarios where the
   test acts in between: wait for a message (``await script.message("subscribed")``), write
   a line to its stdin (``await script.send({...})``), then ``await script.finish()``.
+  ``ClientScript(name, argv=..., env=...)`` runs any program that prints text (the README's
+  examples) the same way, each line a ``"line"`` message.
 
 Scripts run with ``--conditions=development`` so client libraries with a development build
 (Apollo Client's ``__DEV__``) print the warnings a developer would see.
@@ -67,6 +69,7 @@ class NodeRun:
     """What a scenario script printed: its JSON lines, exit status and stderr."""
 
     script: str
+    plain: bool = False
     returncode: int | None = None
     messages: list[dict[str, Any]] = field(default_factory=list)
     stderr: str = ""
@@ -93,6 +96,9 @@ class NodeRun:
 
 
 def _parse(run: NodeRun, line: str) -> None:
+    if run.plain:  # a program that prints text: each line is a message of type "line"
+        run.messages.append({"type": "line", "value": line.rstrip("\r\n")})
+        return
     try:
         message = json.loads(line)
     except ValueError:
@@ -126,16 +132,20 @@ def run_client(script: str, config: dict[str, Any], timeout: float = 90) -> Node
 class ClientScript:
     """A scenario script running alongside an async test (``async with ClientScript(...)``)."""
 
-    def __init__(self, script: str, config: dict[str, Any]) -> None:
-        self.run = NodeRun(script)
-        self._argv = _argv(script, config)
+    def __init__(self, script: str, config: dict[str, Any] | None = None, *,
+                 argv: list[str] | None = None, env: dict[str, str] | None = None) -> None:
+        """``tests/clients/<script>`` with ``config``; or, given ``argv`` (and ``env``), any
+        program that prints plain text (a README example), each line a ``"line"`` message."""
+        self.run = NodeRun(script, plain=argv is not None)
+        self._argv = argv if argv is not None else _argv(script, config or {})
+        self._env = env if env is not None else node_env()
         self._process: asyncio.subprocess.Process | None = None
         self._stderr: asyncio.Task[bytes] | None = None
         self._read = 0
 
     async def __aenter__(self) -> ClientScript:
         self._process = await asyncio.create_subprocess_exec(
-            *self._argv, cwd=CLIENTS, env=node_env(), stdin=asyncio.subprocess.PIPE,
+            *self._argv, cwd=CLIENTS, env=self._env, stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
         # Read stderr all along: a full pipe would stall a chatty script.
         assert self._process.stderr is not None
