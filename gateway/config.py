@@ -65,6 +65,10 @@ class Settings:
     max_page_size: int = 100
     max_body_bytes: int = 1_048_576
     webhook_tolerance_seconds: int = 300
+    # A delivery whose signed timestamps (the versions that order events) lie further ahead
+    # of the gateway's clock than this is dead-lettered: it would outrank every later event.
+    # Reconciliation repairs cached cells whose version lies further ahead than this.
+    max_clock_skew_seconds: float = 300.0
     # false: every read goes to the backends and no response is cached (webhooks are still
     # logged and applied). For comparison and debugging.
     cache: bool = True
@@ -186,6 +190,8 @@ def _check_access(settings: Settings) -> None:
         raise ConfigError("jwt_leeway_seconds must be 0 or more")
     if settings.ws_init_timeout_seconds <= 0:
         raise ConfigError("ws_init_timeout_seconds must be more than 0")
+    if not settings.max_clock_skew_seconds >= 0:  # also refuses NaN
+        raise ConfigError("max_clock_skew_seconds must be 0 or more")
 
 
 def _coerce(value: str, target: Any, setting: str) -> Any:

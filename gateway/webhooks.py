@@ -145,7 +145,8 @@ class WebhookIntake:
         except orjson.JSONDecodeError as exc:
             raise Rejected(400, "malformed", f"body is not valid JSON: {exc}") from exc
         delivery = Delivery(backend=backend, body=body, payload=payload, headers=headers,
-                            received_at=datetime.now(UTC))
+                            received_at=datetime.now(UTC),
+                            max_skew_seconds=self.settings.max_clock_skew_seconds)
         status, result = await self.ingest(delivery)
         return JSONResponse(result, status_code=status)
 
@@ -203,7 +204,8 @@ class WebhookIntake:
                 continue
             delivery = Delivery(backend=backend, body=letter.body,
                                 payload=orjson.loads(letter.body), headers=letter.headers,
-                                received_at=datetime.fromisoformat(letter.received_at))
+                                received_at=datetime.fromisoformat(letter.received_at),
+                                max_skew_seconds=self.settings.max_clock_skew_seconds)
             try:
                 status, result = await self.ingest(delivery)
             except Rejected as exc:

@@ -19,10 +19,10 @@ import httpx
 import orjson
 
 from gateway.config import BackendSettings
-from resolvers.errors import BackendProtocolError
+from resolvers.errors import BackendProtocolError, OutOfRange, ValueOutOfRange
 from resolvers.http import BackendClient
 from resolvers.identity import SHOPIFY_INVENTORY_ITEM, SHOPIFY_LOCATION, IdentityMap
-from resolvers.types import NativeLocation, OnlineListing, Quantities, StockView
+from resolvers.types import NativeLocation, OnlineListing, Quantities, StockView, bounded
 from resolvers.values import plain_decimal, shown
 
 API = "/admin/api/2025-01"
@@ -68,8 +68,10 @@ def level_to_view(level: dict[str, Any], identity: IdentityMap, source: str, *,
     """A Shopify InventoryLevel (REST resource or ``inventory_levels/update`` body) as a view.
 
     None when its item or location maps to nothing (the IdentityMap records which).
-    ``updated_at`` is optional in some webhook fixtures: pass ``fallback_as_of`` (e.g.
-    ``X-Shopify-Triggered-At``) to accept such a level; without it, it is malformed.
+    ``updated_at`` is optional in some webhook fixtures: pass ``fallback_as_of`` to accept
+    such a level; without it, it is malformed. Webhook intake passes the time it received
+    the delivery, never the unsigned ``X-Shopify-Triggered-At`` header: a version (which
+    decides what wins over what) comes only from signed content or our own clock.
     """
     level = _object(level, "inventory level", source)
     item_id = _native_id(level, "inventory_item_id", source)
@@ -77,6 +79,11 @@ def level_to_view(level: dict[str, Any], identity: IdentityMap, source: str, *,
     available = level.get("available")
     if available is not None and (isinstance(available, bool) or not isinstance(available, int)):
         raise BackendProtocolError(source, f"available {available!r} is not an integer")
+    if available is not None:
+        try:  # negative is real (oversold); past 32 bits is not servable
+            bounded(available, "available")
+        except OutOfRange as exc:
+            raise ValueOutOfRange(source, str(exc)) from exc
     updated_at = level.get("updated_at")
     if updated_at is None and fallback_as_of is not None:
         as_of, version = fallback_as_of.astimezone(UTC), fallback_as_of.isoformat()

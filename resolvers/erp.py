@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 import httpx
 
 from gateway.config import BackendSettings
-from resolvers.errors import BackendProtocolError
+from resolvers.errors import BackendProtocolError, OutOfRange, ValueOutOfRange
 from resolvers.http import BackendClient
 from resolvers.identity import (
     ERP_ITEM,
@@ -37,6 +37,7 @@ from resolvers.types import (
     PurchaseOrderLine,
     Quantities,
     StockView,
+    bounded,
 )
 from resolvers.values import plain_decimal
 
@@ -79,6 +80,13 @@ class Payload:
     def integer(self, key: str) -> int:
         return self.get(key, int)
 
+    def quantity(self, key: str) -> int:
+        """A count the schema exposes, within GraphQL's Int (32 bits)."""
+        try:
+            return bounded(self.integer(key), f"{self.where}.{key}")
+        except OutOfRange as exc:
+            raise ValueOutOfRange(self.backend, str(exc)) from exc
+
     def decimal(self, key: str) -> Decimal:
         value = plain_decimal(self.text(key))
         if value is None:
@@ -111,7 +119,7 @@ def parse_item(raw: Payload, identity: IdentityMap) -> MasterItem:
         sku=raw.text("sku"), item_number=raw.text("itemNumber"), gtin14=gtin14,
         name=raw.text("description"), category=raw.optional("category", str),
         list_price=raw.decimal("listPrice"), cost=cost, currency=raw.text("currency"),
-        safety_stock=raw.integer("safetyStock"), source=raw.backend, as_of=raw.time("updatedAt"))
+        safety_stock=raw.quantity("safetyStock"), source=raw.backend, as_of=raw.time("updatedAt"))
 
 
 def item_resource(item: MasterItem) -> dict[str, Any]:
@@ -237,9 +245,9 @@ class ErpConnector:
         as_of = raw.time("updatedAt")
         return [PurchaseOrderLine(
             po_number=number, sku=line.text("sku"), location_id=location,
-            quantity_ordered=line.integer("quantityOrdered"),
-            quantity_received=line.integer("quantityReceived"), expected_at=expected, status=status,
-            source=self.name, as_of=as_of)
+            quantity_ordered=line.quantity("quantityOrdered"),
+            quantity_received=line.quantity("quantityReceived"), expected_at=expected,
+            status=status, source=self.name, as_of=as_of)
             for line in raw.objects("lines")
             if self._known(line.text("sku"), line.text("itemNumber"), location)]
 
@@ -280,7 +288,7 @@ class ErpConnector:
     def _rows(self, page: Payload) -> list[StockView]:
         version, as_of = page.text("snapshotId"), page.time("asOf")
         return [StockView(sku=row.text("sku"), location_id=row.text("locationCode"),
-                          source=self.name, quantities=Quantities(on_hand=row.integer("onHand")),
+                          source=self.name, quantities=Quantities(on_hand=row.quantity("onHand")),
                           as_of=as_of, version=version)
                 for row in page.objects("rows")
                 if self._known(row.text("sku"), row.text("itemNumber"), row.text("locationCode"))]

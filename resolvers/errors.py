@@ -6,6 +6,11 @@
         ├── BackendTimeout           no answer in time (code BACKEND_TIMEOUT)
         ├── BackendStatusError       a non-2xx answer (code BACKEND_ERROR)
         └── BackendProtocolError     a 2xx answer we cannot read (code BACKEND_BAD_RESPONSE)
+            └── ValueOutOfRange      a number the unified model cannot hold (same code)
+
+:class:`OutOfRange` is what the pure parsing functions shared by the polling and webhook paths
+raise for such a number; connectors translate it into :class:`ValueOutOfRange`, and webhook
+intake dead-letters the delivery (see ``resolvers.types.INT_MAX``).
 
 GraphQL errors carry ``extensions.code`` and ``extensions.backend`` from these, so a client
 knows which system failed while the rest of its response stays intact.
@@ -46,3 +51,12 @@ class BackendStatusError(BackendError):
 
 class BackendProtocolError(BackendError):
     code = "BACKEND_BAD_RESPONSE"
+
+
+class ValueOutOfRange(BackendProtocolError):
+    """A backend's answer holds a number outside what the unified model can represent."""
+
+
+class OutOfRange(ValueError):
+    """A number outside its allowed range: a quantity past GraphQL's 32-bit ``Int``, a
+    version past 2**53 - 1. The message names the field and the value."""

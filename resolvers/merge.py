@@ -12,6 +12,11 @@ Online availability is what the fulfilment warehouses can ship: per warehouse
 ``max(0, WMS available - safety stock)``, where the WMS's available already excludes
 stock committed (allocated) to orders, in quality control, or damaged. Store availability
 is the POS's sellable (IN_STOCK) count. Every merged value keeps its ``source`` and ``as_of``.
+
+Range: every quantity a system reports fits GraphQL's 32-bit ``Int`` (intake and the
+connectors refuse others). What is computed here from them (on-hand derived from its parts,
+sellable, availability summed over locations) saturates at 2,147,483,647 (and
+-2,147,483,648): "at least that many", never an error and never more than is there.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from datetime import datetime
 from decimal import Decimal
 from enum import StrEnum
 
-from resolvers.types import LocationRecord, LocationType, StockView
+from resolvers.types import LocationRecord, LocationType, StockView, saturate
 
 
 class Channel(StrEnum):
@@ -62,7 +67,7 @@ class StockLevelRecord:
     @property
     def sellable(self) -> int:
         """What can be promised on this location's channel after safety stock."""
-        return max(0, self.available - self.safety_stock)
+        return saturate(max(0, self.available - self.safety_stock))
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,7 +100,7 @@ def stock_level(view: StockView, location: LocationRecord, safety_stock: int,
     quality_control = q.quality_control or 0
     damaged = q.damaged or 0
     on_hand = (q.on_hand if q.on_hand is not None
-               else available + committed + quality_control + damaged)
+               else saturate(available + committed + quality_control + damaged))
     return StockLevelRecord(
         sku=view.sku, location=location, on_hand=on_hand, available=available,
         committed=committed, incoming=q.incoming or 0, quality_control=quality_control,
@@ -123,7 +128,7 @@ def availability(channel: Channel, levels: Sequence[StockLevelRecord]) -> Availa
     serving = [lv for lv in levels if lv.location.type is CHANNEL_LOCATIONS[channel]]
     return AvailabilityRecord(
         channel=channel,
-        available=sum(lv.sellable for lv in serving),
+        available=saturate(sum(lv.sellable for lv in serving)),
         by_location=serving,
         sources=sorted({lv.source for lv in serving}),
         as_of=max((lv.as_of for lv in serving), default=None),

@@ -17,10 +17,10 @@ from typing import Any
 import httpx
 
 from gateway.config import BackendSettings
-from resolvers.errors import BackendProtocolError
+from resolvers.errors import BackendProtocolError, OutOfRange, ValueOutOfRange
 from resolvers.http import BackendClient
 from resolvers.identity import SQUARE_LOCATION, SQUARE_VARIATION, IdentityMap
-from resolvers.types import NativeLocation, Quantities, StockView, StoreListing
+from resolvers.types import NativeLocation, Quantities, StockView, StoreListing, bounded, saturate
 from resolvers.values import plain_decimal, shown
 
 MAX_IDS = 1000  # catalog_object_ids per BatchRetrieveInventoryCounts request
@@ -52,7 +52,10 @@ def _quantity(source: str, value: Any) -> int:
     if q != q.to_integral_value():
         raise BackendProtocolError(source, f"count quantity {shown(value)} is not a whole "
                                    "number")
-    return int(q)
+    try:
+        return bounded(q, "count quantity")
+    except OutOfRange as exc:
+        raise ValueOutOfRange(source, str(exc)) from exc
 
 
 def _version(moment: datetime) -> str:
@@ -65,7 +68,7 @@ def _fold(states: Mapping[str, int], partial: bool) -> Quantities:
         present = [states[n] for n in names if n in states]
         if not present:
             return None if partial else 0
-        return sum(present)
+        return saturate(sum(present))
 
     available, committed = get("IN_STOCK"), get("RESERVED_FOR_SALE")
     quality_control, incoming = get("RECEIVED_FROM_VENDOR"), get(*INCOMING)

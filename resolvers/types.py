@@ -11,6 +11,33 @@ from datetime import datetime
 from decimal import Decimal
 from enum import StrEnum
 
+from resolvers.errors import OutOfRange
+
+# Every quantity the schema exposes is a GraphQL ``Int``: a signed 32-bit integer. A value
+# outside it cannot be served, so none is accepted: webhook intake dead-letters it and a
+# polled answer holding one is a BackendProtocolError (ValueOutOfRange). Numbers the gateway
+# computes from accepted ones (derived on-hand, availability over locations, deltas) saturate
+# at the bounds instead (see :func:`saturate`).
+INT_MIN = -(2**31)
+INT_MAX = 2**31 - 1
+# Versions (sequence numbers, epoch microseconds) are compared as Lua numbers (doubles) by
+# the cache's scripts: exact up to 2**53 - 1, so none may be larger.
+MAX_VERSION = 2**53 - 1
+
+
+def bounded(value: int | Decimal, what: str, low: int = INT_MIN, high: int = INT_MAX) -> int:
+    """``value`` as an int if ``low <= value <= high``; else :class:`OutOfRange` naming
+    ``what`` (a Decimal is compared before it is converted: no huge integer is built)."""
+    if not low <= value <= high:
+        raise OutOfRange(f"{what} {value} is out of range ({low}..{high})")
+    return int(value)
+
+
+def saturate(value: int) -> int:
+    """A computed quantity clamped to the GraphQL ``Int`` range: a sum past 2**31 - 1 is
+    served as 2147483647 ("at least that many"), never as an error."""
+    return INT_MIN if value < INT_MIN else INT_MAX if value > INT_MAX else value
+
 
 class LocationType(StrEnum):
     STORE = "STORE"

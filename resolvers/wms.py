@@ -19,10 +19,10 @@ from typing import Any
 import httpx
 
 from gateway.config import BackendSettings
-from resolvers.errors import BackendProtocolError
+from resolvers.errors import BackendProtocolError, OutOfRange, ValueOutOfRange
 from resolvers.http import BackendClient
 from resolvers.identity import GLN, GTIN, IdentityMap, gln_from_sgln, gtin_from_epc
-from resolvers.types import NativeLocation, Quantities, StockView
+from resolvers.types import INT_MAX, MAX_VERSION, NativeLocation, Quantities, StockView, bounded
 
 NAMESPACE = "epcis"
 ACTIONS = frozenset({"ADD", "OBSERVE", "DELETE"})
@@ -58,11 +58,13 @@ class Movement:
                 "updatedAt": self.recorded_at.isoformat(), "sequence": self.sequence}
 
 
-def _int(row: dict[str, Any], key: str) -> int:
+def _int(row: dict[str, Any], key: str, high: int = INT_MAX) -> int:
+    """A non-negative integer up to ``high`` (quantities: GraphQL's Int; sequences: 2**53-1);
+    ValueError if it is none, :class:`OutOfRange` if it is one too large."""
     value = row.get(key)
     if not isinstance(value, int) or isinstance(value, bool) or value < 0:
         raise ValueError(f"{key} must be a non-negative integer, got {value!r}")
-    return value
+    return bounded(value, key, 0, high)
 
 
 def _timestamp(value: Any, key: str) -> datetime:
@@ -91,7 +93,9 @@ def balance_to_view(row: dict[str, Any], identity: IdentityMap, source: str) -> 
             quality_control=_int(row, "qualityControl"), damaged=_int(row, "damaged"),
             incoming=_int(row, "incoming"), available=_int(row, "available"))
         as_of = _timestamp(row.get("updatedAt"), "updatedAt")
-        version = str(_int(row, "sequence"))
+        version = str(_int(row, "sequence", MAX_VERSION))
+    except OutOfRange as exc:
+        raise ValueOutOfRange(source, f"balance row: {exc}") from exc
     except (ValueError, AttributeError) as exc:
         raise BackendProtocolError(source, f"balance row: {exc}") from exc
     sku = identity.sku(GTIN, gtin, seen_in=source)
@@ -134,7 +138,7 @@ def _quantity_element(event: dict[str, Any]) -> tuple[str, int]:
     quantity = lines[0].get("quantity")
     if not isinstance(quantity, int) or isinstance(quantity, bool) or quantity < 0:
         raise ValueError(f"quantityList[0].quantity {quantity!r} is not a whole count")
-    return gtin, quantity
+    return gtin, bounded(quantity, "quantityList[0].quantity", 0)
 
 
 def _documents(event: dict[str, Any]) -> list[dict[str, str]]:
@@ -159,6 +163,8 @@ def _balance(event: dict[str, Any]) -> dict[str, int] | None:
         raise ValueError("wms:balance must be an object")
     try:
         return {key: _int(raw, key) for key in BALANCE_FIELDS}
+    except OutOfRange as exc:
+        raise OutOfRange(f"wms:balance.{exc}") from exc
     except ValueError as exc:
         raise ValueError(f"wms:balance.{exc}") from exc
 
@@ -181,6 +187,8 @@ def parse_object_event(event: dict[str, Any]) -> Movement:
     sequence = event.get("wms:sequence")
     if sequence is not None and (not isinstance(sequence, int) or isinstance(sequence, bool)):
         raise ValueError(f"wms:sequence {sequence!r} is not an integer")
+    if sequence is not None:
+        bounded(sequence, "wms:sequence", 0, MAX_VERSION)
     disposition = event.get("disposition")
     recorded = event.get("recordTime")
     return Movement(
@@ -281,6 +289,8 @@ class WmsConnector:
             try:
                 events = body["epcisBody"]["queryResults"]["resultsBody"]["eventList"]
                 out.extend(parse_object_event(e) for e in events)
+            except OutOfRange as exc:
+                raise ValueOutOfRange(self.name, f"GET /api/v1/events: {exc}") from exc
             except (KeyError, TypeError, ValueError) as exc:
                 raise self._protocol(f"GET /api/v1/events: {exc}") from exc
             cursor = self._cursor(body, "GET /api/v1/events")

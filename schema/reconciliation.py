@@ -25,7 +25,7 @@ from gateway.discrepancies import Status as StatusRecord
 from gateway.synchealth import Gap, Lag
 from gateway.synchealth import SourceStatus as SourceStatusRecord
 from resolvers.errors import BackendError
-from resolvers.types import LocationType, StockView
+from resolvers.types import INT_MAX, INT_MIN, LocationType, StockView, saturate
 from schema.types import Ctx, Location, PageInfo
 
 
@@ -99,8 +99,9 @@ class SourceView:
         from gateway.discrepancies import derived_on_hand
 
         q = view.quantities
+        on_hand = derived_on_hand(q) if role is not SourceRole.ONLINE else q.on_hand
         return cls(source=view.source, system=system, role=role,
-                   on_hand=derived_on_hand(q) if role is not SourceRole.ONLINE else q.on_hand,
+                   on_hand=None if on_hand is None else saturate(on_hand),
                    available=q.available, committed=q.committed, incoming=q.incoming,
                    quality_control=q.quality_control, damaged=q.damaged, as_of=view.as_of,
                    age_seconds=_age(view.as_of))
@@ -148,7 +149,7 @@ class DiscrepancyView:
     @classmethod
     def of(cls, side: Side) -> DiscrepancyView:
         return cls(source=side.source, role=SourceRole(side.role.value), quantity=side.quantity,
-                   value=side.value, as_of=side.as_of, age_seconds=_age(side.as_of),
+                   value=saturate(side.value), as_of=side.as_of, age_seconds=_age(side.as_of),
                    origin=side.origin)
 
 
@@ -188,8 +189,9 @@ class Discrepancy:
         return cls(id=strawberry.ID(f.key), sku=strawberry.ID(f.sku),
                    location_id=strawberry.ID(f.location_id), kind=DiscrepancyKind(f.kind.value),
                    status=DiscrepancyStatus(f.status.value),
-                   severity=DiscrepancySeverity(f.severity.value), delta=f.delta,
-                   explained_by_movements=f.explained, source=f.source,
+                   severity=DiscrepancySeverity(f.severity.value), delta=saturate(f.delta),
+                   explained_by_movements=None if f.explained is None
+                   else saturate(f.explained), source=f.source,
                    views=[DiscrepancyView.of(s) for s in f.sides],
                    last_movement_at=f.last_movement_at, detected_at=f.detected_at,
                    since=f.since, message=f.message)
@@ -354,8 +356,10 @@ class SyncGap:
     reason: str = strawberry.field(description="sequence (numbers skipped), cell-sequence (a "
                                                "cell's numbers skipped) or silent (quiet "
                                                "longer than the heartbeat while changing).")
-    from_sequence: int | None = strawberry.field(description="First missing number.")
-    to_sequence: int | None = strawberry.field(description="Last missing number.")
+    from_sequence: int | None = strawberry.field(description="First missing number (null "
+                                                             "past 32 bits; detail says it).")
+    to_sequence: int | None = strawberry.field(description="Last missing number (null past "
+                                                           "32 bits; detail says it).")
     sku: strawberry.ID | None = strawberry.field(description="The cell's SKU, if one cell.")
     location_id: strawberry.ID | None = strawberry.field(description="The cell's location.")
     healed_at: datetime | None = strawberry.field(description="When the gateway caught up.")
@@ -364,8 +368,11 @@ class SyncGap:
 
     @classmethod
     def of(cls, gap: Gap) -> SyncGap:
+        def number(n: int | None) -> int | None:  # past 32 bits only `detail` has it
+            return n if n is not None and INT_MIN <= n <= INT_MAX else None
+
         return cls(detected_at=gap.detected_at, reason=gap.reason,
-                   from_sequence=gap.from_sequence, to_sequence=gap.to_sequence,
+                   from_sequence=number(gap.from_sequence), to_sequence=number(gap.to_sequence),
                    sku=strawberry.ID(gap.sku) if gap.sku else None,
                    location_id=strawberry.ID(gap.location_id) if gap.location_id else None,
                    healed_at=gap.healed_at, applied=gap.applied, detail=gap.detail)

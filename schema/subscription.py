@@ -15,7 +15,7 @@ from graphql import GraphQLError
 from gateway.auth import STOCK_READ, requires
 from resolvers import merge
 from resolvers.types import LocationType as LocationTypeEnum
-from resolvers.types import StockView
+from resolvers.types import StockView, saturate
 from schema.reconciliation import DiscrepancyNotice, discrepancy_detected_field
 from schema.types import Availability, Ctx, StockLevel
 
@@ -124,7 +124,7 @@ def to_graphql(info: Ctx, change: Any, safety_stock: int | None = None) -> Stock
             on_hand=p.on_hand, available=p.available, committed=p.committed,
             incoming=p.incoming),
         movement=None if m is None else StockMovement(
-            type=m.type.value, quantity=m.quantity, biz_step=m.biz_step,
+            type=m.type.value, quantity=saturate(m.quantity), biz_step=m.biz_step,
             documents=[f"{t}:{i}" for t, i in m.documents]),
         source=change.source, occurred_at=change.occurred_at, conflated=change.conflated)
 

@@ -189,7 +189,8 @@ class Availability:
     channel: merge.Channel = strawberry.field(description="The channel.")
     available: int = strawberry.field(
         description="ONLINE: sum over warehouses of max(0, WMS available - safety stock). "
-                    "STORE: sum of the stores' sellable counts.")
+                    "STORE: sum of the stores' sellable counts. A sum past 2147483647 is "
+                    "served as 2147483647 (at least that many).")
     by_location: list[StockLevel] = strawberry.field(
         description="The levels this number is made of.")
     sources: list[str] = strawberry.field(description="Backends the number was computed from.")
