@@ -61,8 +61,10 @@ class Applier:
                              version=str(e.source_version))
             if e.movement is not None and e.movement.type is MovementType.REPAIR:
                 # A reconciliation repair (gateway/reconcile.py): the backend's own answer
-                # replaces the drifted cell unless an event touched it since it was compared.
-                _, cell = await self.cache.repair_view(view, int(e.extra.get("gen", -1)))
+                # replaces the drifted cell unless an event touched it since it was compared
+                # (over a cached version from the future, whatever the versions).
+                _, cell = await self.cache.repair_view(view, int(e.extra.get("gen", -1)),
+                                                       replace=bool(e.extra.get("replace")))
             else:
                 _, cell = await self.cache.apply_view(view, full=e.full)
         elif e.kind is EventKind.MASTER_UPDATE and e.sku and e.data is not None:

@@ -85,6 +85,27 @@ redis.call('EXPIRE', KEYS[1], ARGV[1])
 return applied
 """
 
+# A reconciliation repair of a cell whose cached version lies in the future (it would win
+# over every genuine event): under the same generation check as FILL_LUA, the cell's fields
+# (prefix ARGV[3]) are replaced by the backend's, whatever their versions.
+REPLACE_LUA = """
+local gen = tonumber(redis.call('HGET', KEYS[1], '_gen') or '0')
+if gen ~= tonumber(ARGV[2]) then return -1 end
+local prefix = ARGV[3]
+local drop = {}
+for _, f in ipairs(redis.call('HKEYS', KEYS[1])) do
+  if string.sub(f, 1, #prefix) == prefix then drop[#drop + 1] = f end
+end
+if #drop > 0 then redis.call('HDEL', KEYS[1], unpack(drop)) end
+local applied = 0
+for i = 4, #ARGV, 3 do
+  redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1], ARGV[i] .. '#v', ARGV[i + 2])
+  applied = applied + 1
+end
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+return applied
+"""
+
 INVALIDATE_LUA = """
 redis.call('HINCRBY', KEYS[1], '_gen', 1)
 local keep = {}
@@ -115,22 +136,27 @@ class OrjsonSerializer(BaseSerializer):
 SERIALIZER = OrjsonSerializer()
 
 
+def is_sequence(version: str) -> bool:
+    """Whether a source version is a sequence number (else it is a timestamp)."""
+    return version.isdigit()
+
+
 def version_number(version: str, as_of: datetime) -> int:
     """A source version as an integer that orders like the source does.
 
     Sequence numbers are used as they are; timestamps become epoch microseconds.
     """
-    if version.isdigit():
+    if is_sequence(version):
         return int(version)
     if version:
         try:
-            return _micros(datetime.fromisoformat(version.replace("Z", "+00:00")))
+            return epoch_micros(datetime.fromisoformat(version.replace("Z", "+00:00")))
         except ValueError:
             pass
-    return _micros(as_of)
+    return epoch_micros(as_of)
 
 
-def _micros(moment: datetime) -> int:
+def epoch_micros(moment: datetime) -> int:
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
     return int(moment.timestamp() * 1_000_000)
@@ -222,6 +248,7 @@ class Cache:
         self.ttl = ttl
         self._apply = client.register_script(APPLY_LUA)
         self._fill = client.register_script(FILL_LUA)
+        self._replace = client.register_script(REPLACE_LUA)
         self._invalidate = client.register_script(INVALIDATE_LUA)
         self._inflight: dict[tuple[str, str], asyncio.Future[list[StockView]]] = {}
         # Test hook: awaited between a backend read and the cache fill, to force interleavings.
@@ -259,16 +286,23 @@ class Cache:
     async def invalidate_views(self, sku: str, source: str) -> int:
         return int(await self._invalidate(keys=[views_key(sku, source)]))
 
-    async def repair_view(self, view: StockView, gen: int) -> tuple[int, StockView | None]:
+    async def repair_view(self, view: StockView, gen: int,
+                          replace: bool = False) -> tuple[int, StockView | None]:
         """Write a backend's own answer over a drifted cell (reconciliation repairs): fields
-        of the same or a newer version than held are written, unless an event touched the
-        entry since generation ``gen`` was read (-1: nothing written). Returns the cell."""
+        of the same or a newer version than held are written (``replace``: the cell is
+        replaced whatever its versions, for one whose version lies in the future), unless an
+        event touched the entry since generation ``gen`` was read (-1: nothing written).
+        Returns the cell."""
         key = views_key(view.sku, view.source)
-        applied = int(await self._fill(keys=[key],
-                                       args=[self.ttl, gen, *view_fields(view, full=True)]))
+        fields = view_fields(view, full=True)
+        if replace:
+            applied = int(await self._replace(
+                keys=[key], args=[self.ttl, gen, f"{view.location_id}/", *fields]))
+        else:
+            applied = int(await self._fill(keys=[key], args=[self.ttl, gen, *fields]))
         if applied > 0:  # read-throughs that started before the repair must not undo it
             await self.redis.hincrby(key, "_gen", 1)
-        raw = await self.redis.hgetall(key)
+        raw: dict[bytes, bytes] = await self.redis.hgetall(key)  # type: ignore[assignment]
         _, cells = parse_views(view.sku, view.source, raw, [view.location_id])
         return applied, cells.get(view.location_id)
 

@@ -11,7 +11,11 @@ gateway's own cache: the system of record (POS at stores, WMS at warehouses), th
   on-hand differs from the system of record's by more than the movements since the snapshot
   explain. Delta: the unexplained units (snapshot minus the record's on-hand at snapshot time).
 - ``CACHE_DRIFT``: the gateway's cache disagrees with its own backend (found by reconciliation
-  runs, which repair it).
+  runs, which repair it), or holds a version from the future: a timestamp version further
+  ahead of the clock than ``max_clock_skew_seconds``, or a higher version than its backend's
+  although the backend changed after it (a sequence number sent ahead of the source's own).
+  Such a cell would win over every genuine event, so it is a drift even where the values
+  agree, and its repair replaces it whatever its version.
 
 Lagging or wrong: a view older than the last movement it has not seen is ``LAGGING`` (it may
 catch up by itself: a snapshot taken before today's sales, a stock feed a few seconds behind);
@@ -36,14 +40,14 @@ import logging
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
 import orjson
 from redis.exceptions import RedisError
 
-from gateway.cache import version_number
+from gateway.cache import epoch_micros, is_sequence, version_number
 from gateway.events import Envelope, MovementType
 from resolvers.types import LocationType, Quantities, StockView
 
@@ -410,21 +414,39 @@ QUANTITY_NAMES = {"on_hand": "onHand", "available": "available", "committed": "c
                   "damaged": "damaged"}
 
 
+def in_the_future(backend: StockView, cached: StockView, now: datetime,
+                  max_skew_seconds: float) -> bool:
+    """Whether the cached cell's version lies in the future: ahead of its backend's although
+    the backend changed more than the allowed clock skew after the cached state (a version
+    that high was never the source's), or, for timestamp versions, further ahead of ``now``
+    than that skew. Either would win over every genuine event to come. (A cached version
+    ahead of the backend's is otherwise an event that arrived after the backend was read.)"""
+    held = version_number(cached.version, cached.as_of)
+    if held <= version_number(backend.version, backend.as_of):
+        return False
+    if (backend.as_of - cached.as_of).total_seconds() > max_skew_seconds:
+        return True
+    horizon = epoch_micros(now + timedelta(seconds=max_skew_seconds))
+    return not is_sequence(backend.version) and held > horizon
+
+
 def cache_drift(backend: StockView, cached: StockView | None, role: Role, now: datetime,
-                grace_seconds: float) -> Finding | None:
+                grace_seconds: float, max_skew_seconds: float = 300.0) -> Finding | None:
     """The cache's cell against the backend's own answer; None when they agree or the cache
-    is newer than the read (an event arrived after it)."""
+    is newer than the read (an event arrived after it), unless its version lies in the
+    future (:func:`in_the_future`: a drift whatever the values, repaired by replacing)."""
     if cached is None:
         return None
-    if version_number(cached.version, cached.as_of) > version_number(backend.version,
-                                                                     backend.as_of):
+    future = in_the_future(backend, cached, now, max_skew_seconds)
+    if not future and version_number(cached.version, cached.as_of) > version_number(
+            backend.version, backend.as_of):
         return None
     differing = []
     for name in QUANTITY_NAMES:
         b, c = getattr(backend.quantities, name), getattr(cached.quantities, name)
         if b is not None and c is not None and b != c:
             differing.append((name, c - b))
-    if not differing:
+    if not differing and not future:
         return None
     main = "available" if role is Role.ONLINE else "on_hand"
     b_main = (backend.quantities.available if role is Role.ONLINE
@@ -432,14 +454,18 @@ def cache_drift(backend: StockView, cached: StockView | None, role: Role, now: d
     c_main = (cached.quantities.available if role is Role.ONLINE
               else derived_on_hand(cached.quantities))
     delta = (c_main - b_main) if b_main is not None and c_main is not None else 0
-    if delta == 0:
+    if delta == 0 and differing:
         delta = max((d for _, d in differing), key=abs)
     age = (now - backend.as_of).total_seconds()
-    lagging = age <= grace_seconds
+    lagging = age <= grace_seconds and not future
     severity = Severity.HIGH if role is Role.SYSTEM_OF_RECORD else Severity.MEDIUM
     fields_text = ", ".join(f"{QUANTITY_NAMES[n]} {d:+d}" for n, d in differing)
     message = f"the gateway's cache of {backend.source} differs from {backend.source} itself " \
               f"({fields_text})"
+    if future:
+        message = (f"the gateway's cache of {backend.source} holds version {cached.version} "
+                   f"from the future (the backend's is {backend.version}): no later event "
+                   f"would apply" + (f" ({fields_text})" if differing else ""))
     if lagging:
         message += "; the change is seconds old, its webhook may still be on the way"
     quantity = QUANTITY_NAMES[main]

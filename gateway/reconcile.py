@@ -56,6 +56,7 @@ from gateway.discrepancies import (
     assess,
     cache_drift,
     derived_on_hand,
+    in_the_future,
 )
 from gateway.events import Envelope, EventKind, EventLog, Movement, MovementType
 from gateway.synchealth import SyncHealth
@@ -331,9 +332,10 @@ class Reconciler:
         now = datetime.now(UTC)
         grace = self.settings.sync_grace_seconds
         tolerance = self.settings.discrepancy_tolerance
+        skew = self.settings.max_clock_skew_seconds
         ok_sources = [s for s in read.backend if s not in read.failed]
         cells: list[tuple[CellViews, list[Finding], list[str]]] = []
-        repairs: list[tuple[Finding, StockView, int]] = []
+        repairs: list[tuple[Finding, StockView, int, bool]] = []
         need_history: list[tuple[str, str, str]] = []
         pos_views, wms_views = read.backend.get(b.pos.name, {}), read.backend.get(b.wms.name, {})
         erp_views = read.backend.get(b.erp.name, {})
@@ -367,12 +369,14 @@ class Reconciler:
                         continue  # a record system's view of the other location type
                     cached = read.cached.get(name, {}).get((sku, loc_id))
                     evaluated.append(f"{Kind.CACHE_DRIFT.value}:{name}")
-                    drift = cache_drift(view, cached, role, now, grace)
+                    drift = cache_drift(view, cached, role, now, grace, skew)
                     effective, origin = view, "backend"
                     if drift is not None:
                         drifts.append(drift)
                         if scope.repair:
-                            repairs.append((drift, view, read.gens.get((sku, name), 0)))
+                            assert cached is not None
+                            repairs.append((drift, view, read.gens.get((sku, name), 0),
+                                            in_the_future(view, cached, now, skew)))
                     elif cached is not None and version_number(cached.version, cached.as_of) \
                             >= version_number(view.version, view.as_of):
                         effective, origin = cached, "cache"
@@ -410,13 +414,15 @@ class Reconciler:
         if repairs:
             await self._repair(repairs, report)
 
-    async def _repair(self, repairs: list[tuple[Finding, StockView, int]],
+    async def _repair(self, repairs: list[tuple[Finding, StockView, int, bool]],
                       report: Report) -> None:
-        """Each drifted cell gets the backend's answer back, as a logged REPAIR event."""
+        """Each drifted cell gets the backend's answer back, as a logged REPAIR event (one
+        whose cached version lies in the future is replaced whatever its version)."""
         resolved: list[CellUpdate] = []
-        for finding, view, gen in repairs:
+        for finding, view, gen, future in repairs:
             envelope = repair_envelope(report.run_id, view, finding, gen,
-                                       self.graph.settings.backends[view.source].format)
+                                       self.graph.settings.backends[view.source].format,
+                                       replace=future)
             try:
                 appended = await self.events.append(view.source, envelope.source_event_id,
                                                     [envelope])
@@ -432,7 +438,8 @@ class Reconciler:
             _, cells = parse_views(view.sku, view.source, raw, [view.location_id])
             now_cached = cells.get(view.location_id)
             fixed = now_cached is not None and cache_drift(
-                view, now_cached, Role.SYSTEM_OF_RECORD, datetime.now(UTC), 0) is None
+                view, now_cached, Role.SYSTEM_OF_RECORD, datetime.now(UTC), 0,
+                self.settings.max_clock_skew_seconds) is None
             report.add_repair(finding, "repaired" if fixed else "skipped: changed meanwhile",
                               appended.ids[0] if appended.ids else None)
             resolved.append(CellUpdate(finding.sku, finding.location_id, (finding.slot,), ()))
@@ -465,8 +472,9 @@ def _needs_history(cell: CellViews, tolerance: int) -> bool:
 
 
 def repair_envelope(run_id: str, view: StockView, finding: Finding, gen: int,
-                    system: str) -> Envelope:
-    """The event that records one repair: the backend's own view of the cell, in full."""
+                    system: str, replace: bool = False) -> Envelope:
+    """The event that records one repair: the backend's own view of the cell, in full
+    (``replace``: over a cached version from the future, whatever the versions)."""
     now = datetime.now(UTC)
     cache_side = finding.sides[1]
     return Envelope(
@@ -479,7 +487,7 @@ def repair_envelope(run_id: str, view: StockView, finding: Finding, gen: int,
         movement=Movement(MovementType.REPAIR, abs(finding.delta),
                           documents=(("reconciliation", run_id),)),
         extra={"gen": gen, "cacheBefore": cache_side.value, "quantity": cache_side.quantity,
-               "status": finding.status.value})
+               "status": finding.status.value, **({"replace": True} if replace else {})})
 
 
 # -- between runs --------------------------------------------------------------------------
