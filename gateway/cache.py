@@ -474,8 +474,19 @@ return dropped
 """
 
 
+RESPONSE_HEAD = b"rg1:"
+
+
 def response_key(digest: str) -> str:
     return f"rg:{{rc}}:r:{digest}"
+
+
+@dataclass(frozen=True, slots=True)
+class CachedResponse:
+    """A stored response and the backends its values came from."""
+
+    body: bytes
+    sources: frozenset[str]
 
 
 class ResponseCache:
@@ -484,6 +495,11 @@ class ResponseCache:
     A miss reads the invalidation sequence *before* executing; the put succeeds only if no
     event touching one of the response's tags was applied since. So a response computed from
     pre-event data can never be stored after the event invalidated its tags.
+
+    Each entry is stored as ``rg1:<source>,<source>...\n<body>``: the backends whose values
+    it holds, so a hit can be refused while one of them is down (an execution would flag
+    those values stale; the stored bytes say they are fresh). An entry without that head
+    (written by an older version) is a miss.
     """
 
     def __init__(self, client: Any, ttl: int = 300) -> None:
@@ -492,16 +508,21 @@ class ResponseCache:
         self._put = client.register_script(RESPONSE_PUT_LUA)
         self._invalidate = client.register_script(RESPONSE_INVALIDATE_LUA)
 
-    async def get(self, digest: str) -> bytes | None:
+    async def get(self, digest: str) -> CachedResponse | None:
         value = await self.redis.get(response_key(digest))
-        return bytes(value) if value is not None else None
+        if value is None or not bytes(value).startswith(RESPONSE_HEAD):
+            return None
+        head, _, body = bytes(value)[len(RESPONSE_HEAD):].partition(b"\n")
+        return CachedResponse(body, frozenset(head.decode().split(",")) - {""})
 
     async def epoch(self) -> int:
         return int(await self.redis.get(RC_SEQ) or 0)
 
-    async def put(self, digest: str, body: bytes, tags: Iterable[str], epoch: int) -> bool:
+    async def put(self, digest: str, body: bytes, tags: Iterable[str], epoch: int,
+                  sources: Iterable[str] = ()) -> bool:
+        stored = RESPONSE_HEAD + ",".join(sorted(set(sources))).encode() + b"\n" + body
         return bool(await self._put(keys=[response_key(digest)],
-                                    args=[self.ttl, epoch, body, *sorted(set(tags))]))
+                                    args=[self.ttl, epoch, stored, *sorted(set(tags))]))
 
     async def invalidate(self, tags: Iterable[str]) -> int:
         tags = sorted(set(tags))

@@ -5,6 +5,11 @@ one Redis GET and the stored bytes; only ``extensions.freshness.responseCache`` 
 to say ``hit``. A miss executes normally and stores the response, tagged with the entities it
 read, unless it has errors, stale values, or an event touched one of its entities while it
 was being computed (see :class:`gateway.cache.ResponseCache`).
+
+A hit carries the same freshness truth as an execution: a stored response was fresh when it
+was stored (stale ones are never stored), and each entry names the backends its values came
+from; while one of them is known to be down, the entry is not served (an execution flags
+those values ``stale: true``), and the request executes instead.
 """
 
 from __future__ import annotations
@@ -17,7 +22,8 @@ from redis.exceptions import RedisError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.asgi import read_body, replay
-from resolvers.graph import Freshness
+from gateway.cache import CachedResponse
+from resolvers.graph import BackendHealth, Freshness
 
 if TYPE_CHECKING:
     from gateway.app import Runtime
@@ -28,6 +34,14 @@ MISS_MARKER = b'"responseCache":"miss"'
 HIT_MARKER = b'"responseCache":"hit"'
 FRESHNESS_STATE = "retailgraph_freshness"
 SCOPE_STATE = "retailgraph_scope"
+
+
+def servable(hit: CachedResponse | None, health: BackendHealth) -> bytes | None:
+    """The stored body, if it says what an execution would: none of the backends it holds
+    values of is down now (then an execution would serve them flagged stale)."""
+    if hit is None or not hit.sources.isdisjoint(health.down):
+        return None
+    return hit.body
 
 
 def cache_key(body: bytes, caller_scope: str) -> str | None:
@@ -61,7 +75,7 @@ class ResponseCacheMiddleware:
         epoch: int | None = None
         if digest is not None:
             try:
-                hit = await responses.get(digest)
+                hit = servable(await responses.get(digest), self.runtime.graph.health)
                 if hit is not None:
                     await _send_hit(send, hit)
                     return
@@ -87,7 +101,7 @@ class ResponseCacheMiddleware:
         if (freshness.tags and not freshness.stale and freshness.cache == "on"
                 and b'"errors"' not in encoded):
             try:
-                await responses.put(digest, encoded, freshness.tags, epoch)
+                await responses.put(digest, encoded, freshness.tags, epoch, freshness.sources)
             except (RedisError, OSError) as exc:
                 log.debug("response cache put failed: %s", exc)
 
