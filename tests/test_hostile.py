@@ -27,6 +27,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
+from datetime import timedelta
 from typing import Any
 
 import httpx
@@ -749,6 +750,267 @@ class TestWebSocket:
 # -- values that are accepted and must still be servable (issue 11 §2, helper hostile2) -----
 
 class TestValues:
-    """Signed inputs whose values are out of range or pin a cell (32-bit quantities,
-    far-future versions, cached freshness): added by hostile2."""
+    """Correctly signed deliveries whose values cannot be served or would pin a cell.
+
+    A quantity past GraphQL's 32-bit ``Int`` (or a sequence past 2^53 - 1) and a timestamp
+    more than ``max_clock_skew_seconds`` ahead are dead-lettered: 202 with the reason naming
+    field and value, the delivery kept whole in the DLQ, nothing else changed, and a later
+    genuine event still applies. Sums the gateway computes from accepted values saturate at
+    2147483647. The multi-step scenarios (a backend API reporting 2^40, reconciliation of
+    cells already pinned, cached responses while a backend is down) are in
+    tests/test_hostile_values.py. This class works on SKU indexes 40-49 only.
+    """
+
+    INT_MAX, INT_MIN = 2**31 - 1, -(2**31)
+    FAR = "9999-12-31T23:59:59.000000Z"
+    CELL = """query($sku: ID!, $loc: ID!) { stockLevel(sku: $sku, locationId: $loc) {
+      onHand available committed incoming qualityControl damaged safetyStock sellable
+      views { role onHand available committed incoming qualityControl damaged } } }"""
+    PRODUCT = """query($sku: ID!) { product(sku: $sku) {
+      stock { location { id } onHand available committed sellable }
+      online: availability(channel: ONLINE) { available byLocation { available } }
+      store: availability(channel: STORE) { available } } }"""
+
+    # -- deliveries -------------------------------------------------------------------------
+
+    @staticmethod
+    def _erp_sequence(h: Hostile) -> int:
+        """The ERP's next event number as the gap detector expects it (a jump is a gap,
+        healed by reconciling the ERP in the background)."""
+        hwm = h.redis.hget("rg:{sync}:seq:erp", "hwm")
+        return int(hwm) + 1 if hwm is not None else 1
+
+    @staticmethod
+    def _wms_sequence() -> int:
+        return time.time_ns() // 1000  # grows from run to run of the corpus
+
+    def _square(self, h: Hostile, i: int, quantity: Any, store: int = 0,
+                state: str = "IN_STOCK", **count: Any) -> Delivery:
+        c = h.signer.square_count(i, store, 0, now(), state) | {"quantity": quantity} | count
+        return h.signer.square(h.square_url, [c])
+
+    def _shopify_level(self, h: Hostile, i: int, available: Any, **level: Any) -> Delivery:
+        body = h.signer.shopify_level(i, 0, 0, now()) | {"available": available} | level
+        return h.signer.shopify({k: v for k, v in body.items() if v is not None})
+
+    def _shopify_order(self, h: Hostile, i: int, quantity: Any) -> Delivery:
+        item = h.stack.world.items[i]
+        return h.signer.shopify({"id": 450789469 + i, "line_items": [
+            {"id": 1, "variant_id": item.shopify_variant_id, "sku": item.sku,
+             "quantity": quantity, "price": "1.00"}]}, topic="orders/create")
+
+    def _epcis(self, h: Hostile, i: int, on_hand: int = 5, warehouse: int = 0,
+               balance: dict[str, Any] | None = None, **event: Any) -> Delivery:
+        e = h.signer.epcis_event(i, warehouse, on_hand, self._wms_sequence())
+        e["wms:balance"].update(balance or {})
+        return h.signer.epcis([e | event])
+
+    def _erp_stock(self, h: Hostile, i: int, on_hand: Any, loc: str = "WH01",
+                   data: dict[str, Any] | None = None, **event: Any) -> Delivery:
+        payload = h.signer.erp_stock(i, loc, 0, self._erp_sequence(h)) | event
+        payload["data"] = {k: v for k, v in (payload["data"] | {"onHand": on_hand}
+                                             | (data or {})).items() if v is not None}
+        return h.signer.erp(payload)
+
+    def _erp_item(self, h: Hostile, i: int, **changes: Any) -> Delivery:
+        item = h.stack.world.items[i]
+        data = {"itemNumber": item.item_number, "sku": item.sku, "gtin": item.gtin13,
+                "description": item.name, "category": item.category,
+                "listPrice": str(item.list_price), "cost": str(item.cost),
+                "currency": "NOK", "safetyStock": item.safety_stock, "status": "ACTIVE",
+                "updatedAt": now().isoformat()} | changes
+        return h.signer.erp(h.signer.erp_event("item.updated", self._erp_sequence(h), data))
+
+    # -- checks -----------------------------------------------------------------------------
+
+    def _data(self, h: Hostile, query: str, variables: dict[str, Any]) -> dict[str, Any]:
+        """An executed answer (a unique comment defeats the response cache), no error."""
+        response = h.graphql(f"{query}\n# {time.time_ns()}", variables)
+        body = response.json()
+        assert response.status_code == 200, body
+        assert "errors" not in body, body["errors"]
+        data: dict[str, Any] = body["data"]
+        return data
+
+    def _cell(self, h: Hostile, i: int, loc: str) -> dict[str, Any]:
+        sku = h.stack.world.items[i].sku
+        level: dict[str, Any] = self._data(h, self.CELL, {"sku": sku, "loc": loc})["stockLevel"]
+        return level
+
+    def _view(self, h: Hostile, i: int, loc: str, role: str) -> dict[str, Any]:
+        [view] = [v for v in self._cell(h, i, loc)["views"] if v["role"] == role]
+        return view
+
+    def _accepted(self, h: Hostile, delivery: Delivery) -> None:
+        response = h.webhook(delivery)
+        assert (response.status_code, response.json()["status"]) == (200, "accepted"), \
+            response.text
+
+    def _dead_lettered(self, h: Hostile, delivery: Delivery, *words: str) -> None:
+        """202 dead-lettered naming ``words``; only the DLQ (and its dedupe key) changed."""
+        h.settle()
+        letters = h.redis.xlen("rg:{ev}:dlq")
+        with h.unchanged(ignoring=("rg:{ev}:dlq",)):
+            response = h.webhook(delivery)
+        assert response.status_code == 202, response.text
+        body = response.json()
+        assert body["status"] == "dead-lettered", body
+        for word in words:
+            assert word in body["reason"], (word, body["reason"])
+        assert h.redis.xlen("rg:{ev}:dlq") == letters + 1
+        [(_, fields)] = h.redis.xrevrange("rg:{ev}:dlq", count=1)
+        letter = orjson.loads(fields[b"e"])
+        assert (letter["reason"], letter["body"].encode()) == (body["reason"], delivery.body)
+
+    # -- probes -----------------------------------------------------------------------------
+
+    def test_quantities_past_32_bits_are_dead_lettered(self, hostile: Hostile) -> None:
+        h, big = hostile, str(2**31)
+        cases: list[tuple[Any, str, tuple[str, ...]]] = [
+            (lambda i: self._epcis(h, i, 2**31), "WH01", (big,)),
+            (lambda i: self._epcis(h, i, 5, balance={"available": 2**31}), "WH01",
+             ("available", big)),
+            (lambda i: self._epcis(h, i, 5, balance={"incoming": 2**40}), "WH01",
+             ("incoming", str(2**40))),
+            (lambda i: self._epcis(h, i, 5, **{"wms:sequence": 2**53}), "WH01",
+             ("wms:sequence", str(2**53))),
+            (lambda i: self._square(h, i, big), "ST001", ("count quantity", big)),
+            (lambda i: self._square(h, i, str(-2**31 - 1)), "ST001", ("-2147483649",)),
+            (lambda i: self._square(h, i, "9223372036854775808.00000"), "ST001",
+             ("9223372036854775808",)),
+            (lambda i: self._shopify_level(h, i, 2**31), "WH01", ("available", big)),
+            (lambda i: self._shopify_level(h, i, -2**31 - 1), "WH01", ("-2147483649",)),
+            (lambda i: self._shopify_order(h, i, 2**31), "WH01", ("quantity", big)),
+            (lambda i: self._erp_stock(h, i, 2**31), "WH01", ("onHand", big)),
+            (lambda i: self._erp_item(h, i, safetyStock=2**31), "WH01", ("safetyStock", big)),
+            (lambda i: self._erp_stock(h, i, 5, sequence=2**53), "WH01",
+             ("sequence", str(2**53))),
+        ]
+        i = 40
+        for build, loc, words in cases:
+            before = self._cell(h, i, loc)  # primes the cell in the cache
+            product = self._data(h, self.PRODUCT, {"sku": h.stack.world.items[i].sku})
+            self._dead_lettered(h, build(i), *words)
+            assert self._cell(h, i, loc) == before
+            assert self._data(h, self.PRODUCT, {"sku": h.stack.world.items[i].sku}) == product
+
+    def test_the_largest_int_is_accepted_and_served_exactly(self, hostile: Hostile) -> None:
+        h, i = hostile, 41
+        self._accepted(h, self._epcis(h, i, self.INT_MAX))
+        level = self._cell(h, i, "WH01")
+        assert (level["onHand"], level["available"]) == (self.INT_MAX, self.INT_MAX)
+        self._accepted(h, self._square(h, i, f"{self.INT_MAX}.00000"))
+        assert self._cell(h, i, "ST001")["available"] == self.INT_MAX
+        self._accepted(h, self._shopify_level(h, i, self.INT_MIN))
+        assert self._view(h, i, "WH01", "ONLINE")["available"] == self.INT_MIN
+        self._accepted(h, self._erp_stock(h, i, self.INT_MAX))
+        assert self._view(h, i, "WH01", "ERP_SNAPSHOT")["onHand"] == self.INT_MAX
+        h.settle()
+
+    def test_sums_past_32_bits_saturate(self, hostile: Hostile) -> None:
+        """Availability over two warehouses at 2^31 - 1 each, and a store's on-hand made of
+        two states at 2^31 - 1 each: 2147483647 ("at least"), not an error."""
+        h, i, top = hostile, 42, self.INT_MAX
+        for warehouse in (0, 1):
+            self._accepted(h, self._epcis(h, i, top, warehouse=warehouse))
+        for state in ("IN_STOCK", "RESERVED_FOR_SALE"):
+            self._accepted(h, self._square(h, i, str(top), state=state))
+        self._accepted(h, self._square(h, i, str(top), store=1))
+        product = self._data(h, self.PRODUCT, {"sku": h.stack.world.items[i].sku})["product"]
+        assert product["online"]["available"] == top
+        assert [x["available"] for x in product["online"]["byLocation"]] == [top, top]
+        assert product["store"]["available"] == top
+        [store] = [s for s in product["stock"] if s["location"]["id"] == "ST001"]
+        assert (store["available"], store["committed"], store["onHand"]) == (top, top, top)
+        assert self._view(h, i, "ST001", "SYSTEM_OF_RECORD")["onHand"] == top
+        h.settle()
+
+    def test_deltas_and_inferred_movements_saturate(self, hostile: Hostile) -> None:
+        """A store count from -2^31 (an oversold POS) to 2^31 - 1 is a movement of 2^32 - 1
+        units, and an ERP count of 2^31 - 1 against -2^31 a drift as large: the change history
+        and the discrepancy listing serve them saturated, the true numbers in the message."""
+        h, i = hostile, 43
+        sku = h.stack.world.items[i].sku
+        self._cell(h, i, "ST001")
+        self._accepted(h, self._square(h, i, str(self.INT_MIN)))
+        self._accepted(h, self._erp_stock(h, i, self.INT_MAX, loc="ST001"))
+        listing = """query($skus: [ID!]) { discrepancies(skus: $skus, minDelta: 0) {
+            nodes { kind delta explainedByMovements message views { value } } } }"""
+        drift: list[dict[str, Any]] = []
+        for _ in range(100):  # re-judged in the background, seconds after the events
+            drift = [n for n in self._data(h, listing, {"skus": [sku]})["discrepancies"]
+                     ["nodes"] if n["kind"] == "POS_ERP_STORE_COUNT"]
+            if drift and drift[0]["delta"] == self.INT_MAX:
+                break
+            time.sleep(0.1)
+        assert drift, "no POS_ERP_STORE_COUNT discrepancy"
+        assert drift[0]["delta"] == self.INT_MAX, drift
+        assert str(self.INT_MAX) in drift[0]["message"]
+        assert max(v["value"] for v in drift[0]["views"]) == self.INT_MAX
+        self._accepted(h, self._square(h, i, str(self.INT_MAX)))
+        changes = self._data(h, """query($skus: [ID!]) { stockEvents(skus: $skus, first: 100) {
+            changes { locationId movement { type quantity } stockLevel { available } } } }""",
+                             {"skus": [sku]})["stockEvents"]["changes"]
+        last = [c for c in changes if c["locationId"] == "ST001"][-1]
+        assert last["stockLevel"]["available"] == self.INT_MAX
+        assert last["movement"] == {"type": "RETURN", "quantity": self.INT_MAX}
+        h.settle()
+
+    def test_far_future_timestamps_are_dead_lettered(self, hostile: Hostile) -> None:
+        """Each would have outranked every later event of its cell: a later genuine event
+        is still shown."""
+        h, far = hostile, self.FAR
+        soon = (now() + timedelta(minutes=10)).isoformat()
+        genuine = {"erp": ("WH01", "ERP_SNAPSHOT", "onHand",
+                           lambda i, v: self._erp_stock(h, i, v)),
+                   "commerce": ("WH01", "ONLINE", "available",
+                                lambda i, v: self._shopify_level(h, i, v)),
+                   "pos": ("ST001", "SYSTEM_OF_RECORD", "available",
+                           lambda i, v: self._square(h, i, str(v))),
+                   "wms": ("WH01", "SYSTEM_OF_RECORD", "onHand",
+                           lambda i, v: self._epcis(h, i, v))}
+        cases: list[tuple[Any, tuple[str, ...]]] = [
+            (lambda i: self._erp_stock(h, i, 7, data={"adjustedAt": None}, occurredAt=far),
+             ("occurredAt", "9999-12-31", "max_clock_skew_seconds")),
+            (lambda i: self._erp_stock(h, i, 7, data={"adjustedAt": far}), ("adjustedAt",)),
+            (lambda i: self._erp_stock(h, i, 7, data={"adjustedAt": None}, occurredAt=soon),
+             ("occurredAt", "in the future")),
+            (lambda i: self._erp_item(h, i, updatedAt=far), ("updatedAt",)),
+            (lambda i: self._shopify_level(h, i, 7, updated_at=far), ("updated_at",)),
+            (lambda i: self._square(h, i, "7", calculated_at=far), ("calculated_at",)),
+            (lambda i: self._epcis(h, i, 7, eventTime=far), ("eventTime",)),
+            (lambda i: self._epcis(h, i, 7, recordTime=far), ("recordTime",)),
+        ]
+        i = 44
+        for build, words in cases:
+            delivery = build(i)
+            loc, role, field, fresh = genuine[delivery.backend]
+            before = self._cell(h, i, loc)
+            self._dead_lettered(h, delivery, *words)
+            assert self._cell(h, i, loc) == before
+            value = 4000 + time.time_ns() % 1000
+            self._accepted(h, fresh(i, value))
+            assert self._view(h, i, loc, role)[field] == value
+        h.settle()
+
+    def test_timestamp_within_the_clock_skew_is_accepted(self, hostile: Hostile) -> None:
+        h, i = hostile, 45
+        soon = (now() + timedelta(seconds=120)).isoformat()
+        value = 300 + time.time_ns() % 100
+        self._accepted(h, self._erp_stock(h, i, value, data={"adjustedAt": soon}))
+        assert self._view(h, i, "WH01", "ERP_SNAPSHOT")["onHand"] == value
+        h.settle()
+
+    def test_the_unsigned_shopify_header_never_orders_a_level(self, hostile: Hostile) -> None:
+        """``X-Shopify-Triggered-At`` is not covered by the HMAC: a level without
+        ``updated_at`` is ordered by its receipt, and a year-9999 header pins nothing."""
+        h, i = hostile, 46
+        value = 500 + time.time_ns() % 100
+        undated = self._shopify_level(h, i, value, updated_at=None).with_headers(
+            **{"X-Shopify-Triggered-At": self.FAR})
+        self._accepted(h, undated)
+        assert self._view(h, i, "WH01", "ONLINE")["available"] == value
+        self._accepted(h, self._shopify_level(h, i, value + 1))
+        assert self._view(h, i, "WH01", "ONLINE")["available"] == value + 1
+        h.settle()
 
