@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import time
 import uuid
@@ -15,6 +16,37 @@ import uvicorn
 from starlette.types import ASGIApp
 
 from gateway.redis_server import free_port
+
+
+class ErrorLog(logging.Handler):
+    """Error records logged while installed by :func:`errors_logged` (the gateway's loggers
+    propagate to the root; uvicorn's, where unhandled exceptions land, do not)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+    def messages(self) -> list[str]:
+        return [f"{r.name}: {r.getMessage()} {r.exc_info[1] if r.exc_info else ''}"
+                for r in self.records]
+
+
+@contextmanager
+def errors_logged() -> Iterator[ErrorLog]:
+    """Collect every error logged (root and uvicorn loggers) inside the block."""
+    collected = ErrorLog()
+    loggers = [logging.getLogger(), logging.getLogger("uvicorn"),
+               logging.getLogger("uvicorn.error")]
+    for logger in loggers:
+        logger.addHandler(collected)
+    try:
+        yield collected
+    finally:
+        for logger in loggers:
+            logger.removeHandler(collected)
 
 
 class ServerThread:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import time
 import uuid
 from collections.abc import Iterator
@@ -25,20 +24,14 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from gateway import signatures
-from tests.support import Stack
+from tests.support import ErrorLog, Stack, errors_logged
 
 KEY = "fuzz-admin-key-0123456789"
 EXAMPLES = settings(max_examples=80, deadline=None, database=None,
                     suppress_health_check=[HealthCheck.too_slow])
 
 
-class Collected(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.ERROR)
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
+Collected = ErrorLog
 
 
 @pytest.fixture(scope="module")
@@ -47,18 +40,10 @@ def target(redis_server_url: str) -> Iterator[tuple[Stack, redis.Redis, Collecte
     client.flushall()
     stack = Stack(redis_server_url)
     stack.settings.api_keys = {"fuzz": {"key": KEY, "scopes": ["admin"]}}
-    collected = Collected()
-    # uvicorn's own loggers do not propagate to the root: unhandled exceptions land there.
-    loggers = [logging.getLogger(), logging.getLogger("uvicorn"),
-               logging.getLogger("uvicorn.error")]
-    for logger in loggers:
-        logger.addHandler(collected)
     try:
-        with stack:
+        with errors_logged() as collected, stack:
             yield stack, client, collected
     finally:
-        for logger in loggers:
-            logger.removeHandler(collected)
         client.close()
 
 

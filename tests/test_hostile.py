@@ -41,7 +41,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from jwt.algorithms import RSAAlgorithm
 
 from tests.helpers_webhooks import Delivery, Signer, now, redis_state
-from tests.support import Stack
+from tests.support import ErrorLog, Stack
 
 ADMIN = "hostile-admin-key-0123456789"
 READER = "hostile-reader-key-0123456789"
@@ -54,19 +54,7 @@ LIVENESS_BOUND = 1.0
 VOLATILE = ("rg:{sync}:", "rg:{disc}:lock", "rg:rl:")
 
 
-class Collected(logging.Handler):
-    """Error records of the gateway's and uvicorn's loggers."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.ERROR)
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-
-    def messages(self) -> list[str]:
-        return [f"{r.name}: {r.getMessage()} {r.exc_info[1] if r.exc_info else ''}"
-                for r in self.records]
+Collected = ErrorLog  # error records of the gateway's and uvicorn's loggers
 
 
 @dataclass

@@ -19,11 +19,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import itertools
-import logging
 import time
 import uuid
 from collections.abc import Callable, Coroutine, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -35,38 +33,13 @@ import redis
 
 from gateway.simulators.activity import epc_class, now_iso
 from tests.helpers_webhooks import DLQ, Signer, now, post, rfc3339, stream
-from tests.support import ServerThread, Stack
+from tests.support import ErrorLog, ServerThread, Stack, errors_logged
 
 FAR = "9999-12-31T23:59:59.000000Z"
 
 CELL = """query($sku: ID!, $loc: ID!) { stockLevel(sku: $sku, locationId: $loc) {
   onHand available committed incoming qualityControl damaged safetyStock sellable stale
   views { source role onHand available committed incoming qualityControl damaged } } }"""
-
-
-class Collected(logging.Handler):
-    """Error records of the gateway (and of uvicorn, whose loggers do not propagate)."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.ERROR)
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-
-
-@contextmanager
-def collecting() -> Iterator[Collected]:
-    collected = Collected()
-    loggers = [logging.getLogger(), logging.getLogger("uvicorn"),
-               logging.getLogger("uvicorn.error")]
-    for logger in loggers:
-        logger.addHandler(collected)
-    try:
-        yield collected
-    finally:
-        for logger in loggers:
-            logger.removeHandler(collected)
 
 
 @dataclass
@@ -77,7 +50,7 @@ class Hub:
     redis_url: str
     signer: Signer
     client: httpx.Client
-    logs: Collected
+    logs: ErrorLog
     indexes: Iterator[int]
 
     @property
@@ -112,7 +85,7 @@ class Hub:
 
     def healthy(self) -> None:
         assert self.client.get(f"{self.url}/healthz").status_code == 200
-        assert not self.logs.records, [r.getMessage() for r in self.logs.records]
+        assert not self.logs.records, self.logs.messages()
 
     def in_gateway(self, make: Callable[[Any], Coroutine[Any, Any, Any]]) -> Any:
         return in_gateway(self.stack, make)
@@ -135,7 +108,7 @@ def hub(redis_server_url: str) -> Iterator[Hub]:
     flusher.flushall()
     flusher.close()
     stack = Stack(redis_server_url, skus=20, stores=2, warehouses=2)
-    with collecting() as logs, stack, httpx.Client(timeout=30) as client:
+    with errors_logged() as logs, stack, httpx.Client(timeout=30) as client:
         yield Hub(stack, redis_server_url, Signer(stack.settings, stack.world), client, logs,
                   itertools.count(1))
 
@@ -206,9 +179,9 @@ def skewed(redis_url: str) -> Iterator[Stack]:
     """A stack allowing 2 s of clock skew, so a test need not wait five minutes."""
     stack = Stack(redis_url, skus=12, stores=2, warehouses=2)
     stack.settings.max_clock_skew_seconds = 2
-    with collecting() as logs, stack:
+    with errors_logged() as logs, stack:
         yield stack
-        assert not logs.records, [r.getMessage() for r in logs.records]
+        assert not logs.records, logs.messages()
 
 
 def pin(stack: Stack, source: str, i: int, loc: str, on_hand: int, version: str) -> None:
