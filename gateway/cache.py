@@ -496,10 +496,10 @@ class ResponseCache:
     event touching one of the response's tags was applied since. So a response computed from
     pre-event data can never be stored after the event invalidated its tags.
 
-    Each entry is stored as ``rg1:<source>,<source>...\n<body>``: the backends whose values
-    it holds, so a hit can be refused while one of them is down (an execution would flag
-    those values stale; the stored bytes say they are fresh). An entry without that head
-    (written by an older version) is a miss.
+    Each entry is stored as ``rg1:<source>,<source>...\n<body>``: the backends it depends
+    on, so a hit can be refused while one of them is down (an execution would flag their
+    values stale or fail them; the stored bytes say they are fresh). An entry without that
+    head (written by an older version) is a miss.
     """
 
     def __init__(self, client: Any, ttl: int = 300) -> None:

@@ -7,9 +7,10 @@ read, unless it has errors, stale values, or an event touched one of its entitie
 was being computed (see :class:`gateway.cache.ResponseCache`).
 
 A hit carries the same freshness truth as an execution: a stored response was fresh when it
-was stored (stale ones are never stored), and each entry names the backends its values came
-from; while one of them is known to be down, the entry is not served (an execution flags
-those values ``stale: true``), and the request executes instead.
+was stored (stale ones are never stored), and each entry names the backends it depends on
+(``Freshness.consulted``); while one of them is known to be down, the entry is not served
+(an execution flags its values ``stale: true``, or names the backend in an error), and the
+request executes instead.
 """
 
 from __future__ import annotations
@@ -37,8 +38,8 @@ SCOPE_STATE = "retailgraph_scope"
 
 
 def servable(hit: CachedResponse | None, health: BackendHealth) -> bytes | None:
-    """The stored body, if it says what an execution would: none of the backends it holds
-    values of is down now (then an execution would serve them flagged stale)."""
+    """The stored body, if it says what an execution would: none of the backends it depends
+    on is down now (then an execution would flag their values stale, or fail them)."""
     if hit is None or not hit.sources.isdisjoint(health.down):
         return None
     return hit.body
@@ -101,7 +102,8 @@ class ResponseCacheMiddleware:
         if (freshness.tags and not freshness.stale and freshness.cache == "on"
                 and b'"errors"' not in encoded):
             try:
-                await responses.put(digest, encoded, freshness.tags, epoch, freshness.sources)
+                await responses.put(digest, encoded, freshness.tags, epoch,
+                                    freshness.consulted | set(freshness.sources))
             except (RedisError, OSError) as exc:
                 log.debug("response cache put failed: %s", exc)
 

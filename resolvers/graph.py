@@ -82,11 +82,14 @@ class Freshness:
     """What a response is made of: per source, the age range of its values and their origin.
 
     ``tags`` name the entities read (``sku:<sku>``, ``locations``, ``products``); the
-    response cache is invalidated through them.
+    response cache is invalidated through them. ``consulted`` names every backend the
+    response depends on, whether or not it had values for it: a cached copy of the response
+    is not served while one of them is down.
     """
 
     sources: dict[str, SourceFreshness] = field(default_factory=dict)
     tags: set[str] = field(default_factory=set)
+    consulted: set[str] = field(default_factory=set)
     cache: str = "off"  # "on" | "off" | "unavailable"
 
     def see(self, source: str, as_of: datetime, origin: str) -> None:
@@ -355,6 +358,7 @@ class Loaders:
         await self.graph.ready_catalog()
         location_ids = self.graph.location_ids(location_type)
         self.freshness.tags.update(f"sku:{s}" for s in skus)
+        self.freshness.consulted.add(source)
 
         async def from_backend(missing: list[str]) -> list[StockView]:
             return await self._backend(source, fetch(missing, location_ids))
@@ -391,6 +395,7 @@ class Loaders:
     async def _load_master(self, skus: list[str]) -> list[MasterItem | BaseException | None]:
         erp = self.graph.backends.erp
         self.freshness.tags.update(f"sku:{s}" for s in skus)
+        self.freshness.consulted.add(erp.name)
 
         async def from_backend(missing: list[str]) -> dict[str, dict[str, Any]]:
             found = await self._backend(erp.name, erp.items(missing))
@@ -427,6 +432,7 @@ class Loaders:
     async def _load_purchase_orders(self, skus: list[str]
                                     ) -> list[list[PurchaseOrderLine] | BaseException]:
         erp = self.graph.backends.erp
+        self.freshness.consulted.add(erp.name)
         try:
             lines = await self._backend(erp.name, erp.purchase_orders(skus))
         except BackendError as exc:

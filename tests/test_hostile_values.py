@@ -313,6 +313,7 @@ def test_reconciliation_leaves_an_event_newer_than_its_read(skewed: Stack) -> No
 # -- 3. cached responses and freshness -----------------------------------------------------------
 
 LEVEL = "query($sku: ID!) { stockLevel(sku: $sku, locationId: \"WH01\") { onHand stale } }"
+ORDERS = "query($sku: ID!) { product(sku: $sku) { name purchaseOrders { poNumber } } }"
 
 
 def _ready(stack: Stack) -> dict[str, Any]:
@@ -330,9 +331,11 @@ def _wait(what: str, check: Callable[[], bool], timeout: float = 20) -> None:
 
 def test_cached_response_tells_the_freshness_truth_while_a_source_is_down(
         stack: Stack) -> None:
-    """With the WMS known down, the same bytes that were a fresh hit must answer what an
-    execution answers (stale: true), for a plain and a persisted-query request; once the
-    WMS is back, the response is cached and served from the cache again."""
+    """With the WMS and the ERP known down, the same bytes that were a fresh hit must answer
+    what an execution answers: warehouse stock served from the event cache with
+    stale: true, for a plain and a persisted-query request; purchase orders (read from the
+    ERP, never cached) with the ERP's error. Once they are back, the responses are cached
+    and served from the cache again."""
     sku = stack.world.items[2].sku
     plain = orjson.dumps({"query": LEVEL, "variables": {"sku": sku}})
     digest = hashlib.sha256(LEVEL.encode()).hexdigest()
@@ -340,17 +343,18 @@ def test_cached_response_tells_the_freshness_truth_while_a_source_is_down(
         "persistedQuery": {"version": 1, "sha256Hash": digest}}})
     registered = orjson.dumps({"query": LEVEL, "variables": {"sku": sku}, "extensions": {
         "persistedQuery": {"version": 1, "sha256Hash": digest}}})
+    orders = orjson.dumps({"query": ORDERS, "variables": {"sku": sku}})
     headers = {"content-type": "application/json"}
 
     def ask(body: bytes) -> httpx.Response:
         response = httpx.post(f"{stack.url}/graphql", content=body, headers=headers,
                               timeout=30)
         assert response.status_code == 200, response.text
-        assert "errors" not in response.json(), response.text
         return response
 
     def truth(body: bytes) -> tuple[bool, bool]:
         answer = ask(body).json()
+        assert "errors" not in answer, answer
         return (answer["data"]["stockLevel"]["stale"],
                 answer["extensions"]["freshness"]["sources"]["wms"]["stale"])
 
@@ -358,27 +362,36 @@ def test_cached_response_tells_the_freshness_truth_while_a_source_is_down(
         return ask(body).headers.get("x-retailgraph-cache") == "hit"
 
     ask(registered)
-    for body in (plain, persisted):
+    for body in (plain, persisted, orders):
         _wait("the response to be cached", lambda body=body: hit(body), 10)
+    for body in (plain, persisted):
         assert truth(body) == (False, False)
-    wms = stack.sims["wms"]
-    app, port = wms.server.config.app, wms.port
-    wms.stop()
+    assert "errors" not in ask(orders).json()
+    stopped = {name: (stack.sims[name].server.config.app, stack.sims[name].port)
+               for name in ("wms", "erp")}
+    for name in stopped:
+        stack.sims[name].stop()
     try:
-        _wait("the gateway to know the WMS is down",
-              lambda: "wms" in _ready(stack)["checks"]["backends"]["down"])
+        _wait("the gateway to know the WMS and the ERP are down",
+              lambda: {"wms", "erp"} <= set(_ready(stack)["checks"]["backends"]["down"]))
         executed = truth(orjson.dumps({"query": LEVEL + " # other bytes",
                                        "variables": {"sku": sku}}))
         assert executed == (True, True)
         for body in (plain, persisted):
             assert truth(body) == executed
             assert not hit(body)
+        answer = ask(orders)
+        assert answer.headers.get("x-retailgraph-cache") != "hit"
+        [error] = answer.json()["errors"]
+        assert error["extensions"]["backend"] == "erp", error
     finally:
-        stack.sims["wms"] = ServerThread(app, port).start()
-    _wait("the gateway to know the WMS is back",
+        for name, (app, port) in stopped.items():
+            stack.sims[name] = ServerThread(app, port).start()
+    _wait("the gateway to know the backends are back",
           lambda: not _ready(stack)["checks"]["backends"]["down"])
-    for body in (plain, persisted):
+    for body in (plain, persisted, orders):
         _wait("the response to be cached again", lambda body=body: hit(body), 10)
+    for body in (plain, persisted):
         assert truth(body) == (False, False)
 
 
