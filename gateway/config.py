@@ -85,6 +85,8 @@ class Settings:
     # Live subscriptions one caller (API key / JWT subject; address when auth is off) may hold
     # on one replica, across all its sockets and streams; 0 = no limit.
     max_subscriptions_per_principal: int = 200
+    # Keep-alive on idle HTTP subscription streams: an SSE comment, an empty multipart part.
+    stream_keepalive_seconds: float = 15.0
     # -- access (gateway/auth.py): auth is on as soon as any credential is configured --------
     # {name: {key = "..." | key_sha256 = "<hex>", scopes = [...], locations = [...]}};
     # env RETAILGRAPH_API_KEYS takes the same table as JSON.
@@ -102,6 +104,7 @@ class Settings:
     max_aliases: int = 30
     max_tokens: int = 2000
     max_cost: int = 25_000
+    max_batch_size: int = 10  # operations in one batched POST (a JSON array)
     introspection: bool = True
     graphiql: bool = True
     apq: bool = True  # automatic persisted queries
@@ -179,9 +182,12 @@ def _check_access(settings: Settings) -> None:
         raise ConfigError("jwt_secret: use at least 32 characters (HS256 needs a 256-bit key)")
     if settings.jwks_file and not Path(settings.jwks_file).is_file():
         raise ConfigError(f"jwks_file: {settings.jwks_file} not found")
-    for limit in ("max_depth", "max_aliases", "max_tokens", "max_cost", "max_page_size"):
+    for limit in ("max_depth", "max_aliases", "max_tokens", "max_cost", "max_page_size",
+                  "max_batch_size"):
         if getattr(settings, limit) < 1:
             raise ConfigError(f"{limit} must be at least 1")
+    if settings.stream_keepalive_seconds <= 0:
+        raise ConfigError("stream_keepalive_seconds must be more than 0")
     if settings.rate_limit_per_minute < 0:
         raise ConfigError("rate_limit_per_minute must be 0 (off) or more")
     if settings.max_subscriptions_per_principal < 0:

@@ -25,11 +25,15 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.websockets import WebSocket
 from strawberry.asgi import GraphQL
-from strawberry.exceptions import ConnectionRejectionError
+from strawberry.exceptions import ConnectionRejectionError, MissingQueryError
 from strawberry.extensions import (
     SchemaExtension,
     ValidationCache,
 )
+from strawberry.http import GraphQLRequestData
+from strawberry.schema.exceptions import CannotGetOperationTypeError, InvalidOperationTypeError
+from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL, GRAPHQL_WS_PROTOCOL
+from strawberry.types import ExecutionResult
 from strawberry.types.graphql import OperationType
 from strawberry.types.unset import UNSET, UnsetType
 
@@ -40,6 +44,7 @@ from gateway.limits import limit_extensions
 from gateway.operations import OperationGuard
 from gateway.ratelimit import RateLimited
 from gateway.response_cache import FRESHNESS_STATE
+from gateway.streams import PROTOCOLS, StreamCursor, transports
 from gateway.telemetry import OperationTelemetry
 from gateway.websocket import (
     TRY_AGAIN_LATER,
@@ -156,11 +161,21 @@ def make_schema(settings: Settings | None = None) -> strawberry.Schema:
         FreshnessReport,
         ForbiddenErrors,
         OperationTelemetry,
+        StreamCursor,
     ])
 
 
+NOT_STREAMED = ("a subscription over HTTP needs a streaming response: send Accept: "
+                "text/event-stream (graphql-sse) or multipart/mixed;subscriptionSpec=1.0 "
+                "(Apollo), or subscribe over the WebSocket")
+
+
 class GraphQLApp(GraphQL[RequestContext, None]):
-    """Strawberry's ASGI app with a per-request :class:`RequestContext`."""
+    """Strawberry's ASGI app with a per-request :class:`RequestContext`.
+
+    Subscriptions run over both WebSocket protocols and, on HTTP, over graphql-sse and
+    Apollo's multipart protocol (gateway/streams.py).
+    """
 
     websocket_adapter_class = TextFrames
     graphql_transport_ws_handler_class = TransportWsHandler
@@ -171,10 +186,40 @@ class GraphQLApp(GraphQL[RequestContext, None]):
         settings = graph.settings
         kwargs.setdefault("connection_init_wait_timeout",
                           timedelta(seconds=settings.ws_init_timeout_seconds))
+        kwargs.setdefault("subscription_protocols",
+                          (GRAPHQL_TRANSPORT_WS_PROTOCOL, GRAPHQL_WS_PROTOCOL, *PROTOCOLS))
         super().__init__(make_schema(settings), **kwargs)
+        self.stream_transport_classes_by_protocol = transports(
+            settings.stream_keepalive_seconds)
         self.graph = graph
         self.auth = auth
         self.guard = guard
+
+    async def execute_single(self, request: Request, request_adapter: Any,
+                             sub_response: Response, context: RequestContext,
+                             root_value: None, request_data: GraphQLRequestData,
+                             ) -> ExecutionResult:
+        """A request answered with one JSON document: queries (GET and POST) and mutations
+        (POST). A subscription here would be executed like a query and fail on its stream
+        (Strawberry allows it on every method): a 400 saying how to stream it instead."""
+        allowed = OperationType.from_http(request_adapter.method) - {OperationType.SUBSCRIPTION}
+        if not self.allow_queries_via_get and request_adapter.method == "GET":
+            allowed.discard(OperationType.QUERY)
+        try:
+            return await self.schema.execute(
+                request_data.query, root_value=root_value,
+                variable_values=request_data.variables, context_value=context,
+                operation_name=request_data.operation_name,
+                allowed_operation_types=allowed,
+                operation_extensions=request_data.extensions)
+        except CannotGetOperationTypeError as exc:
+            raise HTTPException(400, exc.as_http_error_reason()) from exc
+        except InvalidOperationTypeError as exc:
+            if exc.operation_type is OperationType.SUBSCRIPTION:
+                raise HTTPException(400, NOT_STREAMED) from exc
+            raise HTTPException(400, exc.as_http_error_reason(request_adapter.method)) from exc
+        except MissingQueryError as exc:
+            raise HTTPException(400, "No GraphQL query found in the request") from exc
 
     async def get_context(self, request: Request | WebSocket,
                           response: Response | WebSocket) -> RequestContext:

@@ -29,7 +29,7 @@ from redis.exceptions import RedisError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway import limits
-from gateway.asgi import read_body, replay
+from gateway.asgi import is_stream_response, read_body, replay, send_errors
 from gateway.auth import ADMIN, PRINCIPAL_STATE
 from gateway.config import ConfigError, Settings
 from gateway.operations import NOT_RUN_CODES, OperationRefused
@@ -86,11 +86,8 @@ class PersistedQueryError(OperationRefused):
         super().__init__(message, code=code, status=status)
 
 
-async def _respond(send: Send, error: OperationRefused) -> None:
-    body = error.body()
-    await send({"type": "http.response.start", "status": error.status, "headers": [
-        (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
-    await send({"type": "http.response.body", "body": body})
+async def _respond(scope: Scope, send: Send, error: OperationRefused) -> None:
+    await send_errors(scope, send, error.status, error.body(), error.headers)
 
 
 class PersistedQueries:
@@ -209,47 +206,56 @@ class PersistedQueryMiddleware:
             await self.app(scope, receive, send)
             return
         status = 0
-        chunks: list[bytes] = []
+        chunks: list[bytes] | None = []  # None: a stream, judged by its first result
 
         async def capture(message: Message) -> None:
-            nonlocal status
+            nonlocal status, chunks, register
             if message["type"] == "http.response.start":
                 status = message["status"]
-            elif message["type"] == "http.response.body":
-                chunks.append(message.get("body", b""))
+                if is_stream_response(message.get("headers", ())):
+                    chunks = None
             await send(message)
+            if message["type"] != "http.response.body" or register is None:
+                return
+            chunk = message.get("body", b"")
+            if chunks is not None:
+                chunks.append(chunk)
+            elif b'"payload"' in chunk or b"event: next" in chunk:  # not a keep-alive
+                if status == 200 and not any(code in chunk for code in _INVALID):
+                    await self.persisted.register(*register)
+                register = None
 
         await self.app(scope, receive, capture)
-        body = b"".join(chunks)
-        if status == 200 and not any(code in body for code in _INVALID):
+        if chunks is not None and register is not None and status == 200 \
+                and not any(code in b"".join(chunks) for code in _INVALID):
             await self.persisted.register(*register)
 
     async def _post(self, scope: Scope, receive: Receive, send: Send) -> None:
         body = await read_body(receive, self.max_body)
         if body is None:
-            await _respond(send, PersistedQueryError(
+            await _respond(scope, send, PersistedQueryError(
                 413, "BAD_USER_INPUT", f"request body is over the {self.max_body}-byte limit"))
             return
         if not self.persisted.concerns(body):
-            await self.app(scope, replay(body), send)
+            await self.app(scope, replay(body, receive), send)
             return
         try:
             payload = limits.loads(body)
         except orjson.JSONDecodeError:  # also when nested too deeply: Strawberry answers
             payload = None
         if not isinstance(payload, dict):  # malformed or a batch: Strawberry answers
-            await self.app(scope, replay(body), send)
+            await self.app(scope, replay(body, receive), send)
             return
         try:
             digest = await self._resolve(scope, payload)
         except PersistedQueryError as exc:
-            await _respond(send, exc)
+            await _respond(scope, send, exc)
             return
         new_body = _canonical(payload)
         headers = [(k, v) for k, v in scope.get("headers", []) if k != b"content-length"]
         headers.append((b"content-length", str(len(new_body)).encode()))
         register = (digest, payload["query"]) if digest else None
-        await self._run({**scope, "headers": headers}, replay(new_body), send, register)
+        await self._run({**scope, "headers": headers}, replay(new_body, receive), send, register)
 
     async def _get(self, scope: Scope, receive: Receive, send: Send) -> None:
         params = dict(parse_qsl(scope["query_string"].decode("latin-1"),
@@ -262,13 +268,13 @@ class PersistedQueryMiddleware:
             payload["extensions"] = (limits.loads(params["extensions"])
                                      if "extensions" in params else None)
         except orjson.JSONDecodeError:
-            await _respond(send, PersistedQueryError(400, "BAD_USER_INPUT",
+            await _respond(scope, send, PersistedQueryError(400, "BAD_USER_INPUT",
                                                      "extensions is not valid JSON"))
             return
         try:
             digest = await self._resolve(scope, payload)
         except PersistedQueryError as exc:
-            await _respond(send, exc)
+            await _respond(scope, send, exc)
             return
         if isinstance(payload.get("query"), str):
             params["query"] = payload["query"]

@@ -11,6 +11,11 @@ was stored (stale ones are never stored), and each entry names the backends it d
 (``Freshness.consulted``); while one of them is known to be down, the entry is not served
 (an execution flags its values ``stale: true``, or names the backend in an error), and the
 request executes instead.
+
+Streamed requests (SSE, multipart subscriptions: gateway/streams.py) pass straight through:
+their answer is a stream, never stored, never buffered, and a stored JSON answer is no answer
+to them. Each lookup (one per operation of a batch) counts as a hit or a miss in
+``retailgraph_cache_lookups_total{layer="response"}``.
 """
 
 from __future__ import annotations
@@ -22,7 +27,8 @@ from typing import TYPE_CHECKING, Any
 from redis.exceptions import RedisError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from gateway.asgi import read_body, replay
+from gateway import telemetry
+from gateway.asgi import is_stream, is_stream_response, read_body, replay
 from gateway.cache import CachedResponse
 from resolvers.graph import BackendHealth, Freshness
 
@@ -65,7 +71,7 @@ class ResponseCacheMiddleware:
         responses = self.runtime.responses
         if (scope["type"] != "http" or scope["path"] != "/graphql"
                 or scope["method"] != "POST" or responses is None
-                or not self.runtime.settings.cache):
+                or not self.runtime.settings.cache or is_stream(scope)):
             await self.app(scope, receive, send)
             return
         body = await read_body(receive) or b""
@@ -78,25 +84,32 @@ class ResponseCacheMiddleware:
             try:
                 hit = servable(await responses.get(digest), self.runtime.graph.health)
                 if hit is not None:
+                    _count("hit")
                     await _send_hit(send, hit)
                     return
                 epoch = await responses.epoch()
             except (RedisError, OSError) as exc:
                 log.debug("response cache unavailable: %s", exc)
                 digest = None
+        if digest is None:
+            await self.app(scope, replay(body, receive), send)
+            return
+        _count("miss")
         status = 0
-        chunks: list[bytes] = []
+        chunks: list[bytes] | None = []
 
         async def capture(message: Message) -> None:
-            nonlocal status
+            nonlocal status, chunks
             if message["type"] == "http.response.start":
                 status = message["status"]
-            elif message["type"] == "http.response.body":
+                if is_stream_response(message.get("headers", ())):
+                    chunks = None  # not an answer to store: never hold on to it
+            elif message["type"] == "http.response.body" and chunks is not None:
                 chunks.append(message.get("body", b""))
             await send(message)
 
-        await self.app(scope, replay(body), capture)
-        if digest is None or epoch is None or status != 200:
+        await self.app(scope, replay(body, receive), capture)
+        if epoch is None or status != 200 or chunks is None:
             return
         encoded = b"".join(chunks)
         if (freshness.tags and not freshness.stale and freshness.cache == "on"
@@ -106,6 +119,11 @@ class ResponseCacheMiddleware:
                                     freshness.consulted | set(freshness.sources))
             except (RedisError, OSError) as exc:
                 log.debug("response cache put failed: %s", exc)
+
+
+def _count(result: str) -> None:
+    telemetry.current().m.cache_lookups.add(1, {"layer": "response", "source": "gateway",
+                                                "result": result})
 
 
 async def _send_hit(send: Send, stored: bytes) -> None:

@@ -57,6 +57,8 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from strawberry.extensions import SchemaExtension
 
+from gateway.asgi import is_stream_response
+
 if TYPE_CHECKING:
     from gateway.applier import Applier
     from gateway.events import Envelope
@@ -513,7 +515,10 @@ def _route(path: str) -> str:
 
 
 class HttpMetrics:
-    """Counts and times every HTTP request, and response-cache hits and misses."""
+    """Counts and times every HTTP request. A streamed answer (an SSE or multipart
+    subscription: gateway/streams.py) lasts as long as its subscription, so it is counted
+    under its own route, ``graphql_stream``, not among the requests it would skew, and it is
+    recorded when the stream ends (also when the client goes away)."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -524,13 +529,13 @@ class HttpMetrics:
             return
         start = time.perf_counter()
         status = 500
-        cache_hit = False
+        streamed = False
 
         async def observe(message: Message) -> None:
-            nonlocal status, cache_hit
+            nonlocal status, streamed
             if message["type"] == "http.response.start":
                 status = message["status"]
-                cache_hit = (b"x-retailgraph-cache", b"hit") in message.get("headers", ())
+                streamed = is_stream_response(message.get("headers", ()))
             await send(message)
 
         try:
@@ -538,12 +543,11 @@ class HttpMetrics:
         finally:
             t = current()
             route = _route(scope["path"])
+            if streamed:
+                route += "_stream"
             labels = {"route": route, "method": scope["method"], "status": str(status)}
             t.m.http_requests.add(1, labels)
             t.m.http_duration.record(time.perf_counter() - start, labels)
-            if route == "graphql" and scope["method"] == "POST" and status == 200:
-                t.m.cache_lookups.add(1, {"layer": "response", "source": "gateway",
-                                          "result": "hit" if cache_hit else "miss"})
 
 
 async def metrics_endpoint(request: Request) -> Response:

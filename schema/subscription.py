@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncGenerator, Awaitable, Iterable
+from contextvars import ContextVar
+from dataclasses import dataclass
 from datetime import datetime
 from enum import Enum
 from typing import Annotated, Any, TypeVar
@@ -149,18 +151,42 @@ def _filter(info: Ctx, skus: list[strawberry.ID] | None,
                        lambda location_id, source: graph.system_of_record(location_id) == source)
 
 
+@dataclass(slots=True)
+class StreamPosition:
+    """Where one subscription operation stands in the change log, for its transport.
+
+    The transport sets one per operation (gateway/streams.py): ``resume_after`` is the cursor a
+    reconnecting client sent (SSE ``Last-Event-ID``), and ``cursor`` is that of the change
+    behind the result being delivered, which every transport reports as
+    ``extensions.cursor`` (and SSE as the event's ``id``). Subscriptions pull one change at a
+    time, so while a result is being delivered ``cursor`` is its change's.
+    """
+
+    resume_after: str | None = None
+    cursor: str | None = None
+
+
+STREAM_POSITION: ContextVar[StreamPosition | None] = ContextVar("retailgraph_stream_position",
+                                                                default=None)
+
+
 async def _changes(info: Ctx, accept: Any, after: str | None) -> AsyncGenerator[Any, None]:
     """The matching changes (after ``after``), each with fresh loaders in the context.
 
     Checked before the subscription starts, so a refusal is the operation's error (the
     WebSocket protocols' ``error`` message): the caller's subscription quota and the cursor.
+    A reconnect's ``Last-Event-ID`` (see :class:`StreamPosition`) replaces ``after``: it is
+    later than any ``after:`` of the query.
     """
     feed = _feed(info)
     owner = info.context.client
     feed.quota.check(owner)
+    position = STREAM_POSITION.get()
+    if position is not None and position.resume_after is not None:
+        after = position.resume_after
     if after is not None:
         await _cursor_errors(feed.check_cursor(after))
-    return _feed_changes(info, feed, accept, after, owner)
+    return _feed_changes(info, feed, accept, after, owner, position)
 
 
 async def _cursor_errors(call: Awaitable[T]) -> T:
@@ -174,8 +200,8 @@ async def _cursor_errors(call: Awaitable[T]) -> T:
         raise GraphQLError(str(exc), extensions={"code": "BAD_USER_INPUT"}) from exc
 
 
-async def _feed_changes(info: Ctx, feed: Any, accept: Any, after: str | None, owner: str
-                        ) -> AsyncGenerator[Any, None]:
+async def _feed_changes(info: Ctx, feed: Any, accept: Any, after: str | None, owner: str,
+                        position: StreamPosition | None = None) -> AsyncGenerator[Any, None]:
     from gateway.subscriptions import CursorExpired, InvalidCursor
 
     try:
@@ -184,6 +210,8 @@ async def _feed_changes(info: Ctx, feed: Any, accept: Any, after: str | None, ow
                 async for change in changes:
                     # Each event is resolved from what is current, like a query of its own.
                     info.context.renew_loaders()
+                    if position is not None:
+                        position.cursor = change.cursor
                     yield change
     except CursorExpired as exc:  # trimmed between the check and the first read
         raise GraphQLError(str(exc), extensions={"code": "CURSOR_EXPIRED"}) from exc
@@ -304,4 +332,5 @@ async def stock_events(info: Ctx, skus: SkusArg = None, location_ids: LocationsA
     return StockChangePage(changes=changes, end_cursor=page.end_cursor, has_more=page.has_more)
 
 
-__all__ = ["LocationTypeEnum", "StockChangePage", "Subscription", "stock_events"]
+__all__ = ["STREAM_POSITION", "LocationTypeEnum", "StockChangePage", "StreamPosition",
+           "Subscription", "stock_events"]
