@@ -204,8 +204,9 @@ async def test_apollo_multipart_subscription_over_http_link(stack: Stack,
 
 def test_apollo_batch_http_link_sends_one_batch_and_gets_each_result(stack: Stack) -> None:
     sku = stack.world.items[5].sku
-    operations = [{"query": LEVEL, "variables": {"sku": sku, "loc": stack.world.stores[n].code}}
-                  for n in range(3)]
+    operations: list[dict[str, Any]] = [
+        {"query": LEVEL, "variables": {"sku": sku, "loc": stack.world.stores[n].code}}
+        for n in range(3)]
     operations.append({"query": LOCATIONS})
     run = run_client("apollo-batch.mjs", config(stack.url, operations=operations, rounds=2))
     first, second = run.result["results"]
@@ -223,8 +224,9 @@ def test_apollo_batch_http_link_sends_one_batch_and_gets_each_result(stack: Stac
 
 def test_apollo_batch_with_persisted_queries(stack: Stack) -> None:
     sku = stack.world.items[6].sku
-    operations = [{"query": LEVEL, "variables": {"sku": sku, "loc": stack.world.stores[n].code}}
-                  for n in range(2)]
+    operations: list[dict[str, Any]] = [
+        {"query": LEVEL, "variables": {"sku": sku, "loc": stack.world.stores[n].code}}
+        for n in range(2)]
     run = run_client("apollo-batch.mjs", config(stack.url, operations=operations, rounds=2,
                                                 persisted=True))
     expected = [direct(stack, op["query"], op["variables"]) for op in operations]
