@@ -73,17 +73,24 @@ def is_stream_response(headers: Iterable[tuple[bytes, bytes]]) -> bool:
                for name, value in headers)
 
 
+async def send_json(send: Send, status: int, body: bytes,
+                    headers: Iterable[tuple[bytes, bytes]] = (),
+                    content_type: bytes = b"application/json") -> None:
+    """A whole response: ``body`` with ``status``, its length and ``headers``."""
+    await send({"type": "http.response.start", "status": status, "headers": [
+        (b"content-type", content_type), (b"content-length", str(len(body)).encode()),
+        *headers]})
+    await send({"type": "http.response.body", "body": body})
+
+
 async def send_errors(scope: Scope, send: Send, status: int, body: bytes,
                       headers: Iterable[tuple[bytes, bytes]] = ()) -> None:
     """Refuse a GraphQL request with ``body`` (``{"errors": [...]}``) before it runs: as JSON
     with ``status``, or, to a graphql-sse client, as an accepted stream that reports the
     errors in a ``next`` event and completes, as that protocol requires (a failed HTTP status
     would make the client retry or report nothing useful)."""
-    content_type = b"application/json"
-    if wants_sse(Headers(scope=scope)):
-        status, content_type = 200, SSE_MEDIA_TYPE.encode()
-        body = b"event: next\r\ndata: " + body + b"\r\n\r\nevent: complete\r\ndata: \r\n\r\n"
-    await send({"type": "http.response.start", "status": status, "headers": [
-        (b"content-type", content_type), (b"content-length", str(len(body)).encode()),
-        *headers]})
-    await send({"type": "http.response.body", "body": body})
+    if not wants_sse(Headers(scope=scope)):
+        await send_json(send, status, body, headers)
+        return
+    stream = b"event: next\r\ndata: " + body + b"\r\n\r\nevent: complete\r\ndata: \r\n\r\n"
+    await send_json(send, 200, stream, headers, SSE_MEDIA_TYPE.encode())

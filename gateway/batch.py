@@ -31,7 +31,7 @@ from typing import Any
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from gateway.asgi import is_stream, read_body, replay
+from gateway.asgi import is_stream, read_body, replay, send_json
 from gateway.limits import LIMIT_CODE
 
 BATCH_LIMIT = "max_batch_size"
@@ -45,14 +45,6 @@ class BatchRefused(Exception):
         super().__init__(message)
         self.body = orjson.dumps({"errors": [{"message": message,
                                               "extensions": {"code": code, **extensions}}]})
-
-
-async def _send_json(send: Send, status: int, body: bytes,
-                     headers: list[tuple[bytes, bytes]] | None = None) -> None:
-    await send({"type": "http.response.start", "status": status, "headers": [
-        (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-        *(headers or [])]})
-    await send({"type": "http.response.body", "body": body})
 
 
 async def _no_more() -> Message:
@@ -99,7 +91,7 @@ class BatchMiddleware:
         if body is None:
             refused = BatchRefused(f"request body is over the {self.max_body}-byte limit",
                                    "BAD_USER_INPUT")
-            await _send_json(send, 413, refused.body)
+            await send_json(send, 413, refused.body)
             return
         if body.lstrip()[:1] != b"[":
             await self.app(scope, replay(body, receive), send)
@@ -112,7 +104,7 @@ class BatchMiddleware:
         try:
             self._check(scope, operations)
         except BatchRefused as refused:
-            await _send_json(send, 400, refused.body)
+            await send_json(send, 400, refused.body)
             return
         outcomes = await asyncio.gather(*(self._run(scope, op) for op in operations),
                                         return_exceptions=True)
@@ -122,8 +114,8 @@ class BatchMiddleware:
         answers: list[Answer] = outcomes  # type: ignore[assignment]
         statuses = {answer.status for answer in answers}
         status = statuses.pop() if len(statuses) == 1 else 200
-        await _send_json(send, status, orjson.dumps([a.result() for a in answers]),
-                         _headers(answers))
+        await send_json(send, status, orjson.dumps([a.result() for a in answers]),
+                        _headers(answers))
 
     def _check(self, scope: Scope, operations: Any) -> None:
         if not isinstance(operations, list) or not operations:
