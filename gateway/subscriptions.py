@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import heapq
 import logging
+import re
 from collections import Counter, OrderedDict, deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -36,6 +37,7 @@ from resolvers.types import Quantities, StockView
 log = logging.getLogger("retailgraph.subscriptions")
 
 CHANGES_KEY = "rg:{ev}:changes"
+_ID_PART = re.compile(r"[0-9]{1,20}")
 LAST_KEY = "rg:{ev}:last"
 # The change stream's indexes: per SKU and per location, a stream with the same entry ids
 # whose entries name their cell ("sku|location|source"), so a filtered history reads only
@@ -185,9 +187,13 @@ def decode_change(cursor: str, fields: dict[bytes, bytes]) -> Change:
 
 
 def check_cursor(cursor: str) -> str:
+    """A cursor is a stream id, ``<ms>-<seq>``, both 64-bit: anything else would reach Redis
+    and fail there (``after:`` on any transport, SSE ``Last-Event-ID``)."""
     ms, _, seq = cursor.partition("-")
-    if not (ms.isdigit() and seq.isdigit()):
-        raise InvalidCursor(f"invalid cursor {cursor!r}: expected a cursor from a StockChange")
+    if not (_ID_PART.fullmatch(ms) and _ID_PART.fullmatch(seq)
+            and int(ms) < 2**64 and int(seq) < 2**64):
+        raise InvalidCursor(f"invalid cursor {cursor[:40]!r}: expected a cursor from a "
+                            "StockChange")
     return cursor
 
 

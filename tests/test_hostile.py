@@ -735,6 +735,91 @@ class TestWebSocket:
             assert await hostile.closed_with(ws) == 4403, payload
 
 
+# -- HTTP streams and batches (issue 10, helper transports) -----------------------------------
+
+class TestStreamsAndBatches:
+    """Broken batches, streams asked for in odd ways, resume cursors that are no cursors."""
+
+    def test_broken_batches(self, hostile: Hostile) -> None:
+        op = {"query": "{ __typename }"}
+        for body, code in ((b"[]", "BAD_REQUEST"), (b"[1, 2]", "BAD_REQUEST"),
+                           (b"[null]", "BAD_REQUEST"), (b'[[{"query": "{ __typename }"}]]',
+                                                        "BAD_REQUEST"),
+                           (b'["{ __typename }"]', "BAD_REQUEST"),
+                           (orjson.dumps([op] * 11), "LIMIT_EXCEEDED"),
+                           (orjson.dumps([op] * 20_000), "LIMIT_EXCEEDED"),
+                           (b"[" * 5000 + b"]" * 5000, None)):
+            with hostile.unchanged():
+                response = hostile.post("/graphql", body)
+            assert response.status_code == 400, (body[:40], response.text)
+            if code is not None:
+                assert [c for c, _ in graphql_errors(response)] == [code], response.text
+
+    def test_broken_operations_inside_a_batch(self, hostile: Hostile) -> None:
+        body = orjson.dumps([{"query": 5}, {"query": "{"}, {}, {"variables": 7, "query": "{ x }"},
+                             {"query": "{ __typename }", "extensions": "x"},
+                             {"query": "{ __typename }"}])
+        with hostile.unchanged():
+            response = hostile.post("/graphql", body)
+        assert response.status_code == 200
+        results = response.json()
+        assert len(results) == 6
+        assert all(r.get("errors") for r in results[:5]), results
+        assert results[5]["data"] == {"__typename": "Query"}
+
+    def test_resume_cursors_that_are_no_cursors(self, hostile: Hostile) -> None:
+        query = orjson.dumps({"query": "subscription { stockChanged { sku } }"})
+        for cursor in ("x", "-1", "1-2-3", "9" * 40 + "-0", "18446744073709551616-0",
+                       "1-" + "9" * 25, "1" * 10_000):
+            with hostile.unchanged():
+                response = hostile.post("/graphql", query, headers={
+                    "accept": "text/event-stream", "last-event-id": cursor}, timeout=30)
+            assert response.status_code == 200, cursor
+            assert response.headers["content-type"].startswith("text/event-stream")
+            events = [line for line in response.text.splitlines() if line.startswith("data: {")]
+            assert len(events) == 1, response.text[:300]
+            result = orjson.loads(events[0].removeprefix("data: "))
+            assert [e["extensions"]["code"] for e in result["errors"]] == ["BAD_USER_INPUT"]
+            assert "event: complete" in response.text
+
+    async def test_resume_cursors_that_are_no_cursors_over_websocket(self, hostile: Hostile,
+                                                                    ) -> None:
+        query = "subscription($after: String) { stockChanged(after: $after) { sku } }"
+        for protocol in WS_PROTOCOLS:
+            for cursor in ("9" * 40 + "-0", "18446744073709551616-0", "1-" + "9" * 25,
+                           "\u0661-0"):
+                with hostile.unchanged():
+                    message = await hostile.query_ws(protocol, query, {"after": cursor})
+                payload = message.get("payload")
+                errors = payload if isinstance(payload, list) else payload["errors"]
+                assert [e["extensions"]["code"] for e in errors] == ["BAD_USER_INPUT"], (
+                    protocol, cursor, message)
+
+    def test_odd_accept_headers(self, hostile: Hostile) -> None:
+        query = orjson.dumps({"query": "subscription { stockChanged { sku } }"})
+        for accept in ("multipart/mixed", "multipart/mixed;subscriptionSpec=0.9",
+                       "text/event-stream-ish", "*/*", ";;;,,,", "x" * 5000):
+            with hostile.unchanged():
+                response = hostile.post("/graphql", query, headers={"accept": accept})
+            assert response.status_code == 400, (accept, response.text)
+
+    async def test_stream_clients_that_leave_at_once(self, hostile: Hostile) -> None:
+        feed: Any = hostile.stack.gateways[0].server.config.app.state.runtime.feed
+        before = set(feed.subscribers)
+        query = {"query": "subscription { stockChanged { sku } }"}
+        for accept in ("text/event-stream", "multipart/mixed;subscriptionSpec=1.0"):
+            for _ in range(5):
+                async with httpx.AsyncClient(timeout=10) as client, client.stream(
+                        "POST", f"{hostile.url}/graphql", json=query, headers={
+                            "accept": accept, "authorization": f"Bearer {ADMIN}"}) as resp:
+                    assert resp.status_code == 200
+        for _ in range(500):
+            if not set(feed.subscribers) - before:
+                break
+            await asyncio.sleep(0.01)
+        assert not set(feed.subscribers) - before
+
+
 # -- values that are accepted and must still be servable (issue 11 §2, helper hostile2) -----
 
 class TestValues:
