@@ -29,11 +29,13 @@ import httpx
 import orjson
 import pytest
 import redis
+import websockets
 from httpx_sse import EventSource, ServerSentEvent
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from websockets.typing import Subprotocol
 
 from gateway import telemetry
 from tests.helpers_webhooks import Signer, apost, now
@@ -307,6 +309,27 @@ async def test_subscription_streams_each_change_with_its_cursor(open_stack: Gate
             ids = [e.id for e in s.events if e.event == "next"]
             assert ids == [c["cursor"] for c in changes]
     await open_stack.gone(before)
+
+
+@pytest.mark.parametrize("protocol", ["graphql-transport-ws", "graphql-ws"])
+async def test_websocket_results_carry_the_cursor_too(open_stack: Gateway,
+                                                      protocol: str) -> None:
+    i, sku = open_stack.sku()
+    before = open_stack.subscribers()
+    url = open_stack.url.replace("http://", "ws://") + "/graphql"
+    async with websockets.connect(url, subprotocols=[Subprotocol(protocol)]) as ws:
+        await ws.send(orjson.dumps({"type": "connection_init", "payload": {
+            "Authorization": f"Bearer {KEYS['reader'][0]}"}}).decode())
+        assert orjson.loads(await ws.recv())["type"] == "connection_ack"
+        kind = "subscribe" if protocol == "graphql-transport-ws" else "start"
+        await ws.send(orjson.dumps({"id": "1", "type": kind, "payload": {
+            "query": CHANGED, "variables": {"skus": [sku]}}}).decode())
+        await open_stack.registered(before)
+        await open_stack.count(i, 0, 14)
+        while (message := orjson.loads(await asyncio.wait_for(ws.recv(), 10)))["type"] == "ka":
+            pass
+    payload = message["payload"]
+    assert payload["extensions"] == {"cursor": payload["data"]["stockChanged"]["cursor"]}
 
 
 @pytest.mark.parametrize("kind", STREAMS)
