@@ -397,8 +397,9 @@ def test_listed_origin_subscribes_over_websocket(watched: Watched, stack: Stack,
     after = stack.sale(3, 0, 1)
     page.wait_for_function("() => window.events.length > 0", timeout=30_000)
     events = page.evaluate("() => window.events")
-    assert events == [{"data": {"stockChanged": {
-        "sku": sku, "locationId": loc, "source": "pos", "stockLevel": {"available": after}}}}]
+    assert [event["data"] for event in events] == [{"stockChanged": {
+        "sku": sku, "locationId": loc, "source": "pos", "stockLevel": {"available": after}}}]
+    assert set(events[0]["extensions"]) == {"cursor"}  # each result names its change's cursor
     assert page.evaluate("() => [window.connected, window.wsClosed, window.wsError]") == [
         True, None, None]
 

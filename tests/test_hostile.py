@@ -790,7 +790,7 @@ class TestStreamsAndBatches:
                            "\u0661-0"):
                 with hostile.unchanged():
                     message = await hostile.query_ws(protocol, query, {"after": cursor})
-                payload = message.get("payload")
+                payload: Any = message["payload"]
                 errors = payload if isinstance(payload, list) else payload["errors"]
                 assert [e["extensions"]["code"] for e in errors] == ["BAD_USER_INPUT"], (
                     protocol, cursor, message)
@@ -804,7 +804,8 @@ class TestStreamsAndBatches:
             assert response.status_code == 400, (accept, response.text)
 
     async def test_stream_clients_that_leave_at_once(self, hostile: Hostile) -> None:
-        feed: Any = hostile.stack.gateways[0].server.config.app.state.runtime.feed
+        app: Any = hostile.stack.gateways[0].server.config.app
+        feed = app.state.runtime.feed
         before = set(feed.subscribers)
         query = {"query": "subscription { stockChanged { sku } }"}
         for accept in ("text/event-stream", "multipart/mixed;subscriptionSpec=1.0"):
