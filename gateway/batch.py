@@ -31,6 +31,7 @@ from typing import Any
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from gateway import limits
 from gateway.asgi import is_stream, read_body, replay, send_json
 from gateway.limits import LIMIT_CODE
 
@@ -97,8 +98,8 @@ class BatchMiddleware:
             await self.app(scope, replay(body, receive), send)
             return
         try:
-            operations = orjson.loads(body)
-        except orjson.JSONDecodeError:  # Strawberry answers a malformed body
+            operations = limits.loads(body)
+        except orjson.JSONDecodeError:  # malformed or nested too deeply: Strawberry answers
             await self.app(scope, replay(body, receive), send)
             return
         try:

@@ -748,7 +748,10 @@ class TestStreamsAndBatches:
                            (b'["{ __typename }"]', "BAD_REQUEST"),
                            (orjson.dumps([op] * 11), "LIMIT_EXCEEDED"),
                            (orjson.dumps([op] * 20_000), "LIMIT_EXCEEDED"),
-                           (b"[" * 5000 + b"]" * 5000, None)):
+                           (b"[" * 5000 + b"]" * 5000, None),
+                           # variables nested past the JSON depth limit (orjson encodes 255)
+                           (b'[{"query": "{ __typename }", "variables": {"v": ' + b"[" * 300
+                            + b"]" * 300 + b"}}]", None)):
             with hostile.unchanged():
                 response = hostile.post("/graphql", body)
             assert response.status_code == 400, (body[:40], response.text)
