@@ -490,11 +490,12 @@ async def test_location_restricted_key_streams_only_its_locations(open_stack: Ga
 
 @pytest.mark.parametrize("kind", STREAMS)
 async def test_query_limits_apply_to_streams(open_stack: Gateway, kind: str) -> None:
-    aliases = " ".join(f"a{n}: stockChanged {{ sku }}" for n in range(31))
-    status, result = await refusal(open_stack.url, kind, f"subscription {{ {aliases} }}",
+    aliases = " ".join(f"a{n}: sku" for n in range(31))
+    status, result = await refusal(open_stack.url, kind,
+                                   f"subscription {{ stockChanged {{ {aliases} }} }}",
                                    {}, bearer("reader"))
     assert status == 200
-    assert "LIMIT_EXCEEDED" in codes(result)
+    assert codes(result) == ["LIMIT_EXCEEDED"]
     assert result["errors"][0]["extensions"]["limit"] == "max_aliases"
 
 
