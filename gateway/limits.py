@@ -32,6 +32,8 @@ from graphql import (
     FragmentDefinitionNode,
     FragmentSpreadNode,
     GraphQLError,
+    GraphQLField,
+    GraphQLID,
     GraphQLInterfaceType,
     GraphQLList,
     GraphQLNonNull,
@@ -45,6 +47,8 @@ from graphql import (
     OperationDefinitionNode,
     OperationType,
     SelectionSetNode,
+    StringValueNode,
+    ValueNode,
     VariableNode,
     get_named_type,
 )
@@ -77,6 +81,8 @@ DEFAULT_LIST_SIZE = 10
 _SUGGESTION = re.compile(r"\s*Did you mean .*\?$")
 _TOKENS_MESSAGE = "tokens. Parsing aborted"
 _PAGE_MESSAGE = re.compile(r"^first must be between 1 and (\d+)")
+# Longer identifiers are no system's (Shopify's SKUs, the longest, have 255 characters).
+MAX_ID_LENGTH = 255
 # Larger counts and costs are reported as "more than" this (JavaScript's largest safe integer;
 # orjson cannot encode integers past 64 bits at all).
 MAX_REPORTED = 2**53 - 1
@@ -266,6 +272,28 @@ def _list_len(node: FieldNode, name: str, variables: Mapping[str, Any]) -> int |
     return None
 
 
+def _strings(value: ValueNode, variables: Mapping[str, Any],
+             defaults: Mapping[str, Any]) -> Iterator[str]:
+    """The strings in an argument's value: literal, or from its variable (lists and the
+    top level of objects looked into)."""
+    raw: Any
+    if isinstance(value, VariableNode):
+        raw = variables.get(value.name.value, defaults.get(value.name.value))
+    elif isinstance(value, StringValueNode):
+        raw = value.value
+    elif isinstance(value, ListValueNode):
+        for item in value.values:
+            yield from _strings(item, variables, defaults)
+        return
+    else:
+        return
+    for item in raw if isinstance(raw, list) else [raw]:
+        if isinstance(item, str):
+            yield item
+        elif isinstance(item, dict):
+            yield from (v for v in item.values() if isinstance(v, str))
+
+
 class CostModel:
     """Computes a query's cost and checks page sizes; one per schema."""
 
@@ -349,6 +377,21 @@ class _Walk:
         self.busy.discard(key)
         return found
 
+    def _check_ids(self, definition: GraphQLField, node: FieldNode) -> None:
+        """Identifiers (ID arguments, and the keys of federation representations) longer
+        than :data:`MAX_ID_LENGTH`: BAD_USER_INPUT before any backend sees them."""
+        for arg in node.arguments or ():
+            declared = definition.args.get(arg.name.value)
+            if declared is None:
+                continue
+            kind = get_named_type(declared.type)
+            if kind is GraphQLID or kind.name == "_Any":
+                for text in _strings(arg.value, self.variables, self.defaults):
+                    if len(text) > MAX_ID_LENGTH:
+                        raise GraphQLError(
+                            f"{arg.name.value} is longer than {MAX_ID_LENGTH} characters: "
+                            "no such identifier", extensions={"code": "BAD_USER_INPUT"})
+
     def _narrow(self, parent: Composite, condition: Any) -> Composite:
         if condition is None:
             return parent
@@ -364,6 +407,7 @@ class _Walk:
         definition = parent.fields.get(name)
         if definition is None:
             return 0
+        self._check_ids(definition, node)
         key = (parent.name, name)
         named = get_named_type(definition.type)
         composite = isinstance(named, GraphQLObjectType | GraphQLInterfaceType | GraphQLUnionType)
@@ -487,5 +531,5 @@ def limit_extensions(settings: Settings) -> list[Callable[[], SchemaExtension]]:
     ]
 
 
-__all__ = ["LIMIT_CODE", "MAX_JSON_DEPTH", "CostModel", "LimitExceeded", "NestedTooDeep",
-           "QueryCost", "limit_extensions", "loads", "validation_rules"]
+__all__ = ["LIMIT_CODE", "MAX_ID_LENGTH", "MAX_JSON_DEPTH", "CostModel", "LimitExceeded",
+           "NestedTooDeep", "QueryCost", "limit_extensions", "loads", "validation_rules"]

@@ -43,8 +43,8 @@ LAST_KEY = "rg:{ev}:last"
 # whose entries name their cell ("sku|location|source"), so a filtered history reads only
 # the entries of the SKUs or locations it asks for, not the whole stream.
 INDEXED_KEY = "rg:{ev}:changes:indexed"  # the first change id that was indexed
-# Filters naming more SKUs or locations than this scan the stream instead.
-MAX_INDEX_STREAMS = 1000
+# A filter names at most this many SKUs, and as many locations (BAD_USER_INPUT beyond).
+MAX_FILTER_IDS = 1000
 
 
 def sku_index_key(sku: str) -> str:
@@ -187,11 +187,12 @@ def decode_change(cursor: str, fields: dict[bytes, bytes]) -> Change:
 
 
 def check_cursor(cursor: str) -> str:
-    """A cursor is a stream id, ``<ms>-<seq>``, both 64-bit: anything else would reach Redis
-    and fail there (``after:`` on any transport, SSE ``Last-Event-ID``)."""
+    """A cursor is a stream id, ``<ms>-<seq>``, both 64-bit (and not the very last id,
+    after which Redis cannot start a range): anything else would reach Redis and fail there
+    (``after:`` on any transport, SSE ``Last-Event-ID``)."""
     ms, _, seq = cursor.partition("-")
     if not (_ID_PART.fullmatch(ms) and _ID_PART.fullmatch(seq)
-            and int(ms) < 2**64 and int(seq) < 2**64):
+            and int(ms) < 2**64 - 1 and int(seq) < 2**64 - 1):
         raise InvalidCursor(f"invalid cursor {cursor[:40]!r}: expected a cursor from a "
                             "StockChange")
     return cursor
@@ -204,6 +205,30 @@ def _text(value: bytes | str) -> str:
 def _id_tuple(cursor: str) -> tuple[int, int]:
     ms, _, seq = cursor.partition("-")
     return int(ms), int(seq or 0)
+
+
+def _check_retention(info: dict[Any, Any], after: str) -> None:
+    """:class:`CursorExpired` if entries after ``after`` may have been trimmed away.
+
+    Trimming (the retention's XADD MINID) does not move max-deleted-entry-id (XDEL does):
+    entries before the first one left were trimmed if fewer remain than were added, and a
+    cursor before the first remaining entry may have missed some of them."""
+    cursor = _id_tuple(after)
+    deleted = _id_tuple(_text(info.get("max-deleted-entry-id") or b"0-0"))
+    first = info.get("first-entry")
+    oldest = _id_tuple(_text(first[0] if first else info.get("last-generated-id") or "0-0"))
+    trimmed = int(info.get("entries-added", -1)) != int(info.get("length", 0))
+    if cursor < deleted or (trimmed and cursor < oldest):
+        raise CursorExpired(
+            f"cursor {after} is older than the change retention; re-query the current "
+            "state (stockLevel/product) and subscribe without a cursor")
+
+
+def _raised(reply: Any) -> Any:
+    """A pipeline reply, raising it if it is an error."""
+    if isinstance(reply, Exception):
+        raise reply
+    return reply
 
 
 @dataclass(frozen=True, slots=True)
@@ -386,79 +411,68 @@ class ChangeFeed:
         (``0-0`` for a log that holds nothing yet). A :class:`CellFilter` naming SKUs or
         locations reads their indexes: its cost follows what matches.
         """
-        start = await self._start(after)
         if isinstance(accept, CellFilter):
-            plan = await self._plan(accept, after)
-            if plan is not None:
-                keys, oldest, tail = plan
-                return await self._indexed(accept, keys, start if after else oldest, tail,
-                                           after, first)
-        return await self._scan(accept, start, after, first)
+            if after is not None:
+                check_cursor(after)
+            page = await self._indexed(accept, after, first)
+            if page is not None:
+                return page
+        return await self._scan(accept, await self._start(after), after, first)
 
-    async def _plan(self, accept: CellFilter, after: str | None
-                    ) -> tuple[list[str], str, str | None] | None:
-        """The index streams to read for ``accept``, the stream's first and last entry ids
-        (read before the indexes: everything up to the last is in them), or None to scan
-        the stream: no SKUs or locations named (or too many), or entries older than the
-        indexes."""
+    async def _indexed(self, accept: CellFilter, after: str | None, first: int
+                       ) -> HistoryPage | None:
+        """The history from the indexes of the SKUs or locations ``accept`` names (the one
+        with fewer entries if it names both): merged in id order up to the stream's last
+        entry (read first: everything up to it is in the indexes), kept where ``accept``
+        matches, then those entries alone read from the stream. None (scan instead) when
+        it names neither, or the stream holds entries older than the indexes. One round
+        trip for the indexes' state (and their first entries when one family is named),
+        one for the entries returned."""
         families = [[sku_index_key(s) for s in sorted(accept.skus)]
                     if accept.skus is not None else None,
                     [location_index_key(x) for x in sorted(accept.locations)]
                     if accept.locations is not None else None]
-        candidates = [f for f in families if f is not None and len(f) <= MAX_INDEX_STREAMS]
+        candidates = [f for f in families if f is not None and len(f) <= MAX_FILTER_IDS]
         if not candidates:
             return None
+        batch = first + 1
+        start = f"({after}" if after is not None else "-"
         async with self.redis.pipeline(transaction=False) as pipe:
+            if after is not None:
+                pipe.xinfo_stream(CHANGES_KEY)
             pipe.xrevrange(CHANGES_KEY, count=1)
             pipe.xrange(CHANGES_KEY, count=1)
             pipe.get(INDEXED_KEY)
-            for family in candidates:
-                for key in family:
-                    pipe.xlen(key)
-            replies = await pipe.execute()
-        last, oldest, since = replies[:3]
+            for key in candidates[0] if len(candidates) == 1 else ():
+                pipe.xrange(key, min=start, count=batch)
+            for key in (k for f in candidates for k in f) if len(candidates) > 1 else ():
+                pipe.xlen(key)
+            replies = await pipe.execute(raise_on_error=False)
+        if after is not None:
+            info = replies.pop(0)
+            if not isinstance(info, ResponseError):  # none: nothing was ever published
+                _check_retention(_raised(info), after)
+        last, oldest, since = (_raised(r) for r in replies[:3])
+        rest = [_raised(r) for r in replies[3:]]
         if last and (since is None or (
                 _id_tuple(_text(oldest[0][0])) < _id_tuple(_text(since))
                 and (after is None or _id_tuple(after) < _id_tuple(_text(since))))):
             return None  # changes published before the indexes existed: scan
-        lengths = iter(replies[3:])
-        sizes = [sum(next(lengths) for _ in family) for family in candidates]
-        keys = candidates[sizes.index(min(sizes))]  # the fewer entries to read
         if not last:
-            return keys, "-", None
-        return keys, _text(oldest[0][0]), _text(last[0][0])
-
-    async def _indexed(self, accept: CellFilter, keys: list[str], start: str,
-                       tail: str | None, after: str | None, first: int) -> HistoryPage:
-        """Merge the index streams ``keys`` in id order from ``start`` up to ``tail``, keep
-        the entries ``accept`` matches, then read those (and only those) from the stream."""
-        wanted: list[str] = []
-        if tail is not None:
-            batch = first + 1
-            buffers: list[deque[tuple[bytes, dict[bytes, bytes]]]] = []
+            return HistoryPage([], after or "0-0", False)
+        tail = _text(last[0][0])
+        if len(candidates) == 1:
+            keys, batches = candidates[0], rest
+        else:  # both named: read the index with fewer entries
+            lengths = iter(rest)
+            sizes = [sum(next(lengths) for _ in family) for family in candidates]
+            keys = candidates[sizes.index(min(sizes))]
             async with self.redis.pipeline(transaction=False) as pipe:
                 for key in keys:
                     pipe.xrange(key, min=start, max=tail, count=batch)
-                for entries in await pipe.execute():
-                    buffers.append(deque(entries))
-            full = [len(b) == batch for b in buffers]
-            heads = [(_id_tuple(_text(b[0][0])), n) for n, b in enumerate(buffers) if b]
-            heapq.heapify(heads)
-            while heads and len(wanted) <= first:
-                _, n = heapq.heappop(heads)
-                entry_id, fields = buffers[n].popleft()
-                sku, location_id, source = _text(fields[b"k"]).rsplit("|", 2)
-                if accept.cell(sku, location_id, source):
-                    wanted.append(_text(entry_id))
-                    if len(wanted) > first:
-                        break
-                if not buffers[n] and full[n]:
-                    refill = await self.redis.xrange(keys[n], min=f"({_text(entry_id)}",
-                                                     max=tail, count=batch)
-                    buffers[n].extend(refill)
-                    full[n] = len(refill) == batch
-                if buffers[n]:
-                    heapq.heappush(heads, (_id_tuple(_text(buffers[n][0][0])), n))
+                batches = await pipe.execute()
+        wanted = await self._merge(accept, keys, batches, batch, tail,
+                                   None if after is not None else _text(oldest[0][0]))
         out: list[Change] = []
         if wanted:
             async with self.redis.pipeline(transaction=False) as pipe:
@@ -470,11 +484,43 @@ class ChangeFeed:
         more = len(wanted) > first
         if more:
             end = wanted[first - 1]
-        elif tail is not None and (after is None or _id_tuple(tail) > _id_tuple(after)):
+        elif after is None or _id_tuple(tail) > _id_tuple(after):
             end = tail
         else:
-            end = after or "0-0"
+            end = after
         return HistoryPage(out, end, more)
+
+    async def _merge(self, accept: CellFilter, keys: list[str],
+                     batches: list[list[tuple[bytes, dict[bytes, bytes]]]], batch: int,
+                     tail: str, floor: str | None) -> list[str]:
+        """Ids of up to ``batch`` matching entries of the index streams ``keys`` (whose first
+        entries are ``batches``), in id order, none past ``tail`` nor before ``floor`` (an
+        index can still list entries trimmed from the stream until it is next written)."""
+        last, low = _id_tuple(tail), _id_tuple(floor) if floor else (0, 0)
+        buffers = [deque(entries) for entries in batches]
+        full = [len(entries) == batch for entries in batches]
+        heads = [(_id_tuple(_text(b[0][0])), n) for n, b in enumerate(buffers) if b]
+        heapq.heapify(heads)
+        wanted: list[str] = []
+        while heads:
+            at, n = heapq.heappop(heads)
+            entry_id, fields = buffers[n].popleft()
+            if at > last:  # published after the history was asked for: not in this page
+                buffers[n].clear()
+                continue
+            sku, location_id, source = _text(fields[b"k"]).rsplit("|", 2)
+            if at >= low and accept.cell(sku, location_id, source):
+                wanted.append(_text(entry_id))
+                if len(wanted) == batch:
+                    break
+            if not buffers[n] and full[n]:
+                refill = await self.redis.xrange(keys[n], min=f"({_text(entry_id)}",
+                                                 count=batch)
+                buffers[n].extend(refill)
+                full[n] = len(refill) == batch
+            if buffers[n]:
+                heapq.heappush(heads, (_id_tuple(_text(buffers[n][0][0])), n))
+        return wanted
 
     async def _scan(self, accept: Filter, start: str, after: str | None, first: int
                     ) -> HistoryPage:
@@ -512,18 +558,7 @@ class ChangeFeed:
             info = await self.redis.xinfo_stream(CHANGES_KEY)
         except ResponseError:  # no stream yet: nothing was ever published
             return f"({after}"
-        # Trimming (the retention's XADD MINID) does not move max-deleted-entry-id (XDEL
-        # does): entries before the first one left were trimmed if fewer remain than were
-        # added, and a cursor before the first remaining entry may have missed some of them.
-        cursor = _id_tuple(after)
-        deleted = _id_tuple(_text(info.get("max-deleted-entry-id") or b"0-0"))
-        first = info.get("first-entry")
-        oldest = _id_tuple(_text(first[0] if first else info.get("last-generated-id") or "0-0"))
-        trimmed = int(info.get("entries-added", -1)) != int(info.get("length", 0))
-        if cursor < deleted or (trimmed and cursor < oldest):
-            raise CursorExpired(
-                f"cursor {after} is older than the change retention; re-query the current "
-                "state (stockLevel/product) and subscribe without a cursor")
+        _check_retention(info, after)
         return f"({after}"
 
     async def subscribe(self, accept: Filter, after: str | None) -> AsyncIterator[Change]:

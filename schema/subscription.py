@@ -141,8 +141,12 @@ def _feed(info: Ctx) -> Any:
 
 def _filter(info: Ctx, skus: list[strawberry.ID] | None,
             location_ids: list[strawberry.ID] | None) -> Any:
-    from gateway.subscriptions import make_filter
+    from gateway.subscriptions import MAX_FILTER_IDS, make_filter
 
+    for name, given in (("skus", skus), ("locationIds", location_ids)):
+        if given is not None and len(given) > MAX_FILTER_IDS:
+            raise GraphQLError(f"{name} names more than {MAX_FILTER_IDS}; leave it out for all",
+                               extensions={"code": "BAD_USER_INPUT"})
     graph = info.context.graph
     # Only the caller's locations; asking for others is FORBIDDEN (gateway/auth.py).
     locations = info.context.principal.restrict(

@@ -275,6 +275,16 @@ def graphql_errors(response: httpx.Response) -> list[tuple[str, str]]:
 DEEP = "\u0000deep"  # stands for the deep value in a payload until it is encoded
 
 
+def ws_errors(message: dict[str, Any]) -> list[dict[str, Any]]:
+    """The GraphQL errors of a WebSocket message: an ``error`` message's payload (a list on
+    graphql-transport-ws, one error on graphql-ws) or a result's ``errors``."""
+    payload = message.get("payload")
+    if message.get("type") == "error":
+        return payload if isinstance(payload, list) else [payload]
+    errors: list[dict[str, Any]] = (payload or {}).get("errors") or []
+    return errors
+
+
 def nested(depth: int) -> bytes:
     """JSON arrays nested ``depth`` levels deep, a SKU inside (orjson encodes only 255)."""
     return b"[" * (depth - 1) + b'{"x": "SKU-000001"}' + b"]" * (depth - 1)
@@ -417,6 +427,65 @@ class TestQueries:
                 errors = (payload if isinstance(payload, list)
                           else payload.get("errors", [payload]))
                 assert limit in [e["extensions"].get("limit") for e in errors], message
+
+
+# -- arguments ------------------------------------------------------------------------------
+
+EVENTS = "query($a: String, $s: [ID!]) { stockEvents(after: $a, skus: $s, first: 5) { hasMore } }"
+
+
+class TestArguments:
+    """Argument values no client of ours sends: refused as BAD_USER_INPUT naming the
+    argument, before they reach Redis or a backend."""
+
+    def _refused(self, hostile: Hostile, query: str, variables: dict[str, Any],
+                 says: str) -> None:
+        with hostile.unchanged():
+            response = hostile.graphql(query, variables)
+        body = response.json()
+        assert [e["extensions"]["code"] for e in body["errors"]] == ["BAD_USER_INPUT"], body
+        assert says in body["errors"][0]["message"], body
+
+    def test_cursors_out_of_range(self, hostile: Hostile) -> None:
+        """Stream ids are two 64-bit numbers; anything past that was a Redis error (an
+        INTERNAL error and a traceback in the log)."""
+        for cursor in ("99999999999999999999999-0", "18446744073709551615-18446744073709551615",
+                       "0-" + "9" * 30, "1" * 5000 + "-0", "-", "1-", "01-1x"):
+            for skus in (None, [SKU]):
+                self._refused(hostile, EVENTS, {"a": cursor, "s": skus}, "cursor")
+
+    def test_identifiers_too_long(self, hostile: Hostile) -> None:
+        """An id longer than any system's (255 characters) never reaches a backend: 500,000
+        characters built a URL httpx refuses (INTERNAL), shorter ones a 414 from the
+        backend, which then counted as down for everyone."""
+        for size in (256, 10_000, 500_000):
+            long = "X" * size
+            for query, variables, says in (
+                    ("query($s: ID!) { product(sku: $s) { name } }", {"s": long}, "sku"),
+                    ('query($s: ID!) { stockLevel(sku: $s, locationId: "ST001") { onHand } }',
+                     {"s": long}, "sku"),
+                    ("query($l: ID!) { location(id: $l) { name } }", {"l": long}, "id"),
+                    (EVENTS, {"s": [long]}, "skus"),
+                    ("query($r: [_Any!]!) { _entities(representations: $r) "
+                     "{ ... on Product { name } } }",
+                     {"r": [{"__typename": "Product", "sku": long}]}, "representations")):
+                self._refused(hostile, query, variables, says)
+            message = asyncio.run(hostile.query_ws(
+                "graphql-transport-ws",
+                "subscription($s: [ID!]) { stockChanged(skus: $s) { sku } }", {"s": [long]}))
+            assert [e["extensions"]["code"] for e in ws_errors(message)] == [
+                "BAD_USER_INPUT"], message
+        ready = httpx.get(f"{hostile.url}/readyz", timeout=10).json()
+        assert ready["checks"]["backends"] == {"ok": True, "down": {}}, ready
+
+    def test_filters_too_long(self, hostile: Hostile) -> None:
+        many = [f"SKU-{n:06d}" for n in range(1001)]
+        self._refused(hostile, EVENTS, {"s": many}, "skus")
+        message = asyncio.run(hostile.query_ws(
+            "graphql-transport-ws", "subscription($s: [ID!]) { stockChanged(skus: $s) { sku } }",
+            {"s": many}))
+        assert message["type"] == "error", message
+        assert message["payload"][0]["extensions"]["code"] == "BAD_USER_INPUT", message
 
 
 # -- request bodies -------------------------------------------------------------------------

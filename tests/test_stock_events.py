@@ -88,10 +88,10 @@ class CountingPipeline:
             return self
         return queued
 
-    async def execute(self) -> list[Any]:
-        replies: list[Any] = await self.inner.execute()
+    async def execute(self, **kwargs: Any) -> list[Any]:
+        replies: list[Any] = await self.inner.execute(**kwargs)
         for key, reply in zip(self.keys, replies, strict=True):
-            if key is not None:
+            if key is not None and isinstance(reply, list):
                 self.owner.entries[key] += len(reply)
         self.keys = []
         return replies
