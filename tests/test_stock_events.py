@@ -8,6 +8,7 @@ Against a real Redis-protocol server, through :class:`ChangeFeed` and
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import random
 from collections import Counter
@@ -215,6 +216,7 @@ async def test_retention_trims_the_indexes_with_the_stream(redis: Counting) -> N
     await publish(redis, [(SKUS[0], "ST001", "pos")] * 3, retention=3600)
     feed = ChangeFeed(redis)
     first = (await feed.history(make_filter([SKUS[0]], None), None, 1)).changes[0].cursor
+    await asyncio.sleep(0.01)  # the next change's millisecond is later than theirs
     await publish(redis, [(SKUS[1], "ST002", "pos")], retention=0)  # trims everything older
     assert await redis.inner.xlen(CHANGES_KEY) == 1
     with pytest.raises(CursorExpired):
