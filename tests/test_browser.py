@@ -61,9 +61,11 @@ STOCK_LEVEL = """query($sku: ID!, $loc: ID!) {
 SUBSCRIPTION = """subscription($skus: [ID!], $locs: [ID!]) {
   stockChanged(skus: $skus, locationIds: $locs) { sku locationId source
     stockLevel { available } } }"""
+WITH_CURSOR = SUBSCRIPTION.replace("sku locationId", "cursor sku locationId")
 
 ORIGIN_PAGE = """<!doctype html>
 <html><head><meta charset="utf-8"><title>a shop on another origin</title>
+<link rel="icon" href="data:,">
 <script src="/graphql-ws.min.js"></script>
 <script>
 window.events = [];
@@ -85,6 +87,26 @@ window.query = async (gateway, body, headers) => {
     return {error: String(error)};
   }
 };
+// A streamed subscription over HTTP (graphql-sse or Apollo multipart), read with fetch.
+window.stream = {status: null, text: "", error: null, done: false, controller: null};
+window.openStream = (gateway, accept, body, headers) => {
+  const controller = new AbortController();
+  window.stream = {status: null, text: "", error: null, done: false, controller: controller};
+  const state = window.stream;
+  fetch(gateway + "/graphql", {method: "POST", signal: controller.signal,
+    headers: Object.assign({"content-type": "application/json", "accept": accept}, headers),
+    body: JSON.stringify(body)}).then(async (response) => {
+      state.status = response.status;
+      const reader = response.body.getReader();
+      const decoder = new TextDecoder();
+      for (;;) {
+        const {value, done} = await reader.read();
+        if (done) { state.done = true; return; }
+        state.text += decoder.decode(value, {stream: true});
+      }
+    }).catch((error) => { state.error = String(error); });
+};
+window.closeStream = () => window.stream.controller.abort();
 window.subscribe = (gateway, key, query, variables) => {
   const client = graphqlWs.createClient({
     url: gateway.replace(/^http/, "ws") + "/graphql",
@@ -172,15 +194,18 @@ def browser(playwright: Playwright) -> Iterator[Browser]:
 
 class Watched:
     """A page whose every request, WebSocket, console error and CSP violation is recorded;
-    requests to any host but 127.0.0.1 are aborted."""
+    with ``guard``, requests to any host but 127.0.0.1 are aborted (Playwright's routing
+    holds back streamed response bodies, so pages reading SSE or multipart streams go
+    without)."""
 
-    def __init__(self, browser: Browser) -> None:
+    def __init__(self, browser: Browser, guard: bool = True) -> None:
         self.context = browser.new_context(viewport={"width": 1280, "height": 720})
         self.context.set_default_timeout(60_000)
         self.urls: list[str] = []
         self.foreign: list[str] = []
         self.errors: list[str] = []
-        self.context.route("**/*", self._route)
+        if guard:
+            self.context.route("**/*", self._route)
         self.context.add_init_script("""window.__violations = [];
             document.addEventListener('securitypolicyviolation',
               (e) => window.__violations.push(e.violatedDirective + ' ' + e.blockedURI));""")
@@ -209,6 +234,16 @@ class Watched:
 @pytest.fixture
 def watched(browser: Browser) -> Iterator[Watched]:
     page = Watched(browser)
+    try:
+        yield page
+    finally:
+        page.close()
+
+
+@pytest.fixture
+def shop(browser: Browser) -> Iterator[Watched]:
+    """A page for the web shop on another origin (no routing: it reads streams)."""
+    page = Watched(browser, guard=False)
     try:
         yield page
     finally:
@@ -358,9 +393,9 @@ def _origin_page(watched: Watched, server: ServerThread) -> Page:
     return watched.page
 
 
-def test_listed_origin_queries_over_fetch(watched: Watched, stack: Stack,
+def test_listed_origin_queries_over_fetch(shop: Watched, stack: Stack,
                                           origins: Origins) -> None:
-    page = _origin_page(watched, origins.listed)
+    page = _origin_page(shop, origins.listed)
     sku, loc = _cell(stack, 2)
     body = {"query": STOCK_LEVEL, "variables": {"sku": sku, "loc": loc}}
     auth = {"Authorization": f"Bearer {KEY}"}
@@ -382,13 +417,13 @@ def test_listed_origin_queries_over_fetch(watched: Watched, stack: Stack,
     assert denied["status"] == 401
     assert denied["body"]["errors"][0]["extensions"]["code"] == "UNAUTHENTICATED"
     assert denied["headers"]["www-authenticate"].startswith("Bearer")
-    assert watched.errors == ["Failed to load resource: the server responded with a status "
+    assert shop.errors == ["Failed to load resource: the server responded with a status "
                               "of 401 (Unauthorized)"]
 
 
-def test_listed_origin_subscribes_over_websocket(watched: Watched, stack: Stack,
+def test_listed_origin_subscribes_over_websocket(shop: Watched, stack: Stack,
                                                  origins: Origins) -> None:
-    page = _origin_page(watched, origins.listed)
+    page = _origin_page(shop, origins.listed)
     sku, loc = _cell(stack, 3)
     before = _subscribers(stack)
     page.evaluate("([gw, key, query, variables]) => subscribe(gw, key, query, variables)",
@@ -404,10 +439,107 @@ def test_listed_origin_subscribes_over_websocket(watched: Watched, stack: Stack,
         True, None, None]
 
 
+SSE = "text/event-stream"
+MULTIPART = "multipart/mixed;subscriptionSpec=1.0,application/json"
+
+
+def _sse_events(text: str) -> list[tuple[str | None, dict[str, Any]]]:
+    """``(id, data)`` of each ``next`` event of a graphql-sse stream."""
+    out = []
+    for block in text.replace("\r\n", "\n").split("\n\n"):
+        fields: dict[str, str] = {}
+        for line in block.split("\n"):
+            name, sep, value = line.partition(":")
+            if sep and name:
+                fields[name] = value.removeprefix(" ")
+        if fields.get("event") == "next":
+            out.append((fields.get("id"), json.loads(fields["data"])))
+    return out
+
+
+def _multipart_payloads(text: str) -> list[dict[str, Any]]:
+    """The ``payload`` of each part of an Apollo multipart subscription (keep-alives ``{}``
+    left out)."""
+    out = []
+    for part in text.split("--graphql"):
+        _head, sep, body = part.partition("\r\n\r\n")
+        body = body.strip()
+        if sep and body.startswith("{"):
+            parsed = json.loads(body)
+            if "payload" in parsed:
+                out.append(parsed["payload"])
+    return out
+
+
+def _stream(page: Page, stack: Stack, accept: str, i: int,
+            headers: dict[str, str] | None = None) -> None:
+    sku, loc = _cell(stack, i)
+    page.evaluate("([gw, accept, body, headers]) => openStream(gw, accept, body, headers)",
+                  [stack.url, accept, {"query": WITH_CURSOR,
+                                       "variables": {"skus": [sku], "locs": [loc]}},
+                   {"Authorization": f"Bearer {KEY}", **(headers or {})}])
+
+
+def _stream_text(page: Page, contains: str) -> str:
+    page.wait_for_function("(want) => window.stream.text.includes(want) || window.stream.error",
+                           arg=contains)
+    state = page.evaluate("() => [window.stream.status, window.stream.error, window.stream.text]")
+    assert state[:2] == [200, None], state
+    text: str = state[2]
+    return text
+
+
+def _close_stream(page: Page, stack: Stack, before: set[Any]) -> None:
+    page.evaluate("() => closeStream()")
+    deadline = time.monotonic() + 30
+    while _subscribers(stack) - before:
+        assert time.monotonic() < deadline, "closing the stream left the subscription behind"
+        time.sleep(0.05)
+
+
+def test_listed_origin_subscribes_over_sse_and_resumes_with_last_event_id(
+        shop: Watched, stack: Stack, origins: Origins) -> None:
+    """graphql-sse from another origin: the stream's headers pass CORS, each event's id is
+    the change's cursor, and Last-Event-ID (a non-safelisted header) resumes after it."""
+    page = _origin_page(shop, origins.listed)
+    sku, loc = _cell(stack, 5)
+    before = _subscribers(stack)
+    _stream(page, stack, SSE, 5)
+    _wait_registered(stack, before)
+    first = stack.sale(5, 0, 1)
+    text = _stream_text(page, f'"available":{first}')
+    ((cursor, data),) = _sse_events(text)
+    assert data["data"]["stockChanged"]["cursor"] == cursor
+    assert data["data"]["stockChanged"]["stockLevel"] == {"available": first}
+    _close_stream(page, stack, before)
+    missed = stack.sale(5, 0, 2)  # while no stream is open
+    assert cursor is not None
+    _stream(page, stack, SSE, 5, {"Last-Event-ID": cursor})
+    text = _stream_text(page, f'"available":{missed}')
+    events = _sse_events(text)
+    assert [e[1]["data"]["stockChanged"]["stockLevel"]["available"] for e in events] == [missed]
+    assert events[0][1]["data"]["stockChanged"]["sku"] == sku
+    assert events[0][1]["data"]["stockChanged"]["locationId"] == loc
+    _close_stream(page, stack, before)
+
+
+def test_listed_origin_subscribes_over_multipart(shop: Watched, stack: Stack,
+                                                 origins: Origins) -> None:
+    page = _origin_page(shop, origins.listed)
+    before = _subscribers(stack)
+    _stream(page, stack, MULTIPART, 6)
+    _wait_registered(stack, before)
+    after = stack.sale(6, 0, 1)
+    text = _stream_text(page, f'"available":{after}')
+    payloads = _multipart_payloads(text)
+    assert [p["data"]["stockChanged"]["stockLevel"] for p in payloads] == [{"available": after}]
+    _close_stream(page, stack, before)
+
+
 def test_unlisted_origin_is_refused_on_http_and_websocket(
-        watched: Watched, stack: Stack, origins: Origins,
+        shop: Watched, stack: Stack, origins: Origins,
         caplog: pytest.LogCaptureFixture) -> None:
-    page = _origin_page(watched, origins.unlisted)
+    page = _origin_page(shop, origins.unlisted)
     sku, loc = _cell(stack, 4)
     body = {"query": STOCK_LEVEL, "variables": {"sku": sku, "loc": loc}}
     with caplog.at_level(logging.INFO):
@@ -415,6 +547,12 @@ def test_unlisted_origin_is_refused_on_http_and_websocket(
                                 [stack.url, body, {"Authorization": f"Bearer {KEY}"}])
         assert refused == {"error": "TypeError: Failed to fetch"}
         before = _subscribers(stack)
+        for accept in (SSE, MULTIPART):  # streamed subscriptions are refused the same way
+            _stream(page, stack, accept, 4)
+            page.wait_for_function("() => window.stream.error !== null")
+            assert page.evaluate("() => [window.stream.error, window.stream.text]") == [
+                "TypeError: Failed to fetch", ""]
+        assert _subscribers(stack) - before == set()
         page.evaluate("([gw, key, query, variables]) => subscribe(gw, key, query, variables)",
                       [stack.url, KEY, SUBSCRIPTION, {"skus": [sku], "locs": [loc]}])
         page.wait_for_function("() => window.wsClosed !== null", timeout=30_000)
