@@ -1,6 +1,7 @@
 """The HTTP transports driven by the JavaScript clients people use, against a running gateway:
 npm ``graphql-sse`` (a subscription over Server-Sent Events that resumes with
-``Last-Event-ID`` after its connection is cut), ``@apollo/client`` 4 (a multipart
+``Last-Event-ID`` after its connection is cut), npm ``eventsource`` (the WHATWG EventSource,
+which reconnects by itself with ``Last-Event-ID``), ``@apollo/client`` 4 (a multipart
 subscription through ``HttpLink``, with and without ``PersistedQueryLink``; queries through
 ``BatchHttpLink``, with and without ``PersistedQueryLink``).
 
@@ -100,6 +101,7 @@ class CuttableLink:
         self.port = free_port()
         self.writers: list[asyncio.StreamWriter] = []
         self.server: asyncio.Server | None = None
+        self.refusing = False  # True: new connections are dropped at once (no network)
 
     @property
     def url(self) -> str:
@@ -114,6 +116,9 @@ class CuttableLink:
 
     async def _serve(self, client_r: asyncio.StreamReader,
                      client_w: asyncio.StreamWriter) -> None:
+        if self.refusing:
+            client_w.transport.abort()
+            return
         upstream_r, upstream_w = await asyncio.open_connection("127.0.0.1", self.target_port)
         self.writers += [client_w, upstream_w]
         await asyncio.gather(self._pipe(client_r, upstream_w), self._pipe(upstream_r, client_w))
@@ -236,4 +241,41 @@ def test_apollo_batch_with_persisted_queries(stack: Stack) -> None:
     assert [[("query" in op) for op in body] for body in bodies] == [
         [False, False], [True, True], [False, False]]
     assert all(op["extensions"]["persistedQuery"]["version"] == 1 for b in bodies for op in b)
+    assert run.console == []
+
+
+async def test_eventsource_reconnects_by_itself_with_last_event_id(stack: Stack) -> None:
+    """The WHATWG EventSource (npm ``eventsource``): after a cut it reconnects on its own and
+    sends the id of the last event it saw as ``Last-Event-ID``; nothing is missed or
+    repeated."""
+    i = 8
+    sku, store = stack.world.items[i].sku, stack.world.stores[2].code
+    link = CuttableLink(stack.gateway_ports[0])
+    async with link.running(), ClientScript("eventsource-resume.mjs", config(
+            link.url, query=CHANGED, variables={"skus": [sku], "locs": [store]},
+            total=5)) as script:
+        before = subscribers(stack)
+        await script.message("open")
+        await until(lambda: subscribers(stack) - before, "not subscribed")
+        await count(stack, i, 2, 60)
+        first = await script.message("next")
+        link.refusing = True  # the network is gone: reconnect attempts fail too
+        await link.cut()
+        await script.message("error")
+        await until(lambda: not subscribers(stack) - before, "subscription left behind")
+        for quantity in (59, 58, 57):
+            await count(stack, i, 2, quantity)
+        link.refusing = False
+        await script.message("open", seconds=60)  # EventSource retried by itself
+        await until(lambda: subscribers(stack) - before, "not subscribed again")
+        missed = [await script.message("next") for _ in range(3)]
+        await count(stack, i, 2, 56)
+        run = await script.finish()
+    received = run.result
+    changes = [r["result"]["data"]["stockChanged"] for r in received]
+    assert [c["stockLevel"]["available"] for c in changes] == [60, 59, 58, 57, 56]
+    assert received[0] == first
+    assert received[1:4] == missed
+    assert [r["id"] for r in received] == [c["cursor"] for c in changes]
+    assert len({r["id"] for r in received}) == 5
     assert run.console == []
