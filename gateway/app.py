@@ -26,7 +26,7 @@ from gateway import graphiql, logs, telemetry
 from gateway.applier import Applier, PendingSweeper
 from gateway.auth import Authenticator, AuthMiddleware
 from gateway.batch import BatchMiddleware
-from gateway.cache import Cache, ResponseCache, connect
+from gateway.cache import Cache, Deadlines, ResponseCache, connect
 from gateway.config import Settings, browser_origins
 from gateway.cors import BrowserOrigins
 from gateway.events import EventLog
@@ -94,7 +94,7 @@ class Runtime:
             self.embedded = EmbeddedRedis()
             url = await self.embedded.start()
         self.redis_url = url
-        client = await connect(url)
+        client = await connect(url, Deadlines.of(self.settings))
         self.cache = Cache(client)
         self.responses = ResponseCache(client)
         self.events = EventLog(client)

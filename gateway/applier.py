@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable, Sequence
 import orjson
 from redis.exceptions import RedisError
 
-from gateway.cache import Cache, ResponseCache
+from gateway.cache import Backoff, Cache, ResponseCache
 from gateway.events import PENDING_KEY, Envelope, EventKind, EventLog, MovementType
 from resolvers.types import StockView
 
@@ -113,15 +113,18 @@ class PendingSweeper:
         return len(stuck)
 
     async def run(self) -> None:
+        backoff = Backoff("pending sweeper")
         while True:
+            delay = self.interval
             try:
                 self.running = True
                 while await self.sweep() == 500:
                     pass
+                backoff.succeeded()
             except asyncio.CancelledError:
                 self.running = False
                 raise
             except (RedisError, OSError) as exc:
                 self.running = False
-                log.warning("pending sweeper paused: %s", exc)
-            await asyncio.sleep(self.interval)
+                delay = max(delay, backoff.failed(exc))
+            await asyncio.sleep(delay)

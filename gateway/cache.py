@@ -23,18 +23,24 @@ Races are closed in the scripts:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+import time
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import orjson
 import redis.asyncio as aioredis
 from aiocache.serializers import BaseSerializer
-from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.client import Pipeline
+from redis.asyncio.cluster import ClusterPipeline, RedisCluster
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from resolvers.types import Quantities, StockView
 
@@ -399,11 +405,13 @@ class Cache:
             fetched = await fetch(list(gens))
             found.update(fetched)
             try:
-                await self._run_scripts(self._fill, [
-                    ([master_key(sku)], [self.ttl, gens[sku], "item", SERIALIZER.dumps(record),
-                                         version_number(str(record.get("updatedAt", "")),
-                                                        datetime.now(UTC))])
-                    for sku, record in fetched.items()])
+                with best_effort():
+                    await self._run_scripts(self._fill, [
+                        ([master_key(sku)], [self.ttl, gens[sku], "item",
+                                             SERIALIZER.dumps(record),
+                                             version_number(str(record.get("updatedAt", "")),
+                                                            datetime.now(UTC))])
+                        for sku, record in fetched.items()])
             except (RedisError, OSError) as exc:
                 log.warning("cache fill for the item master failed: %s", exc)
         return found, cached
@@ -421,7 +429,8 @@ class Cache:
                 args += view_fields(view, full=True)
             calls.append(([views_key(sku, source)], args))
         try:
-            await self._run_scripts(self._fill, calls)
+            with best_effort():  # the read is answered either way
+                await self._run_scripts(self._fill, calls)
         except (RedisError, OSError) as exc:
             log.warning("cache fill for %s failed: %s", source, exc)
 
@@ -521,8 +530,9 @@ class ResponseCache:
     async def put(self, digest: str, body: bytes, tags: Iterable[str], epoch: int,
                   sources: Iterable[str] = ()) -> bool:
         stored = RESPONSE_HEAD + ",".join(sorted(set(sources))).encode() + b"\n" + body
-        return bool(await self._put(keys=[response_key(digest)],
-                                    args=[self.ttl, epoch, stored, *sorted(set(tags))]))
+        with best_effort():  # the response has been sent already
+            return bool(await self._put(keys=[response_key(digest)],
+                                        args=[self.ttl, epoch, stored, *sorted(set(tags))]))
 
     async def invalidate(self, tags: Iterable[str]) -> int:
         tags = sorted(set(tags))
@@ -531,24 +541,329 @@ class ResponseCache:
         return int(await self._invalidate(keys=[RC_SEQ], args=tags))
 
 
+# -- the client: every command has a deadline ---------------------------------------------------
+
 REDIS_MAX_CONNECTIONS = 100
-REDIS_POOL_WAIT_SECONDS = 10.0
+
+# Commands that only read: they get the read deadline and have a fallback (the backends).
+# Everything else (scripts included) is a write and gets the write deadline.
+READ_COMMANDS = frozenset({
+    "DBSIZE", "ECHO", "EXISTS", "GET", "GETRANGE", "HEXISTS", "HGET", "HGETALL", "HKEYS",
+    "HLEN", "HMGET", "HSCAN", "HSTRLEN", "HVALS", "INFO", "LINDEX", "LLEN", "LRANGE", "MGET",
+    "PING", "PTTL", "SCAN", "SCARD", "SISMEMBER", "SMEMBERS", "SSCAN", "STRLEN", "TIME", "TTL",
+    "TYPE", "XINFO", "XLEN", "XRANGE", "XREAD", "XREVRANGE", "ZCARD", "ZCOUNT", "ZRANGE",
+    "ZRANGEBYLEX", "ZRANGEBYSCORE", "ZRANK", "ZREVRANGE", "ZREVRANGEBYSCORE", "ZSCAN",
+    "ZSCORE"})
+# While Redis is not answering, the guard PINGs it: a refused connection is tried again after
+# this long, doubling up to the cap.
+PROBE_FIRST_SECONDS = 0.05
+PROBE_MAX_SECONDS = 1.0
 
 
-async def connect(url: str) -> aioredis.Redis | RedisCluster:
+@dataclass(frozen=True, slots=True)
+class Deadlines:
+    """How long one Redis command (or pipeline) may take, waiting for a pooled connection
+    included: ``read`` for reads (they fall back to the backends), ``write`` for writes
+    (webhooks answer 503). A blocking read (``XREAD BLOCK n``, the change feeds) gets n ms
+    plus ``write``: it has no hurry, and must not give up on a healthy but busy server."""
+
+    read: float = 0.25
+    write: float = 2.0
+
+    @classmethod
+    def of(cls, settings: Any) -> Deadlines:
+        return cls(settings.redis_read_timeout_ms / 1000, settings.redis_write_timeout_ms / 1000)
+
+
+class RedisDeadlineExceeded(RedisTimeoutError):
+    """A command missed its deadline (Redis frozen, overloaded or unreachable)."""
+
+
+class RedisNotAnswering(RedisConnectionError):
+    """Skipped without trying: Redis missed a deadline recently and has not answered since."""
+
+
+_MODE: ContextVar[str] = ContextVar("retailgraph_redis_mode", default="")
+
+
+@contextlib.contextmanager
+def best_effort() -> Iterator[None]:
+    """Writes inside are optional (cache fills, cached responses, rate-limit tokens): they
+    get the read deadline and are skipped while Redis is not answering, like reads."""
+    token = _MODE.set("best_effort")
+    try:
+        yield
+    finally:
+        _MODE.reset(token)
+
+
+@contextlib.contextmanager
+def patient() -> Iterator[None]:
+    """Background work that has no fallback to hurry to (reconciliation, sweeps): reads
+    inside get the write deadline and are never skipped."""
+    token = _MODE.set("patient")
+    try:
+        yield
+    finally:
+        _MODE.reset(token)
+
+
+def _kind(args: Sequence[Any]) -> tuple[str, float]:
+    """("read" | "write" | "block", extra seconds) of one command."""
+    name = _name(args)
+    if name not in READ_COMMANDS:
+        return "write", 0.0
+    if name == "XREAD":
+        for i, arg in enumerate(args[:-1]):
+            if arg in (b"BLOCK", "BLOCK", b"block", "block"):
+                return "block", int(args[i + 1]) / 1000
+    return "read", 0.0
+
+
+_T = TypeVar("_T")
+
+
+class CommandGuard:
+    """Runs every command of one client under its deadline, and keeps reads from waiting on
+    a Redis that stopped answering.
+
+    A command that misses its deadline (or cannot connect) fails alone, and starts a probe:
+    a PING with the read deadline. If that misses too, Redis is *not answering*: reads fail
+    at once (``RedisNotAnswering``, so they go straight to their fallback) while the probe
+    keeps PINGing (each within the write deadline, so a thawing server's answer is seen at
+    once) until Redis answers. Writes are always tried, within their deadline. A single slow
+    command (a busy event loop, a cold connection) does not switch reads off; a frozen or
+    unreachable server does, within about twice the read deadline.
+    """
+
+    def __init__(self, deadlines: Deadlines,
+                 ping: Callable[[], Awaitable[object]] | None = None) -> None:
+        self.deadlines = deadlines
+        self.ping = ping
+        self.sick_since: float | None = None
+        self._probe: asyncio.Task[None] | None = None
+
+    async def run(self, kind: str, extra: float, call: Callable[[], Awaitable[_T]],
+                  what: str) -> _T:
+        mode = _MODE.get()
+        if mode == "best_effort" and kind == "write":
+            kind = "read"
+        elif mode == "patient" and kind == "read":
+            kind = "write"
+        if kind == "read" and self.sick_since is not None:
+            raise RedisNotAnswering(
+                f"Redis has not answered for {time.monotonic() - self.sick_since:.1f}s; "
+                f"{what} skipped")
+        seconds = (self.deadlines.read if kind == "read" else self.deadlines.write) + extra
+        try:
+            async with asyncio.timeout(seconds):
+                result = await call()
+        except TimeoutError:
+            self._missed(what, None)
+            raise RedisDeadlineExceeded(
+                f"Redis {what} missed its {seconds * 1000:.0f} ms deadline") from None
+        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            self._missed(what, exc)
+            raise
+        if self.sick_since is not None:
+            self._recovered()
+        return result
+
+    def _missed(self, what: str, exc: BaseException | None) -> None:
+        if self.ping is not None and (self._probe is None or self._probe.done()):
+            self._probe = asyncio.get_running_loop().create_task(self._watch(what, exc))
+
+    async def _watch(self, what: str, exc: BaseException | None) -> None:
+        """PING until Redis answers; reads are skipped from the first PING it misses on."""
+        assert self.ping is not None
+        deadline, backoff = self.deadlines.read, PROBE_FIRST_SECONDS
+        while True:
+            started = time.monotonic()
+            try:
+                async with asyncio.timeout(deadline):
+                    await self.ping()
+            except (RedisError, OSError) as error:
+                if self.sick_since is None:
+                    self.sick_since = time.monotonic()
+                    log.warning("Redis is not answering (%s: %s; then PING: %s): reads go to "
+                                "the backends, webhooks get 503 until it does", what,
+                                str(exc or "") or "deadline missed",
+                                str(error) or "deadline missed")
+                deadline = self.deadlines.write
+                # A refused connection fails at once: do not spin.
+                await asyncio.sleep(max(0.0, backoff - (time.monotonic() - started)))
+                backoff = min(backoff * 2, PROBE_MAX_SECONDS)
+                continue
+            if self.sick_since is not None:
+                self._recovered()
+            return
+
+    def _recovered(self) -> None:
+        if self.sick_since is not None:
+            log.warning("Redis answers again, after %.1fs", time.monotonic() - self.sick_since)
+            self.sick_since = None
+
+    async def aclose(self) -> None:
+        if self._probe is not None:
+            self._probe.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._probe
+
+
+class Backoff:
+    """How long a background loop (sweeper, change feeds, sync health) waits after Redis
+    failed it: ``first`` seconds, doubling up to ``cap``, back to ``first`` once a round
+    succeeds. The first failure is logged as a warning, the repeats at debug level, and the
+    recovery once."""
+
+    def __init__(self, what: str, first: float = 0.25, cap: float = 4.0) -> None:
+        self.what = what
+        self.first = first
+        self.cap = cap
+        self.failures = 0
+        self._since = 0.0
+
+    def failed(self, exc: BaseException) -> float:
+        """The delay before the next try."""
+        if self.failures == 0:
+            self._since = time.monotonic()
+            log.warning("%s paused: %s", self.what, exc)
+        else:
+            log.debug("%s still paused: %s", self.what, exc)
+        delay: float = min(self.first * 2.0 ** min(self.failures, 16), self.cap)
+        self.failures += 1
+        return delay
+
+    def succeeded(self) -> None:
+        if self.failures:
+            log.warning("%s resumed after %.1fs", self.what, time.monotonic() - self._since)
+            self.failures = 0
+
+
+class GuardedPipeline(Pipeline):
+    """A pipeline run as one command: the read deadline if every queued command reads."""
+
+    guard: CommandGuard
+    _writes = False
+    _extra = 0.0
+
+    def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        kind, extra = _kind(args)
+        self._writes = self._writes or kind == "write"
+        self._extra = max(self._extra, extra)
+        return super().execute_command(*args, **kwargs)
+
+    async def execute(self, raise_on_error: bool = True) -> list[Any]:
+        kind = "write" if self._writes else "block" if self._extra else "read"
+        self._writes, extra, self._extra = False, self._extra, 0.0
+        return await self.guard.run(kind, extra, lambda: super(GuardedPipeline, self).execute(
+            raise_on_error), f"pipeline of {len(self.command_stack)}")
+
+
+class GuardedRedis(aioredis.Redis):
+    """redis-py's client with a :class:`CommandGuard` on every command and pipeline."""
+
+    guard: CommandGuard
+
+    async def execute_command(self, *args: Any, **options: Any) -> Any:
+        kind, extra = _kind(args)
+        return await self.guard.run(kind, extra, lambda: super(GuardedRedis, self)
+                                    .execute_command(*args, **options),  # type: ignore[no-untyped-call]
+                                    _name(args))
+
+    async def unguarded_ping(self) -> object:
+        return await super().execute_command("PING")  # type: ignore[no-untyped-call]
+
+    async def aclose(self, close_connection_pool: bool | None = None) -> None:
+        await self.guard.aclose()
+        await super().aclose(close_connection_pool)
+
+    def pipeline(self, transaction: bool = True, shard_hint: str | None = None,
+                 ) -> GuardedPipeline:
+        pipe = GuardedPipeline(self.connection_pool, self.response_callbacks, transaction,
+                               shard_hint)
+        pipe.guard = self.guard
+        return pipe
+
+
+class GuardedClusterPipeline(ClusterPipeline):
+    guard: CommandGuard
+    _writes = False
+    _queued = 0
+
+    def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        self._writes = self._writes or _kind(args)[0] != "read"
+        self._queued += 1
+        return super().execute_command(*args, **kwargs)
+
+    async def execute(self, raise_on_error: bool = True,
+                      allow_redirections: bool = True) -> list[Any]:
+        kind = "write" if self._writes else "read"
+        what = f"pipeline of {self._queued}"
+        self._writes, self._queued = False, 0
+        return await self.guard.run(kind, 0.0, lambda: super(GuardedClusterPipeline, self)
+                                    .execute(raise_on_error, allow_redirections), what)
+
+
+class GuardedCluster(RedisCluster):
+    """redis-py's Cluster client with a :class:`CommandGuard` on every command."""
+
+    guard: CommandGuard
+
+    async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        kind, extra = _kind(args)
+        return await self.guard.run(kind, extra, lambda: super(GuardedCluster, self)
+                                    .execute_command(*args, **kwargs), _name(args))
+
+    async def unguarded_ping(self) -> object:
+        return await super().execute_command("PING")
+
+    async def aclose(self) -> None:
+        await self.guard.aclose()
+        await super().aclose()
+
+    def pipeline(self, transaction: Any | None = None, shard_hint: Any | None = None,
+                 ) -> GuardedClusterPipeline:
+        if shard_hint:
+            return super().pipeline(transaction, shard_hint)  # type: ignore[return-value]
+        pipe = GuardedClusterPipeline(self, transaction)  # type: ignore[abstract]
+        pipe.guard = self.guard
+        return pipe
+
+
+def _name(args: Sequence[Any]) -> str:
+    first = args[0].decode() if isinstance(args[0], bytes) else str(args[0])
+    return first.split(" ", 1)[0].upper()
+
+
+async def connect(url: str, deadlines: Deadlines | None = None,
+                  ) -> aioredis.Redis | RedisCluster:
     """A client for ``redis://``, ``rediss://`` (TLS), ``unix://`` or ``redis+cluster://``.
 
     Credentials (ACL user and password) go in the URL: ``redis://user:pass@host:6379/0``.
+    Every command and pipeline runs under ``deadlines`` (see :class:`CommandGuard`).
     """
+    guard = CommandGuard(deadlines or Deadlines())
     if url.startswith(("redis+cluster://", "rediss+cluster://")):
         cluster_url = url.replace("+cluster", "", 1)
-        client: aioredis.Redis | RedisCluster = RedisCluster.from_url(cluster_url)
-        await client.initialize()
-        return client
+        cluster = cast("GuardedCluster", GuardedCluster.from_url(
+            cluster_url, socket_timeout=None, socket_connect_timeout=2))
+        cluster.guard = guard
+        guard.ping = cluster.unguarded_ping
+        async with asyncio.timeout(guard.deadlines.write * 5):
+            await cluster.initialize()
+        return cluster
     # redis-py's default pool refuses a command once 100 are in flight ("Too many
     # connections"): under a burst (webhooks in flight, hundreds of clients subscribing at
-    # once) webhooks got 503s and subscriptions ended with INTERNAL. Wait for a connection.
+    # once) webhooks got 503s and subscriptions ended with INTERNAL. Wait for a connection;
+    # the wait counts against the command's deadline, so a frozen Redis cannot hold the pool.
+    # No socket timeout of redis-py's own (5 s by default): the guard's deadline is the one
+    # bound, and redis-py's timed socket write (asyncio.wait_for on Python 3.11) could
+    # swallow the guard's cancellation (CPython gh-86296) and leave a command waiting 5 s.
     pool = aioredis.BlockingConnectionPool.from_url(
-        url, max_connections=REDIS_MAX_CONNECTIONS, timeout=REDIS_POOL_WAIT_SECONDS,
+        url, max_connections=REDIS_MAX_CONNECTIONS, timeout=None, socket_timeout=None,
         health_check_interval=10, socket_connect_timeout=2)
-    return aioredis.Redis.from_pool(pool)
+    client = cast("GuardedRedis", GuardedRedis.from_pool(pool))
+    client.guard = guard
+    guard.ping = client.unguarded_ping
+    return client

@@ -59,6 +59,12 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 8000
     redis_url: str = ""
+    # Deadlines of one Redis command, waiting for a pooled connection included: a read that
+    # misses its deadline is answered from the backends (freshness cache "unavailable"), a
+    # webhook whose write misses it gets 503 (the sender retries). Blocking reads of the
+    # change feeds get their block time on top of the read deadline.
+    redis_read_timeout_ms: int = 250
+    redis_write_timeout_ms: int = 2000
     backends: dict[str, BackendSettings] = field(default_factory=dict)
     # Identifiers the systems' own catalogs cannot resolve: {"system:kind:value": "unified id"}.
     mapping_file: str = ""
@@ -188,6 +194,9 @@ def _check_access(settings: Settings) -> None:
             raise ConfigError(f"{limit} must be at least 1")
     if settings.stream_keepalive_seconds <= 0:
         raise ConfigError("stream_keepalive_seconds must be more than 0")
+    for deadline in ("redis_read_timeout_ms", "redis_write_timeout_ms"):
+        if getattr(settings, deadline) < 1:
+            raise ConfigError(f"{deadline} must be at least 1 (milliseconds)")
     if settings.rate_limit_per_minute < 0:
         raise ConfigError("rate_limit_per_minute must be 0 (off) or more")
     if settings.max_subscriptions_per_principal < 0:

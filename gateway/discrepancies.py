@@ -47,7 +47,7 @@ from typing import Any
 import orjson
 from redis.exceptions import RedisError
 
-from gateway.cache import epoch_micros, is_sequence, version_number
+from gateway.cache import Backoff, epoch_micros, is_sequence, version_number
 from gateway.events import Envelope, MovementType
 from resolvers.types import LocationType, Quantities, StockView
 
@@ -743,6 +743,7 @@ class DiscrepancyFeed:
         self.running = False
 
     async def run(self) -> None:
+        backoff = Backoff("discrepancy feed")
         while True:
             try:
                 if not self.listeners:
@@ -752,6 +753,7 @@ class DiscrepancyFeed:
                 self.running = True
                 result = await self.redis.xread({FEED_KEY: self._last_id}, count=500,
                                                 block=1000)
+                backoff.succeeded()
                 for _stream, entries in result or []:
                     for entry_id, fields in entries:
                         self._last_id = entry_id.decode()
@@ -763,8 +765,7 @@ class DiscrepancyFeed:
                 raise
             except (RedisError, OSError) as exc:
                 self.running = False
-                log.warning("discrepancy feed paused: %s", exc)
-                await asyncio.sleep(0.5)
+                await asyncio.sleep(backoff.failed(exc))
 
     async def _tail_id(self) -> str:
         last = await self.redis.xrevrange(FEED_KEY, count=1)

@@ -31,6 +31,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from gateway import limits
 from gateway.asgi import is_stream_response, read_body, replay, send_errors
 from gateway.auth import ADMIN, PRINCIPAL_STATE
+from gateway.cache import best_effort
 from gateway.config import ConfigError, Settings
 from gateway.operations import NOT_RUN_CODES, OperationRefused
 
@@ -171,7 +172,8 @@ class PersistedQueries:
         if cache is None:
             return
         try:
-            await cache.redis.set(KEY_PREFIX + digest, query.encode(), ex=TTL_SECONDS)
+            with best_effort():  # the query ran; the client sends its text again if need be
+                await cache.redis.set(KEY_PREFIX + digest, query.encode(), ex=TTL_SECONDS)
         except (RedisError, OSError) as exc:
             log.warning("persisted query not stored: %s", exc)
 

@@ -29,6 +29,7 @@ from typing import Any
 import orjson
 from redis.exceptions import RedisError, ResponseError
 
+from gateway.cache import Backoff
 from gateway.events import PENDING_KEY, Envelope, Movement, MovementType
 from gateway.limits import LimitExceeded
 from resolvers.errors import BackendError
@@ -370,6 +371,7 @@ class ChangeFeed:
 
     async def run(self) -> None:
         """Tail the stream while anyone listens, until cancelled, surviving Redis outages."""
+        backoff = Backoff("change feed")
         while True:
             try:
                 _raise_if_cancelled()
@@ -385,6 +387,7 @@ class ChangeFeed:
                 self.running = True
                 result = await self.redis.xread({CHANGES_KEY: self._last_id}, count=self.page,
                                                  block=1000)
+                backoff.succeeded()
                 for _stream, entries in result or []:
                     for entry_id, fields in entries:
                         self._last_id = entry_id.decode()
@@ -396,8 +399,7 @@ class ChangeFeed:
                 raise
             except (RedisError, OSError) as exc:
                 self.running = False
-                log.warning("change feed paused: %s", exc)
-                await asyncio.sleep(0.5)
+                await asyncio.sleep(backoff.failed(exc))
 
     async def _tail_id(self) -> str:
         last = await self.redis.xrevrange(CHANGES_KEY, count=1)

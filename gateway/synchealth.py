@@ -40,7 +40,7 @@ from redis.exceptions import RedisError
 from ulid import ULID
 
 from gateway.applier import Applier
-from gateway.cache import views_key
+from gateway.cache import Backoff, best_effort, views_key
 from gateway.config import BackendSettings, Settings
 from gateway.events import Envelope, EventKind, EventLog, Movement, MovementType
 from gateway.normalize import EPCIS_MOVEMENTS
@@ -262,11 +262,12 @@ class SyncHealth:
                                      args=[sequence, _ms(datetime.now(UTC))])
 
     async def rejected(self, source: str, reason: str) -> None:
-        with contextlib.suppress(RedisError, OSError):
+        # Counters only: they must not hold up the answer (a 503 while Redis is sick).
+        with best_effort(), contextlib.suppress(RedisError, OSError):
             await self.redis.hincrby(_k("src", self._source(source)), f"reject:{reason}", 1)
 
     async def dead_lettered(self, source: str) -> None:
-        with contextlib.suppress(RedisError, OSError):
+        with best_effort(), contextlib.suppress(RedisError, OSError):
             await self.redis.hincrby(_k("src", self._source(source)), "dead_letters", 1)
 
     async def applied(self, envelope: Envelope) -> None:
@@ -448,14 +449,20 @@ class SyncHealth:
                     self._heals.task_done()
 
         healer = asyncio.create_task(heal_cells())
+        backoff = Backoff("sync health")
         try:
+            delay = TICK_SECONDS
             while True:
-                await asyncio.sleep(TICK_SECONDS)
+                await asyncio.sleep(delay)
+                delay = TICK_SECONDS
                 try:
                     await self.tick()
+                    backoff.succeeded()
                 except asyncio.CancelledError:
                     raise
-                except (BackendError, RedisError, OSError) as exc:
+                except (RedisError, OSError) as exc:
+                    delay = max(delay, backoff.failed(exc))
+                except BackendError as exc:
                     log.warning("sync health tick failed: %s", exc)
                 except Exception:
                     log.exception("sync health tick failed")

@@ -14,7 +14,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -125,46 +125,12 @@ class Torture:
                 await self.deliver(client, cell, late, late_value, late_replica)
 
     async def _wms(self, sim: httpx.AsyncClient, cell: Cell, value: int) -> Any:
-        world = self.stack.world
-        item, warehouse = world.items[cell.sku_index], world.warehouses[cell.place_index]
-        gtin = item.gtin14
-        event_id = f"urn:uuid:{new_id()}"
-        captured = await sim.post("/api/v1/events", json={
-            "type": "ObjectEvent", "eventID": event_id,
-            "eventTime": now().isoformat(timespec="milliseconds"),
-            "eventTimeZoneOffset": "+00:00", "action": "OBSERVE", "bizStep": "cycle_counting",
-            "bizLocation": {"id": warehouse.sgln},
-            "quantityList": [{"epcClass": f"urn:epc:idpat:sgtin:{gtin[1:7]}.{gtin[0]}"
-                                          f"{gtin[7:13]}.*", "quantity": value, "uom": "EA"}]})
-        assert captured.status_code == 202, captured.text
-        found = await sim.get("/api/v1/events", params={"gtin": gtin, "gln": warehouse.gln,
-                                                         "limit": 1000})
-        recorded = [e for e in found.json()["epcisBody"]["queryResults"]["resultsBody"][
-            "eventList"] if e["eventID"] == event_id]
-        assert len(recorded) == 1
-        msg_id = "msg_" + hashlib.sha256(event_id.encode()).hexdigest()[:32]
-        delivery = self.signer.epcis(recorded, msg_id=msg_id)
+        delivery = await wms_count(sim, self.signer, cell.sku_index, cell.place_index, value)
         return lambda replica: delivery
 
     async def _pos(self, sim: httpx.AsyncClient, cell: Cell, value: int) -> Any:
-        world = self.stack.world
-        item, store = world.items[cell.sku_index], world.stores[cell.place_index]
-        counted = await sim.post("/v2/inventory/changes/batch-create", json={
-            "idempotency_key": new_id(), "changes": [{"type": "PHYSICAL_COUNT",
-                                                      "physical_count": {
-                "catalog_object_id": item.square_variation_id, "state": "IN_STOCK",
-                "location_id": store.square_id, "quantity": str(value),
-                "occurred_at": rfc3339(now())}}]})
-        assert counted.status_code == 200, counted.text
-        counts = [c for c in counted.json()["counts"]
-                  if c["state"] == "IN_STOCK" and c["location_id"] == store.square_id]
-        assert [c["quantity"] for c in counts] == [str(value)]
-        event_id = new_id()
-
-        def signed_for(replica: int) -> Delivery:  # Square signs the URL it posts to
-            return self.signer.square(f"{self.urls[replica]}/webhooks/pos", counts,
-                                      event_id=event_id)
-        return signed_for
+        signed_for = await pos_count(sim, self.signer, cell.sku_index, cell.place_index, value)
+        return lambda replica: signed_for(self.urls[replica])
 
     async def read(self, seed: int) -> None:
         rng = random.Random(seed)
@@ -180,6 +146,54 @@ class Torture:
     async def run(self, readers: int) -> None:
         await asyncio.gather(*(self.write(c) for c in self.cells),
                              *(self.read(n) for n in range(readers)))
+
+
+async def wms_count(sim: httpx.AsyncClient, signer: Signer, sku_index: int,
+                    warehouse_index: int, value: int) -> Delivery:
+    """A cycle count (onHand := value) recorded by the WMS simulator's own API, and the
+    signed webhook for it (the simulator's own sender may be off)."""
+    world = signer.world
+    item, warehouse = world.items[sku_index], world.warehouses[warehouse_index]
+    gtin = item.gtin14
+    event_id = f"urn:uuid:{new_id()}"
+    captured = await sim.post("/api/v1/events", json={
+        "type": "ObjectEvent", "eventID": event_id,
+        "eventTime": now().isoformat(timespec="milliseconds"),
+        "eventTimeZoneOffset": "+00:00", "action": "OBSERVE", "bizStep": "cycle_counting",
+        "bizLocation": {"id": warehouse.sgln},
+        "quantityList": [{"epcClass": f"urn:epc:idpat:sgtin:{gtin[1:7]}.{gtin[0]}"
+                                      f"{gtin[7:13]}.*", "quantity": value, "uom": "EA"}]})
+    assert captured.status_code == 202, captured.text
+    found = await sim.get("/api/v1/events", params={"gtin": gtin, "gln": warehouse.gln,
+                                                     "limit": 1000})
+    recorded = [e for e in found.json()["epcisBody"]["queryResults"]["resultsBody"][
+        "eventList"] if e["eventID"] == event_id]
+    assert len(recorded) == 1
+    msg_id = "msg_" + hashlib.sha256(event_id.encode()).hexdigest()[:32]
+    return signer.epcis(recorded, msg_id=msg_id)
+
+
+async def pos_count(sim: httpx.AsyncClient, signer: Signer, sku_index: int, store_index: int,
+                    value: int) -> Callable[[str], Delivery]:
+    """A physical count (IN_STOCK := value) through the Square simulator's API; the webhook
+    for it, signed for the gateway URL it is posted to (Square signs the URL)."""
+    world = signer.world
+    item, store = world.items[sku_index], world.stores[store_index]
+    counted = await sim.post("/v2/inventory/changes/batch-create", json={
+        "idempotency_key": new_id(), "changes": [{"type": "PHYSICAL_COUNT",
+                                                  "physical_count": {
+            "catalog_object_id": item.square_variation_id, "state": "IN_STOCK",
+            "location_id": store.square_id, "quantity": str(value),
+            "occurred_at": rfc3339(now())}}]})
+    assert counted.status_code == 200, counted.text
+    counts = [c for c in counted.json()["counts"]
+              if c["state"] == "IN_STOCK" and c["location_id"] == store.square_id]
+    assert [c["quantity"] for c in counts] == [str(value)]
+    event_id = new_id()
+
+    def signed_for(gateway_url: str) -> Delivery:
+        return signer.square(f"{gateway_url}/webhooks/pos", counts, event_id=event_id)
+    return signed_for
 
 
 def stale_reads(cell: Cell) -> list[tuple[float, int, int, int]]:
