@@ -244,6 +244,15 @@ class ViewsResult:
 
 Fetch = Callable[[list[str]], Awaitable[list[StockView]]]
 MasterFetch = Callable[[list[str]], Awaitable[dict[str, dict[str, Any]]]]
+MASTER_FLIGHT = "\0item-master"  # single-flight space of item master reads (no backend name)
+
+
+def _complete(fetch: MasterFetch) -> Callable[[list[str]], Awaitable[dict[str, Any]]]:
+    """``fetch`` answering every SKU asked for (None: the backend has no such item)."""
+    async def every(skus: list[str]) -> dict[str, Any]:
+        found = await fetch(skus)
+        return {sku: found.get(sku) for sku in skus}
+    return every
 
 
 class Cache:
@@ -256,7 +265,8 @@ class Cache:
         self._fill = client.register_script(FILL_LUA)
         self._replace = client.register_script(REPLACE_LUA)
         self._invalidate = client.register_script(INVALIDATE_LUA)
-        self._inflight: dict[tuple[str, str], asyncio.Future[list[StockView]]] = {}
+        # Backend reads in flight in this process, by (source or MASTER_FLIGHT, SKU).
+        self._inflight: dict[tuple[str, str], asyncio.Future[Any]] = {}
         # Test hook: awaited between a backend read and the cache fill, to force interleavings.
         self.before_fill: Callable[[], Awaitable[None]] | None = None
 
@@ -265,7 +275,8 @@ class Cache:
 
     async def ping(self) -> bool:
         try:
-            return bool(await self.redis.ping())
+            with optional():  # readiness answers at once while Redis is not answering
+                return bool(await self.redis.ping())
         except (RedisError, OSError):
             return False
 
@@ -321,10 +332,11 @@ class Cache:
         Concurrent misses on the same SKU in this process share one backend call.
         """
         try:
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for sku in skus:
-                    pipe.hgetall(views_key(sku, source))
-                raws: list[dict[bytes, bytes]] = await pipe.execute()
+            with optional():  # the backends answer without it
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    for sku in skus:
+                        pipe.hgetall(views_key(sku, source))
+                    raws: list[dict[bytes, bytes]] = await pipe.execute()
         except (RedisError, OSError) as exc:
             raise CacheUnavailable(str(exc)) from exc
         result = ViewsResult(views={}, from_cache=set(), from_backend=set())
@@ -347,25 +359,53 @@ class Cache:
                 result.from_backend.add(sku)
         return result
 
+    async def shared(self, source: str, skus: Sequence[str],
+                     fetch: Fetch) -> dict[str, list[StockView]]:
+        """Backend views of ``skus`` while Redis cannot be used, by the same single-flight
+        as misses: a sick Redis must not multiply the load on the backends."""
+        return await self._read_through(source, list(skus), {}, fetch, store=False)
+
+    async def shared_masters(self, skus: Sequence[str], fetch: MasterFetch,
+                             ) -> dict[str, dict[str, Any]]:
+        """Item master records while Redis cannot be used, shared like :meth:`shared`."""
+        fetched = await self._single_flight(MASTER_FLIGHT, list(skus), _complete(fetch))
+        return {sku: record for sku, record in fetched.items() if record is not None}
+
     async def _read_through(self, source: str, skus: list[str], gens: dict[str, int],
-                            fetch: Fetch) -> dict[str, list[StockView]]:
+                            fetch: Fetch, store: bool = True) -> dict[str, list[StockView]]:
+        async def grouped(mine: list[str]) -> dict[str, Any]:
+            out: dict[str, Any] = {s: [] for s in mine}
+            for view in await fetch(mine):
+                out.setdefault(view.sku, []).append(view)
+            return out
+
+        async def fill(fetched: dict[str, Any]) -> None:
+            await self._store(source, fetched, gens)
+
+        return await self._single_flight(source, skus, grouped, fill if store else None)
+
+    async def _single_flight(self, space: str, keys: list[str],
+                             fetch: Callable[[list[str]], Awaitable[dict[str, Any]]],
+                             then: Callable[[dict[str, Any]], Awaitable[None]] | None = None,
+                             ) -> dict[str, Any]:
+        """``fetch`` the keys no call in this process is fetching already, and wait for
+        those that are; ``then`` (a cache fill) runs on what this call fetched, while later
+        calls for the same keys still share its result."""
         loop = asyncio.get_running_loop()
-        waiting = {s: self._inflight[(source, s)] for s in skus if (source, s) in self._inflight}
-        mine = [s for s in skus if s not in waiting]
-        futures = {s: loop.create_future() for s in mine}
-        for sku, fut in futures.items():
-            self._inflight[(source, sku)] = fut
-        out: dict[str, list[StockView]] = {}
+        waiting = {k: self._inflight[(space, k)] for k in keys if (space, k) in self._inflight}
+        mine = [k for k in keys if k not in waiting]
+        futures = {k: loop.create_future() for k in mine}
+        for key, fut in futures.items():
+            self._inflight[(space, key)] = fut
+        out: dict[str, Any] = {}
         try:
             if mine:
-                views = await fetch(mine)
-                grouped: dict[str, list[StockView]] = {s: [] for s in mine}
-                for view in views:
-                    grouped.setdefault(view.sku, []).append(view)
-                for sku, fut in futures.items():
-                    fut.set_result(grouped[sku])
-                out.update(grouped)
-                await self._store(source, grouped, gens)
+                fetched = await fetch(mine)
+                for key, fut in futures.items():
+                    fut.set_result(fetched.get(key))
+                out.update(fetched)
+                if then is not None:
+                    await then(fetched)
         except BaseException as exc:
             for fut in futures.values():
                 if not fut.done():
@@ -373,24 +413,26 @@ class Cache:
                     fut.exception()  # retrieved: waiters re-raise it themselves
             raise
         finally:
-            for sku in mine:
-                self._inflight.pop((source, sku), None)
-        for sku, fut in waiting.items():
-            out[sku] = await asyncio.shield(fut)
+            for key in mine:
+                self._inflight.pop((space, key), None)
+        for key, fut in waiting.items():
+            out[key] = await asyncio.shield(fut)
         return out
 
     async def masters(self, skus: Sequence[str], fetch: MasterFetch,
                       ) -> tuple[dict[str, dict[str, Any]], set[str]]:
         """Item master records by SKU (as ERP item resources) and which came from the cache.
 
-        Misses are read through ``fetch`` and filled under the same generation check as
-        stock views, so an ``item.updated`` event applied meanwhile is never overwritten.
+        Misses are read through ``fetch`` (concurrent misses share one call) and filled
+        under the same generation check as stock views, so an ``item.updated`` event
+        applied meanwhile is never overwritten.
         """
         try:
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for sku in skus:
-                    pipe.hmget(master_key(sku), ["item", "_gen"])
-                rows: list[list[bytes | None]] = await pipe.execute()
+            with optional():
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    for sku in skus:
+                        pipe.hmget(master_key(sku), ["item", "_gen"])
+                    rows: list[list[bytes | None]] = await pipe.execute()
         except (RedisError, OSError) as exc:
             raise CacheUnavailable(str(exc)) from exc
         found: dict[str, dict[str, Any]] = {}
@@ -401,19 +443,23 @@ class Cache:
             else:
                 gens[sku] = int(gen or 0)
         cached = set(found)
-        if gens:
-            fetched = await fetch(list(gens))
-            found.update(fetched)
+
+        async def fill(fetched: dict[str, Any]) -> None:
             try:
-                with best_effort():
+                with optional():
                     await self._run_scripts(self._fill, [
                         ([master_key(sku)], [self.ttl, gens[sku], "item",
                                              SERIALIZER.dumps(record),
                                              version_number(str(record.get("updatedAt", "")),
                                                             datetime.now(UTC))])
-                        for sku, record in fetched.items()])
+                        for sku, record in fetched.items() if record is not None])
             except (RedisError, OSError) as exc:
                 log.warning("cache fill for the item master failed: %s", exc)
+
+        if gens:
+            fetched = await self._single_flight(MASTER_FLIGHT, list(gens), _complete(fetch),
+                                                fill)
+            found.update({sku: r for sku, r in fetched.items() if r is not None})
         return found, cached
 
     async def _store(self, source: str, grouped: dict[str, list[StockView]],
@@ -429,7 +475,7 @@ class Cache:
                 args += view_fields(view, full=True)
             calls.append(([views_key(sku, source)], args))
         try:
-            with best_effort():  # the read is answered either way
+            with optional():  # the read is answered either way
                 await self._run_scripts(self._fill, calls)
         except (RedisError, OSError) as exc:
             log.warning("cache fill for %s failed: %s", source, exc)
@@ -518,19 +564,21 @@ class ResponseCache:
         self._invalidate = client.register_script(RESPONSE_INVALIDATE_LUA)
 
     async def get(self, digest: str) -> CachedResponse | None:
-        value = await self.redis.get(response_key(digest))
+        with optional():  # a miss executes the query
+            value = await self.redis.get(response_key(digest))
         if value is None or not bytes(value).startswith(RESPONSE_HEAD):
             return None
         head, _, body = bytes(value)[len(RESPONSE_HEAD):].partition(b"\n")
         return CachedResponse(body, frozenset(head.decode().split(",")) - {""})
 
     async def epoch(self) -> int:
-        return int(await self.redis.get(RC_SEQ) or 0)
+        with optional():
+            return int(await self.redis.get(RC_SEQ) or 0)
 
     async def put(self, digest: str, body: bytes, tags: Iterable[str], epoch: int,
                   sources: Iterable[str] = ()) -> bool:
         stored = RESPONSE_HEAD + ",".join(sorted(set(sources))).encode() + b"\n" + body
-        with best_effort():  # the response has been sent already
+        with optional():  # the response has been sent already
             return bool(await self._put(keys=[response_key(digest)],
                                         args=[self.ttl, epoch, stored, *sorted(set(tags))]))
 
@@ -545,15 +593,6 @@ class ResponseCache:
 
 REDIS_MAX_CONNECTIONS = 100
 
-# Commands that only read: they get the read deadline and have a fallback (the backends).
-# Everything else (scripts included) is a write and gets the write deadline.
-READ_COMMANDS = frozenset({
-    "DBSIZE", "ECHO", "EXISTS", "GET", "GETRANGE", "HEXISTS", "HGET", "HGETALL", "HKEYS",
-    "HLEN", "HMGET", "HSCAN", "HSTRLEN", "HVALS", "INFO", "LINDEX", "LLEN", "LRANGE", "MGET",
-    "PING", "PTTL", "SCAN", "SCARD", "SISMEMBER", "SMEMBERS", "SSCAN", "STRLEN", "TIME", "TTL",
-    "TYPE", "XINFO", "XLEN", "XRANGE", "XREAD", "XREVRANGE", "ZCARD", "ZCOUNT", "ZRANGE",
-    "ZRANGEBYLEX", "ZRANGEBYSCORE", "ZRANK", "ZREVRANGE", "ZREVRANGEBYSCORE", "ZSCAN",
-    "ZSCORE"})
 # While Redis is not answering, the guard PINGs it: a refused connection is tried again after
 # this long, doubling up to the cap.
 PROBE_FIRST_SECONDS = 0.05
@@ -563,9 +602,11 @@ PROBE_MAX_SECONDS = 1.0
 @dataclass(frozen=True, slots=True)
 class Deadlines:
     """How long one Redis command (or pipeline) may take, waiting for a pooled connection
-    included: ``read`` for reads (they fall back to the backends), ``write`` for writes
-    (webhooks answer 503). A blocking read (``XREAD BLOCK n``, the change feeds) gets n ms
-    plus ``write``: it has no hurry, and must not give up on a healthy but busy server."""
+    included. ``read``: what a request can do without (inside :func:`optional`: cache
+    lookups and fills, cached responses, persisted queries, rate-limit tokens); it falls
+    back to the backends. ``write``: everything else (the event log, applying events,
+    subscriptions' replays, background work); a webhook answers 503. A blocking read
+    (``XREAD BLOCK n``, the change feeds) gets n ms plus ``write``."""
 
     read: float = 0.25
     write: float = 2.0
@@ -583,57 +624,44 @@ class RedisNotAnswering(RedisConnectionError):
     """Skipped without trying: Redis missed a deadline recently and has not answered since."""
 
 
-_MODE: ContextVar[str] = ContextVar("retailgraph_redis_mode", default="")
+_OPTIONAL: ContextVar[bool] = ContextVar("retailgraph_redis_optional", default=False)
 
 
 @contextlib.contextmanager
-def best_effort() -> Iterator[None]:
-    """Writes inside are optional (cache fills, cached responses, rate-limit tokens): they
-    get the read deadline and are skipped while Redis is not answering, like reads."""
-    token = _MODE.set("best_effort")
+def optional() -> Iterator[None]:
+    """Commands inside are ones the caller can do without (it has a fallback, or the write
+    only saves work later): the read deadline, and skipped at once while Redis is not
+    answering."""
+    token = _OPTIONAL.set(True)
     try:
         yield
     finally:
-        _MODE.reset(token)
+        _OPTIONAL.reset(token)
 
 
-@contextlib.contextmanager
-def patient() -> Iterator[None]:
-    """Background work that has no fallback to hurry to (reconciliation, sweeps): reads
-    inside get the write deadline and are never skipped."""
-    token = _MODE.set("patient")
-    try:
-        yield
-    finally:
-        _MODE.reset(token)
-
-
-def _kind(args: Sequence[Any]) -> tuple[str, float]:
-    """("read" | "write" | "block", extra seconds) of one command."""
-    name = _name(args)
-    if name not in READ_COMMANDS:
-        return "write", 0.0
-    if name == "XREAD":
+def _block_seconds(args: Sequence[Any]) -> float:
+    """How long a blocking command (``XREAD ... BLOCK ms``) may wait by itself."""
+    if _name(args) == "XREAD":
         for i, arg in enumerate(args[:-1]):
             if arg in (b"BLOCK", "BLOCK", b"block", "block"):
-                return "block", int(args[i + 1]) / 1000
-    return "read", 0.0
+                return int(args[i + 1]) / 1000
+    return 0.0
 
 
 _T = TypeVar("_T")
 
 
 class CommandGuard:
-    """Runs every command of one client under its deadline, and keeps reads from waiting on
-    a Redis that stopped answering.
+    """Runs every command of one client under its deadline, and keeps optional reads from
+    waiting on a Redis that stopped answering.
 
     A command that misses its deadline (or cannot connect) fails alone, and starts a probe:
-    a PING with the read deadline. If that misses too, Redis is *not answering*: reads fail
-    at once (``RedisNotAnswering``, so they go straight to their fallback) while the probe
-    keeps PINGing (each within the write deadline, so a thawing server's answer is seen at
-    once) until Redis answers. Writes are always tried, within their deadline. A single slow
-    command (a busy event loop, a cold connection) does not switch reads off; a frozen or
-    unreachable server does, within about twice the read deadline.
+    a PING within the write deadline. If that misses too, Redis is *not answering*: optional
+    commands fail at once (``RedisNotAnswering``: straight to their fallback) while the
+    probe keeps PINGing (a thawing server's answer is seen at once) until Redis answers.
+    Other commands are always tried, within the write deadline. A single slow command (a
+    cold connection, a busy server) does not switch reads off; a frozen or unreachable
+    server does, within the read plus the write deadline.
     """
 
     def __init__(self, deadlines: Deadlines,
@@ -643,21 +671,26 @@ class CommandGuard:
         self.sick_since: float | None = None
         self._probe: asyncio.Task[None] | None = None
 
-    async def run(self, kind: str, extra: float, call: Callable[[], Awaitable[_T]],
-                  what: str) -> _T:
-        mode = _MODE.get()
-        if mode == "best_effort" and kind == "write":
-            kind = "read"
-        elif mode == "patient" and kind == "read":
-            kind = "write"
-        if kind == "read" and self.sick_since is not None:
-            raise RedisNotAnswering(
-                f"Redis has not answered for {time.monotonic() - self.sick_since:.1f}s; "
-                f"{what} skipped")
-        seconds = (self.deadlines.read if kind == "read" else self.deadlines.write) + extra
+    async def run(self, block: float, call: Callable[[], Awaitable[_T]], what: str) -> _T:
+        if _OPTIONAL.get() and not block:
+            if self.sick_since is not None:
+                raise RedisNotAnswering(
+                    f"Redis has not answered for {time.monotonic() - self.sick_since:.1f}s; "
+                    f"{what} skipped")
+            seconds = self.deadlines.read
+        else:
+            seconds = self.deadlines.write + block
+        loop = asyncio.get_running_loop()
         try:
-            async with asyncio.timeout(seconds):
-                result = await call()
+            async with asyncio.timeout(None) as budget:
+                # At the deadline, the cancellation is scheduled for the loop's next turn
+                # (reschedule to now): an answer that came in while the loop was busy has
+                # already woken its reader, which runs first and keeps it.
+                expiry = loop.call_at(loop.time() + seconds, budget.reschedule, -1.0)
+                try:
+                    result = await call()
+                finally:
+                    expiry.cancel()
         except TimeoutError:
             self._missed(what, None)
             raise RedisDeadlineExceeded(
@@ -676,11 +709,11 @@ class CommandGuard:
     async def _watch(self, what: str, exc: BaseException | None) -> None:
         """PING until Redis answers; reads are skipped from the first PING it misses on."""
         assert self.ping is not None
-        deadline, backoff = self.deadlines.read, PROBE_FIRST_SECONDS
+        backoff = PROBE_FIRST_SECONDS
         while True:
             started = time.monotonic()
             try:
-                async with asyncio.timeout(deadline):
+                async with asyncio.timeout(self.deadlines.write):
                     await self.ping()
             except (RedisError, OSError) as error:
                 if self.sick_since is None:
@@ -689,7 +722,6 @@ class CommandGuard:
                                 "the backends, webhooks get 503 until it does", what,
                                 str(exc or "") or "deadline missed",
                                 str(error) or "deadline missed")
-                deadline = self.deadlines.write
                 # A refused connection fails at once: do not spin.
                 await asyncio.sleep(max(0.0, backoff - (time.monotonic() - started)))
                 backoff = min(backoff * 2, PROBE_MAX_SECONDS)
@@ -741,22 +773,18 @@ class Backoff:
 
 
 class GuardedPipeline(Pipeline):
-    """A pipeline run as one command: the read deadline if every queued command reads."""
+    """A pipeline, run by the guard as one command."""
 
     guard: CommandGuard
-    _writes = False
-    _extra = 0.0
+    _block = 0.0
 
     def execute_command(self, *args: Any, **kwargs: Any) -> Any:
-        kind, extra = _kind(args)
-        self._writes = self._writes or kind == "write"
-        self._extra = max(self._extra, extra)
+        self._block = max(self._block, _block_seconds(args))
         return super().execute_command(*args, **kwargs)
 
     async def execute(self, raise_on_error: bool = True) -> list[Any]:
-        kind = "write" if self._writes else "block" if self._extra else "read"
-        self._writes, extra, self._extra = False, self._extra, 0.0
-        return await self.guard.run(kind, extra, lambda: super(GuardedPipeline, self).execute(
+        block, self._block = self._block, 0.0
+        return await self.guard.run(block, lambda: super(GuardedPipeline, self).execute(
             raise_on_error), f"pipeline of {len(self.command_stack)}")
 
 
@@ -766,8 +794,7 @@ class GuardedRedis(aioredis.Redis):
     guard: CommandGuard
 
     async def execute_command(self, *args: Any, **options: Any) -> Any:
-        kind, extra = _kind(args)
-        return await self.guard.run(kind, extra, lambda: super(GuardedRedis, self)
+        return await self.guard.run(_block_seconds(args), lambda: super(GuardedRedis, self)
                                     .execute_command(*args, **options),  # type: ignore[no-untyped-call]
                                     _name(args))
 
@@ -788,20 +815,19 @@ class GuardedRedis(aioredis.Redis):
 
 class GuardedClusterPipeline(ClusterPipeline):
     guard: CommandGuard
-    _writes = False
+    _block = 0.0
     _queued = 0
 
     def execute_command(self, *args: Any, **kwargs: Any) -> Any:
-        self._writes = self._writes or _kind(args)[0] != "read"
+        self._block = max(self._block, _block_seconds(args))
         self._queued += 1
         return super().execute_command(*args, **kwargs)
 
     async def execute(self, raise_on_error: bool = True,
                       allow_redirections: bool = True) -> list[Any]:
-        kind = "write" if self._writes else "read"
-        what = f"pipeline of {self._queued}"
-        self._writes, self._queued = False, 0
-        return await self.guard.run(kind, 0.0, lambda: super(GuardedClusterPipeline, self)
+        block, what = self._block, f"pipeline of {self._queued}"
+        self._block, self._queued = 0.0, 0
+        return await self.guard.run(block, lambda: super(GuardedClusterPipeline, self)
                                     .execute(raise_on_error, allow_redirections), what)
 
 
@@ -811,8 +837,7 @@ class GuardedCluster(RedisCluster):
     guard: CommandGuard
 
     async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
-        kind, extra = _kind(args)
-        return await self.guard.run(kind, extra, lambda: super(GuardedCluster, self)
+        return await self.guard.run(_block_seconds(args), lambda: super(GuardedCluster, self)
                                     .execute_command(*args, **kwargs), _name(args))
 
     async def unguarded_ping(self) -> object:

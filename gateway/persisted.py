@@ -31,7 +31,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from gateway import limits
 from gateway.asgi import is_stream_response, read_body, replay, send_errors
 from gateway.auth import ADMIN, PRINCIPAL_STATE
-from gateway.cache import best_effort
+from gateway.cache import optional
 from gateway.config import ConfigError, Settings
 from gateway.operations import NOT_RUN_CODES, OperationRefused
 
@@ -160,7 +160,8 @@ class PersistedQueries:
         if cache is None:
             return None
         try:
-            raw = await cache.redis.get(KEY_PREFIX + digest)
+            with optional():  # unknown: the client sends the query text
+                raw = await cache.redis.get(KEY_PREFIX + digest)
         except (RedisError, OSError) as exc:
             log.warning("persisted query store unavailable: %s", exc)
             return None
@@ -172,7 +173,7 @@ class PersistedQueries:
         if cache is None:
             return
         try:
-            with best_effort():  # the query ran; the client sends its text again if need be
+            with optional():  # the query ran; the client sends its text again if need be
                 await cache.redis.set(KEY_PREFIX + digest, query.encode(), ex=TTL_SECONDS)
         except (RedisError, OSError) as exc:
             log.warning("persisted query not stored: %s", exc)

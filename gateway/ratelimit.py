@@ -30,7 +30,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway import telemetry
 from gateway.auth import NOBODY, PRINCIPAL_STATE, Principal
-from gateway.cache import best_effort
+from gateway.cache import optional
 from gateway.operations import OperationRefused
 
 if TYPE_CHECKING:
@@ -103,7 +103,7 @@ class TokenBucket:
             self._script = redis.register_script(TOKEN_BUCKET_LUA)
             self._client = redis
         key = KEY_PREFIX + hashlib.sha256(client.encode()).hexdigest()[:32]
-        with best_effort():  # read deadline; skipped at once while Redis is not answering
+        with optional():  # read deadline; skipped at once while Redis is not answering
             allowed, tokens, retry_ms, full_ms = await self._script(
                 keys=[key], args=[self.capacity, repr(self.rate_per_ms), cost])
         left = float(tokens.decode() if isinstance(tokens, bytes) else tokens)

@@ -40,7 +40,7 @@ from redis.exceptions import RedisError
 from ulid import ULID
 
 from gateway.applier import Applier, Publisher
-from gateway.cache import Cache, parse_views, patient, version_number, views_key
+from gateway.cache import Cache, parse_views, version_number, views_key
 from gateway.config import Settings
 from gateway.discrepancies import (
     CellUpdate,
@@ -240,10 +240,7 @@ class Reconciler:
     # -- the run -----------------------------------------------------------------------------
 
     async def run(self, scope: Scope | None = None) -> Report:
-        with patient():  # bulk reads in the background: the write deadline, never skipped
-            return await self._run(scope or Scope())
-
-    async def _run(self, scope: Scope) -> Report:
+        scope = scope or Scope()
         catalog = await self.graph.ready_catalog()
         now = datetime.now(UTC)
         report = Report(run_id=f"rec_{ULID()}", started_at=now)

@@ -40,7 +40,7 @@ from redis.exceptions import RedisError
 from ulid import ULID
 
 from gateway.applier import Applier
-from gateway.cache import Backoff, best_effort, views_key
+from gateway.cache import Backoff, optional, views_key
 from gateway.config import BackendSettings, Settings
 from gateway.events import Envelope, EventKind, EventLog, Movement, MovementType
 from gateway.normalize import EPCIS_MOVEMENTS
@@ -263,11 +263,11 @@ class SyncHealth:
 
     async def rejected(self, source: str, reason: str) -> None:
         # Counters only: they must not hold up the answer (a 503 while Redis is sick).
-        with best_effort(), contextlib.suppress(RedisError, OSError):
+        with optional(), contextlib.suppress(RedisError, OSError):
             await self.redis.hincrby(_k("src", self._source(source)), f"reject:{reason}", 1)
 
     async def dead_lettered(self, source: str) -> None:
-        with best_effort(), contextlib.suppress(RedisError, OSError):
+        with optional(), contextlib.suppress(RedisError, OSError):
             await self.redis.hincrby(_k("src", self._source(source)), "dead_letters", 1)
 
     async def applied(self, envelope: Envelope) -> None:

@@ -383,14 +383,15 @@ class Loaders:
                              fetch: Callable[[list[str]], Awaitable[list[StockView]]],
                              ) -> tuple[dict[str, list[StockView]], set[str]]:
         cache = self.graph.cache
-        if cache is not None:
-            try:
-                result = await cache.views(source, skus, location_ids, fetch)
-                self.freshness.cache = "on"
-                return result.views, result.from_cache
-            except CacheUnavailable:
-                self.freshness.cache = "unavailable"
-        return _group(await fetch(skus)), set()
+        if cache is None:
+            return _group(await fetch(skus)), set()
+        try:
+            result = await cache.views(source, skus, location_ids, fetch)
+        except CacheUnavailable:
+            self.freshness.cache = "unavailable"
+            return await cache.shared(source, skus, fetch), set()
+        self.freshness.cache = "on"
+        return result.views, result.from_cache
 
     async def _load_master(self, skus: list[str]) -> list[MasterItem | BaseException | None]:
         erp = self.graph.backends.erp
@@ -411,7 +412,7 @@ class Loaders:
                     self.freshness.cache = "on"
                 except CacheUnavailable:
                     self.freshness.cache = "unavailable"
-                    records, cached = await from_backend(skus), set()
+                    records, cached = await cache.shared_masters(skus, from_backend), set()
             else:
                 records, cached = await from_backend(skus), set()
         except BackendError as exc:
