@@ -185,9 +185,10 @@ async def test_frozen_server_every_command_meets_its_deadline_and_the_pool_recov
         assert {outcome for _, outcome, _ in results} <= {"deadline", "skipped"}
         bound = {"read": deadlines.read, "write": deadlines.write,
                  "block": 0.5 + deadlines.write}
-        # A correctness bound (redis-py's own default socket timeout is 5 s, the freeze
-        # longer): 300 commands giving up at once on a shared machine take a moment.
-        late = [(what, took) for what, _, took in results if took > bound[what] + 1.5]
+        # A correctness bound, not a speed target (the freeze lasts until the thaw below,
+        # redis-py's own socket timeout was 5 s): 300 commands giving up at once, 200 of them
+        # leaving the pool's queue, take a moment on a loaded machine.
+        late = [(what, took) for what, _, took in results if took > bound[what] + 3.0]
         assert not late, late
         # The guard's PING missed too: Redis is known not to answer, and what a request can
         # do without fails at once, without a connection; anything else is still tried.
