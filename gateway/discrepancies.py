@@ -36,9 +36,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import logging
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -637,14 +638,35 @@ class DiscrepancyIndex:
 
     async def page(self, query: DiscrepancyFilter, first: int, after: str | None) -> Page:
         """Up to ``first`` matching discrepancies after cursor ``after``, by location, SKU."""
-        cursor = decode_cursor(after) if after else None
+        found: list[Finding] = []
+        cursors: list[str] = []
+        matches = self._matching(query, decode_cursor(after) if after else None)
+        async with contextlib.aclosing(matches):
+            async for member, finding in matches:
+                if len(found) == first:
+                    return Page(found, cursors, cursors[-1] if cursors else None, True)
+                found.append(finding)
+                cursors.append(encode_cursor(member))
+        return Page(found, cursors, cursors[-1] if cursors else None, False)
+
+    async def total(self, query: DiscrepancyFilter) -> int:
+        """How many current discrepancies match ``query`` (its filters and the caller's
+        locations): what a listing with these arguments would page through."""
+        if query == DiscrepancyFilter():
+            return await self.count()
+        total = 0
+        async for _ in self._matching(query, None):
+            total += 1
+        return total
+
+    async def _matching(self, query: DiscrepancyFilter, cursor: str | None
+                        ) -> AsyncGenerator[tuple[str, Finding], None]:
+        """Every matching discrepancy after member ``cursor``, in order, with its member."""
         if query.location_ids is not None:
             # Members are "location|sku|slot": one location's are in [loc| , loc} ).
             ranges = [(loc + "|", loc + "}") for loc in sorted(query.location_ids)]
         else:
             ranges = [("", "")]
-        found: list[Finding] = []
-        cursors: list[str] = []
         for low, high in ranges:
             if high and cursor is not None and cursor >= high:
                 continue
@@ -657,16 +679,11 @@ class DiscrepancyIndex:
                 candidates = [m for m in batch if _member_matches(m, query)]
                 for member, finding in zip(candidates, await self.get(candidates),
                                            strict=True):
-                    if finding is None or not query.accepts(finding):
-                        continue
-                    if len(found) == first:
-                        return Page(found, cursors, cursors[-1] if cursors else None, True)
-                    found.append(finding)
-                    cursors.append(encode_cursor(member))
+                    if finding is not None and query.accepts(finding):
+                        yield member, finding
                 if len(batch) < 500:
                     break
                 lo = "(" + batch[-1]
-        return Page(found, cursors, cursors[-1] if cursors else None, False)
 
 
 def _member_matches(member: str, query: DiscrepancyFilter) -> bool:

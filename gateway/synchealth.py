@@ -477,7 +477,8 @@ class SyncHealth:
 
     # -- reading -------------------------------------------------------------------------------
 
-    async def statuses(self) -> list[SourceStatus]:
+    async def statuses(self, recent: int = 10) -> list[SourceStatus]:
+        """Every source's status, with its ``recent`` (at most GAPS_KEPT) newest gaps."""
         now = datetime.now(UTC)
         bucket = int(now.timestamp()) // BUCKET_SECONDS
         names = list(self.settings.backends)
@@ -487,7 +488,7 @@ class SyncHealth:
                 pipe.mget([f"{_k('rate', name)}:{b}" for b in range(bucket - 5, bucket + 1)])
                 pipe.lrange(_k("lag:received", name), 0, -1)
                 pipe.lrange(_k("lag:applied", name), 0, -1)
-                pipe.zrevrange(_k("gapidx", name), 0, 9)
+                pipe.zrevrange(_k("gapidx", name), 0, min(recent, GAPS_KEPT) - 1)
                 pipe.hget(_k("seq", name), "since")
             rows = await pipe.execute()
         out = []

@@ -371,10 +371,13 @@ class Loaders:
                 return [exc] * len(skus)
             lookup.hits(len(cached))
         stale = source in self.graph.health.down
+        sees = self.principal.sees
         for sku, views in grouped.items():
             origin = "cache" if sku in cached else "backend"
             for view in views:
-                self.freshness.see(source, view.as_of, origin)
+                # extensions.freshness tells only about locations the caller may read.
+                if sees(view.location_id):
+                    self.freshness.see(source, view.as_of, origin)
         if stale and cached:
             self.freshness.sources.setdefault(source, SourceFreshness()).stale = True
         return [grouped.get(s, []) for s in skus]

@@ -11,7 +11,7 @@ import contextlib
 from collections.abc import AsyncGenerator
 from datetime import UTC, datetime
 from enum import Enum
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import strawberry
 from graphql import GraphQLError
@@ -22,7 +22,7 @@ from gateway.discrepancies import DiscrepancyFilter, Finding, Side
 from gateway.discrepancies import Kind as KindRecord
 from gateway.discrepancies import Severity as SeverityRecord
 from gateway.discrepancies import Status as StatusRecord
-from gateway.synchealth import Gap, Lag
+from gateway.synchealth import GAPS_KEPT, Gap, Lag
 from gateway.synchealth import SourceStatus as SourceStatusRecord
 from resolvers.errors import BackendError
 from resolvers.types import INT_MAX, INT_MIN, LocationType, StockView, saturate
@@ -207,7 +207,8 @@ class DiscrepancyEdge:
 class DiscrepancyConnection:
     edges: list[DiscrepancyEdge] = strawberry.field(description="This page.")
     page_info: PageInfo = strawberry.field(description="Where this page is in the list.")
-    total: int = strawberry.field(description="All current discrepancies, unfiltered.")
+    total: int = strawberry.field(description="All current discrepancies that match the "
+                                              "arguments and that you may see (every page).")
 
     @strawberry.field(description="This page without cursors.")
     def nodes(self) -> list[Discrepancy]:
@@ -294,7 +295,7 @@ async def discrepancies(
     edges = [DiscrepancyEdge(cursor=c, node=Discrepancy.of(f))
              for f, c in zip(page.findings, page.cursors, strict=True)]
     return DiscrepancyConnection(
-        edges=edges, total=await reconciliation.index.count(),
+        edges=edges, total=await reconciliation.index.total(query),
         page_info=PageInfo(has_next_page=page.has_more, has_previous_page=after is not None,
                            start_cursor=edges[0].cursor if edges else None,
                            end_cursor=page.end_cursor))
@@ -378,52 +379,84 @@ class SyncGap:
                    healed_at=gap.healed_at, applied=gap.applied, detail=gap.detail)
 
 
+T = TypeVar("T")
+SOURCE_WIDE = " Null for a caller restricted to locations: it is computed over every location."
+RECENT_GAPS = 10
+
+
 @strawberry.type(description="How current the gateway is with one source system (the same "
-                             "on every replica).")
+                             "on every replica). A caller restricted to locations sees only "
+                             "what concerns its locations: their gaps; the source-wide "
+                             "figures are null.")
 class SourceStatus:
     source: str = strawberry.field(description="Backend name.")
     system: str = strawberry.field(description="Its format.")
     last_event_received_at: datetime | None = strawberry.field(
-        description="When its last webhook was received.")
+        description="When its last webhook was received." + SOURCE_WIDE)
     last_event_occurred_at: datetime | None = strawberry.field(
-        description="When the newest event received happened at the source.")
-    events_received: int = strawberry.field(description="Events received in total.")
-    events_per_minute: float = strawberry.field(description="Events received in the last "
-                                                            "minute.")
-    lag_occurred_to_received: LagStats = strawberry.field(
-        description="From happening at the source to reaching the gateway.")
-    lag_received_to_applied: LagStats = strawberry.field(
-        description="From reaching the gateway to being readable.")
-    rejects: list[RejectCount] = strawberry.field(description="Refused webhooks by reason.")
-    dead_letters: int = strawberry.field(description="Deliveries kept in the dead-letter "
-                                                     "stream.")
-    gaps_detected: int = strawberry.field(description="Gaps found so far.")
-    gaps_healed: int = strawberry.field(description="Gaps healed so far.")
-    open_sequence_gap: bool = strawberry.field(
-        description="Numbers are missing right now (waiting for late deliveries).")
-    recent_gaps: list[SyncGap] = strawberry.field(description="The last gaps, newest first.")
+        description="When the newest event received happened at the source." + SOURCE_WIDE)
+    events_received: int | None = strawberry.field(
+        description="Events received in total." + SOURCE_WIDE)
+    events_per_minute: float | None = strawberry.field(
+        description="Events received in the last minute." + SOURCE_WIDE)
+    lag_occurred_to_received: LagStats | None = strawberry.field(
+        description="From happening at the source to reaching the gateway." + SOURCE_WIDE)
+    lag_received_to_applied: LagStats | None = strawberry.field(
+        description="From reaching the gateway to being readable." + SOURCE_WIDE)
+    rejects: list[RejectCount] | None = strawberry.field(
+        description="Refused webhooks by reason." + SOURCE_WIDE)
+    dead_letters: int | None = strawberry.field(
+        description="Deliveries kept in the dead-letter stream." + SOURCE_WIDE)
+    gaps_detected: int = strawberry.field(
+        description="Gaps found so far (restricted callers: of the last 50, those at their "
+                    "locations).")
+    gaps_healed: int = strawberry.field(
+        description="Gaps healed so far (restricted callers: as gapsDetected).")
+    open_sequence_gap: bool | None = strawberry.field(
+        description="Numbers are missing right now (waiting for late deliveries)."
+                    + SOURCE_WIDE)
+    recent_gaps: list[SyncGap] = strawberry.field(
+        description="The last gaps, newest first (restricted callers: those at their "
+                    "locations).")
     heartbeat_seconds: float | None = strawberry.field(
         description="Configured heartbeat; null when not checked.")
     silent_seconds: float | None = strawberry.field(
-        description="Seconds since its last webhook.")
+        description="Seconds since its last webhook." + SOURCE_WIDE)
 
     @classmethod
-    def of(cls, s: SourceStatusRecord) -> SourceStatus:
-        return cls(source=s.source, system=s.system, last_event_received_at=s.last_received_at,
-                   last_event_occurred_at=s.last_occurred_at, events_received=s.events_total,
-                   events_per_minute=s.events_per_minute,
-                   lag_occurred_to_received=LagStats.of(s.lag_received),
-                   lag_received_to_applied=LagStats.of(s.lag_applied),
-                   rejects=[RejectCount(reason=r, count=n) for r, n in s.rejects.items()],
-                   dead_letters=s.dead_letters, gaps_detected=s.gaps_detected,
-                   gaps_healed=s.gaps_healed, open_sequence_gap=s.open_sequence_gap,
-                   recent_gaps=[SyncGap.of(g) for g in s.recent_gaps],
-                   heartbeat_seconds=s.heartbeat_seconds, silent_seconds=s.silent_seconds)
+    def of(cls, s: SourceStatusRecord, locations: frozenset[str] | None = None
+           ) -> SourceStatus:
+        """``s`` as ``locations`` (None: all) may see it."""
+        gaps, counts = s.recent_gaps, (s.gaps_detected, s.gaps_healed)
+        if locations is not None:
+            # Only gaps at one of the caller's cells; a source-wide sequence gap is at none.
+            gaps = [g for g in gaps if g.location_id in locations]
+            counts = (len(gaps), sum(1 for g in gaps if g.healed_at is not None))
+
+        def wide(value: T) -> T | None:
+            """A figure computed over every location: not for a restricted caller."""
+            return value if locations is None else None
+
+        return cls(source=s.source, system=s.system,
+                   last_event_received_at=wide(s.last_received_at),
+                   last_event_occurred_at=wide(s.last_occurred_at),
+                   events_received=wide(s.events_total),
+                   events_per_minute=wide(s.events_per_minute),
+                   lag_occurred_to_received=wide(LagStats.of(s.lag_received)),
+                   lag_received_to_applied=wide(LagStats.of(s.lag_applied)),
+                   rejects=wide([RejectCount(reason=r, count=n) for r, n in s.rejects.items()]),
+                   dead_letters=wide(s.dead_letters), gaps_detected=counts[0],
+                   gaps_healed=counts[1], open_sequence_gap=wide(s.open_sequence_gap),
+                   recent_gaps=[SyncGap.of(g) for g in gaps[:RECENT_GAPS]],
+                   heartbeat_seconds=s.heartbeat_seconds, silent_seconds=wide(s.silent_seconds))
 
 
 async def sync_status(info: Ctx) -> list[SourceStatus]:
     reconciliation = await _reconciliation(info)
-    return [SourceStatus.of(s) for s in await reconciliation.health.statuses()]
+    locations = info.context.principal.locations
+    statuses = await reconciliation.health.statuses(
+        recent=RECENT_GAPS if locations is None else GAPS_KEPT)
+    return [SourceStatus.of(s, locations) for s in statuses]
 
 
 discrepancies_field: Any = strawberry.field(
