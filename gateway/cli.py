@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import logging
 import sys
 from collections.abc import Sequence
@@ -18,16 +19,41 @@ def _world_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--warehouses", type=int, default=2)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+class Parser(argparse.ArgumentParser):
+    """Refuses an unknown option with the usage of the subcommand it was given to."""
+
+    subcommands: dict[str, argparse.ArgumentParser]
+
+    def parse_args(self, args: Sequence[str] | None = None,  # type: ignore[override]
+                   namespace: argparse.Namespace | None = None) -> argparse.Namespace:
+        parsed, extra = self.parse_known_args(args, namespace)
+        if extra:
+            command = getattr(parsed, "command", None)
+            target = self.subcommands.get(command, self) if command else self
+            target.error(f"unrecognized arguments: {' '.join(extra)}")
+        return parsed
+
+
+def _logging_args(p: argparse.ArgumentParser, default: object) -> None:
+    p.add_argument("--log-level", default=default if default is argparse.SUPPRESS else "INFO")
+    p.add_argument("--log-format", choices=["text", "json"],
+                   default=default if default is argparse.SUPPRESS else None,
+                   help="json: one object per line with trace ids (default for serve)")
+
+
+def build_parser() -> Parser:
+    parser = Parser(
         prog="retailgraph",
         description="One always-current GraphQL endpoint over POS, WMS, ERP and e-commerce.")
-    parser.add_argument("--log-level", default="INFO")
-    parser.add_argument("--log-format", choices=["text", "json"], default=None,
-                        help="json: one object per line with trace ids (default for serve)")
+    _logging_args(parser, None)
+    # The same options after the subcommand (`retailgraph serve --log-format text`); absent
+    # there, they leave what was given before it.
+    logging_options = Parser(add_help=False)
+    _logging_args(logging_options, argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", required=True)
+    add = functools.partial(sub.add_parser, parents=[logging_options])
 
-    demo = sub.add_parser("demo", help="run four simulated backends and the gateway")
+    demo = add("demo", help="run four simulated backends and the gateway")
     demo.add_argument("--host", default="127.0.0.1")
     demo.add_argument("--port", type=int, default=8000,
                       help="gateway port; simulators use PORT+1..PORT+4 (pos, wms, erp, commerce)")
@@ -39,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--reconcile-interval", type=float, default=30.0, metavar="SECONDS",
                       help="a full reconciliation every SECONDS (0 = off)")
 
-    serve = sub.add_parser("serve", help="run the gateway against configured backends")
+    serve = add("serve", help="run the gateway against configured backends")
     serve.add_argument("--config", required=True, help="TOML file (see retailgraph.example.toml)")
     serve.add_argument("--host", default=None, help="overrides [gateway].host")
     serve.add_argument("--port", type=int, default=None, help="overrides [gateway].port")
@@ -49,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="serve even though no credentials are configured: anyone who can "
                             "reach the port can read everything")
 
-    sim = sub.add_parser("sim", help="run one simulated backend alone")
+    sim = add("sim", help="run one simulated backend alone")
     sim.add_argument("backend", choices=[name for name, _ in config.DEMO_ROLES])
     sim.add_argument("--host", default="127.0.0.1")
     sim.add_argument("--port", type=int, required=True)
@@ -59,12 +85,12 @@ def build_parser() -> argparse.ArgumentParser:
                      help="where to send webhooks (default: none are sent)")
     _world_args(sim)
 
-    schema = sub.add_parser("schema", help="print the GraphQL schema (SDL)")
+    schema = add("schema", help="print the GraphQL schema (SDL)")
     schema.add_argument("--federation", action="store_true",
                         help="the Apollo Federation v2 subgraph SDL (@link, @key, _entities), "
                              "as served at { _service { sdl } }, e.g. for rover subgraph publish")
 
-    events = sub.add_parser("events", help="inspect and replay the dead-letter stream")
+    events = add("events", help="inspect and replay the dead-letter stream")
     events.add_argument("action", choices=["dlq", "replay"],
                         help="dlq: list dead letters; replay: re-apply those that now can be")
     where = events.add_mutually_exclusive_group(required=True)
@@ -73,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     events.add_argument("--redis-url", default=None,
                         help="Redis of the gateway (the demo prints it in its banner)")
 
-    rec = sub.add_parser("reconcile", help="compare every system's view of every SKU x "
+    rec = add("reconcile", help="compare every system's view of every SKU x "
                          "location, repair the gateway's cache, write a report")
     where = rec.add_mutually_exclusive_group(required=True)
     where.add_argument("--config", help="the gateway's TOML config")
@@ -86,6 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="write the report here (CSV if it ends in .csv; - for stdout)")
     rec.add_argument("--no-repair", action="store_true",
                      help="report cache drift without repairing it")
+    parser.subcommands = dict(sub.choices)
     return parser
 
 
@@ -104,6 +131,12 @@ def _serve(args: argparse.Namespace) -> int:
             print(f"{name}: format={b.format} base_url={b.base_url} timeout={b.timeout}s "
                   f"token={'set' if b.token else 'unset'} "
                   f"webhook_secret={'set' if b.webhook_secret else 'unset'}")
+        for name, b in settings.backends.items():
+            if not (b.webhook_secret or b.webhook_previous_secret):
+                print(f"warning: backends.{name}.webhook_secret is not set: every webhook "
+                      f"from {name} will be refused (401) and its changes reach the gateway "
+                      f"only through reconciliation; set it (or "
+                      f"RETAILGRAPH_{name.upper()}_WEBHOOK_SECRET)", file=sys.stderr)
         print(f"gateway: http://{settings.host}:{settings.port}/graphql")
         print(f"auth: {Authenticator(settings).describe()}; rate limit "
               f"{settings.rate_limit_per_minute}/min; limits depth {settings.max_depth}, "

@@ -28,34 +28,42 @@ async def run_together(stages: Sequence[Sequence[Server]],
                        background: Sequence[Callable[[], Awaitable[None]]] = (),
                        on_started: Callable[[], None] | None = None) -> None:
     """Start each stage's servers once the previous stage accepts connections, then serve
-    until a signal arrives or any server stops, and shut everything down gracefully."""
+    until a signal arrives or any server stops, and shut everything down gracefully: the
+    background jobs first, then the stages in reverse order (a later stage uses the earlier
+    ones: the demo's gateway calls its simulators), so nothing in use disappears first."""
     loop = asyncio.get_running_loop()
-    servers = [s for stage in stages for s in stage]
-
-    def stop() -> None:
-        for server in servers:
-            server.should_exit = True
-
+    stopping = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop)
-    tasks: list[asyncio.Task[None]] = []
+        loop.add_signal_handler(sig, stopping.set)
+    staged: list[list[asyncio.Task[None]]] = []
     extra: list[asyncio.Task[None]] = []
+
+    def over() -> bool:
+        return stopping.is_set() or any(t.done() for tasks in staged for t in tasks)
+
     try:
         for stage in stages:
-            tasks += [asyncio.create_task(s.serve()) for s in stage]
+            staged.append([asyncio.create_task(s.serve()) for s in stage])
             while not all(s.started for s in stage):
-                if any(t.done() for t in tasks):
+                if over():
                     break
                 await asyncio.sleep(0.02)
-        if not any(t.done() for t in tasks):
+        if not over():
             extra = [asyncio.create_task(job()) for job in background]
             if on_started is not None:
                 on_started()
-            await asyncio.wait(tasks + extra, return_when=asyncio.FIRST_COMPLETED)
+            signalled = asyncio.create_task(stopping.wait())
+            await asyncio.wait([*(t for tasks in staged for t in tasks), *extra, signalled],
+                               return_when=asyncio.FIRST_COMPLETED)
+            signalled.cancel()
     finally:
-        stop()
         for task in extra:
             task.cancel()
-        await asyncio.gather(*tasks, *extra, return_exceptions=True)
+        await asyncio.gather(*extra, return_exceptions=True)
+        for stage, tasks in reversed(list(zip(stages, staged, strict=False))):
+            for server in stage:
+                server.should_exit = True
+            await asyncio.gather(*tasks, return_exceptions=True)
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
+

@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from gateway import config
-from gateway.cli import main
+from gateway.cli import build_parser, main
 from schema import sdl
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -143,6 +143,59 @@ def test_serve_check_prints_backends_without_secrets(capsys: pytest.CaptureFixtu
         assert secret not in out
 
 
+def test_serve_check_warns_about_each_backend_without_a_webhook_secret(
+        tmp_path: Path) -> None:
+    text = EXAMPLE.read_text()
+    for name in ("wms", "commerce"):
+        text = text.replace(f'webhook_secret = "demo-{name}-webhook-secret"',
+                            'webhook_secret = ""')
+    path = tmp_path / "retailgraph.toml"
+    path.write_text(text)
+    result = run("serve", "--config", str(path), "--check")
+    assert result.returncode == 0, result.stderr
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 2, result.stderr
+    assert "backends.wms.webhook_secret is not set" in warnings[0]
+    assert "RETAILGRAPH_WMS_WEBHOOK_SECRET" in warnings[0]
+    assert "backends.commerce.webhook_secret is not set" in warnings[1]
+    # Configured through the environment instead: no warning.
+    env = clean_env(RETAILGRAPH_WMS_WEBHOOK_SECRET="from-the-environment",
+                    RETAILGRAPH_COMMERCE_WEBHOOK_SECRET="from-the-environment")
+    result = run("serve", "--config", str(path), "--check", env=env)
+    assert "warning:" not in result.stderr
+    assert run("serve", "--config", str(EXAMPLE), "--check").stderr == ""
+
+
+def test_logging_options_before_or_after_the_subcommand() -> None:
+    for argv in (["--log-format", "json", "--log-level", "DEBUG", "schema"],
+                 ["schema", "--log-format", "json", "--log-level", "DEBUG"]):
+        args = build_parser().parse_args(argv)
+        assert (args.command, args.log_format, args.log_level) == ("schema", "json", "DEBUG")
+    # Given only before it, the subcommand does not reset them.
+    args = build_parser().parse_args(["--log-format", "text", "serve", "--config", "x"])
+    assert (args.log_format, args.log_level) == ("text", "INFO")
+    # In a real process: the check's log lines are JSON after `serve` too.
+    result = run("serve", "--config", str(EXAMPLE), "--check", "--log-format", "json",
+                 "--log-level", "DEBUG")
+    assert result.returncode == 0, result.stderr
+    logged = [line for line in result.stderr.splitlines() if line.strip()]
+    assert logged, "DEBUG logging produced no line"
+    assert all(line.startswith("{") for line in logged), logged
+
+
+@pytest.mark.parametrize(("argv", "unknown"), [
+    (["serve", "--config", "x.toml", "--chek"], "--chek"),
+    (["demo", "--prot", "9000"], "--prot 9000"),
+    (["sim", "pos", "--port", "1", "--nope"], "--nope"),
+])
+def test_a_wrong_option_prints_the_subcommands_usage(argv: list[str], unknown: str) -> None:
+    result = run(*argv)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert lines[0].startswith(f"usage: retailgraph {argv[0]} "), result.stderr
+    assert lines[-1] == f"retailgraph {argv[0]}: error: unrecognized arguments: {unknown}"
+
+
 def test_environment_overrides_the_file(tmp_path: Path) -> None:
     environ = {"RETAILGRAPH_PORT": "9100",
                "RETAILGRAPH_POS_WEBHOOK_SECRET": "rotated-pos-secret",
@@ -233,7 +286,8 @@ def test_missing_config_file_exits_2(tmp_path: Path, capsys: pytest.CaptureFixtu
 
 def test_demo_starts_answers_and_stops_on_ctrl_c() -> None:
     port = port_block(5)
-    with process("demo", "--port", str(port), "--skus", "12", "--stores", "2") as proc:
+    with process("demo", "--port", str(port), "--skus", "12", "--stores", "2",
+                 "--activity", "20") as proc:
         health = wait_for(proc, f"http://127.0.0.1:{port}/healthz")
         assert health.status_code == 200
         response = httpx.post(f"http://127.0.0.1:{port}/graphql", timeout=30, json={
@@ -248,6 +302,12 @@ def test_demo_starts_answers_and_stops_on_ctrl_c() -> None:
         assert {p["source"] for p in product["prices"]} == {"erp", "commerce", "pos"}
         assert [x["id"] for x in body["data"]["locations"]] == ["ST001", "ST002", "WH01", "WH02"]
         output = interrupt(proc)
+    # Stopping is quiet: the activity stops first, then the gateway, then the simulators, so
+    # nothing reports a simulator as unavailable or a backend as down on the way out.
+    assert "unavailable" not in output
+    assert " is down" not in output
+    assert "WARNING" not in output, output
+    assert "ERROR" not in output, output
     # The banner printed every URL.
     assert f"http://127.0.0.1:{port}/graphql" in output
     assert f"http://127.0.0.1:{port}/healthz" in output

@@ -172,11 +172,8 @@ def test_entities_are_cost_limited_like_root_fields(stack: Stack) -> None:
 
 # -- a real supergraph ---------------------------------------------------------------------------
 
-REVIEWS = {
-    "reviews": {},
-    "shelfChecks": [],
-    "footfall": {"ST001": 1200, "ST002": 640},
-}
+# The reviews subgraph's data, as the README's recipe runs it (`--data reviews.json`).
+REVIEWS = FEDERATION / "reviews.json"
 
 SUPERGRAPH_QUERY = """query($sku: ID!) {
   product(sku: $sku) {
@@ -197,25 +194,17 @@ def test_a_real_federation_gateway_serves_both_subgraphs(stack: Stack,
     npm_install(FEDERATION)
     world = stack.world
     a, b, c = world.items[1], world.items[2], world.items[7]
-    data = json.loads(json.dumps(REVIEWS))
-    data["reviews"] = {
-        a.sku: [{"id": "r1", "stars": 5, "body": "Sturdy."},
-                {"id": "r2", "stars": 4, "body": "Good value."}],
-        b.sku: [{"id": "r3", "stars": 3, "body": "Fine."}],
-        c.sku: [{"id": "r4", "stars": 5, "body": "Perfect."}],
-    }
-    data["shelfChecks"] = [{"id": "sc1", "sku": a.sku, "location": "ST002",
-                            "note": "front facing", "checkedAt": "2025-06-01T09:00:00Z"},
-                           {"id": "sc2", "sku": b.sku, "location": "ST001",
-                            "note": "gap on shelf", "checkedAt": "2025-06-02T10:30:00Z"}]
-    reviews_json = tmp_path / "reviews.json"
-    reviews_json.write_text(json.dumps(data), encoding="utf-8")
+    data = json.loads(REVIEWS.read_text(encoding="utf-8"))
+    # The file names SKU ids; every world numbers its items from SKU-000001.
+    assert list(data["reviews"]) == [a.sku, b.sku, c.sku]
+    assert [(x["sku"], x["location"]) for x in data["shelfChecks"]] == [
+        (a.sku, "ST002"), (b.sku, "ST001")]
     logs = tmp_path / "logs"
     logs.mkdir()
     env = {**node_env(), "NODE_ENV": "production"}
     port = free_port()
     reviews = Proc("reviews", [NODE, str(FEDERATION / "reviews.mjs"), "--port", str(port),
-                               "--data", str(reviews_json)], env, logs, port)
+                               "--data", str(REVIEWS)], env, logs, port)
     gateway = Proc("gateway", [], env, logs, free_port())
     try:
         reviews.start()
