@@ -184,9 +184,11 @@ def create_app(settings: Settings, transport: httpx.AsyncBaseTransport | None = 
         return JSONResponse(report, status_code=200 if report["ready"] else 503)
 
     async def webhook(request: Request) -> Response:
-        if runtime.intake is None:
+        if runtime.intake is None or runtime.feed is None:
             return JSONResponse({"error": "starting up"}, status_code=503)
-        return await telemetry.traced_webhook(request, runtime.intake, settings.backends)
+        # Subscription deliveries wait while a webhook is being acknowledged.
+        with runtime.feed.deliveries.intake_first():
+            return await telemetry.traced_webhook(request, runtime.intake, settings.backends)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

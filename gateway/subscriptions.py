@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import heapq
 import logging
 import re
@@ -24,7 +25,7 @@ from collections import Counter, OrderedDict, deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 from redis.exceptions import RedisError, ResponseError
@@ -39,6 +40,9 @@ log = logging.getLogger("retailgraph.subscriptions")
 
 CHANGES_KEY = "rg:{ev}:changes"
 _ID_PART = re.compile(r"[0-9]{1,20}")
+MEMO_SIZE = 4096
+OFFERS_PER_STEP = 2000
+T = TypeVar("T")
 LAST_KEY = "rg:{ev}:last"
 # The change stream's indexes: per SKU and per location, a stream with the same entry ids
 # whose entries name their cell ("sku|location|source"), so a filtered history reads only
@@ -106,6 +110,62 @@ class SubscriptionQuota:
             self.held[owner] -= 1
             if self.held[owner] <= 0:
                 del self.held[owner]
+
+
+DELIVERY_SLOTS = 4
+INTAKE_FIRST_SECONDS = 0.1
+_slot: contextvars.ContextVar[asyncio.Semaphore | None] = contextvars.ContextVar(
+    "retailgraph_delivery_slot", default=None)
+
+
+class Deliveries:
+    """How subscription events share this replica's event loop with webhook intake.
+
+    Computing an event (its fields, its GraphQL execution) is CPU on the loop that also
+    acknowledges webhooks, so intake goes first: no event starts while a webhook is being
+    acknowledged (each waits at most ``INTAKE_FIRST_SECONDS``, so a steady stream of webhooks
+    cannot starve subscribers: they fall behind and are conflated), and at most
+    ``DELIVERY_SLOTS`` are computed at once. A slot is held from the change to its result,
+    not while the result is sent (a slow socket must not hold one): a transport calls
+    :func:`delivered` before sending; otherwise it is given back when the next change is
+    asked for.
+    """
+
+    def __init__(self, slots: int = DELIVERY_SLOTS) -> None:
+        self.slots = asyncio.Semaphore(slots)
+        self.acknowledging = 0
+        self.idle = asyncio.Event()
+        self.idle.set()
+
+    @contextlib.contextmanager
+    def intake_first(self) -> Iterator[None]:
+        """Around a webhook's acknowledgement: deliveries wait until it is done."""
+        self.acknowledging += 1
+        self.idle.clear()
+        try:
+            yield
+        finally:
+            self.acknowledging -= 1
+            if not self.acknowledging:
+                self.idle.set()
+
+    async def turn(self) -> None:
+        """Wait until this task may compute an event; it holds a slot until delivered()."""
+        delivered()
+        await self.slots.acquire()
+        _slot.set(self.slots)
+        # Only the slots' holders wait for intake: no herd of waiters woken per webhook.
+        if self.acknowledging:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.idle.wait(), INTAKE_FIRST_SECONDS)
+
+
+def delivered() -> None:
+    """The current task's event is computed (about to be sent): give its slot back."""
+    held = _slot.get()
+    if held is not None:
+        _slot.set(None)
+        held.release()
 
 
 class CursorExpired(Exception):
@@ -364,6 +424,10 @@ class ChangeFeed:
         self.page = page
         # Every live subscription of this replica (stock and discrepancy ones) holds one.
         self.quota = SubscriptionQuota(max_per_owner)
+        self.deliveries = Deliveries()
+        # What every subscriber of one change would otherwise read again (its SKU's safety
+        # stock): computed once per change, shared.
+        self._memo: OrderedDict[tuple[str, str], asyncio.Future[Any]] = OrderedDict()
         self.subscribers: set[Subscriber] = set()
         self.running = False
         self._last_id = "$"
@@ -388,12 +452,19 @@ class ChangeFeed:
                 result = await self.redis.xread({CHANGES_KEY: self._last_id}, count=self.page,
                                                  block=1000)
                 backoff.succeeded()
+                offered = 0
                 for _stream, entries in result or []:
                     for entry_id, fields in entries:
                         self._last_id = entry_id.decode()
                         change = decode_change(self._last_id, fields)
                         for sub in list(self.subscribers):
                             sub.offer(change)
+                        offered += len(self.subscribers)
+                        if offered >= OFFERS_PER_STEP:
+                            # A page of changes x every subscriber is a long step: let
+                            # webhook intake (and everything else) run in between.
+                            offered = 0
+                            await asyncio.sleep(0)
             except asyncio.CancelledError:
                 self.running = False
                 raise
@@ -546,6 +617,19 @@ class ChangeFeed:
         # An empty log still gives a cursor: subscribing after it misses nothing.
         end = out[-1].cursor if more else scanned or "0-0"
         return HistoryPage(out, end, more)
+
+    async def shared(self, change: Change, what: str,
+                     compute: Callable[[], Awaitable[T]]) -> T:
+        """``compute()`` once per change and ``what``, for all of its subscribers."""
+        key = (change.cursor, what)
+        found = self._memo.get(key)
+        if found is None:
+            found = asyncio.ensure_future(compute())
+            self._memo[key] = found
+            while len(self._memo) > MEMO_SIZE:
+                self._memo.popitem(last=False)
+        result: T = await asyncio.shield(found)
+        return result
 
     async def check_cursor(self, after: str) -> None:
         """:class:`InvalidCursor` or :class:`CursorExpired` now, rather than when the

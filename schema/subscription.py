@@ -206,29 +206,41 @@ async def _cursor_errors(call: Awaitable[T]) -> T:
 
 async def _feed_changes(info: Ctx, feed: Any, accept: Any, after: str | None, owner: str,
                         position: StreamPosition | None = None) -> AsyncGenerator[Any, None]:
-    from gateway.subscriptions import CursorExpired, InvalidCursor
+    from gateway.subscriptions import CursorExpired, InvalidCursor, delivered
 
     try:
         with feed.quota.hold(owner):
             async with contextlib.aclosing(feed.subscribe(accept, after)) as changes:
                 async for change in changes:
-                    # Each event is resolved from what is current, like a query of its own.
-                    info.context.renew_loaders()
-                    if position is not None:
-                        position.cursor = change.cursor
-                    yield change
+                    # Computing the event waits its turn: webhook intake goes first
+                    # (gateway.subscriptions.Deliveries).
+                    await feed.deliveries.turn()
+                    try:
+                        # Each event is resolved from what is current, like a query.
+                        info.context.renew_loaders()
+                        if position is not None:
+                            position.cursor = change.cursor
+                        yield change
+                    finally:
+                        delivered()  # if the transport has not given it back already
     except CursorExpired as exc:  # trimmed between the check and the first read
         raise GraphQLError(str(exc), extensions={"code": "CURSOR_EXPIRED"}) from exc
     except InvalidCursor as exc:
         raise GraphQLError(str(exc), extensions={"code": "BAD_USER_INPUT"}) from exc
 
 
+async def _safety_stock(info: Ctx, change: Any) -> int:
+    """The safety stock of a change's SKU, read once for all of the change's subscribers."""
+    feed = _feed(info)
+    found = await feed.shared(change, "safety", lambda: safety_stocks(info, [change.sku]))
+    return int(found[change.sku])
+
+
 async def _stock_changes(info: Ctx, changes: AsyncGenerator[Any, None]
                          ) -> AsyncGenerator[StockChange, None]:
     async with contextlib.aclosing(changes):
         async for change in changes:
-            safety = await safety_stocks(info, [change.sku])
-            out = to_graphql(info, change, safety[change.sku])
+            out = to_graphql(info, change, await _safety_stock(info, change))
             if out is not None:
                 yield out
 
@@ -251,8 +263,7 @@ async def _status_changes(info: Ctx, threshold: int, changes: AsyncGenerator[Any
     known: dict[tuple[str, str], StockStatus] = {}
     async with contextlib.aclosing(changes):
         async for change in changes:
-            safety = await safety_stocks(info, [change.sku])
-            out = to_graphql(info, change, safety[change.sku])
+            out = to_graphql(info, change, await _safety_stock(info, change))
             if out is None:
                 continue
             status = status_of(out.stock_level.available, threshold)
