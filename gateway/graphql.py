@@ -45,6 +45,7 @@ from gateway.operations import OperationGuard
 from gateway.ratelimit import RateLimited
 from gateway.response_cache import FRESHNESS_STATE
 from gateway.streams import PROTOCOLS, StreamCursor, transports
+from gateway.subscriptions import delivered
 from gateway.telemetry import OperationTelemetry
 from gateway.websocket import (
     TRY_AGAIN_LATER,
@@ -152,6 +153,16 @@ class FreshnessReport(SchemaExtension):
         return {"freshness": {**context.loaders.freshness.summary(), "responseCache": "miss"}}
 
 
+class DeliverySlots(SchemaExtension):
+    """A streamed result is computed: its subscription event's delivery slot is given back
+    before any transport (WebSocket, SSE, multipart) sends it, so a slow client holds none
+    (gateway/subscriptions.py ``Deliveries``)."""
+
+    def on_stream_result(self, result: Any) -> Iterator[None]:
+        delivered()
+        yield None
+
+
 def make_schema(settings: Settings | None = None) -> strawberry.Schema:
     return build_schema(extensions=[
         *limit_extensions(settings or Settings()),
@@ -162,6 +173,7 @@ def make_schema(settings: Settings | None = None) -> strawberry.Schema:
         ForbiddenErrors,
         OperationTelemetry,
         StreamCursor,
+        DeliverySlots,
     ])
 
 

@@ -126,9 +126,9 @@ class Deliveries:
     acknowledged (each waits at most ``INTAKE_FIRST_SECONDS``, so a steady stream of webhooks
     cannot starve subscribers: they fall behind and are conflated), and at most
     ``DELIVERY_SLOTS`` are computed at once. A slot is held from the change to its result,
-    not while the result is sent (a slow socket must not hold one): a transport calls
-    :func:`delivered` before sending; otherwise it is given back when the next change is
-    asked for.
+    not while the result is sent (a slow socket must not hold one): the schema extension
+    ``gateway.graphql.DeliverySlots`` calls :func:`delivered` for every streamed result,
+    whatever the transport; otherwise it is given back when the next change is asked for.
     """
 
     def __init__(self, slots: int = DELIVERY_SLOTS) -> None:

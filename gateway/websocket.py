@@ -49,7 +49,6 @@ from strawberry.subscriptions.protocols.graphql_ws.handlers import BaseGraphQLWS
 from strawberry.types.execution import PreExecutionError
 
 from gateway.operations import Admitted, OperationRefused
-from gateway.subscriptions import delivered
 from resolvers.graph import RequestContext
 
 if TYPE_CHECKING:
@@ -152,7 +151,6 @@ class _PerOperation:
                        ) -> AsyncGenerator[Any, None]:
         async with contextlib.aclosing(source):
             async for result in source:
-                delivered()  # computed: the delivery slot is not held while it is sent
                 if admitted is not None:  # the first result: did the text parse and validate?
                     if not isinstance(result, PreExecutionError):
                         await self.view.guard.ran(admitted,

@@ -16,7 +16,7 @@ import pytest
 import redis
 
 from gateway.config import Settings
-from tests.helpers_webhooks import Signer, apost
+from tests.helpers_webhooks import Signer, apost, now
 from tests.support import Stack
 from tests.test_subscriptions import PROTOCOLS, GraphQLWs
 from tests.test_ws_guard import ask, codes
@@ -24,6 +24,8 @@ from tests.test_ws_guard import ask, codes
 APP_KEY = "load-app-key-0123456789"
 OTHER_KEY = "load-other-key-0123456789"
 SOCKETS, PER_SOCKET = 10, 20  # 200: the default limit
+AVAILABLE = """subscription($skus: [ID!], $locs: [ID!]) {
+  stockChanged(skus: $skus, locationIds: $locs) { stockLevel { available } } }"""
 CHANGED = """subscription($skus: [ID!], $locs: [ID!]) {
   stockChanged(skus: $skus, locationIds: $locs) { sku locationId stockLevel { onHand } } }"""
 
@@ -90,3 +92,69 @@ async def test_one_key_holds_200_subscriptions_and_webhooks_still_reach_them_all
         for client, op in [*ops, (other, theirs)]:
             got = await client.take(op, len(on_hands), within=60)
             assert [c["stockLevel"]["onHand"] for c in got] == on_hands
+
+
+async def test_a_result_being_sent_holds_no_delivery_slot(loaded: Stack) -> None:
+    """More subscriptions whose results are stuck in sending (their consumer takes one and
+    asks for no more, like a socket that does not drain) than there are delivery slots
+    (gateway.subscriptions.DELIVERY_SLOTS): another subscription still gets every change, in
+    order, because a slot is given back as soon as a result is computed, before any transport
+    sends it. Driven on the gateway's own loop through the schema it serves."""
+    from gateway.subscriptions import DELIVERY_SLOTS
+    from resolvers.graph import RequestContext
+
+    world = loaded.world
+    item, store = 7, 0
+    cell = {"skus": [world.items[item].sku], "locs": [world.stores[store].code]}
+    server = loaded.gateways[0]
+    gateway: Any = server.server.config.app
+    view = next(r.endpoint for r in gateway.routes if getattr(r, "path", "") == "/graphql")
+    graph = gateway.state.graph
+    received: list[int] = []
+    stuck_got: list[int] = []
+    started = asyncio.Event()  # on the test's loop
+
+    async def scenario(count: int, test_loop: asyncio.AbstractEventLoop) -> None:
+        async def stream() -> Any:
+            context = RequestContext(graph=graph, loaders=graph.loaders())
+            return await view.schema.subscribe(AVAILABLE, variable_values=cell,
+                                               context_value=context)
+
+        async def stuck() -> None:  # takes one result, then never asks for the next
+            results = await stream()
+            first = await anext(results)
+            stuck_got.append(first.data["stockChanged"]["stockLevel"]["available"])
+            await asyncio.Event().wait()
+
+        async def reader() -> None:
+            results = await stream()
+            while len(received) < count:
+                result = await anext(results)
+                received.append(result.data["stockChanged"]["stockLevel"]["available"])
+
+        stuck_tasks = [asyncio.create_task(stuck()) for _ in range(DELIVERY_SLOTS + 2)]
+        read = asyncio.create_task(reader())
+        await asyncio.sleep(0.3)  # every stream registered with the feed
+        test_loop.call_soon_threadsafe(started.set)
+        try:
+            await asyncio.wait_for(read, 60)
+        finally:
+            for task in stuck_tasks:
+                task.cancel()
+            await asyncio.gather(*stuck_tasks, return_exceptions=True)
+
+    assert server.loop is not None
+    signer = Signer(loaded.settings, world)
+    hook = f"{loaded.url}/webhooks/pos"
+    sent = [8000 - n for n in range(3 * DELIVERY_SLOTS)]
+    done = asyncio.wrap_future(asyncio.run_coroutine_threadsafe(
+        scenario(len(sent), asyncio.get_running_loop()), server.loop))
+    await asyncio.wait_for(started.wait(), 30)
+    async with httpx.AsyncClient(timeout=30) as http:
+        for quantity in sent:
+            delivery = signer.square(hook, [signer.square_count(item, store, quantity,
+                                                                now())])
+            assert (await apost(http, loaded.url, delivery)).status_code == 200
+    await done
+    assert received == sent
+    assert stuck_got == [sent[0]] * (DELIVERY_SLOTS + 2)
