@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import logging
 import time
 import uuid
 from collections.abc import Iterator
@@ -30,8 +29,7 @@ from websockets.asyncio.client import ClientConnection
 from websockets.typing import Subprotocol
 
 from gateway.persisted import KEY_PREFIX as APQ_PREFIX
-from tests.support import Stack
-from tests.test_hostile import Collected
+from tests.support import ErrorLog, Stack, errors_logged
 from tests.test_subscriptions import (
     LEGACY_WS,
     PROTOCOLS,
@@ -131,18 +129,10 @@ async def closed_with(ws: ClientConnection, seen: list[dict[str, Any]] | None = 
 
 
 @pytest.fixture
-def gateway_log() -> Iterator[Collected]:
+def gateway_log() -> Iterator[ErrorLog]:
     """Error records (tracebacks included) of the gateway's and uvicorn's loggers."""
-    handler = Collected()
-    # uvicorn's loggers do not propagate to the root logger.
-    loggers = [logging.getLogger(), logging.getLogger("uvicorn")]
-    for logger in loggers:
-        logger.addHandler(handler)
-    try:
-        yield handler
-    finally:
-        for logger in loggers:
-            logger.removeHandler(handler)
+    with errors_logged() as collected:
+        yield collected
 
 
 @pytest.fixture
@@ -176,7 +166,7 @@ ITEMS = Items()
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
 async def test_each_operation_and_connection_takes_a_token(
-        guarded: Stack, protocol: str, gateway_log: Collected) -> None:
+        guarded: Stack, protocol: str, gateway_log: ErrorLog) -> None:
     credential = token()
     client = await connect(guarded, protocol, credential)  # 1 token
     try:
@@ -353,7 +343,7 @@ async def test_allow_list_applies_to_each_operation(listed: Stack, protocol: str
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
 async def test_a_socket_is_closed_when_its_token_expires(
-        guarded: Stack, stock: Live, protocol: str, gateway_log: Collected) -> None:
+        guarded: Stack, stock: Live, protocol: str, gateway_log: ErrorLog) -> None:
     item = ITEMS.take(guarded)
     sku, store = guarded.world.items[item].sku, guarded.world.stores[0].code
     credential = token(ttl=2)
@@ -431,7 +421,7 @@ BROKEN: list[Any] = [
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
 async def test_broken_messages_get_the_protocols_answer(
-        guarded: Stack, protocol: str, gateway_log: Collected) -> None:
+        guarded: Stack, protocol: str, gateway_log: ErrorLog) -> None:
     for message in BROKEN:
         client = await connect(guarded, protocol, token())
         try:
