@@ -24,6 +24,7 @@ from starlette.routing import Route, WebSocketRoute
 
 from gateway import graphiql, logs, telemetry
 from gateway.applier import Applier, PendingSweeper
+from gateway.asgi import BodyGuard
 from gateway.auth import Authenticator, AuthMiddleware
 from gateway.batch import BatchMiddleware
 from gateway.cache import Cache, Deadlines, ResponseCache, connect
@@ -211,13 +212,15 @@ def create_app(settings: Settings, transport: httpx.AsyncBaseTransport | None = 
     ], lifespan=lifespan)
     app.add_middleware(ResponseCacheMiddleware, runtime=runtime)
     # Outermost last: metrics -> browser origins (CORS; preflights end here) -> auth ->
-    # batches taken apart -> (for each operation) rate limit -> persisted queries -> response
-    # cache.
+    # bodies read (within body_timeout_seconds, max_concurrent_bodies at once) -> batches
+    # taken apart -> (for each operation) rate limit -> persisted queries -> response cache.
     app.add_middleware(PersistedQueryMiddleware, persisted=persisted,
                        max_body=settings.max_body_bytes)
     app.add_middleware(RateLimitMiddleware, limiter=limiter)
     app.add_middleware(BatchMiddleware, max_batch_size=settings.max_batch_size,
                        max_body=settings.max_body_bytes)
+    app.add_middleware(BodyGuard, timeout=settings.body_timeout_seconds,
+                       slots=settings.max_concurrent_bodies, limit=settings.max_body_bytes)
     app.add_middleware(AuthMiddleware, auth=auth)
     app.add_middleware(BrowserOrigins, origins=origins)
     app.add_middleware(telemetry.HttpMetrics)

@@ -59,10 +59,11 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 8000
     redis_url: str = ""
-    # Deadlines of one Redis command, waiting for a pooled connection included: a read that
-    # misses its deadline is answered from the backends (freshness cache "unavailable"), a
-    # webhook whose write misses it gets 503 (the sender retries). Blocking reads of the
-    # change feeds get their block time on top of the read deadline.
+    # Deadlines of one Redis command, waiting for a pooled connection included. Read: what a
+    # request can do without (cache lookups and fills, cached responses, persisted queries,
+    # rate-limit tokens), answered from the backends instead (freshness cache
+    # "unavailable"). Write: everything else; a webhook whose write misses it gets 503 (the
+    # sender retries). The change feeds' blocking reads get their block time on top.
     redis_read_timeout_ms: int = 250
     redis_write_timeout_ms: int = 2000
     backends: dict[str, BackendSettings] = field(default_factory=dict)
@@ -70,6 +71,11 @@ class Settings:
     mapping_file: str = ""
     max_page_size: int = 100
     max_body_bytes: int = 1_048_576
+    # A POST body to /graphql or /webhooks/* must arrive within this long (else 408); at most
+    # max_concurrent_bodies are read at once per process (beyond: 503 with Retry-After,
+    # unless the body came whole with the headers).
+    body_timeout_seconds: float = 10.0
+    max_concurrent_bodies: int = 64
     webhook_tolerance_seconds: int = 300
     # A delivery whose signed timestamps (the versions that order events) lie further ahead
     # of the gateway's clock than this is dead-lettered: it would outrank every later event.
@@ -194,6 +200,10 @@ def _check_access(settings: Settings) -> None:
             raise ConfigError(f"{limit} must be at least 1")
     if settings.stream_keepalive_seconds <= 0:
         raise ConfigError("stream_keepalive_seconds must be more than 0")
+    if settings.body_timeout_seconds <= 0:
+        raise ConfigError("body_timeout_seconds must be more than 0")
+    if settings.max_concurrent_bodies < 1:
+        raise ConfigError("max_concurrent_bodies must be at least 1")
     for deadline in ("redis_read_timeout_ms", "redis_write_timeout_ms"):
         if getattr(settings, deadline) < 1:
             raise ConfigError(f"{deadline} must be at least 1 (milliseconds)")

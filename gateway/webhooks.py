@@ -20,11 +20,12 @@ from typing import Any
 
 import orjson
 from redis.exceptions import RedisError
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from gateway import limits, signatures
 from gateway.applier import Applier
+from gateway.asgi import receive_body
 from gateway.config import BackendSettings, Settings
 from gateway.events import DeadLetter, Envelope, EventLog
 from gateway.normalize import NORMALIZERS, Delivery, Malformed, Unappliable
@@ -89,18 +90,15 @@ def verify(backend: BackendSettings, body: bytes, headers: dict[str, str], url: 
 
 
 async def read_body(request: Request, limit: int) -> bytes:
+    """The delivery's raw body (the signatures cover its exact bytes), at most ``limit``."""
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
         raise Rejected(413, "too_large", f"body of {declared} bytes is over the {limit}-byte limit")
-    chunks, size = [], 0
-    try:
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise Rejected(413, "too_large", f"body is over the {limit}-byte limit")
-            chunks.append(chunk)
-    except ClientDisconnect as exc:
-        raise Rejected(400, "disconnected", "client disconnected before sending the body") from exc
+    chunks, state = await receive_body(request.receive, limit)
+    if state == "over":
+        raise Rejected(413, "too_large", f"body is over the {limit}-byte limit")
+    if state == "gone":
+        raise Rejected(400, "disconnected", "client disconnected before sending the body")
     return b"".join(chunks)
 
 
