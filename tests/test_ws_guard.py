@@ -29,6 +29,7 @@ from websockets.asyncio.client import ClientConnection
 from websockets.typing import Subprotocol
 
 from gateway.persisted import KEY_PREFIX as APQ_PREFIX
+from tests.nodejs import needs_node, run_client
 from tests.support import ErrorLog, Stack, errors_logged
 from tests.test_subscriptions import (
     LEGACY_WS,
@@ -532,3 +533,23 @@ async def test_each_operation_and_event_reads_what_is_current(
     finally:
         await client.close()
         await watcher.close()
+
+
+# -- the same, seen by a real client ---------------------------------------------------------------
+
+@needs_node
+def test_graphql_ws_client_sees_the_refusals_and_the_expiry(guarded: Stack) -> None:
+    """npm graphql-ws: the rate limit's refusal reaches the app as GraphQL errors with the
+    HTTP code, and a socket whose token expires is closed with 4403."""
+    credential = token()
+    expiring = token(ttl=2)
+    run = run_client("graphql-ws-guard.mjs", {
+        "ws": ws_url(guarded.url), "key": credential, "query": LOCATIONS,
+        "count": RATE, "expiringKey": expiring, "subscription": STOCK_CHANGED}, timeout=120)
+    outcomes = run.result["outcomes"]
+    # connection_init took one token, RATE - 1 queries ran, the last was refused.
+    assert outcomes[:-1] == [{"data": True, "codes": []}] * (RATE - 1), outcomes
+    (refused,) = outcomes[-1]["refused"]
+    assert refused["code"] == "RATE_LIMITED"
+    assert 1 <= refused["retryAfter"] <= 60 // RATE
+    assert run.result["close"] == {"code": 4403, "reason": "Forbidden: credentials expired"}
