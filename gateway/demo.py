@@ -127,12 +127,15 @@ async def run(opts: DemoOptions) -> None:
     gateway_app = create_app(settings)
     gateway = make_server(gateway_app, settings.host, settings.port)
     background = []
+    stopping = []
     if opts.activity > 0:
         from gateway.simulators.activity import Activity
 
-        background.append(Activity(settings, world, opts.activity, seed=opts.seed).run)
+        activity = Activity(settings, world, opts.activity, seed=opts.seed)
+        background.append(activity.run)
+        stopping.append(activity.stop)  # finishes the request under way, then returns
     # Simulators first, so the gateway's first catalog load finds them.
-    await run_together([simulators, [gateway]], background,
+    await run_together([simulators, [gateway]], background, on_stopping=stopping,
                        on_started=lambda: print(banner(settings, opts,
                                                        gateway_app.state.runtime.redis_url,
                                                        tokens),

@@ -9,6 +9,8 @@ from collections.abc import Awaitable, Callable, Generator, Sequence
 
 import uvicorn
 
+STOP_GRACE_SECONDS = 5.0
+
 
 class Server(uvicorn.Server):
     """A uvicorn server that leaves signal handling to :func:`run_together`."""
@@ -26,11 +28,15 @@ def make_server(app: object, host: str, port: int) -> Server:
 
 async def run_together(stages: Sequence[Sequence[Server]],
                        background: Sequence[Callable[[], Awaitable[None]]] = (),
-                       on_started: Callable[[], None] | None = None) -> None:
+                       on_started: Callable[[], None] | None = None,
+                       on_stopping: Sequence[Callable[[], None]] = ()) -> None:
     """Start each stage's servers once the previous stage accepts connections, then serve
     until a signal arrives or any server stops, and shut everything down gracefully: the
     background jobs first, then the stages in reverse order (a later stage uses the earlier
-    ones: the demo's gateway calls its simulators), so nothing in use disappears first."""
+    ones: the demo's gateway calls its simulators), so nothing in use disappears first.
+    ``on_stopping`` asks the background jobs to finish what they are doing (the demo's
+    activity completes its request instead of cutting it off); those still running after
+    ``STOP_GRACE_SECONDS`` are cancelled."""
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -57,6 +63,10 @@ async def run_together(stages: Sequence[Sequence[Server]],
                                return_when=asyncio.FIRST_COMPLETED)
             signalled.cancel()
     finally:
+        for ask in on_stopping:
+            ask()
+        if extra:
+            await asyncio.wait(extra, timeout=STOP_GRACE_SECONDS)
         for task in extra:
             task.cancel()
         await asyncio.gather(*extra, return_exceptions=True)
