@@ -127,7 +127,7 @@ class CacheUnavailable(Exception):
     """Redis cannot be reached; callers fall back to the backends."""
 
 
-class OrjsonSerializer(BaseSerializer):
+class OrjsonSerializer(BaseSerializer):  # type: ignore[misc]  # aiocache is untyped (Any)
     """aiocache serializer for cache payloads (orjson: fast, handles datetimes)."""
 
     DEFAULT_ENCODING = None

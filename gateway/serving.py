@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-from collections.abc import Awaitable, Callable, Generator, Sequence
+from collections.abc import Callable, Coroutine, Generator, Sequence
+from typing import Any
 
 import uvicorn
+from starlette.types import ASGIApp
 
 STOP_GRACE_SECONDS = 5.0
 
@@ -20,14 +22,14 @@ class Server(uvicorn.Server):
         yield
 
 
-def make_server(app: object, host: str, port: int) -> Server:
+def make_server(app: ASGIApp, host: str, port: int) -> Server:
     config = uvicorn.Config(app, host=host, port=port, log_level="warning",
                             ws="websockets-sansio", lifespan="on")
     return Server(config)
 
 
 async def run_together(stages: Sequence[Sequence[Server]],
-                       background: Sequence[Callable[[], Awaitable[None]]] = (),
+                       background: Sequence[Callable[[], Coroutine[Any, Any, None]]] = (),
                        on_started: Callable[[], None] | None = None,
                        on_stopping: Sequence[Callable[[], None]] = ()) -> None:
     """Start each stage's servers once the previous stage accepts connections, then serve

@@ -192,7 +192,8 @@ class RetailGraph:
             b = self.backends
             names = ("erp items", "erp locations", "commerce products", "pos catalog",
                      "commerce locations", "pos locations", "wms sites")
-            results = await asyncio.gather(
+            # Every catalog is a list; seven awaitables are past gather's typed overloads.
+            results: list[list[Any] | BaseException] = await asyncio.gather(
                 b.erp.all_items(), b.erp.locations(), b.commerce.products(), b.pos.catalog(),
                 b.commerce.locations(), b.pos.locations(), b.wms.sites(),
                 return_exceptions=True)
@@ -460,8 +461,8 @@ class Loaders:
             types = [t for t in types if t in wanted]
         loaders = {LocationType.STORE: self.store_stock,
                    LocationType.WAREHOUSE: self.warehouse_stock}
-        master, *chunks = await asyncio.gather(self.master.load(sku),
-                                               *(loaders[t].load(sku) for t in types))
+        master, chunks = await asyncio.gather(
+            self.master.load(sku), asyncio.gather(*(loaders[t].load(sku) for t in types)))
         views = [v for chunk in chunks for v in chunk]
         safety = master.safety_stock if master else 0
         stale = set(self.graph.health.down) if self.graph.cache is not None else set()
