@@ -179,16 +179,56 @@ MULTIPART_MEDIA_TYPE = "multipart/mixed"
 STREAM_CONTENT_TYPES = (SSE_MEDIA_TYPE.encode(), MULTIPART_MEDIA_TYPE.encode())
 
 
+# Media types answered with one JSON document (a query or mutation result); `*/*` too.
+_JSON_MEDIA_TYPES = frozenset({"application/graphql-response+json", "application/json",
+                               "application/graphql+json", "application/*", "*/*"})
+
+
+def stream_protocol(accept: str) -> str | None:
+    """The streamed response an ``Accept`` header prefers: ``SSE_MEDIA_TYPE``,
+    ``MULTIPART_MEDIA_TYPE`` (Apollo's ``multipart/mixed;subscriptionSpec=1.0``), or ``None``
+    when it prefers one JSON document or names no stream.
+
+    The preferred type is the one with the highest ``q`` (default 1; 0 means "not
+    acceptable"), the earlier-listed one among equals. urql asks for
+    ``application/graphql-response+json, application/graphql+json, application/json,
+    text/event-stream, multipart/mixed`` on every query: it gets JSON, while graphql-sse's
+    ``text/event-stream`` and Apollo's multipart subscription Accept get their streams.
+    """
+    best: tuple[float, int, str | None] | None = None
+    for index, part in enumerate(accept.split(",")):
+        media, *raw = part.split(";")
+        media = media.strip().lower()
+        params: dict[str, str] = {}
+        for item in raw:
+            name, _, value = item.partition("=")
+            params[name.strip().lower()] = value.strip().strip("'\"")
+        try:
+            q = float(params.get("q", "1"))
+        except ValueError:
+            q = 0.0
+        if not 0 < q <= 1:  # also NaN
+            continue
+        if media == SSE_MEDIA_TYPE:
+            kind: str | None = SSE_MEDIA_TYPE
+        elif media == MULTIPART_MEDIA_TYPE and "subscriptionspec" in params:
+            kind = MULTIPART_MEDIA_TYPE
+        elif media in _JSON_MEDIA_TYPES:
+            kind = None
+        else:
+            continue
+        if best is None or (q, -index) > (best[0], -best[1]):
+            best = (q, index, kind)
+    return None if best is None else best[2]
+
+
 def wants_sse(headers: Headers) -> bool:
-    return any(part.split(";", 1)[0].strip().lower() == SSE_MEDIA_TYPE
-               for part in headers.get("accept", "").split(","))
+    return stream_protocol(headers.get("accept", "")) == SSE_MEDIA_TYPE
 
 
 def wants_multipart(headers: Headers) -> bool:
     """Apollo's multipart subscription Accept (``multipart/mixed;subscriptionSpec=1.0``)."""
-    return any(part.split(";", 1)[0].strip().lower() == MULTIPART_MEDIA_TYPE
-               and "subscriptionspec" in part.lower()
-               for part in headers.get("accept", "").split(","))
+    return stream_protocol(headers.get("accept", "")) == MULTIPART_MEDIA_TYPE
 
 
 def is_stream(scope: Scope) -> bool:

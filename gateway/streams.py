@@ -11,8 +11,9 @@ a stock stream needs on top of them:
 - keep-alives on idle streams every ``stream_keepalive_seconds`` (an SSE comment, an empty
   multipart part), so proxies and clients do not drop a quiet subscription.
 
-A request streams when its ``Accept`` asks for ``text/event-stream`` (graphql-sse) or
-``multipart/mixed;subscriptionSpec=1.0`` (Apollo). The middleware in front of Strawberry never
+A request streams when its ``Accept`` prefers ``text/event-stream`` (graphql-sse) or
+``multipart/mixed;subscriptionSpec=1.0`` (Apollo) to a JSON type
+(:func:`gateway.asgi.stream_protocol`). The middleware in front of Strawberry never
 buffers or caches such a response (:func:`gateway.asgi.is_stream`).
 """
 
@@ -30,7 +31,7 @@ from strawberry.http.streaming import (
 )
 from strawberry.subscriptions import GRAPHQL_SSE_PROTOCOL, MULTIPART_SUBSCRIPTION_PROTOCOL
 
-from gateway.asgi import wants_sse
+from gateway.asgi import MULTIPART_MEDIA_TYPE, SSE_MEDIA_TYPE, stream_protocol, wants_sse
 from schema.subscription import STREAM_POSITION, StreamPosition
 
 if TYPE_CHECKING:
@@ -66,7 +67,13 @@ class StreamCursor(SchemaExtension):
 
 
 class CursorSSE(SSETransport):
-    """graphql-sse events with the change's cursor as the SSE ``id``."""
+    """graphql-sse events with the change's cursor as the SSE ``id``; chosen only when the
+    ``Accept`` header prefers ``text/event-stream`` (:func:`gateway.asgi.stream_protocol`:
+    Strawberry's own check takes it whenever it is listed at all, which answered urql's
+    queries as streams)."""
+
+    def accepts(self, accept: str) -> bool:
+        return stream_protocol(accept) == SSE_MEDIA_TYPE
 
     def encode_next(self, response: GraphQLHTTPResponse, encode_json: JSONEncoder) -> str:
         event = super().encode_next(response, encode_json)
@@ -84,6 +91,11 @@ def transports(keepalive_seconds: float) -> dict[str, type[HTTPStreamTransport]]
 
     class Multipart(MultipartSubscriptionTransport):
         heartbeat_interval = keepalive_seconds
+
+        def accepts(self, accept: str) -> bool:
+            return stream_protocol(accept) == MULTIPART_MEDIA_TYPE and super().accepts(
+                next(part for part in accept.split(",")
+                     if part.split(";", 1)[0].strip().lower() == MULTIPART_MEDIA_TYPE))
 
     return {GRAPHQL_SSE_PROTOCOL: SSE, MULTIPART_SUBSCRIPTION_PROTOCOL: Multipart}
 

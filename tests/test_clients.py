@@ -1,12 +1,13 @@
 """retailgraph driven by the GraphQL clients people use, against a running gateway.
 
-Each scenario is one script of ``tests/clients`` (npm ``graphql-ws``, ``@apollo/client`` 4,
+Each scenario is one script of ``tests/clients`` (npm ``graphql-ws``, ``@apollo/client`` 4, urql,
 ``graphql-sse``; pinned by its ``package-lock.json``) run by :mod:`tests.nodejs`; every value
 it reports is compared with the same thing asked directly over HTTP or the simulators' truth.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -223,6 +224,74 @@ def test_apollo_client_stores_nodes_of_several_types_given_possible_types(stack:
     without = run_client("apollo-http-cache.mjs", {**endpoints(stack), "operations": operations})
     assert without.console
     assert all("missing `possibleTypes` entry" in line for line in without.console)
+
+
+URQL_PRODUCT = """query($sku: ID!, $locs: [ID!]!) { product(sku: $sku) { id sku name
+  stock(locationIds: $locs) { id onHand available location { id name } } } }"""
+URQL_LEVEL = """query($sku: ID!, $loc: ID!) {
+  stockLevel(sku: $sku, locationId: $loc) { id onHand available } }"""
+
+
+async def _until_level(stack: Stack, sku: str, loc: str, on_hand: int) -> dict[str, Any]:
+    """The level as the gateway serves it, once its onHand is ``on_hand`` (the webhook
+    arrived)."""
+    for _ in range(200):
+        level = direct(stack, URQL_LEVEL, {"sku": sku, "loc": loc})["stockLevel"]
+        if level["onHand"] == on_hand:
+            return dict(level)
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{sku} at {loc} never showed onHand {on_hand}: {level}")
+
+
+@needs_node
+async def test_urql_graphcache_normalises_entities_without_keys_config(
+        stack: Stack, live: Live) -> None:
+    """urql with @urql/exchange-graphcache and no `keys`: a product query and a stockLevel
+    query store their StockLevel as one entity, so after a change the product query read from
+    the cache alone shows the new level, and graphcache printed no warning."""
+    i = live.sku()
+    sku, warehouse = live.world.items[i].sku, live.world.warehouses[1].code
+    on_hand = (await live.wms_balance(i, 1))["onHand"]
+    config = {**endpoints(stack), "query": URQL_PRODUCT,
+              "variables": {"sku": sku, "locs": [warehouse]},
+              "levelQuery": URQL_LEVEL, "levelVariables": {"sku": sku, "loc": warehouse}}
+    async with ClientScript("urql-graphcache.mjs", config) as script:
+        ready = await script.message("ready")
+        [first] = ready["product"]["stock"]
+        assert first["onHand"] == on_hand
+        await live.capture([live.epcis_event(i, 1, "cycle_counting", on_hand + 7)])
+        truth = await _until_level(stack, sku, warehouse, on_hand + 7)
+        await script.send({"go": True})
+        run = await script.finish()
+    assert run.console == [], run.console
+    level = run.result["level"]["stockLevel"]
+    assert {k: v for k, v in level.items() if k != "__typename"} == truth
+    assert level["id"] == first["id"]
+    [cached] = run.result["cached"]["product"]["stock"]
+    # Only the shared entity can carry the new value into the earlier query's result.
+    assert cached["onHand"] == on_hand + 7 != first["onHand"]
+    assert cached["available"] == truth["available"]
+    assert {k: cached["location"][k] for k in ("id", "name")} == \
+        {"id": warehouse, "name": first["location"]["name"]}
+
+
+@needs_node
+async def test_the_urql_warning_check_catches_an_object_without_an_id(
+        stack: Stack, live: Live) -> None:
+    """The check above can fail: Money has no id (a value stored inside its product), and
+    graphcache without a `keys` entry for it warns on stderr."""
+    i = live.sku()
+    sku = live.world.items[i].sku
+    query = "query($sku: ID!) { product(sku: $sku) { id price { amount currencyCode } } }"
+    config = {**endpoints(stack), "query": query, "variables": {"sku": sku},
+              "levelQuery": query, "levelVariables": {"sku": sku}}
+    async with ClientScript("urql-graphcache.mjs", config) as script:
+        await script.message("ready")
+        await script.send({"go": True})
+        run = await script.finish()
+    assert run.console
+    assert all(line.startswith("[console.warn] Invalid key") and ".price`" in line
+               for line in run.console), run.console
 
 
 @needs_node

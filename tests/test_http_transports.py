@@ -421,6 +421,38 @@ async def test_query_over_sse_streams_one_result_and_is_never_cached(open_stack:
     assert again.headers.get("x-retailgraph-cache") == "hit"
 
 
+URQL_ACCEPT = ("application/graphql-response+json, application/graphql+json, application/json, "
+               "text/event-stream, multipart/mixed")
+
+
+@pytest.mark.parametrize(("accept", "streams"), [
+    (URQL_ACCEPT, False),  # urql's Accept on every query: JSON is listed first
+    ("application/json;q=0.5, text/event-stream", True),
+    ("text/event-stream;q=0, application/json", False),
+    ("text/event-stream", True),
+    ("*/*", False),
+])
+async def test_a_query_streams_only_when_the_accept_prefers_a_stream(
+        open_stack: Gateway, accept: str, streams: bool) -> None:
+    """Content negotiation by preference (q, then order), not by a stream type being listed
+    at all: urql answered as an event stream failed with "No Content"."""
+    _, sku = open_stack.sku()
+    body = {"query": STOCK_LEVEL, "variables": {"sku": sku, "loc": open_stack.store(0)}}
+    for _ in range(2):  # the second may come from the response cache: the same choice
+        response = await apost_json(open_stack.url, body, {**bearer("reader"),
+                                                           "accept": accept})
+        assert response.status_code == 200, response.text
+        kind = response.headers["content-type"]
+        if streams:
+            assert kind.startswith("text/event-stream")
+            assert response.text.startswith("event: next")
+        else:
+            assert kind == "application/json"
+            assert response.json()["data"]["stockLevel"] is not None
+    if not streams:
+        assert response.headers.get("x-retailgraph-cache") == "hit"
+
+
 async def test_subscription_without_a_streaming_accept_is_a_400(open_stack: Gateway) -> None:
     response = await apost_json(open_stack.url, {"query": CHANGED}, bearer("reader"))
     assert response.status_code == 400
