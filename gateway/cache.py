@@ -42,6 +42,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from resolvers.store.keys import master_key, views_key
 from resolvers.types import Quantities, StockView
 
 log = logging.getLogger("retailgraph.cache")
@@ -166,14 +167,6 @@ def epoch_micros(moment: datetime) -> int:
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
     return int(moment.timestamp() * 1_000_000)
-
-
-def views_key(sku: str, source: str) -> str:
-    return f"rg:{{s:{sku}}}:views:{source}"
-
-
-def master_key(sku: str) -> str:
-    return f"rg:{{s:{sku}}}:master"
 
 
 def view_fields(view: StockView, full: bool) -> list[str]:

@@ -40,7 +40,7 @@ from redis.exceptions import RedisError
 from ulid import ULID
 
 from gateway.applier import Applier, Publisher
-from gateway.cache import Cache, parse_views, version_number, views_key
+from gateway.cache import Cache, parse_views, version_number
 from gateway.config import Settings
 from gateway.discrepancies import (
     CellUpdate,
@@ -62,6 +62,7 @@ from gateway.events import Envelope, EventKind, EventLog, Movement, MovementType
 from gateway.synchealth import SyncHealth
 from resolvers.errors import BackendError
 from resolvers.graph import RetailGraph
+from resolvers.store.keys import views_key
 from resolvers.types import LocationRecord, LocationType, StockView
 
 log = logging.getLogger("retailgraph.reconcile")

@@ -40,7 +40,7 @@ from redis.exceptions import RedisError
 from ulid import ULID
 
 from gateway.applier import Applier
-from gateway.cache import Backoff, optional, views_key
+from gateway.cache import Backoff, optional
 from gateway.config import BackendSettings, Settings
 from gateway.events import Envelope, EventKind, EventLog, Movement, MovementType
 from gateway.normalize import EPCIS_MOVEMENTS
@@ -48,6 +48,7 @@ from resolvers import wms as wms_connector
 from resolvers.errors import BackendError
 from resolvers.graph import RetailGraph
 from resolvers.identity import SQUARE_LOCATION, SQUARE_VARIATION
+from resolvers.store.keys import views_key
 
 log = logging.getLogger("retailgraph.synchealth")
 
