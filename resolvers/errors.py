@@ -44,9 +44,12 @@ class BackendTimeout(BackendError):
 class BackendStatusError(BackendError):
     code = "BACKEND_ERROR"
 
-    def __init__(self, backend: str, status: int, message: str) -> None:
+    def __init__(self, backend: str, status: int, message: str,
+                 retry_after: float | None = None) -> None:
         super().__init__(backend, f"HTTP {status}: {message}")
         self.status = status
+        # Seconds the backend asked us to wait (``Retry-After`` on a 429 or 503), if it did.
+        self.retry_after = retry_after
 
 
 class BackendProtocolError(BackendError):

@@ -56,16 +56,27 @@ class RetryTransport(httpx.AsyncBaseTransport):
         await self.inner.aclose()
 
 
+SQUARE_VERSION = "2026-09-16"  # the Square API version every call to Square names
+
+
+def retry_after(value: str | None) -> float | None:
+    """``Retry-After`` in seconds (only the delta-seconds form; a date is ignored), or None."""
+    try:
+        seconds = float(value) if value is not None else None
+    except ValueError:
+        return None
+    return seconds if seconds is not None and 0 <= seconds < 86_400 else None
+
+
 def auth_headers(settings: BackendSettings) -> dict[str, str]:
-    """Each vendor's way of presenting an API credential."""
+    """Each vendor's way of presenting an API credential (and Square its API version, which
+    goes on every call, with a credential or without)."""
+    headers = {"Square-Version": SQUARE_VERSION} if settings.format == "square" else {}
     if not settings.token:
-        return {}
+        return headers
     if settings.format == "shopify":
         return {"X-Shopify-Access-Token": settings.token}
-    headers = {"Authorization": f"Bearer {settings.token}"}
-    if settings.format == "square":
-        headers["Square-Version"] = "2025-01-23"
-    return headers
+    return headers | {"Authorization": f"Bearer {settings.token}"}
 
 
 class BackendClient:
@@ -99,7 +110,8 @@ class BackendClient:
             raise BackendUnavailable(self.name, f"{method} {path}: {type(exc).__name__}") from exc
         if not response.is_success:
             raise BackendStatusError(self.name, response.status_code,
-                                     f"{method} {path}: {self._scrub(response.text)[:200]}")
+                                     f"{method} {path}: {self._scrub(response.text)[:200]}",
+                                     retry_after(response.headers.get("retry-after")))
         return response
 
     def _scrub(self, text: str) -> str:
