@@ -413,6 +413,7 @@ def _snapshot_drift(cell: CellViews, erp: StockView, record: StockView, history:
 QUANTITY_NAMES = {"on_hand": "onHand", "available": "available", "committed": "committed",
                   "incoming": "incoming", "quality_control": "qualityControl",
                   "damaged": "damaged"}
+ONLINE_COMPARED = ("available",)
 
 
 def in_the_future(backend: StockView, cached: StockView, now: datetime,
@@ -443,7 +444,10 @@ def cache_drift(backend: StockView, cached: StockView | None, role: Role, now: d
             backend.version, backend.as_of):
         return None
     differing = []
-    for name in QUANTITY_NAMES:
+    # The shop's stock channel (its ``inventory_levels/update`` webhook) carries ``available``
+    # only, so its other quantities in the cache age between reads by design: only
+    # ``available`` is compared for it.
+    for name in ONLINE_COMPARED if role is Role.ONLINE else QUANTITY_NAMES:
         b, c = getattr(backend.quantities, name), getattr(cached.quantities, name)
         if b is not None and c is not None and b != c:
             differing.append((name, c - b))

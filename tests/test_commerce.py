@@ -1,4 +1,5 @@
-"""The Shopify simulator and its connector, over real HTTP on loopback."""
+"""The Shopify simulator's REST side and webhooks, and the connector (GraphQL Admin 2026-10)
+reading it, over real HTTP on loopback. Writes: tests/test_writes.py."""
 
 from __future__ import annotations
 
@@ -25,10 +26,11 @@ from gateway.config import BackendSettings
 from gateway.simulators.commerce import Shop, create_app
 from gateway.simulators.webhooks import DeliveryOptions
 from gateway.simulators.world import World
-from resolvers.commerce import CommerceConnector, level_to_view
+from resolvers import commerce
+from resolvers.commerce import GRAPHQL_PATH, CommerceConnector, level_to_view
 from resolvers.errors import BackendProtocolError, BackendStatusError
 from resolvers.identity import SHOPIFY_INVENTORY_ITEM, SHOPIFY_VARIANT, IdentityMap
-from resolvers.types import ExternalRef, LocationRecord, LocationType, MasterItem
+from resolvers.types import ExternalRef, LocationRecord, LocationType, MasterItem, Quantities
 from tests.support import serve
 
 WORLD = World(seed=7, skus=30, stores=3, warehouses=2)
@@ -89,6 +91,10 @@ class Sim:
     async def requests(self, path: str) -> int:
         stats = (await self.http.get("/_sim/stats")).json()
         return int(stats["requests"].get(f"GET {API}/{path}", 0))
+
+    async def graphql_requests(self) -> int:
+        stats = (await self.http.get("/_sim/stats")).json()
+        return int(stats["requests"].get(f"POST {GRAPHQL_PATH}", 0))
 
 
 @pytest.fixture
@@ -151,11 +157,11 @@ async def get_level(sim: Sim, inventory_item_id: int, location_id: int) -> dict[
 # -- catalog ----------------------------------------------------------------------------------
 
 
-async def test_products_follow_link_pagination_and_feed_identity(
+async def test_products_follow_cursor_pagination_and_feed_identity(
         sim: Sim, conn: CommerceConnector) -> None:
     conn.page_limit = 7
     listings = await conn.products()
-    assert await sim.requests("products.json") == 5  # 31 products, 7 per page
+    assert await sim.graphql_requests() == 1 + 5  # the shop's currency; 31 variants, 7 a page
     assert len(listings) == WORLD.n_skus + 1
     item = WORLD.item(3)
     listing = listings[3]
@@ -171,6 +177,23 @@ async def test_products_follow_link_pagination_and_feed_identity(
     conn.identity.learn_online(listings)
     assert conn.identity.sku(SHOPIFY_VARIANT, str(item.shopify_variant_id)) == item.sku
     assert ("shopify", "variant_id", str(GIFT_VARIANT)) in conn.identity.unmapped
+
+
+async def test_graphql_listings_are_what_the_rest_products_said(
+        sim: Sim, conn: CommerceConnector) -> None:
+    """The GraphQL read gives the listings the REST Admin API's products gave before."""
+    rest = (await sim.http.get(f"{API}/products.json", params={"limit": 250})).json()
+    before = {str(v["id"]): (p, v) for p in rest["products"] for v in p["variants"]}
+    listings = await conn.products()
+    assert {x.variant_id for x in listings} == set(before)
+    for x in listings:
+        product, variant = before[x.variant_id]
+        assert (x.sku, x.product_id, x.inventory_item_id, x.title, x.price, x.status,
+                x.barcode) == (variant["sku"], str(product["id"]),
+                               str(variant["inventory_item_id"]), product["title"],
+                               Decimal(variant["price"]), product["status"],
+                               variant["barcode"])
+        assert x.as_of == datetime.fromisoformat(variant["updated_at"])
 
 
 async def test_link_header_is_shopify_cursor_pagination(sim: Sim) -> None:
@@ -225,37 +248,78 @@ async def test_unauthorized_without_the_access_token(sim: Sim) -> None:
 # -- inventory levels ------------------------------------------------------------------------
 
 
-async def test_levels_translate_identity_and_paginate(sim: Sim, conn: CommerceConnector) -> None:
+async def test_levels_by_quantity_name_translate_identity(
+        sim: Sim, conn: CommerceConnector) -> None:
     conn.identity.learn_online(await conn.products())
     skus = [i.sku for i in WORLD.items]
-    conn.page_limit = 7
+    before = await sim.graphql_requests()
     views = await conn.levels([*skus, "SKU-NOT-THERE"], ["WH01", "WH02", "ST001"])
-    assert await sim.requests("inventory_levels.json") == 9  # 60 levels, 7 per page
+    assert await sim.graphql_requests() - before == 1  # 30 items: one query
     assert len(views) == 2 * WORLD.n_skus
     by_key = {(v.sku, v.location_id): v for v in views}
     for item in WORLD.items:
         for loc in (WH1, WH2):
             view = by_key[(item.sku, loc.code)]
-            assert view.quantities.available == opening_available(item.index, loc.index)
-            assert view.quantities.on_hand is None
-            assert view.quantities.committed is None
+            committed = WORLD.online_committed(item.index, loc.index)
+            assert view.quantities == Quantities(
+                on_hand=opening_available(item.index, loc.index) + committed,
+                available=opening_available(item.index, loc.index), committed=committed,
+                incoming=0, quality_control=0, damaged=0)
             assert view.as_of == WORLD.snapshot_as_of
             assert view.source == "commerce"
     assert await conn.levels([], ["WH01"]) == []
+    assert await conn.levels(skus, ["ST001"]) == []
 
 
-async def test_levels_chunk_to_fifty_ids(receiver: Receiver) -> None:
+async def test_graphql_levels_are_what_the_rest_levels_said(
+        sim: Sim, conn: CommerceConnector) -> None:
+    """``available``, ``as_of`` and the version read through GraphQL are what the REST
+    inventory levels (and so the webhooks, which carry them) say, after changes too."""
+    conn.identity.learn_online(await conn.products())
+    item = WORLD.item(6)
+    await sim.http.post("/_sim/shop/admin-edit", json={"sku": item.sku, "location_id": L2,
+                                                       "available": 3})
+    rest = (await sim.http.get(f"{API}/inventory_levels.json", params={
+        "location_ids": f"{L1},{L2}", "limit": 250})).json()["inventory_levels"]
+    views = await conn.levels([i.sku for i in WORLD.items], ["WH01", "WH02"])
+    assert len(views) == len(rest) - 2  # the gift card maps to no SKU
+    by_key = {(v.sku, v.location_id): v for v in views}
+    identity = master_identity(WORLD)
+    identity.learn_online(await conn.products())
+    for level in rest:
+        old = level_to_view(level, identity, "commerce")
+        if old is None:
+            continue
+        new = by_key[old.sku, old.location_id]
+        assert (new.quantities.available, new.as_of, new.version) == (
+            old.quantities.available, old.as_of, old.version)
+    assert by_key[item.sku, WH2.code].quantities.available == 3
+
+
+async def test_levels_page_each_items_levels(sim: Sim, conn: CommerceConnector,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    conn.identity.learn_online(await conn.products())
+    monkeypatch.setattr(commerce, "LEVELS_PAGE", 1)
+    before = await sim.graphql_requests()
+    views = await conn.levels([i.sku for i in WORLD.items[:4]], ["WH01", "WH02"])
+    assert await sim.graphql_requests() - before == 1 + 4  # each item's second level
+    assert sorted((v.sku, v.location_id) for v in views) == sorted(
+        (i.sku, w) for i in WORLD.items[:4] for w in ("WH01", "WH02"))
+
+
+async def test_levels_chunk_to_fifty_items(receiver: Receiver) -> None:
     world = World(seed=7, skus=120, stores=0, warehouses=2)
     app, settings = start_sim(world, receiver.url)
     with serve(app) as server:
         settings.base_url = server.url
         connector = CommerceConnector(settings, master_identity(world))
         connector.identity.learn_online(await connector.products())
-        views = await connector.levels([i.sku for i in world.items], ["WH01", "WH02"])
-        await connector.aclose()
         async with httpx.AsyncClient(base_url=server.url) as http:
+            await http.delete("/_sim/stats")
+            views = await connector.levels([i.sku for i in world.items], ["WH01", "WH02"])
             stats = (await http.get("/_sim/stats")).json()["requests"]
-    assert stats[f"GET {API}/inventory_levels.json"] == 3  # 50 + 50 + 20 items
+        await connector.aclose()
+    assert stats[f"POST {GRAPHQL_PATH}"] == 3  # 50 + 50 + 20 items
     assert len(views) == 240
     assert len({(v.sku, v.location_id) for v in views}) == 240
 

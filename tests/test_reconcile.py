@@ -169,7 +169,9 @@ def test_views_show_each_system_next_to_the_system_of_record(stack: Stack) -> No
     assert views["ONLINE"]["system"] == "shopify"
     assert views["ONLINE"]["available"] == max(
         0, balance.available - world.online_committed(i, wh.index))
-    assert views["ONLINE"]["onHand"] is None  # Shopify's REST level has no on-hand
+    # GraphQL quantities by name: the shop's on-hand is its available plus what it committed
+    assert views["ONLINE"]["onHand"] == views["ONLINE"]["available"] + \
+        world.online_committed(i, wh.index)
     assert views["ERP_SNAPSHOT"]["onHand"] == world.erp_snapshot_on_hand(i, wh.index)
     assert views["ERP_SNAPSHOT"]["asOf"].startswith(world.snapshot_as_of.date().isoformat())
     assert all(v["ageSeconds"] >= 0 for v in views.values())

@@ -70,13 +70,15 @@ def test_erp_prices() -> None:
 async def test_shopify_prices() -> None:
     connector = CommerceConnector(BackendSettings(name="commerce", format="shopify",
                                                   base_url="http://unused"), IdentityMap())
-    variant = {"id": 11, "sku": "SKU-1", "title": "Default Title", "inventory_item_id": 21,
-               "updated_at": "2025-06-01T10:00:00Z"}
+    variant = {"id": "gid://shopify/ProductVariant/11", "sku": "SKU-1",
+               "title": "Default Title", "inventoryItem": {"id": "gid://shopify/InventoryItem/21"},
+               "updatedAt": "2025-06-01T10:00:00Z",
+               "product": {"id": "gid://shopify/Product/1", "title": "Mug", "status": "ACTIVE"}}
     try:
         for bad in [*NOT_DECIMALS, None, True, 1e30, float("nan")]:
             with pytest.raises(BackendProtocolError, match="price"):
-                connector._listing(variant | {"price": bad}, "1", "Mug", "active", "NOK")
-        listing = connector._listing(variant | {"price": "19.90"}, "1", "Mug", "active", "NOK")
+                connector._listing(variant | {"price": bad}, "NOK")
+        listing = connector._listing(variant | {"price": "19.90"}, "NOK")
         assert listing.price == Decimal("19.90")
     finally:
         await connector.aclose()
