@@ -64,7 +64,7 @@ from resolvers.identity import (
 )
 from resolvers.types import NativeLocation, OnlineListing, Quantities, StockView, bounded
 from resolvers.values import plain_decimal, shown
-from resolvers.writes import ItemWrite, Outcome, StockWrite, WriteResult
+from resolvers.writes import ItemWrite, Outcome, StockWrite, WriteResult, refused
 
 API_VERSION = "2026-10"
 GRAPHQL_PATH = f"/admin/api/{API_VERSION}/graphql.json"
@@ -598,7 +598,7 @@ class CommerceConnector:
                                          f"{key}:{uuid.uuid4().hex[:12]}")
             return result or WriteResult(Outcome.FAILED, error="idempotency key refused twice")
         except BackendStatusError as exc:
-            return _failure(exc)
+            return refused(exc)
         except BackendError as exc:
             return WriteResult(Outcome.FAILED, error=str(exc))
 
@@ -668,7 +668,7 @@ class CommerceConnector:
                 "key": f"{write.idempotency_key}:title",
                 "product": {"id": product.get("id"), "title": write.name}})
         except BackendStatusError as exc:
-            return _failure(exc)
+            return refused(exc)
         except BackendError as exc:
             return WriteResult(Outcome.FAILED, error=str(exc))
         if answer.code() == "THROTTLED":
@@ -694,9 +694,3 @@ def _next_cursor(connection: dict[str, Any], what: str, source: str) -> str | No
         raise BackendProtocolError(source, f"{what}: hasNextPage without an endCursor")
     return cursor
 
-
-def _failure(exc: BackendStatusError) -> WriteResult:
-    """An HTTP refusal as a write outcome: 429 (or a refused cost bucket) is THROTTLED."""
-    if exc.status == 429:
-        return WriteResult(Outcome.THROTTLED, retry_after=exc.retry_after, error=str(exc))
-    return WriteResult(Outcome.FAILED, retry_after=exc.retry_after, error=str(exc))

@@ -45,11 +45,14 @@ class BackendStatusError(BackendError):
     code = "BACKEND_ERROR"
 
     def __init__(self, backend: str, status: int, message: str,
-                 retry_after: float | None = None) -> None:
+                 retry_after: float | None = None, body: str = "") -> None:
         super().__init__(backend, f"HTTP {status}: {message}")
         self.status = status
         # Seconds the backend asked us to wait (``Retry-After`` on a 429 or 503), if it did.
         self.retry_after = retry_after
+        # The answer's body (credential scrubbed, at most 4,000 characters): vendor error
+        # codes for a connector to act on (Square's VERSION_MISMATCH).
+        self.body = body
 
 
 class BackendProtocolError(BackendError):

@@ -109,9 +109,11 @@ class BackendClient:
         except httpx.TransportError as exc:
             raise BackendUnavailable(self.name, f"{method} {path}: {type(exc).__name__}") from exc
         if not response.is_success:
+            text = self._scrub(response.text)
             raise BackendStatusError(self.name, response.status_code,
-                                     f"{method} {path}: {self._scrub(response.text)[:200]}",
-                                     retry_after(response.headers.get("retry-after")))
+                                     f"{method} {path}: {text[:200]}",
+                                     retry_after(response.headers.get("retry-after")),
+                                     text[:4000])
         return response
 
     def _scrub(self, text: str) -> str:

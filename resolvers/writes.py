@@ -22,6 +22,8 @@ from decimal import Decimal
 from enum import StrEnum
 from typing import Protocol
 
+from resolvers.errors import BackendStatusError
+
 
 @dataclass(frozen=True, slots=True)
 class StockWrite:
@@ -69,3 +71,10 @@ class ItemTarget(Protocol):
     name: str
 
     async def update_item(self, write: ItemWrite) -> WriteResult: ...
+
+
+def refused(exc: BackendStatusError) -> WriteResult:
+    """A backend's HTTP refusal as a write outcome: 429 (rate limited) is THROTTLED, anything
+    else FAILED; its ``Retry-After`` is kept either way."""
+    outcome = Outcome.THROTTLED if exc.status == 429 else Outcome.FAILED
+    return WriteResult(outcome, retry_after=exc.retry_after, error=str(exc))

@@ -9,27 +9,35 @@ once (the simulator's effective writes per key show it), throttled with a wait.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 from starlette.applications import Starlette
 from starlette.routing import Route
 
 from gateway.config import BackendSettings
 from gateway.simulators.commerce import create_app
+from gateway.simulators.pos import create_app as create_pos_app
 from gateway.simulators.webhooks import DeliveryOptions
+from gateway.simulators.world import World
 from resolvers.commerce import GRAPHQL_PATH, CommerceConnector, Throttled, shop_key
+from resolvers.pos import PosConnector
 from resolvers.writes import ItemTarget, ItemWrite, Outcome, StockTarget, StockWrite
 from tests.support import serve
 from tests.test_commerce import SECRET, TOKEN, WORLD, Receiver, master_identity
+from tests.test_pos import identity_for as pos_identity
 
 L1 = int(WORLD.warehouses[0].shopify_id or 0)
 ITEM = WORLD.item(2)
 RENAME = WORLD.item(5)
+POS_TOKEN = "pos-writes-token"
+POS_HEADERS = {"Authorization": f"Bearer {POS_TOKEN}", "Square-Version": "2026-09-16"}
 
 
 @dataclass
@@ -283,3 +291,158 @@ async def test_the_shop_takes_the_name_as_title_and_never_the_price(shop: Shop) 
     assert len((await shop.writes())["writes"]) == 1  # neither wrote anything
     missing = await shop.conn.update_item(ItemWrite("SKU-NOT-THERE", "X", None, "item-4"))
     assert missing.outcome is Outcome.UNMAPPED
+
+
+# -- the POS (Square 2026-09-16) -------------------------------------------------------------
+
+POS_WORLD = World(seed=7, skus=40, stores=3, warehouses=2)
+STORE = POS_WORLD.stores[0]
+POS_ITEM = POS_WORLD.item(4)
+
+
+@dataclass
+class Pos:
+    http: httpx.AsyncClient
+    conn: PosConnector
+
+    async def variation(self, item: int = 4) -> dict[str, Any]:
+        vid = POS_WORLD.item(item).square_variation_id
+        found: dict[str, Any] = (await self.http.get(f"/v2/catalog/object/{vid}")).json()
+        return dict(found["object"])
+
+    async def counts_written(self) -> list[dict[str, Any]]:
+        body = (await self.http.post("/v2/inventory/changes/batch-retrieve", json={
+            "types": ["PHYSICAL_COUNT"]})).json()
+        return list(body.get("changes", []))
+
+
+class UpsertFirst(httpx.AsyncBaseTransport):
+    """Before forwarding each of the first ``n`` catalog upserts, someone else upserts the
+    same object (a merchant in the Square dashboard): the version we read is then stale."""
+
+    def __init__(self, n: int) -> None:
+        self.inner = httpx.AsyncHTTPTransport()
+        self.left = n
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if self.left and request.method == "POST" and request.url.path == "/v2/catalog/object":
+            self.left -= 1
+            obj = orjson.loads(request.content)["object"]
+            base = f"{request.url.scheme}://{request.url.netloc.decode()}"
+            async with httpx.AsyncClient(base_url=base, headers=POS_HEADERS) as other:
+                current = (await other.get(f"/v2/catalog/object/{obj['id']}")).json()["object"]
+                data = {**current["item_variation_data"], "name": f"Edited {self.left}"}
+                answer = await other.post("/v2/catalog/object", json={
+                    "idempotency_key": f"dashboard-{self.left}",
+                    "object": {**current, "item_variation_data": data}})
+                assert answer.status_code == 200, answer.text
+        return await self.inner.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+def pos_settings(url: str) -> BackendSettings:
+    return BackendSettings(name="pos", format="square", base_url=url, token=POS_TOKEN,
+                           webhook_secret="pos-secret", retries=2)
+
+
+@contextlib.asynccontextmanager
+async def pos_sim(transport: httpx.AsyncBaseTransport | None = None) -> AsyncIterator[Pos]:
+    app = create_pos_app(POS_WORLD, pos_settings(""), "", DeliveryOptions(backoff=0.01))
+    with serve(app) as server:
+        conn = PosConnector(pos_settings(server.url), pos_identity(POS_WORLD), transport)
+        conn.identity.learn_store(await conn.catalog())
+        async with httpx.AsyncClient(base_url=server.url, headers=POS_HEADERS) as http:
+            await http.post("/_sim/square", json={"require_version": "2026-09-16",
+                                                  "reset_versions": True})
+            yield Pos(http, conn)
+        await conn.aclose()
+
+
+@pytest.fixture
+async def pos() -> AsyncIterator[Pos]:
+    async with pos_sim() as found:
+        yield found
+
+
+async def test_the_pos_takes_name_and_list_price_by_version(pos: Pos) -> None:
+    target: ItemTarget = pos.conn
+    before = await pos.variation()
+    result = await target.update_item(ItemWrite(POS_ITEM.sku, "Hoodie, renamed",
+                                                Decimal("649.50"), "item-pos-1"))
+    assert result.outcome is Outcome.DONE
+    after = await pos.variation()
+    assert after["item_variation_data"]["name"] == "Hoodie, renamed"
+    assert after["item_variation_data"]["price_money"] == {"amount": 64950, "currency": "NOK"}
+    assert after["version"] > before["version"]
+    assert after["item_variation_data"]["sku"] == POS_ITEM.sku  # the rest of it kept
+    same = await pos.conn.update_item(ItemWrite(POS_ITEM.sku, "Hoodie, renamed",
+                                                Decimal("649.5"), "item-pos-2"))
+    assert same.outcome is Outcome.DONE
+    assert (await pos.variation())["version"] == after["version"]  # nothing to write
+    versions = (await pos.http.get("/_sim/square")).json()["square_versions"]
+    assert set(versions) == {"2026-09-16"}  # on every call (others would be refused)
+    missing = await pos.conn.update_item(ItemWrite("SKU-NOT-THERE", "x", None, "item-pos-3"))
+    assert missing.outcome is Outcome.UNMAPPED
+
+
+async def test_a_version_mismatch_is_re_read_and_retried_once_then_stale() -> None:
+    async with pos_sim(UpsertFirst(1)) as pos:
+        once = await pos.conn.update_item(ItemWrite(POS_ITEM.sku, "Ours", None, "item-v1"))
+        assert once.outcome is Outcome.DONE
+        assert (await pos.variation())["item_variation_data"]["name"] == "Ours"
+    async with pos_sim(UpsertFirst(2)) as pos:
+        twice = await pos.conn.update_item(ItemWrite(POS_ITEM.sku, "Ours", None, "item-v2"))
+        assert twice.outcome is Outcome.STALE
+        assert "VERSION_MISMATCH" in (twice.error or "")
+        assert (await pos.variation())["item_variation_data"]["name"] == "Edited 0"
+
+
+async def test_a_rate_limited_pos_is_throttled_with_its_retry_after(pos: Pos) -> None:
+    await pos.http.post("/_sim/square", json={"rate_limit_next": 10, "retry_after": 3})
+    result = await pos.conn.update_item(ItemWrite(POS_ITEM.sku, "Later", None, "item-429"))
+    assert (result.outcome, result.retry_after) == (Outcome.THROTTLED, 3)
+    await pos.http.post("/_sim/square", json={"rate_limit_next": 0})
+    assert (await pos.variation())["item_variation_data"]["name"] == POS_ITEM.name
+
+
+async def test_store_counts_are_set_by_physical_count_compared_first(pos: Pos) -> None:
+    target: StockTarget = pos.conn
+    before = await target.read_available(POS_ITEM.sku, STORE.code)
+    assert before is not None
+    write = StockWrite(POS_ITEM.sku, STORE.code, before + 6, before, "count-1")
+    done = await target.set_available(write)
+    assert (done.outcome, done.actual) == (Outcome.DONE, before + 6)
+    assert await target.read_available(POS_ITEM.sku, STORE.code) == before + 6
+    again = await target.set_available(write)  # a retry: already there, nothing sent
+    assert (again.outcome, again.actual) == (Outcome.DONE, before + 6)
+    [count] = await pos.counts_written()
+    assert count["physical_count"]["quantity"] == str(before + 6)
+    assert count["physical_count"]["reference_id"] == "count-1"
+
+    stale = await target.set_available(StockWrite(POS_ITEM.sku, STORE.code, 1, before,
+                                                  "count-2"))
+    assert (stale.outcome, stale.actual) == (Outcome.STALE, before + 6)
+    assert len(await pos.counts_written()) == 1
+    unmapped = await target.set_available(StockWrite(POS_ITEM.sku, "WH01", 1, 0, "count-3"))
+    assert unmapped.outcome is Outcome.UNMAPPED
+
+
+async def test_many_store_counts_go_in_batches_of_a_hundred(pos: Pos) -> None:
+    stores = [s.code for s in POS_WORLD.stores]
+    skus = [i.sku for i in POS_WORLD.items]
+    held = {(v.sku, v.location_id): v.quantities.available or 0
+            for v in await pos.conn.counts(skus, stores)}
+    writes = [StockWrite(sku, loc, held[sku, loc] + 1, held[sku, loc], f"bulk-{sku}-{loc}")
+              for sku in skus for loc in stores]
+    assert len(writes) == 120
+    await pos.http.delete("/_sim/stats")
+    results = await pos.conn.set_available_many(writes)
+    stats = (await pos.http.get("/_sim/stats")).json()["requests"]
+    assert stats["POST /v2/inventory/changes/batch-create"] == 2  # 100 + 20 changes
+    assert [(r.outcome, r.actual) for r in results] == [
+        (Outcome.DONE, w.available) for w in writes]
+    after = {(v.sku, v.location_id): v.quantities.available
+             for v in await pos.conn.counts(skus, stores)}
+    assert after == {k: v + 1 for k, v in held.items()}
