@@ -18,10 +18,14 @@ Gaps, and healing them:
 - The WMS numbers each cell (``wms:sequence``): an event whose number is more than one past
   the cached cell's is a gap at that cell, healed by fetching the cell's missed movements
   (``GET /api/v1/events?after=``) and applying them, in order, through the log.
-- A source silent for longer than its ``heartbeat_seconds``: the POS is asked what changed
-  since (Square's inventory changes, ``updated_after``) and those cells are re-read and
-  applied; the others, which have no change feed, get a reconciliation run of that source,
-  which repairs what the cache missed.
+- A source silent for longer than its ``heartbeat_seconds``: the POS is asked for the events
+  it sent since (Square's Events API, ``POST /v2/events``, which keeps 28 days), and each
+  ``inventory.count.updated`` goes through the same normaliser, dedupe and applier as its
+  webhook would have (one already received is a duplicate and changes nothing). Where the
+  Events API cannot serve (silent for longer than it keeps events, or it refuses: it needs a
+  personal access token), the fallback polls what changed since (Square's inventory changes,
+  ``updated_after``) and re-reads and applies those cells. The others, which have no change
+  feed, get a reconciliation run of that source, which repairs what the cache missed.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ import logging
 import math
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
@@ -43,9 +47,9 @@ from gateway.applier import Applier
 from gateway.cache import Backoff, optional
 from gateway.config import BackendSettings, Settings
 from gateway.events import Envelope, EventKind, EventLog, Movement, MovementType
-from gateway.normalize import EPCIS_MOVEMENTS
+from gateway.normalize import EPCIS_MOVEMENTS, NORMALIZERS, Delivery, Malformed, Unappliable
 from resolvers import wms as wms_connector
-from resolvers.errors import BackendError
+from resolvers.errors import BackendError, BackendStatusError
 from resolvers.graph import RetailGraph
 from resolvers.identity import SQUARE_LOCATION, SQUARE_VARIATION
 from resolvers.store.keys import views_key
@@ -57,6 +61,11 @@ LAG_SAMPLES = 1000
 GAPS_KEPT = 50
 GAP_GRACE_MS = 3000
 TICK_SECONDS = 1.0
+# Square's Events API keeps the events of the last 28 days; a little is left for clock skew.
+SQUARE_EVENTS_KEPT = timedelta(days=28) - timedelta(hours=1)
+# Events are fetched from a little before the last delivery received: deliveries are not
+# ordered, so one created earlier may be the one lost (duplicates change nothing).
+SQUARE_EVENTS_MARGIN = timedelta(minutes=5)
 
 SEQUENCE_LUA = """
 local s, now = tonumber(ARGV[1]), ARGV[2]
@@ -375,8 +384,13 @@ class SyncHealth:
         if silent < backend.heartbeat_seconds:
             return
         await self.redis.hset(_k("src", backend.name), "beat", now.isoformat())
+        how = "cell(s) applied"
         if backend.format == "square":
-            applied = await self._square_changes(backend, last)
+            from_events = await self._square_events(backend, last, now)
+            if from_events is not None:
+                applied, how = from_events, "event(s) from the Events API applied"
+            else:
+                applied = await self._square_changes(backend, last)
         else:
             applied = await self._reconcile(backend.name)
         if applied:
@@ -384,7 +398,65 @@ class SyncHealth:
                       detail=f"{backend.name} silent for {silent:.0f}s while it changed")
             await self._add_gap(gap)
             await self._healed(gap, applied, f"{backend.name} silent for {silent:.0f}s while "
-                                             f"it changed; {applied} cell(s) applied")
+                                             f"it changed; {applied} {how}")
+
+    async def _square_events(self, backend: BackendSettings, since: datetime,
+                             now: datetime) -> int | None:
+        """The POS's ``inventory.count.updated`` events since ``since`` from the Events API,
+        each ingested like its webhook (normaliser, dedupe by ``event_id``, applier); how many
+        envelopes were new. None when the Events API cannot serve: ``since`` is older than it
+        keeps, or it refuses (401/403/404: e.g. an OAuth token, which it does not accept)."""
+        assert self.events is not None
+        assert self.applier is not None
+        catalog = self.graph.catalog
+        start = since - SQUARE_EVENTS_MARGIN
+        if catalog is None or now - start > SQUARE_EVENTS_KEPT:
+            return None
+        pos = self.graph.backends.pos
+        body: dict[str, Any] = {"limit": 100, "query": {
+            "filter": {"event_types": ["inventory.count.updated"],
+                       "created_at": {"start_at": start.isoformat()}},
+            "sort": {"field": "DEFAULT", "order": "ASC"}}}
+        applied = 0
+        for _ in range(1000):  # 100,000 events: more is a reconciliation's job
+            try:
+                page = await pos.client.json("POST", "/v2/events", json=body, idempotent=True)
+            except BackendStatusError as exc:
+                if exc.status in (401, 403, 404):
+                    log.warning("%s Events API refused (%s); polling changes instead",
+                                backend.name, exc.status)
+                    return None
+                raise
+            events = page.get("events") if isinstance(page, dict) else None
+            for event in events if isinstance(events, list) else []:
+                applied += await self._ingest_square_event(backend, event, now)
+            cursor = page.get("cursor") if isinstance(page, dict) else None
+            if not isinstance(cursor, str) or not cursor:
+                break
+            body = {**body, "cursor": cursor}
+        return applied
+
+    async def _ingest_square_event(self, backend: BackendSettings, event: Any,
+                                   now: datetime) -> int:
+        assert self.events is not None
+        assert self.applier is not None
+        assert self.graph.catalog is not None
+        delivery = Delivery(backend=backend, body=orjson.dumps(event), payload=event,
+                            headers={}, received_at=now,
+                            max_skew_seconds=self.settings.max_clock_skew_seconds)
+        try:
+            dedupe_id, envelopes = NORMALIZERS[backend.format](delivery,
+                                                               self.graph.catalog.identity)
+        except (Malformed, Unappliable) as exc:
+            log.warning("%s event from the Events API not applied: %s", backend.name, exc)
+            return 0
+        if not dedupe_id or not envelopes:
+            return 0
+        appended = await self.events.append(backend.name, dedupe_id, envelopes)
+        if not appended.new:
+            return 0  # its webhook arrived after all
+        await self.applier.apply_all(list(zip(appended.ids, envelopes, strict=True)))
+        return len(envelopes)
 
     async def _square_changes(self, backend: BackendSettings, since: datetime) -> int:
         """Ask the POS what changed since ``since`` and apply those cells as read now."""

@@ -7,10 +7,12 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
 import pytest
+import redis
 
 from tests.support import Stack
 
@@ -198,7 +200,7 @@ def test_a_lost_wms_event_of_a_cell_is_fetched_and_applied(stack: Stack) -> None
     assert "ALLOCATION" in moves
 
 
-def test_a_silent_pos_is_polled_for_its_changes(redis_url: str) -> None:
+def test_a_silent_pos_is_healed_from_its_events_api(redis_url: str) -> None:
     s = Stack(redis_url, skus=8, stores=2, warehouses=1)
     s.settings.backends["pos"].heartbeat_seconds = 1.0
     with s:
@@ -212,5 +214,37 @@ def test_a_silent_pos_is_polled_for_its_changes(redis_url: str) -> None:
         gap = pos["recentGaps"][0]
         assert gap["reason"] == "silent"
         assert gap["applied"] >= 1
+        assert "Events API" in gap["detail"]
         assert pos["heartbeatSeconds"] == 1.0
         assert level(s, 3, store)["available"] == before - 2
+        # The lost webhook's own event (not a re-read), through the webhooks' normaliser.
+        with s.sim("pos") as sim:
+            requests = sim.get("/_sim/stats").json()["requests"]
+        assert requests.get("POST /v2/events", 0) >= 1
+        assert requests.get("POST /v2/inventory/changes/batch-retrieve", 0) == 0
+
+
+def test_a_pos_silent_longer_than_its_events_are_kept_is_polled_for_changes(
+        redis_url: str) -> None:
+    s = Stack(redis_url, skus=8, stores=2, warehouses=1)
+    s.settings.backends["pos"].heartbeat_seconds = 1.0
+    with s:
+        store = s.world.stores[1].code
+        before = level(s, 3, store)["available"]
+        faults(s, "pos", drop_rate=1.0)
+        # Last heard of 30 days ago: past the Events API's 28 days.
+        long_ago = (datetime.now(UTC) - timedelta(days=30)).isoformat()
+        client = redis.Redis.from_url(redis_url)
+        client.hset("rg:{sync}:src:pos", mapping={"last_received": long_ago,
+                                                  "beat": long_ago})
+        client.close()
+        pos_sale(s, 3, store, 2)
+        wait_for(lambda: status(s)["pos"]["gapsHealed"] >= 1)
+        gap = status(s)["pos"]["recentGaps"][0]
+        assert gap["reason"] == "silent"
+        assert "cell(s) applied" in gap["detail"]
+        assert level(s, 3, store)["available"] == before - 2
+        with s.sim("pos") as sim:
+            requests = sim.get("/_sim/stats").json()["requests"]
+        assert requests.get("POST /v2/events", 0) == 0
+        assert requests.get("POST /v2/inventory/changes/batch-retrieve", 0) >= 1
