@@ -589,8 +589,13 @@ class CommerceConnector:
                 if expected is None:
                     return WriteResult(Outcome.UNMAPPED, error=f"{write.sku} is not stocked "
                                        f"at {write.location_id} in the shop")
-            if expected == write.available:
-                return WriteResult(Outcome.DONE, actual=expected)
+            if expected == write.available:  # nothing to change, if the belief holds
+                held = expected if write.expected is None else await self.read_available(
+                    write.sku, write.location_id)
+                if held == write.available:
+                    return WriteResult(Outcome.DONE, actual=held)
+                return WriteResult(Outcome.STALE, actual=held, error=f"available is {held}, "
+                                   f"not the expected {write.expected}")
             key = shop_key(write, expected)
             result = await self._set(write, item, location, expected, key)
             if result is None:  # the key's first attempt failed (nothing applied): new key

@@ -197,6 +197,11 @@ async def test_an_unknown_belief_reads_first_and_compares_with_that(shop: Shop) 
                                                          "action-noop"))
     assert (unchanged.outcome, unchanged.actual) == (Outcome.DONE, before + 1)
     assert len((await shop.writes())["writes"]) == 1
+    # Believing the shop already holds the value is checked, not taken on trust.
+    wrong = await shop.conn.set_available(StockWrite(ITEM.sku, "WH01", before, before,
+                                                     "action-believed"))
+    assert (wrong.outcome, wrong.actual) == (Outcome.STALE, before + 1)
+    assert len((await shop.writes())["writes"]) == 1
 
 
 async def test_unmapped_cells_are_not_written(shop: Shop) -> None:
