@@ -116,8 +116,10 @@ SET_MUTATION = """mutation RetailgraphSetAvailable($input: InventorySetQuantitie
 PRODUCT_QUERY = """query RetailgraphProductOf($id: ID!) {
   productVariant(id: $id) { id product { id title variants(first: 2) { nodes { id } } } }
 }"""
-PRODUCT_MUTATION = """mutation RetailgraphRename($product: ProductUpdateInput!, $key: String!) {
-  productUpdate(product: $product) @idempotent(key: $key) {
+# productUpdate is idempotent by nature (setting a title twice is setting it once) and is not
+# one of the mutations Shopify's @idempotent directive applies to: it gets no key.
+PRODUCT_MUTATION = """mutation RetailgraphRename($product: ProductUpdateInput!) {
+  productUpdate(product: $product) {
     product { id title } userErrors { field message }
   }
 }"""
@@ -366,7 +368,8 @@ class CommerceConnector:
     async def _post(self, operation: str, query: str, variables: dict[str, Any]) -> Answer:
         """One call: wait for the bucket to hold what ``operation`` cost last time, send, read
         the answer and its cost. Every request is marked idempotent for the transport's
-        retries: reads are, and every write carries an ``@idempotent`` key."""
+        retries: reads are, the inventory write carries an ``@idempotent`` key, and
+        ``productUpdate`` (a title set) is idempotent by nature."""
         await asyncio.sleep(self.bucket.delay_for(self._costs.get(operation, 0.0)))
         self.bucket.debit(self._costs.get(operation, 0.0))
         body = await self.client.json("POST", GRAPHQL_PATH, idempotent=True,
@@ -670,7 +673,6 @@ class CommerceConnector:
             if product.get("title") == write.name:
                 return WriteResult(Outcome.DONE)
             answer = await self._post("RetailgraphRename", PRODUCT_MUTATION, {
-                "key": f"{write.idempotency_key}:title",
                 "product": {"id": product.get("id"), "title": write.name}})
         except BackendStatusError as exc:
             return refused(exc)
