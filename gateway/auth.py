@@ -6,20 +6,13 @@ with none, every caller is :data:`OPEN` (all scopes, all locations). Credentials
 WebSocket ``connection_init`` payload (``{"Authorization": "Bearer ..."}``, ``{"token": ...}``
 or ``{"apiKey": ...}``). No or bad credentials: HTTP 401, WebSocket close 4403.
 
-Scopes (``admin`` implies all of them):
-
-- ``stock:read``: stock levels, availability, purchase orders, stock history and subscriptions;
-- ``discrepancies:read``: discrepancy fields (guard them with ``requires(DISCREPANCIES_READ)``);
-- ``metrics:read``: ``GET /metrics``;
-- ``admin``: everything, including ``unmappedIdentifiers``.
+The scopes and the :class:`~resolvers.access.Principal` are data (``resolvers/access.py``);
+schema fields check them with ``schema.permissions.requires``.
 
 Product and location master data need an authenticated caller and no scope. A principal's
 ``locations`` (JWT claim ``locations``; absent = all) restrict every path to those locations:
 the per-request :class:`resolvers.graph.Loaders` filter stock, locations and purchase orders,
 and subscriptions filter their changes. Asking for another location by id is ``FORBIDDEN``.
-
-A field the caller may not read gives an error with ``extensions.code = "FORBIDDEN"`` and the
-rest of the response intact (list fields come back empty, nullable fields null).
 """
 
 from __future__ import annotations
@@ -27,40 +20,22 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
-import inspect
 import logging
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import jwt
 import orjson
-from graphql import GraphQLError
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
-from strawberry.extensions import FieldExtension, SchemaExtension
-from strawberry.types.base import StrawberryList
 
 from gateway.config import Settings
-from resolvers.errors import RetailgraphError
-
-if TYPE_CHECKING:
-    from strawberry.extensions.field_extension import (
-        AsyncExtensionResolver,
-        SyncExtensionResolver,
-    )
-    from strawberry.types import Info
-    from strawberry.types.field import StrawberryField
+from gateway.response_cache import SCOPE_STATE
+from resolvers.access import METRICS_READ, NOBODY, OPEN, Principal
 
 log = logging.getLogger("retailgraph.auth")
-
-STOCK_READ = "stock:read"
-DISCREPANCIES_READ = "discrepancies:read"
-METRICS_READ = "metrics:read"
-ADMIN = "admin"
-SCOPES = (STOCK_READ, DISCREPANCIES_READ, METRICS_READ, ADMIN)
 
 PRINCIPAL_STATE = "retailgraph_principal"
 JWT_ALGORITHMS = ("HS256", "RS256", "ES256")
@@ -73,77 +48,6 @@ MAX_NUMERIC_DATE = 253_402_300_799
 class AuthError(Exception):
     """Credentials missing or not valid (HTTP 401, WebSocket 4403). The message is safe to
     show: it never contains the credential."""
-
-
-class Forbidden(RetailgraphError):
-    """Authenticated, but not allowed to read this (a GraphQL error, code FORBIDDEN)."""
-
-    code = "FORBIDDEN"
-
-
-@dataclass(frozen=True, slots=True)
-class Principal:
-    """An authenticated caller: what it may read and where."""
-
-    subject: str
-    scopes: frozenset[str]
-    locations: frozenset[str] | None = None  # None: every location
-    kind: str = "open"  # "open" (auth off) | "api_key" | "jwt" | "none"
-    expires_at: float | None = None
-
-    def has(self, scope: str) -> bool:
-        return scope in self.scopes or ADMIN in self.scopes
-
-    def sees(self, location_id: str) -> bool:
-        return self.locations is None or location_id in self.locations
-
-    def visible(self, location_ids: Iterable[str]) -> list[str]:
-        """Those of ``location_ids`` this principal may read, in order."""
-        if self.locations is None:
-            return list(location_ids)
-        return [x for x in location_ids if x in self.locations]
-
-    def restrict(self, wanted: Sequence[str] | None) -> list[str] | None:
-        """The locations a request for ``wanted`` (None: all) may read; None means all.
-
-        Asking explicitly for a location outside the grant is :class:`Forbidden`.
-        """
-        if self.locations is None:
-            return None if wanted is None else list(wanted)
-        if wanted is None:
-            return sorted(self.locations)
-        denied = [x for x in wanted if x not in self.locations]
-        if denied:
-            raise Forbidden(f"not allowed to read location(s) {', '.join(map(str, denied))}")
-        return list(wanted)
-
-    def require_location(self, location_id: str) -> None:
-        if not self.sees(location_id):
-            raise Forbidden(f"not allowed to read location {location_id}")
-
-    @property
-    def client_id(self) -> str:
-        """Stable id of the caller for rate limiting; empty when not authenticated."""
-        return f"{self.kind}:{self.subject}" if self.kind in ("api_key", "jwt") else ""
-
-    def client_key(self, peer: object) -> str:
-        """Who a request or subscription counts against (rate limit, subscription limit): the
-        authenticated caller, else its address (``peer``: ``scope["client"]``)."""
-        if self.client_id:
-            return self.client_id
-        host = peer[0] if isinstance(peer, tuple | list) and peer else "unknown"
-        return f"ip:{host}"
-
-    def cache_scope(self) -> str:
-        """What the response cache keys on: two callers with equal scope share responses."""
-        if self.kind == "open":
-            return "public"
-        locations = "*" if self.locations is None else ",".join(sorted(self.locations))
-        return f"scopes={','.join(sorted(self.scopes))};locations={locations}"
-
-
-OPEN = Principal("anonymous", frozenset({ADMIN}))
-NOBODY = Principal("unauthenticated", frozenset(), frozenset(), kind="none")
 
 
 def _digest(key: str) -> bytes:
@@ -380,8 +284,6 @@ class AuthMiddleware:
     """
 
     def __init__(self, app: ASGIApp, auth: Authenticator) -> None:
-        from gateway.response_cache import SCOPE_STATE  # imports resolvers.graph, which needs us
-
         self.app = app
         self.auth = auth
         self.scope_state = SCOPE_STATE
@@ -415,66 +317,5 @@ def principal_of(scope: Scope, auth: Authenticator) -> Principal:
     return NOBODY if auth.enabled else OPEN
 
 
-# -- GraphQL fields ---------------------------------------------------------------------------
-
-class Requires(FieldExtension):
-    """Field extension: the caller needs ``scope``. Denied list fields resolve to ``[]`` and
-    nullable ones to null, each with a FORBIDDEN error; the rest of the response stays."""
-
-    def __init__(self, scope: str) -> None:
-        self.scope = scope
-        self.returns_list = False
-
-    def apply(self, field: StrawberryField) -> None:
-        # A nullable field becomes null (the error says why); a non-null list becomes [].
-        self.returns_list = isinstance(field.type, StrawberryList)
-
-    def _deny(self, info: Info[Any, Any]) -> list[Any]:
-        raw = info._raw_info
-        message = f"the {self.scope} scope is required for {raw.parent_type.name}." \
-                  f"{info.field_name}"
-        if not self.returns_list:
-            raise Forbidden(message)
-        info.context.errors.append(GraphQLError(
-            message, nodes=raw.field_nodes, path=info.path.as_list(),
-            extensions={"code": Forbidden.code}))
-        return []
-
-    def resolve(self, next_: SyncExtensionResolver, source: Any, info: Info[Any, Any],
-                **kwargs: Any) -> Any:
-        if not info.context.principal.has(self.scope):
-            return self._deny(info)
-        return next_(source, info, **kwargs)
-
-    async def resolve_async(self, next_: AsyncExtensionResolver, source: Any,
-                            info: Info[Any, Any], **kwargs: Any) -> Any:
-        if not info.context.principal.has(self.scope):
-            return self._deny(info)
-        result = next_(source, info, **kwargs)
-        if inspect.isasyncgen(result):
-            return result
-        return await result
-
-
-def requires(scope: str) -> Requires:
-    """``@strawberry.field(extensions=[requires(STOCK_READ)])``."""
-    return Requires(scope)
-
-
-class ForbiddenErrors(SchemaExtension):
-    """Adds the FORBIDDEN errors of list fields that resolved to ``[]`` to the result."""
-
-    def on_operation(self) -> Iterator[None]:
-        yield
-        context = self.execution_context.context
-        extra = getattr(context, "errors", None)
-        result = self.execution_context.result
-        if extra and result is not None and hasattr(result, "errors"):
-            result.errors = [*(result.errors or []), *extra]
-
-
-__all__ = [
-    "ADMIN", "DISCREPANCIES_READ", "METRICS_READ", "NOBODY", "OPEN", "SCOPES", "STOCK_READ",
-    "AuthError", "AuthMiddleware", "Authenticator", "Forbidden", "ForbiddenErrors",
-    "Principal", "Requires", "issue_token", "principal_of", "requires",
-]
+__all__ = ["PRINCIPAL_STATE", "AuthError", "AuthMiddleware", "Authenticator", "issue_token",
+           "principal_of"]

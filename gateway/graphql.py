@@ -38,7 +38,7 @@ from strawberry.types.graphql import OperationType
 from strawberry.types.unset import UNSET, UnsetType
 
 from gateway import graphiql, limits
-from gateway.auth import Authenticator, AuthError, ForbiddenErrors, principal_of
+from gateway.auth import Authenticator, AuthError, principal_of
 from gateway.config import Settings
 from gateway.limits import limit_extensions
 from gateway.operations import OperationGuard
@@ -57,6 +57,7 @@ from gateway.websocket import (
 from resolvers.errors import RetailgraphError
 from resolvers.graph import RequestContext, RetailGraph
 from schema import build_schema
+from schema.permissions import ForbiddenErrors
 
 log = logging.getLogger("retailgraph.graphql")
 # Strawberry logs every field error with a traceback; ErrorCodes logs the unexpected ones

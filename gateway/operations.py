@@ -33,10 +33,10 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from resolvers.access import Principal
 from resolvers.errors import RetailgraphError
 
 if TYPE_CHECKING:
-    from gateway.auth import Principal
     from gateway.persisted import PersistedQueries
     from gateway.ratelimit import Decision, RateLimiter
 

@@ -30,14 +30,14 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway import limits
 from gateway.asgi import is_stream_response, read_body, replay, send_errors
-from gateway.auth import ADMIN, PRINCIPAL_STATE
+from gateway.auth import PRINCIPAL_STATE
 from gateway.cache import optional
 from gateway.config import ConfigError, Settings
 from gateway.operations import NOT_RUN_CODES, OperationRefused
+from resolvers.access import ADMIN, Principal
 
 if TYPE_CHECKING:
     from gateway.app import Runtime
-    from gateway.auth import Principal
 
 log = logging.getLogger("retailgraph.persisted")
 

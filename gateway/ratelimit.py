@@ -29,9 +29,10 @@ from redis.exceptions import RedisError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway import telemetry
-from gateway.auth import NOBODY, PRINCIPAL_STATE, Principal
+from gateway.auth import PRINCIPAL_STATE
 from gateway.cache import optional
 from gateway.operations import OperationRefused
+from resolvers.access import NOBODY, Principal
 
 if TYPE_CHECKING:
     from gateway.app import Runtime

@@ -20,11 +20,11 @@ import httpx
 from strawberry.dataloader import DataLoader
 
 from gateway import telemetry
-from gateway.auth import OPEN, Principal
 from gateway.cache import Cache, CacheUnavailable
 from gateway.config import Settings
 from resolvers import erp as erp_connector
 from resolvers import merge
+from resolvers.access import OPEN, Principal
 from resolvers.commerce import CommerceConnector
 from resolvers.erp import ErpConnector
 from resolvers.errors import BackendError
@@ -474,7 +474,7 @@ class Loaders:
         return [r for r in catalog.locations.values() if self.principal.sees(r.id)]
 
     async def location(self, location_id: str) -> LocationRecord | None:
-        """One location; :class:`~gateway.auth.Forbidden` outside the principal's locations."""
+        """One location; :class:`~resolvers.access.Forbidden` outside the principal's locations."""
         self.principal.require_location(location_id)
         catalog = await self.graph.ready_catalog()
         return catalog.locations.get(location_id)
@@ -490,7 +490,7 @@ class RequestContext:
     response: Any = None
     # WebSocket connection_init payload (credentials live here, see gateway/auth.py).
     connection_params: dict[str, Any] | None = None
-    # FORBIDDEN errors of list fields that resolved to [] (gateway.auth.ForbiddenErrors).
+    # FORBIDDEN errors of list fields that resolved to [] (schema.permissions.ForbiddenErrors).
     errors: list[Any] = field(default_factory=list)
 
     @property
@@ -500,7 +500,7 @@ class RequestContext:
     @property
     def client(self) -> str:
         """Who this request counts against (rate limit, subscription limit): the caller, or
-        its address when it is not authenticated (gateway.auth.Principal.client_key)."""
+        its address when it is not authenticated (resolvers.access.Principal.client_key)."""
         return self.principal.client_key(getattr(self.request, "scope", {}).get("client"))
 
     def for_operation(self) -> RequestContext:

@@ -10,9 +10,10 @@ from typing import Annotated
 import strawberry
 from graphql import GraphQLError
 
-from gateway.auth import ADMIN, STOCK_READ, requires
+from resolvers.access import ADMIN, STOCK_READ
 from resolvers.identity import parse_node_id
 from resolvers.types import LocationType as LocationTypeEnum
+from schema.permissions import requires
 from schema.reconciliation import (
     DiscrepancyConnection,
     SourceStatus,

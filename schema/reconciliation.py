@@ -1,7 +1,7 @@
 """Where the systems disagree: every system's view of a stock level, the discrepancies between
 them (listed and live), and how far behind each system's feed runs.
 
-Every field here needs the ``discrepancies:read`` scope (``gateway.auth``); a principal limited
+Every field here needs the ``discrepancies:read`` scope (``resolvers.access``); a principal limited
 to some locations sees only those.
 """
 
@@ -16,7 +16,6 @@ from typing import Annotated, Any, TypeVar
 import strawberry
 from graphql import GraphQLError
 
-from gateway.auth import DISCREPANCIES_READ, requires
 from gateway.discrepancies import DiscrepancyEvent as EventRecord
 from gateway.discrepancies import DiscrepancyFilter, Finding, Side
 from gateway.discrepancies import Kind as KindRecord
@@ -24,8 +23,10 @@ from gateway.discrepancies import Severity as SeverityRecord
 from gateway.discrepancies import Status as StatusRecord
 from gateway.synchealth import GAPS_KEPT, Gap, Lag
 from gateway.synchealth import SourceStatus as SourceStatusRecord
+from resolvers.access import DISCREPANCIES_READ
 from resolvers.errors import BackendError
 from resolvers.types import INT_MAX, INT_MIN, LocationType, StockView, saturate
+from schema.permissions import requires
 from schema.types import Ctx, Location, PageInfo
 
 

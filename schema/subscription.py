@@ -14,10 +14,11 @@ from typing import Annotated, Any, TypeVar
 import strawberry
 from graphql import GraphQLError
 
-from gateway.auth import STOCK_READ, requires
 from resolvers import merge
+from resolvers.access import STOCK_READ
 from resolvers.types import LocationType as LocationTypeEnum
 from resolvers.types import StockView, saturate
+from schema.permissions import requires
 from schema.reconciliation import DiscrepancyNotice, discrepancy_detected_field
 from schema.types import Availability, Ctx, StockLevel
 
@@ -148,7 +149,7 @@ def _filter(info: Ctx, skus: list[strawberry.ID] | None,
             raise GraphQLError(f"{name} names more than {MAX_FILTER_IDS}; leave it out for all",
                                extensions={"code": "BAD_USER_INPUT"})
     graph = info.context.graph
-    # Only the caller's locations; asking for others is FORBIDDEN (gateway/auth.py).
+    # Only the caller's locations; asking for others is FORBIDDEN (resolvers/access.py).
     locations = info.context.principal.restrict(
         [str(x) for x in location_ids] if location_ids is not None else None)
     return make_filter([str(s) for s in skus] if skus is not None else None, locations,

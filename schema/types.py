@@ -14,8 +14,8 @@ import orjson
 import strawberry
 from strawberry.types import Info
 
-from gateway.auth import DISCREPANCIES_READ, STOCK_READ, Forbidden, requires
 from resolvers import merge
+from resolvers.access import DISCREPANCIES_READ, STOCK_READ, Forbidden
 from resolvers.graph import RequestContext
 from resolvers.identity import node_id
 from resolvers.types import (
@@ -29,6 +29,7 @@ from resolvers.types import (
 from resolvers.types import (
     UnmappedIdentifier as UnmappedRecord,
 )
+from schema.permissions import requires
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
