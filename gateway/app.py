@@ -27,7 +27,6 @@ from gateway.applier import Applier, PendingSweeper
 from gateway.asgi import BodyGuard
 from gateway.auth import Authenticator, AuthMiddleware
 from gateway.batch import BatchMiddleware
-from gateway.cache import Cache, Deadlines, ResponseCache, connect
 from gateway.config import Settings, browser_origins
 from gateway.cors import BrowserOrigins
 from gateway.events import EventLog
@@ -42,6 +41,7 @@ from gateway.subscriptions import ChangeFeed, ChangePublisher
 from gateway.webhooks import WebhookIntake
 from resolvers.errors import BackendError
 from resolvers.graph import RetailGraph
+from resolvers.store.cache import Cache, Deadlines, ResponseCache, connect
 
 log = logging.getLogger("retailgraph.app")
 CATALOG_RETRY_SECONDS = 2.0
@@ -163,7 +163,8 @@ class Runtime:
 
 
 def create_app(settings: Settings, transport: httpx.AsyncBaseTransport | None = None) -> Starlette:
-    graph = RetailGraph.from_settings(settings, transport=transport)
+    graph = RetailGraph.from_settings(settings, transport=transport,
+                                      observer=telemetry.ResolverTelemetry())
     runtime = Runtime(settings, graph)
     auth = Authenticator(settings)
     logs.protect(logs.secrets_of(settings))
@@ -172,7 +173,7 @@ def create_app(settings: Settings, transport: httpx.AsyncBaseTransport | None = 
     persisted = PersistedQueries(runtime, settings)
     # The per-operation checks every transport applies (gateway/operations.py).
     guard = OperationGuard(limiter, persisted)
-    graphql = GraphQLApp(graph, auth=auth, guard=guard, keep_alive=True,
+    graphql = GraphQLApp(settings, graph, auth=auth, guard=guard, keep_alive=True,
                          graphql_ide="graphiql" if settings.graphiql else None,
                          keep_alive_interval=settings.ws_keepalive_seconds,
                          allowed_origins=sorted(origins))

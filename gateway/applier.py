@@ -19,8 +19,9 @@ from collections.abc import Awaitable, Callable, Sequence
 import orjson
 from redis.exceptions import RedisError
 
-from gateway.cache import Backoff, Cache, ResponseCache
-from gateway.events import PENDING_KEY, Envelope, EventKind, EventLog, MovementType
+from gateway.events import Envelope, EventKind, EventLog, MovementType
+from resolvers.store.cache import Backoff, Cache, ResponseCache
+from resolvers.store.keys import PENDING_KEY
 from resolvers.types import StockView
 
 log = logging.getLogger("retailgraph.applier")

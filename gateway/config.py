@@ -19,37 +19,17 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any
 
 from strawberry.http.websocket_origin import normalize_allowed_origins
 
-BackendFormat = Literal["square", "shopify", "epcis", "erp"]
-BACKEND_FORMATS: tuple[str, ...] = get_args(BackendFormat)
+from resolvers.settings import BACKEND_FORMATS, BackendFormat, BackendSettings
+
 ENV_PREFIX = "RETAILGRAPH_"
 
 
 class ConfigError(ValueError):
     """The configuration is incomplete or contradictory; the message names the setting."""
-
-
-@dataclass(slots=True)
-class BackendSettings:
-    """How to reach one backend system and how it signs its webhooks."""
-
-    name: str
-    format: BackendFormat
-    base_url: str
-    token: str = ""
-    timeout: float = 5.0
-    connect_timeout: float = 2.0
-    retries: int = 2
-    webhook_secret: str = ""
-    # Accepted as well during a secret rotation.
-    webhook_previous_secret: str = ""
-    # Square signs the notification URL; behind a proxy set the public URL here.
-    notification_url: str = ""
-    # Silent longer than this (seconds) while its API shows changes: poll it (0 = no check).
-    heartbeat_seconds: float = 0.0
 
 
 @dataclass(slots=True)

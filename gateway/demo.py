@@ -17,10 +17,14 @@ from starlette.applications import Starlette
 
 from gateway.app import create_app
 from gateway.auth import Authenticator, issue_token
-from gateway.config import BackendSettings, Settings, demo_settings
+from gateway.config import Settings, demo_settings
 from gateway.serving import Server, make_server, run_together
+from gateway.simulators.activity import Activity
 from gateway.simulators.webhooks import DeliveryOptions
 from gateway.simulators.world import World
+from resolvers.settings import BackendSettings
+from resolvers.store import keys
+from resolvers.store.cache import connect
 
 SIMULATOR_MODULES = {"square": "pos", "epcis": "wms", "erp": "erp", "shopify": "commerce"}
 
@@ -94,12 +98,10 @@ async def forget_previous_run(redis_url: str) -> int:
     """The simulators start from the seed's opening state on every run, their versions and
     sequence numbers from 1; state a previous demo left in a persistent Redis would look
     newer than theirs. Remove the gateway's keys (``rg:*``) so the run starts consistent."""
-    from gateway.cache import connect
-
     client = await connect(redis_url)
     removed = 0
     try:
-        async for key in client.scan_iter(match="rg:*", count=1000):
+        async for key in client.scan_iter(match=keys.PATTERN, count=1000):
             removed += int(await client.unlink(key))
     finally:
         await client.aclose()
@@ -129,8 +131,6 @@ async def run(opts: DemoOptions) -> None:
     background = []
     stopping = []
     if opts.activity > 0:
-        from gateway.simulators.activity import Activity
-
         activity = Activity(settings, world, opts.activity, seed=opts.seed)
         background.append(activity.run)
         stopping.append(activity.stop)  # finishes the request under way, then returns

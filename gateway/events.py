@@ -35,10 +35,16 @@ from typing import Any
 
 import orjson
 
+from resolvers.store.keys import (
+    DLQ_KEY,
+    LOG_KEY,
+    PENDING_KEY,
+    dead_letter_seen_key,
+    dedupe_key,
+    once_key,
+)
 from resolvers.types import Quantities
 
-LOG_KEY = "rg:{ev}:log"
-DLQ_KEY = "rg:{ev}:dlq"
 DEDUPE_TTL = 7 * 24 * 3600
 
 
@@ -117,7 +123,6 @@ class Envelope:
         return cls(**d)
 
 
-PENDING_KEY = "rg:{ev}:pending"
 
 # KEYS: dedupe key, stream, pending set (or the stream again when not tracked)
 # ARGV: ttl, max length, then per envelope: its source-event key ('' for none), the envelope.
@@ -180,14 +185,13 @@ class EventLog:
     async def append(self, source: str, dedupe_id: str, envelopes: list[Envelope]) -> Appended:
         """Log a delivery's envelopes atomically, once per ``(source, dedupe_id)``, and each
         envelope once per source event (its ``source_event_id`` at its SKU and location)."""
-        key = f"rg:{{ev}}:dedupe:{source}:{dedupe_id}"
+        key = dedupe_key(source, dedupe_id)
         args: list[Any] = [DEDUPE_TTL, self.max_len]
         repeats: dict[str, int] = {}
         for e in envelopes:
             once = ""
             if e.source_event_id:
-                once = f"rg:{{ev}}:once:{source}:{e.source_event_id}:{e.sku or ''}:" \
-                       f"{e.location_id or ''}"
+                once = once_key(source, e.source_event_id, e.sku or "", e.location_id or "")
                 repeats[once] = repeats.get(once, 0) + 1
                 once += f"#{repeats[once]}"  # e.g. two order lines of one variant
             args += [once, e.encode()]
@@ -202,7 +206,7 @@ class EventLog:
                                "received_at": received_at.isoformat(),
                                "body": body.decode("utf-8", "replace"), "headers": headers,
                                "dedupe_id": dedupe_id})
-        key = f"rg:{{ev}}:dlqseen:{source}:{dedupe_id}"
+        key = dead_letter_seen_key(source, dedupe_id)
         new, joined = await self._append(keys=[key, DLQ_KEY, DLQ_KEY],
                                          args=[DEDUPE_TTL, self.max_len, "", letter])
         return Appended(bool(new), tuple(_s(joined).split(",")))

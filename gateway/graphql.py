@@ -194,9 +194,8 @@ class GraphQLApp(GraphQL[RequestContext, None]):
     graphql_transport_ws_handler_class = TransportWsHandler
     graphql_ws_handler_class = LegacyWsHandler
 
-    def __init__(self, graph: RetailGraph, auth: Authenticator, guard: OperationGuard,
-                 **kwargs: Any) -> None:
-        settings = graph.settings
+    def __init__(self, settings: Settings, graph: RetailGraph, auth: Authenticator,
+                 guard: OperationGuard, **kwargs: Any) -> None:
         kwargs.setdefault("connection_init_wait_timeout",
                           timedelta(seconds=settings.ws_init_timeout_seconds))
         kwargs.setdefault("subscription_protocols",

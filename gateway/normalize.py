@@ -26,14 +26,14 @@ from typing import Any
 
 from ulid import ULID
 
-from gateway.cache import version_number
-from gateway.config import BackendSettings
 from gateway.events import Envelope, EventKind, Movement, MovementType
 from resolvers import commerce, pos, wms
 from resolvers import erp as erp_connector
 from resolvers.errors import BackendProtocolError, OutOfRange, ValueOutOfRange
 from resolvers.identity import SHOPIFY_VARIANT, IdentityMap
+from resolvers.settings import BackendSettings
 from resolvers.types import INT_MAX, MAX_VERSION, Quantities, bounded
+from resolvers.values import version_number
 
 
 class Malformed(ValueError):

@@ -31,17 +31,17 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from gateway import limits
 from gateway.asgi import is_stream_response, read_body, replay, send_errors
 from gateway.auth import PRINCIPAL_STATE
-from gateway.cache import optional
 from gateway.config import ConfigError, Settings
 from gateway.operations import NOT_RUN_CODES, OperationRefused
 from resolvers.access import ADMIN, Principal
+from resolvers.store.cache import optional
+from resolvers.store.keys import PERSISTED_QUERY_PREFIX as KEY_PREFIX
 
 if TYPE_CHECKING:
     from gateway.app import Runtime
 
 log = logging.getLogger("retailgraph.persisted")
 
-KEY_PREFIX = "rg:apq:"
 TTL_SECONDS = 7 * 86_400
 MAX_QUERY_BYTES = 100_000
 _HASH = re.compile(r"^[0-9a-f]{64}$")

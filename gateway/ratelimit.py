@@ -30,16 +30,16 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway import telemetry
 from gateway.auth import PRINCIPAL_STATE
-from gateway.cache import optional
 from gateway.operations import OperationRefused
 from resolvers.access import NOBODY, Principal
+from resolvers.store.cache import optional
+from resolvers.store.keys import RATE_LIMIT_PREFIX as KEY_PREFIX
 
 if TYPE_CHECKING:
     from gateway.app import Runtime
 
 log = logging.getLogger("retailgraph.ratelimit")
 
-KEY_PREFIX = "rg:rl:"
 LIMITED_PATHS = ("/graphql",)
 
 # KEYS[1] bucket; ARGV: capacity, refill per millisecond, cost.

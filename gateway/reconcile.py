@@ -40,17 +40,16 @@ from redis.exceptions import RedisError
 from ulid import ULID
 
 from gateway.applier import Applier, Publisher
-from gateway.cache import Cache, parse_views, version_number
 from gateway.config import Settings
-from gateway.discrepancies import (
+from gateway.discrepancies import DiscrepancyFeed, DiscrepancyIndex, MovementHistory
+from gateway.events import Envelope, EventKind, EventLog, Movement, MovementType
+from gateway.synchealth import SyncHealth
+from resolvers.discrepancies import (
     CellUpdate,
     CellViews,
-    DiscrepancyFeed,
-    DiscrepancyIndex,
     Finding,
     History,
     Kind,
-    MovementHistory,
     Role,
     Severity,
     assess,
@@ -58,17 +57,17 @@ from gateway.discrepancies import (
     derived_on_hand,
     in_the_future,
 )
-from gateway.events import Envelope, EventKind, EventLog, Movement, MovementType
-from gateway.synchealth import SyncHealth
 from resolvers.errors import BackendError
 from resolvers.graph import RetailGraph
+from resolvers.store.cache import Cache, parse_views
+from resolvers.store.keys import RECONCILE_LAST_RUN_KEY as LAST_RUN_KEY
+from resolvers.store.keys import RECONCILE_LOCK_KEY as LOCK_KEY
 from resolvers.store.keys import views_key
 from resolvers.types import LocationRecord, LocationType, StockView
+from resolvers.values import version_number
 
 log = logging.getLogger("retailgraph.reconcile")
 
-LOCK_KEY = "rg:{disc}:lock"
-LAST_RUN_KEY = "rg:{disc}:last-run"
 TOP_OFFENDERS = 20
 REPAIRS_LISTED = 1000
 
@@ -711,43 +710,3 @@ __all__ = [
     "reconcile_periodically",
     "repair_envelope",
 ]
-
-
-def cli(args: Any) -> int:
-    """``retailgraph reconcile``: one run against a gateway's backends and Redis, from the
-    command line (same code as the periodic task); 1 when a backend could not be read."""
-    from gateway import config
-    from gateway.app import Runtime
-
-    settings = config.for_command(args.config, args.demo_port, args.redis_url,
-                                  "the cache and event log")
-
-    def listed(value: str | None) -> tuple[str, ...] | None:
-        return None if value is None else tuple(x.strip() for x in value.split(",") if x.strip())
-
-    scope = Scope(skus=listed(args.skus), locations=listed(args.locations),
-                  repair=not args.no_repair)
-
-    async def run() -> Report:
-        runtime = Runtime(settings, RetailGraph.from_settings(settings), background=False)
-        await runtime.start()
-        try:
-            assert runtime.reconciliation is not None
-            return await runtime.reconciliation.run(scope)
-        finally:
-            await runtime.stop()
-
-    report = asyncio.run(run())
-    if args.output:
-        body = report.to_csv().encode() if args.output.endswith(".csv") else report.to_json()
-        if args.output == "-":
-            import sys
-
-            sys.stdout.buffer.write(body + (b"" if body.endswith(b"\n") else b"\n"))
-        else:
-            with open(args.output, "wb") as fh:
-                fh.write(body)
-    print(report.summary_line(), flush=True)
-    for source, error in sorted(report.errors.items()):
-        print(f"  {source} could not be read: {error}", flush=True)
-    return 1 if report.errors else 0

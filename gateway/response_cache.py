@@ -4,7 +4,7 @@ The key is the query document, variables, operation name and the caller's scope.
 one Redis GET and the stored bytes; only ``extensions.freshness.responseCache`` is rewritten
 to say ``hit``. A miss executes normally and stores the response, tagged with the entities it
 read, unless it has errors, stale values, or an event touched one of its entities while it
-was being computed (see :class:`gateway.cache.ResponseCache`).
+was being computed (see :class:`resolvers.store.cache.ResponseCache`).
 
 A hit carries the same freshness truth as an execution: a stored response was fresh when it
 was stored (stale ones are never stored), and each entry names the backends it depends on
@@ -29,8 +29,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway import telemetry
 from gateway.asgi import is_stream, is_stream_response, read_body, replay
-from gateway.cache import CachedResponse
 from resolvers.graph import BackendHealth, Freshness
+from resolvers.store.cache import CachedResponse
 
 if TYPE_CHECKING:
     from gateway.app import Runtime

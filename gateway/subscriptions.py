@@ -22,7 +22,7 @@ import heapq
 import logging
 import re
 from collections import Counter, OrderedDict, deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, TypeVar
@@ -30,34 +30,31 @@ from typing import Any, TypeVar
 import orjson
 from redis.exceptions import RedisError, ResponseError
 
-from gateway.cache import Backoff
-from gateway.events import PENDING_KEY, Envelope, Movement, MovementType
+from gateway.events import Envelope, Movement, MovementType
 from gateway.limits import LimitExceeded
+from resolvers.changes import MAX_FILTER_IDS, CellFilter, CursorExpired, InvalidCursor
 from resolvers.errors import BackendError
+from resolvers.store.cache import Backoff
+from resolvers.store.keys import (
+    CHANGES_KEY,
+    INDEXED_KEY,
+    LAST_KEY,
+    PENDING_KEY,
+    location_index_key,
+    published_key,
+    sku_index_key,
+)
 from resolvers.types import Quantities, StockView
 
 log = logging.getLogger("retailgraph.subscriptions")
 
-CHANGES_KEY = "rg:{ev}:changes"
 _ID_PART = re.compile(r"[0-9]{1,20}")
 MEMO_SIZE = 4096
 OFFERS_PER_STEP = 2000
 T = TypeVar("T")
-LAST_KEY = "rg:{ev}:last"
 # The change stream's indexes: per SKU and per location, a stream with the same entry ids
 # whose entries name their cell ("sku|location|source"), so a filtered history reads only
 # the entries of the SKUs or locations it asks for, not the whole stream.
-INDEXED_KEY = "rg:{ev}:changes:indexed"  # the first change id that was indexed
-# A filter names at most this many SKUs, and as many locations (BAD_USER_INPUT beyond).
-MAX_FILTER_IDS = 1000
-
-
-def sku_index_key(sku: str) -> str:
-    return f"rg:{{ev}}:changes:sku:{sku}"
-
-
-def location_index_key(location_id: str) -> str:
-    return f"rg:{{ev}}:changes:loc:{location_id}"
 
 
 # Trimming is exact (MINID without ~) on the stream and on its indexes alike, so an index
@@ -160,20 +157,18 @@ class Deliveries:
                 await asyncio.wait_for(self.idle.wait(), INTAKE_FIRST_SECONDS)
 
 
+    @staticmethod
+    def delivered() -> None:
+        """The current task's event is computed (about to be sent): give its slot back."""
+        delivered()
+
+
 def delivered() -> None:
     """The current task's event is computed (about to be sent): give its slot back."""
     held = _slot.get()
     if held is not None:
         _slot.set(None)
         held.release()
-
-
-class CursorExpired(Exception):
-    """The cursor is older than the change retention: the client must re-query."""
-
-
-class InvalidCursor(ValueError):
-    pass
 
 
 @dataclass(frozen=True, slots=True)
@@ -327,7 +322,7 @@ class ChangePublisher:
                 cell = None
         quantities = cell.quantities if cell is not None else envelope.quantities
         await self._publish(
-            keys=[f"rg:{{ev}}:pub:{entry_id}", CHANGES_KEY, LAST_KEY, PENDING_KEY,
+            keys=[published_key(entry_id), CHANGES_KEY, LAST_KEY, PENDING_KEY,
                   sku_index_key(envelope.sku), location_index_key(envelope.location_id),
                   INDEXED_KEY],
             args=[self.retention_ms // 1000 + 3600, self.retention_ms,
@@ -336,31 +331,6 @@ class ChangePublisher:
 
 
 Filter = Callable[[Change], bool]
-
-
-@dataclass(frozen=True, slots=True)
-class CellFilter:
-    """Which changes a client asked for: SKUs, locations (None: all) and, per location,
-    which sources count. ChangeFeed.history reads the indexes of the SKUs or locations
-    named, so its cost follows what matches, not the length of the stream."""
-
-    skus: frozenset[str] | None
-    locations: frozenset[str] | None
-    sources: Callable[[str, str], bool] | None = None  # (location_id, source)
-
-    def cell(self, sku: str, location_id: str, source: str) -> bool:
-        return ((self.skus is None or sku in self.skus)
-                and (self.locations is None or location_id in self.locations)
-                and (self.sources is None or self.sources(location_id, source)))
-
-    def __call__(self, change: Change) -> bool:
-        return self.cell(change.sku, change.location_id, change.source)
-
-
-def make_filter(skus: Iterable[str] | None, location_ids: Iterable[str] | None,
-                sources: Callable[[str, str], bool] | None = None) -> CellFilter:
-    return CellFilter(frozenset(skus) if skus is not None else None,
-                      frozenset(location_ids) if location_ids is not None else None, sources)
 
 
 @dataclass(slots=True, eq=False)

@@ -35,7 +35,6 @@ import contextlib
 import logging
 import math
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -44,21 +43,24 @@ from redis.exceptions import RedisError
 from ulid import ULID
 
 from gateway.applier import Applier
-from gateway.cache import Backoff, optional
-from gateway.config import BackendSettings, Settings
+from gateway.config import Settings
 from gateway.events import Envelope, EventKind, EventLog, Movement, MovementType
 from gateway.normalize import EPCIS_MOVEMENTS, NORMALIZERS, Delivery, Malformed, Unappliable
 from resolvers import wms as wms_connector
 from resolvers.errors import BackendError, BackendStatusError
 from resolvers.graph import RetailGraph
 from resolvers.identity import SQUARE_LOCATION, SQUARE_VARIATION
-from resolvers.store.keys import views_key
+from resolvers.settings import BackendSettings
+from resolvers.store.cache import Backoff, optional
+from resolvers.store.keys import SYNC_LOCK_KEY, views_key
+from resolvers.store.keys import sync_key as _k
+from resolvers.syncstatus import GAPS_KEPT, Gap, Lag, SourceStatus
+from resolvers.values import version_number
 
 log = logging.getLogger("retailgraph.synchealth")
 
 BUCKET_SECONDS = 10
 LAG_SAMPLES = 1000
-GAPS_KEPT = 50
 GAP_GRACE_MS = 3000
 TICK_SECONDS = 1.0
 # Square's Events API keeps the events of the last 28 days; a little is left for clock skew.
@@ -113,10 +115,6 @@ return {gap_from, gap_to}
 """
 
 
-def _k(kind: str, source: str) -> str:
-    return f"rg:{{sync}}:{kind}:{source}"
-
-
 def _ms(moment: datetime) -> int:
     return int(moment.timestamp() * 1000)
 
@@ -127,66 +125,6 @@ def _percentile(samples: Sequence[float], q: float) -> float | None:
     ordered = sorted(samples)
     rank = max(0, math.ceil(q * len(ordered)) - 1)
     return float(ordered[rank])
-
-
-@dataclass(frozen=True, slots=True)
-class Lag:
-    p50_ms: float | None
-    p95_ms: float | None
-    samples: int
-
-
-@dataclass(frozen=True, slots=True)
-class Gap:
-    id: str
-    source: str
-    detected_at: datetime
-    reason: str  # "sequence" | "cell-sequence" | "silent"
-    from_sequence: int | None = None
-    to_sequence: int | None = None
-    sku: str | None = None
-    location_id: str | None = None
-    healed_at: datetime | None = None
-    applied: int = 0  # events applied or cells repaired by the healing
-    detail: str = ""
-
-    def encode(self) -> bytes:
-        return orjson.dumps({
-            "id": self.id, "source": self.source, "at": self.detected_at.isoformat(),
-            "reason": self.reason, "from": self.from_sequence, "to": self.to_sequence,
-            "sku": self.sku, "loc": self.location_id,
-            "healed": self.healed_at.isoformat() if self.healed_at else None,
-            "applied": self.applied, "detail": self.detail})
-
-    @classmethod
-    def decode(cls, raw: bytes) -> Gap:
-        d = orjson.loads(raw)
-        return cls(id=d["id"], source=d["source"], detected_at=datetime.fromisoformat(d["at"]),
-                   reason=d["reason"], from_sequence=d["from"], to_sequence=d["to"],
-                   sku=d["sku"], location_id=d["loc"],
-                   healed_at=datetime.fromisoformat(d["healed"]) if d["healed"] else None,
-                   applied=int(d["applied"]), detail=d.get("detail", ""))
-
-
-@dataclass(frozen=True, slots=True)
-class SourceStatus:
-    source: str
-    system: str
-    last_received_at: datetime | None
-    last_occurred_at: datetime | None
-    events_total: int
-    events_per_minute: float
-    lag_received: Lag
-    lag_applied: Lag
-    rejects: dict[str, int]
-    dead_letters: int
-    gaps_detected: int
-    gaps_healed: int
-    recent_gaps: list[Gap]
-    heartbeat_seconds: float | None
-    silent_seconds: float | None
-    open_sequence_gap: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 Heal = Callable[[str], Awaitable[int]]  # heal a source by reconciling it; returns repairs
@@ -346,7 +284,7 @@ class SyncHealth:
     async def tick(self) -> None:
         """Confirm sequence gaps and check heartbeats; one replica at a time."""
         now = datetime.now(UTC)
-        if not await self.redis.set("rg:{sync}:lock", "1", nx=True, px=int(TICK_SECONDS * 900)):
+        if not await self.redis.set(SYNC_LOCK_KEY, "1", nx=True, px=int(TICK_SECONDS * 900)):
             return
         for backend in self.settings.backends.values():
             if backend.format == "erp":
@@ -599,8 +537,6 @@ def _lag(raw: list[bytes]) -> Lag:
 
 
 def _version(version: str, as_of: datetime) -> int:
-    from gateway.cache import version_number
-
     return version_number(version, as_of)
 
 

@@ -423,6 +423,19 @@ class TracedTransport(httpx.AsyncBaseTransport):
         await self.inner.aclose()
 
 
+class ResolverTelemetry:
+    """The resolvers' :class:`resolvers.abc.Observer`: cache lookups and backend calls traced
+    and counted by the :func:`current` telemetry."""
+
+    def cache_lookup(self, source: str, requested: int,
+                     layer: str = "stock") -> contextlib.AbstractContextManager[CacheLookup]:
+        return cache_lookup(source, requested, layer)
+
+    def backend_transport(self, inner: httpx.AsyncBaseTransport,
+                          backend: str) -> httpx.AsyncBaseTransport:
+        return TracedTransport(inner, backend)
+
+
 # -- webhooks ---------------------------------------------------------------------------------
 
 def _webhook_outcome(response: Response) -> tuple[str, str]:
@@ -555,6 +568,7 @@ async def metrics_endpoint(request: Request) -> Response:
     return Response(current().render(), media_type=CONTENT_TYPE_LATEST)
 
 
-__all__ = ["HttpMetrics", "LoopLag", "OperationTelemetry", "Telemetry", "TracedTransport",
-           "cache_lookup", "configure", "current", "from_env", "instrument_applier",
-           "metrics_endpoint", "trace_ids", "traced_webhook", "unwatch", "watch"]
+__all__ = ["HttpMetrics", "LoopLag", "OperationTelemetry", "ResolverTelemetry", "Telemetry",
+           "TracedTransport", "cache_lookup", "configure", "current", "from_env",
+           "instrument_applier", "metrics_endpoint", "trace_ids", "traced_webhook", "unwatch",
+           "watch"]

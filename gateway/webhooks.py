@@ -26,10 +26,11 @@ from starlette.responses import JSONResponse, Response
 from gateway import limits, signatures
 from gateway.applier import Applier
 from gateway.asgi import receive_body
-from gateway.config import BackendSettings, Settings
+from gateway.config import Settings
 from gateway.events import DeadLetter, Envelope, EventLog
 from gateway.normalize import NORMALIZERS, Delivery, Malformed, Unappliable
 from resolvers.graph import RetailGraph
+from resolvers.settings import BackendSettings
 
 log = logging.getLogger("retailgraph.webhooks")
 

@@ -47,7 +47,7 @@ from typing import Any
 
 import httpx
 
-from gateway.config import BackendSettings
+from resolvers.abc import NO_OBSERVER, Observer
 from resolvers.errors import (
     BackendError,
     BackendProtocolError,
@@ -62,6 +62,7 @@ from resolvers.identity import (
     SHOPIFY_VARIANT,
     IdentityMap,
 )
+from resolvers.settings import BackendSettings
 from resolvers.types import NativeLocation, OnlineListing, Quantities, StockView, bounded
 from resolvers.values import plain_decimal, shown
 from resolvers.writes import ItemWrite, Outcome, StockWrite, WriteResult, refused
@@ -352,10 +353,11 @@ class CommerceConnector:
     throttle_budget = 10.0  # seconds a read may wait for the cost bucket in all
 
     def __init__(self, settings: BackendSettings, identity: IdentityMap,
-                 transport: httpx.AsyncBaseTransport | None = None) -> None:
+                 transport: httpx.AsyncBaseTransport | None = None,
+                 observer: Observer = NO_OBSERVER) -> None:
         self.name = settings.name
         self.identity = identity
-        self.client = BackendClient(settings, transport)
+        self.client = BackendClient(settings, transport, observer)
         self.bucket = CostBucket()
         self._costs: dict[str, float] = {}  # operation -> what it cost last time
         self._currency: str | None = None

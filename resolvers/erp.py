@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 import httpx
 
-from gateway.config import BackendSettings
+from resolvers.abc import NO_OBSERVER, Observer
 from resolvers.errors import BackendProtocolError, OutOfRange, ValueOutOfRange
 from resolvers.http import BackendClient
 from resolvers.identity import (
@@ -29,6 +29,7 @@ from resolvers.identity import (
     normalize_gtin,
     parse_node_id,
 )
+from resolvers.settings import BackendSettings
 from resolvers.types import (
     ExternalRef,
     LocationRecord,
@@ -136,10 +137,11 @@ class ErpConnector:
     """Reads the ERP's masters and stock; every batch call chunks and follows cursors."""
 
     def __init__(self, settings: BackendSettings, identity: IdentityMap,
-                 transport: httpx.AsyncBaseTransport | None = None) -> None:
+                 transport: httpx.AsyncBaseTransport | None = None,
+                 observer: Observer = NO_OBSERVER) -> None:
         self.name = settings.name
         self.identity = identity
-        self.client = BackendClient(settings, transport)
+        self.client = BackendClient(settings, transport, observer)
         self._parallel = asyncio.Semaphore(PARALLEL)
 
     async def aclose(self) -> None:

@@ -14,18 +14,17 @@ from collections import defaultdict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import httpx
 from strawberry.dataloader import DataLoader
 
-from gateway import telemetry
-from gateway.cache import Cache, CacheUnavailable
-from gateway.config import Settings
 from resolvers import erp as erp_connector
 from resolvers import merge
+from resolvers.abc import NO_OBSERVER, CacheUnavailable, GraphSettings, Observer, StockCache
 from resolvers.access import OPEN, Principal
 from resolvers.commerce import CommerceConnector
+from resolvers.discrepancies import Role
 from resolvers.erp import ErpConnector
 from resolvers.errors import BackendError
 from resolvers.identity import IdentityMap
@@ -140,13 +139,15 @@ class Backends:
     commerce: CommerceConnector
 
     @classmethod
-    def from_settings(cls, settings: Settings, identity: IdentityMap,
-                      transport: httpx.AsyncBaseTransport | None = None) -> Backends:
+    def from_settings(cls, settings: GraphSettings, identity: IdentityMap,
+                      transport: httpx.AsyncBaseTransport | None = None,
+                      observer: Observer = NO_OBSERVER) -> Backends:
         return cls(
-            pos=PosConnector(settings.backend_for("square"), identity, transport),
-            wms=WmsConnector(settings.backend_for("epcis"), identity, transport),
-            erp=ErpConnector(settings.backend_for("erp"), identity, transport),
-            commerce=CommerceConnector(settings.backend_for("shopify"), identity, transport),
+            pos=PosConnector(settings.backend_for("square"), identity, transport, observer),
+            wms=WmsConnector(settings.backend_for("epcis"), identity, transport, observer),
+            erp=ErpConnector(settings.backend_for("erp"), identity, transport, observer),
+            commerce=CommerceConnector(settings.backend_for("shopify"), identity, transport,
+                                       observer),
         )
 
     def all(self) -> tuple[Any, ...]:
@@ -163,11 +164,12 @@ class Backends:
 class RetailGraph:
     """Process-wide service behind the schema; cheap per-request state lives in Loaders."""
 
-    def __init__(self, settings: Settings, backends: Backends,
-                 cache: Cache | None = None) -> None:
+    def __init__(self, settings: GraphSettings, backends: Backends,
+                 cache: StockCache | None = None, observer: Observer = NO_OBSERVER) -> None:
         self.settings = settings
         self.backends = backends
         self.cache = cache
+        self.observer = observer
         self.catalog: Catalog | None = None
         self.health = BackendHealth()
         # The replica's change feed (gateway.subscriptions.ChangeFeed) once Redis is up.
@@ -177,9 +179,11 @@ class RetailGraph:
         self._refresh_lock = asyncio.Lock()
 
     @classmethod
-    def from_settings(cls, settings: Settings, cache: Cache | None = None,
-                      transport: httpx.AsyncBaseTransport | None = None) -> RetailGraph:
-        return cls(settings, Backends.from_settings(settings, IdentityMap(), transport), cache)
+    def from_settings(cls, settings: GraphSettings, cache: StockCache | None = None,
+                      transport: httpx.AsyncBaseTransport | None = None,
+                      observer: Observer = NO_OBSERVER) -> RetailGraph:
+        return cls(settings, Backends.from_settings(settings, IdentityMap(), transport, observer),
+                   cache, observer)
 
     async def aclose(self) -> None:
         await self.backends.aclose()
@@ -304,6 +308,14 @@ def _group(views: Sequence[StockView]) -> dict[str, list[StockView]]:
     return out
 
 
+class SourceReading(NamedTuple):
+    """One system's view of a cell, what it is for, and the system's format."""
+
+    view: StockView
+    role: Role
+    system: str
+
+
 @dataclass(slots=True)
 class Loaders:
     """Per-request DataLoaders, one per kind of backend data, reading through the cache."""
@@ -364,7 +376,7 @@ class Loaders:
         async def from_backend(missing: list[str]) -> list[StockView]:
             return await self._backend(source, fetch(missing, location_ids))
 
-        with telemetry.cache_lookup(source, len(skus)) as lookup:
+        with self.graph.observer.cache_lookup(source, len(skus)) as lookup:
             try:
                 grouped, cached = await self._through_cache(source, skus, location_ids,
                                                             from_backend)
@@ -410,7 +422,8 @@ class Loaders:
         try:
             if cache is not None:
                 try:
-                    with telemetry.cache_lookup(erp.name, len(skus), "master") as lookup:
+                    with self.graph.observer.cache_lookup(erp.name, len(skus),
+                                                          "master") as lookup:
                         records, cached = await cache.masters(skus, from_backend)
                         lookup.hits(len(cached))
                     self.freshness.cache = "on"
@@ -472,6 +485,30 @@ class Loaders:
         """The locations this request's principal may see, ordered by id."""
         catalog = await self.graph.ready_catalog()
         return [r for r in catalog.locations.values() if self.principal.sees(r.id)]
+
+    async def source_views(self, sku: str, location_id: str) -> list[SourceReading]:
+        """Every system's view of one cell: the system of record first, then the shop (at
+        warehouses), the ERP's snapshot. A system that cannot be read is left out."""
+        catalog = await self.graph.ready_catalog()
+        location = catalog.locations.get(location_id)
+        if location is None:
+            return []
+        store = location.type is LocationType.STORE
+        wanted = [(self.store_stock if store else self.warehouse_stock, Role.SYSTEM_OF_RECORD)]
+        if not store:
+            wanted.append((self.online_stock, Role.ONLINE))
+        wanted.append((self.erp_snapshot, Role.ERP_SNAPSHOT))
+        out = []
+        for loader, role in wanted:
+            try:
+                views = await loader.load(sku)
+            except BackendError:
+                continue  # that system is down: the others are still worth showing
+            for view in views:
+                if view.location_id == location_id:
+                    system = self.graph.settings.backends[view.source].format
+                    out.append(SourceReading(view, role, system))
+        return out
 
     async def location(self, location_id: str) -> LocationRecord | None:
         """One location; :class:`~resolvers.access.Forbidden` outside the principal's locations."""

@@ -14,14 +14,14 @@ from typing import Any
 import httpx
 import orjson
 
-from gateway.config import BackendSettings
-from gateway.telemetry import TracedTransport
+from resolvers.abc import NO_OBSERVER, Observer
 from resolvers.errors import (
     BackendProtocolError,
     BackendStatusError,
     BackendTimeout,
     BackendUnavailable,
 )
+from resolvers.settings import BackendSettings
 
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
 
@@ -83,15 +83,16 @@ class BackendClient:
     """JSON over HTTP to one backend; every failure becomes a :class:`BackendError`."""
 
     def __init__(self, settings: BackendSettings,
-                 transport: httpx.AsyncBaseTransport | None = None) -> None:
+                 transport: httpx.AsyncBaseTransport | None = None,
+                 observer: Observer = NO_OBSERVER) -> None:
         self.name = settings.name
         self._token = settings.token
         inner = transport or httpx.AsyncHTTPTransport(
             limits=httpx.Limits(max_connections=50, max_keepalive_connections=20))
         self.http = httpx.AsyncClient(
             base_url=settings.base_url,
-            transport=TracedTransport(RetryTransport(inner, retries=settings.retries),
-                                      settings.name),
+            transport=observer.backend_transport(
+                RetryTransport(inner, retries=settings.retries), settings.name),
             timeout=httpx.Timeout(settings.timeout, connect=settings.connect_timeout),
             headers={"Accept": "application/json", **auth_headers(settings)},
         )

@@ -25,7 +25,7 @@ from typing import Any
 
 import httpx
 
-from gateway.config import BackendSettings
+from resolvers.abc import NO_OBSERVER, Observer
 from resolvers.errors import (
     BackendError,
     BackendProtocolError,
@@ -35,6 +35,7 @@ from resolvers.errors import (
 )
 from resolvers.http import BackendClient
 from resolvers.identity import SQUARE_LOCATION, SQUARE_VARIATION, IdentityMap
+from resolvers.settings import BackendSettings
 from resolvers.types import NativeLocation, Quantities, StockView, StoreListing, bounded, saturate
 from resolvers.values import plain_decimal, shown
 from resolvers.writes import ItemWrite, Outcome, StockWrite, WriteResult, refused
@@ -134,10 +135,11 @@ class PosConnector:
     """Square Locations, Catalog and Inventory APIs mapped to unified records."""
 
     def __init__(self, settings: BackendSettings, identity: IdentityMap,
-                 transport: httpx.AsyncBaseTransport | None = None) -> None:
+                 transport: httpx.AsyncBaseTransport | None = None,
+                 observer: Observer = NO_OBSERVER) -> None:
         self.name = settings.name
         self.identity = identity
-        self.client = BackendClient(settings, transport)
+        self.client = BackendClient(settings, transport, observer)
         self.max_ids = MAX_IDS
         self.page_limit = PAGE_LIMIT
 

@@ -18,10 +18,11 @@ from typing import Any
 
 import httpx
 
-from gateway.config import BackendSettings
+from resolvers.abc import NO_OBSERVER, Observer
 from resolvers.errors import BackendProtocolError, OutOfRange, ValueOutOfRange
 from resolvers.http import BackendClient
 from resolvers.identity import GLN, GTIN, IdentityMap, gln_from_sgln, gtin_from_epc
+from resolvers.settings import BackendSettings
 from resolvers.types import INT_MAX, MAX_VERSION, NativeLocation, Quantities, StockView, bounded
 
 NAMESPACE = "epcis"
@@ -212,10 +213,11 @@ class WmsConnector:
     page_size = 1000
 
     def __init__(self, settings: BackendSettings, identity: IdentityMap,
-                 transport: httpx.AsyncBaseTransport | None = None) -> None:
+                 transport: httpx.AsyncBaseTransport | None = None,
+                 observer: Observer = NO_OBSERVER) -> None:
         self.name = settings.name
         self.identity = identity
-        self.client = BackendClient(settings, transport)
+        self.client = BackendClient(settings, transport, observer)
 
     async def aclose(self) -> None:
         await self.client.aclose()

@@ -13,6 +13,7 @@ from graphql import GraphQLError
 from resolvers.access import ADMIN, STOCK_READ
 from resolvers.identity import parse_node_id
 from resolvers.types import LocationType as LocationTypeEnum
+from schema.context import Ctx
 from schema.permissions import requires
 from schema.reconciliation import (
     DiscrepancyConnection,
@@ -22,7 +23,6 @@ from schema.reconciliation import (
 )
 from schema.subscription import StockChangePage, stock_events
 from schema.types import (
-    Ctx,
     Location,
     Node,
     PageInfo,

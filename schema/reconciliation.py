@@ -9,32 +9,27 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncGenerator
-from datetime import UTC, datetime
+from datetime import datetime
 from enum import Enum
 from typing import Annotated, Any, TypeVar
 
 import strawberry
 from graphql import GraphQLError
 
-from gateway.discrepancies import DiscrepancyEvent as EventRecord
-from gateway.discrepancies import DiscrepancyFilter, Finding, Side
-from gateway.discrepancies import Kind as KindRecord
-from gateway.discrepancies import Severity as SeverityRecord
-from gateway.discrepancies import Status as StatusRecord
-from gateway.synchealth import GAPS_KEPT, Gap, Lag
-from gateway.synchealth import SourceStatus as SourceStatusRecord
 from resolvers.access import DISCREPANCIES_READ
-from resolvers.errors import BackendError
-from resolvers.types import INT_MAX, INT_MIN, LocationType, StockView, saturate
+from resolvers.discrepancies import DiscrepancyEvent as EventRecord
+from resolvers.discrepancies import DiscrepancyFilter, Finding, Side
+from resolvers.discrepancies import Kind as KindRecord
+from resolvers.discrepancies import Severity as SeverityRecord
+from resolvers.discrepancies import Status as StatusRecord
+from resolvers.store.keys import response_tag_version_key
+from resolvers.syncstatus import GAPS_KEPT, Gap, Lag
+from resolvers.syncstatus import SourceStatus as SourceStatusRecord
+from resolvers.types import INT_MAX, INT_MIN, saturate
+from schema.context import Ctx
 from schema.permissions import requires
-from schema.types import Ctx, Location, PageInfo
-
-
-@strawberry.enum(description="What a system's view of a stock level is for.")
-class SourceRole(Enum):
-    SYSTEM_OF_RECORD = "SYSTEM_OF_RECORD"
-    ONLINE = "ONLINE"
-    ERP_SNAPSHOT = "ERP_SNAPSHOT"
+from schema.sources import SourceRole, SourceView, age_seconds, source_views
+from schema.types import Location, PageInfo
 
 
 @strawberry.enum(description="How the systems disagree. ONLINE_OVERSELL_RISK: the web shop "
@@ -74,67 +69,6 @@ class DiscrepancyChange(Enum):
     RESOLVED = "RESOLVED"
 
 
-def _age(moment: datetime) -> float:
-    return round(max(0.0, (datetime.now(UTC) - moment).total_seconds()), 3)
-
-
-@strawberry.type(description="One system's view of a stock level, next to the system of "
-                             "record's. Quantities the system does not report are null.")
-class SourceView:
-    source: str = strawberry.field(description="Backend name.")
-    system: str = strawberry.field(description="Its format: square, epcis, erp or shopify.")
-    role: SourceRole = strawberry.field(description="SYSTEM_OF_RECORD (POS at stores, WMS at "
-                                                    "warehouses), ONLINE (the web shop) or "
-                                                    "ERP_SNAPSHOT (last night's ERP stock).")
-    on_hand: int | None = strawberry.field(description="On hand (derived for the POS).")
-    available: int | None = strawberry.field(description="Available to sell.")
-    committed: int | None = strawberry.field(description="Committed to orders.")
-    incoming: int | None = strawberry.field(description="On its way.")
-    quality_control: int | None = strawberry.field(description="In quality control.")
-    damaged: int | None = strawberry.field(description="Damaged.")
-    as_of: datetime = strawberry.field(description="When this system last changed the value.")
-    age_seconds: float = strawberry.field(description="Seconds since asOf.")
-
-    @classmethod
-    def of(cls, view: StockView, role: SourceRole, system: str) -> SourceView:
-        from gateway.discrepancies import derived_on_hand
-
-        q = view.quantities
-        on_hand = derived_on_hand(q) if role is not SourceRole.ONLINE else q.on_hand
-        return cls(source=view.source, system=system, role=role,
-                   on_hand=None if on_hand is None else saturate(on_hand),
-                   available=q.available, committed=q.committed, incoming=q.incoming,
-                   quality_control=q.quality_control, damaged=q.damaged, as_of=view.as_of,
-                   age_seconds=_age(view.as_of))
-
-
-async def source_views(info: Ctx, sku: str, location_id: str) -> list[SourceView]:
-    """Every system's view of one cell: the system of record first, then the shop, the ERP."""
-    graph = info.context.graph
-    loaders = info.context.loaders
-    catalog = await graph.ready_catalog()
-    location = catalog.locations.get(location_id)
-    if location is None:
-        return []
-    store = location.type is LocationType.STORE
-    wanted = [(loaders.store_stock if store else loaders.warehouse_stock,
-               SourceRole.SYSTEM_OF_RECORD)]
-    if not store:
-        wanted.append((loaders.online_stock, SourceRole.ONLINE))
-    wanted.append((loaders.erp_snapshot, SourceRole.ERP_SNAPSHOT))
-    out = []
-    for loader, role in wanted:
-        try:
-            views: list[StockView] = await loader.load(sku)
-        except BackendError:
-            continue  # that system is down: the others are still worth showing
-        for view in views:
-            if view.location_id == location_id:
-                system = graph.settings.backends[view.source].format
-                out.append(SourceView.of(view, role, system))
-    return out
-
-
 @strawberry.type(description="A system's value in a discrepancy.")
 class DiscrepancyView:
     source: str = strawberry.field(description="Backend name.")
@@ -150,8 +84,8 @@ class DiscrepancyView:
     @classmethod
     def of(cls, side: Side) -> DiscrepancyView:
         return cls(source=side.source, role=SourceRole(side.role.value), quantity=side.quantity,
-                   value=saturate(side.value), as_of=side.as_of, age_seconds=_age(side.as_of),
-                   origin=side.origin)
+                   value=saturate(side.value), as_of=side.as_of,
+                   age_seconds=age_seconds(side.as_of), origin=side.origin)
 
 
 @strawberry.type(description="Systems disagreeing about one SKU at one location.")
@@ -229,7 +163,7 @@ class DiscrepancyNotice:
 
 
 VOLATILE_TAG = "volatile"
-VOLATILE_KEY = f"rg:{{rc}}:tv:{VOLATILE_TAG}"
+VOLATILE_KEY = response_tag_version_key(VOLATILE_TAG)
 NEVER = 2**62
 
 

@@ -16,11 +16,13 @@ from graphql import GraphQLError
 
 from resolvers import merge
 from resolvers.access import STOCK_READ
+from resolvers.changes import MAX_FILTER_IDS, CursorExpired, InvalidCursor, make_filter
 from resolvers.types import LocationType as LocationTypeEnum
 from resolvers.types import StockView, saturate
+from schema.context import Ctx
 from schema.permissions import requires
 from schema.reconciliation import DiscrepancyNotice, discrepancy_detected_field
-from schema.types import Availability, Ctx, StockLevel
+from schema.types import Availability, StockLevel
 
 T = TypeVar("T")
 
@@ -142,8 +144,6 @@ def _feed(info: Ctx) -> Any:
 
 def _filter(info: Ctx, skus: list[strawberry.ID] | None,
             location_ids: list[strawberry.ID] | None) -> Any:
-    from gateway.subscriptions import MAX_FILTER_IDS, make_filter
-
     for name, given in (("skus", skus), ("locationIds", location_ids)):
         if given is not None and len(given) > MAX_FILTER_IDS:
             raise GraphQLError(f"{name} names more than {MAX_FILTER_IDS}; leave it out for all",
@@ -195,8 +195,6 @@ async def _changes(info: Ctx, accept: Any, after: str | None) -> AsyncGenerator[
 
 
 async def _cursor_errors(call: Awaitable[T]) -> T:
-    from gateway.subscriptions import CursorExpired, InvalidCursor
-
     try:
         return await call
     except CursorExpired as exc:
@@ -207,8 +205,6 @@ async def _cursor_errors(call: Awaitable[T]) -> T:
 
 async def _feed_changes(info: Ctx, feed: Any, accept: Any, after: str | None, owner: str,
                         position: StreamPosition | None = None) -> AsyncGenerator[Any, None]:
-    from gateway.subscriptions import CursorExpired, InvalidCursor, delivered
-
     try:
         with feed.quota.hold(owner):
             async with contextlib.aclosing(feed.subscribe(accept, after)) as changes:
@@ -223,7 +219,7 @@ async def _feed_changes(info: Ctx, feed: Any, accept: Any, after: str | None, ow
                             position.cursor = change.cursor
                         yield change
                     finally:
-                        delivered()  # if the transport has not given it back already
+                        feed.deliveries.delivered()  # if the transport has not yet
     except CursorExpired as exc:  # trimmed between the check and the first read
         raise GraphQLError(str(exc), extensions={"code": "CURSOR_EXPIRED"}) from exc
     except InvalidCursor as exc:
@@ -330,8 +326,6 @@ async def stock_events(info: Ctx, skus: SkusArg = None, location_ids: LocationsA
                            description="Page size, 1 to the configured maximum.")] = 50,
                        ) -> StockChangePage | None:
     """Past stock changes (the same log and cursors as the subscriptions)."""
-    from gateway.subscriptions import CursorExpired, InvalidCursor
-
     limit = info.context.graph.settings.max_page_size
     if not 1 <= first <= limit:
         raise GraphQLError(f"first must be between 1 and {limit}, got {first}",

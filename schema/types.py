@@ -12,11 +12,9 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import orjson
 import strawberry
-from strawberry.types import Info
 
 from resolvers import merge
 from resolvers.access import DISCREPANCIES_READ, STOCK_READ, Forbidden
-from resolvers.graph import RequestContext
 from resolvers.identity import node_id
 from resolvers.types import (
     LocationRecord,
@@ -29,14 +27,12 @@ from resolvers.types import (
 from resolvers.types import (
     UnmappedIdentifier as UnmappedRecord,
 )
+from schema.context import Ctx
 from schema.permissions import requires
+from schema.sources import SourceView, source_views
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
-
-    from schema.reconciliation import SourceView
-
-Ctx = Info[RequestContext, None]
 
 # strawberry.enum registers the enum class itself (and returns it): fields are annotated with
 # the classes, LocationTypeEnum and merge.Channel.
@@ -134,10 +130,7 @@ class StockLevel(Node):
                                   "of record's: the web shop (warehouses) and the ERP's "
                                   "snapshot, each with its age. Needs discrepancies:read.",
                       extensions=[requires(DISCREPANCIES_READ)])
-    async def views(self, info: Ctx) -> list[Annotated[
-            SourceView, strawberry.lazy("schema.reconciliation")]]:
-        from schema.reconciliation import source_views
-
+    async def views(self, info: Ctx) -> list[SourceView]:
         return await source_views(info, str(self.sku), str(self.location.id))
 
     @classmethod

@@ -36,11 +36,12 @@ from websockets.asyncio.client import ClientConnection
 
 from gateway import cli
 from gateway.auth import Authenticator, AuthError
-from gateway.config import BackendSettings, Settings
+from gateway.config import Settings
 from gateway.demo import DemoOptions, banner, demo_tokens
 from resolvers.errors import BackendStatusError
 from resolvers.http import BackendClient
 from resolvers.http import auth_headers as backend_headers
+from resolvers.settings import BackendSettings
 from tests.support import Stack, serve
 
 SECRET = "hs256-shared-secret-for-the-auth-tests-0123456789"

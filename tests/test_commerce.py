@@ -22,7 +22,6 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from gateway.config import BackendSettings
 from gateway.simulators.commerce import Shop, create_app
 from gateway.simulators.webhooks import DeliveryOptions
 from gateway.simulators.world import World
@@ -30,6 +29,7 @@ from resolvers import commerce
 from resolvers.commerce import GRAPHQL_PATH, CommerceConnector, level_to_view
 from resolvers.errors import BackendProtocolError, BackendStatusError
 from resolvers.identity import SHOPIFY_INVENTORY_ITEM, SHOPIFY_VARIANT, IdentityMap
+from resolvers.settings import BackendSettings
 from resolvers.types import ExternalRef, LocationRecord, LocationType, MasterItem, Quantities
 from tests.support import serve
 

@@ -23,13 +23,13 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 import resolvers.erp as erp_module
-from gateway.config import BackendSettings
 from gateway.simulators.erp import create_app
 from gateway.simulators.webhooks import DeliveryOptions
 from gateway.simulators.world import World
 from resolvers.erp import ErpConnector
 from resolvers.errors import BackendProtocolError, BackendStatusError
 from resolvers.identity import SHOPIFY_LOCATION, SQUARE_LOCATION, IdentityMap, node_id
+from resolvers.settings import BackendSettings
 from resolvers.types import LocationType
 from tests.support import ServerThread, serve
 

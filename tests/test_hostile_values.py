@@ -187,8 +187,8 @@ def skewed(redis_url: str) -> Iterator[Stack]:
 def pin(stack: Stack, source: str, i: int, loc: str, on_hand: int, version: str) -> None:
     """Write a cell as a gateway before this fix did for a signed event dated 9999 (or a
     backend whose clock runs ahead): through the cache's own event path."""
-    from gateway.cache import version_number
     from resolvers.types import Quantities, StockView
+    from resolvers.values import version_number
 
     sku = stack.world.items[i].sku
     quantities = (Quantities(on_hand=on_hand) if source == "erp"
@@ -288,7 +288,7 @@ def test_reconciliation_repairs_a_cell_pinned_by_a_sequence_ahead_of_the_source(
 def test_reconciliation_leaves_an_event_newer_than_its_read(skewed: Stack) -> None:
     """A cached version ahead of the backend's is normal for an event that arrived after the
     backend was read: not in the future, not a drift, not repaired."""
-    from gateway.discrepancies import Role, cache_drift, in_the_future
+    from resolvers.discrepancies import Role, cache_drift, in_the_future
     from resolvers.types import Quantities, StockView
 
     at = datetime.now(UTC)

@@ -20,7 +20,6 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from gateway.config import BackendSettings
 from gateway.signatures import square_sign
 from gateway.simulators.pos import create_app
 from gateway.simulators.webhooks import DeliveryOptions
@@ -28,6 +27,7 @@ from gateway.simulators.world import World
 from resolvers.errors import BackendProtocolError, BackendStatusError
 from resolvers.identity import SQUARE_LOCATION, SQUARE_VARIATION, IdentityMap
 from resolvers.pos import PosConnector, counts_to_views
+from resolvers.settings import BackendSettings
 from resolvers.types import ExternalRef, LocationRecord, LocationType, MasterItem
 from tests.support import ServerThread, serve
 

@@ -21,7 +21,7 @@ from websockets.sync.client import connect
 from websockets.typing import Subprotocol
 
 from gateway.cli import main as cli_main
-from gateway.discrepancies import Kind
+from resolvers.discrepancies import Kind
 from tests.support import Stack
 
 SHOPIFY = "/admin/api/2025-01"

@@ -1,7 +1,7 @@
 """The reservations' Redis part alone (resolvers/store/reservations.py), on the test Redis:
 the atomic check, idempotent records, release, commit and how a committed hold ends, expiry
 by the sweep, and the publish port. The cell's ``available`` is written into the event
-cache's views hash the way the applier writes it (gateway/cache.py)."""
+cache's views hash the way the applier writes it (resolvers/store/cache.py)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 import pytest
 import redis.asyncio as aioredis
 
-from gateway.cache import Cache
+from resolvers.store.cache import Cache
 from resolvers.store.keys import RESERVATIONS_DUE, holds_key
 from resolvers.store.reservations import (
     CellMissing,

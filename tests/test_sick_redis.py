@@ -36,7 +36,9 @@ import pytest
 import redis
 
 from gateway.app import create_app
-from gateway.cache import (
+from gateway.config import ConfigError, Settings, apply_env, demo_settings, load
+from gateway.redis_server import free_port
+from resolvers.store.cache import (
     REDIS_MAX_CONNECTIONS,
     Deadlines,
     RedisDeadlineExceeded,
@@ -44,8 +46,6 @@ from gateway.cache import (
     connect,
     optional,
 )
-from gateway.config import ConfigError, Settings, apply_env, demo_settings, load
-from gateway.redis_server import free_port
 from tests.helpers_webhooks import (
     LOG,
     STOCK_LEVEL,

@@ -19,10 +19,10 @@ import pytest
 from starlette.applications import Starlette
 from starlette.routing import Route
 
-from gateway.config import BackendSettings
 from gateway.simulators.commerce import Shop, create_app
 from gateway.simulators.webhooks import DeliveryOptions
 from gateway.simulators.world import World
+from resolvers.settings import BackendSettings
 from tests.support import ServerThread, serve
 from tests.test_commerce import SECRET, TOKEN, Receiver
 

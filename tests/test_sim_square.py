@@ -20,10 +20,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from gateway.config import BackendSettings
 from gateway.simulators.pos import PosState, create_app
 from gateway.simulators.webhooks import DeliveryOptions
 from gateway.simulators.world import World
+from resolvers.settings import BackendSettings
 from tests.support import serve
 
 WORLD = World(seed=11, skus=20, stores=3, warehouses=1)

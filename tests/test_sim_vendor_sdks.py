@@ -25,11 +25,11 @@ from typing import Any
 import httpx
 import pytest
 
-from gateway.config import BackendSettings
 from gateway.redis_server import free_port
 from gateway.simulators.commerce import create_app as commerce_app
 from gateway.simulators.webhooks import DeliveryOptions
 from gateway.simulators.world import World
+from resolvers.settings import BackendSettings
 from tests.nodejs import NODE, needs_node, node_env, npm_install
 from tests.support import ServerThread, serve
 from tests.test_commerce import SECRET, TOKEN

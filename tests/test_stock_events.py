@@ -20,15 +20,9 @@ import pytest
 from redis import asyncio as aioredis
 
 from gateway.events import Envelope, EventKind
-from gateway.subscriptions import (
-    CHANGES_KEY,
-    ChangeFeed,
-    ChangePublisher,
-    CursorExpired,
-    HistoryPage,
-    make_filter,
-    sku_index_key,
-)
+from gateway.subscriptions import ChangeFeed, ChangePublisher, HistoryPage
+from resolvers.changes import CursorExpired, make_filter
+from resolvers.store.keys import CHANGES_KEY, sku_index_key
 from resolvers.types import Quantities
 
 SKUS = [f"SKU-{n:03d}" for n in range(40)]

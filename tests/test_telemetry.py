@@ -32,9 +32,9 @@ from starlette.routing import Route
 from strawberry.extensions import SchemaExtension
 
 from gateway import logs, telemetry
-from gateway.config import BackendSettings
 from resolvers.http import BackendClient
 from resolvers.http import auth_headers as backend_headers
+from resolvers.settings import BackendSettings
 from tests.support import Stack, serve
 
 CLIENT_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -146,7 +146,8 @@ def test_trace_context_reaches_the_backend_over_http(traced: Stack) -> None:
     tracer = telemetry.current().tracer
     assert tracer is not None
     with serve(Starlette(routes=[Route("/echo", echo)])) as backend:
-        client = BackendClient(BackendSettings(name="erp", format="erp", base_url=backend.url))
+        client = BackendClient(BackendSettings(name="erp", format="erp", base_url=backend.url),
+                               observer=telemetry.ResolverTelemetry())
 
         async def call() -> None:
             try:

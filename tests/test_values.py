@@ -10,12 +10,12 @@ from typing import Any
 
 import pytest
 
-from gateway.config import BackendSettings
 from resolvers.commerce import CommerceConnector
 from resolvers.erp import Payload, parse_item
 from resolvers.errors import BackendProtocolError
 from resolvers.identity import SQUARE_LOCATION, SQUARE_VARIATION, IdentityMap
 from resolvers.pos import counts_to_views
+from resolvers.settings import BackendSettings
 from resolvers.values import plain_decimal
 
 NOT_DECIMALS = ["1e30", "1e100000", "1E5", "NaN", "nan", "-Infinity", "sNaN", " 5", "5 ",

@@ -18,12 +18,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from gateway.config import BackendSettings
 from gateway.simulators.webhooks import DeliveryOptions
 from gateway.simulators.wms import WmsState, create_app, epc_class
 from gateway.simulators.world import EPOCH, World
 from resolvers.errors import BackendProtocolError, BackendStatusError
 from resolvers.identity import GLN, GTIN, IdentityMap, gtin_from_epc
+from resolvers.settings import BackendSettings
 from resolvers.types import Quantities
 from resolvers.wms import WmsConnector, balance_to_view, parse_object_event
 from tests.support import ServerThread, serve

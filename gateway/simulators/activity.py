@@ -33,9 +33,10 @@ from typing import Any
 
 import httpx
 
-from gateway.config import BackendFormat, Settings
+from gateway.config import Settings
 from gateway.simulators.world import COMPANY_PREFIX, Item, Location, World
 from resolvers.http import auth_headers
+from resolvers.settings import BackendFormat
 
 log = logging.getLogger("retailgraph.activity")
 

@@ -56,11 +56,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from gateway.config import BackendSettings
 from gateway.signatures import standard_sign
 from gateway.simulators.base import bearer_check, simulator_app
 from gateway.simulators.webhooks import DeliveryOptions, WebhookSender
 from gateway.simulators.world import CITIES, EPOCH, World, mix
+from resolvers.settings import BackendSettings
 
 MAX_PAGE = 1000
 MAX_FILTER = 1000

@@ -75,11 +75,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from gateway.config import BackendSettings
 from gateway.signatures import square_sign
 from gateway.simulators.base import bearer_check, simulator_app
 from gateway.simulators.webhooks import DeliveryOptions, WebhookSender
 from gateway.simulators.world import EPOCH, SQUARE_ALPHABET, World, mix
+from resolvers.settings import BackendSettings
 
 CURRENCY = "NOK"
 TOPIC = "inventory.count.updated"

@@ -80,7 +80,7 @@ from graphql.type import GraphQLObjectType
 from starlette.requests import Request
 from starlette.responses import Response
 
-from gateway.simulators.commerce import (
+from gateway.simulators.shop import (
     QUANTITY_NAMES,
     ProductEdit,
     Shop,

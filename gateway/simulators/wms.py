@@ -46,11 +46,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from gateway.config import BackendSettings
 from gateway.signatures import standard_sign
 from gateway.simulators.base import bearer_check, simulator_app
 from gateway.simulators.webhooks import DeliveryOptions, WebhookSender
 from gateway.simulators.world import COMPANY_PREFIX, EPOCH, World, gs1_check_digit
+from resolvers.settings import BackendSettings
 
 EPCIS_CONTEXT = "https://ref.gs1.org/standards/epcis/2.0.0/epcis-context.jsonld"
 WMS_NAMESPACE = "https://wms.retailgraph.dev/epcis/"

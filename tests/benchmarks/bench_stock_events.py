@@ -67,7 +67,8 @@ async def timed(call: object, runs: int) -> tuple[float, int]:
 async def bench(url: str, entries: int, skus: int, locations: int) -> None:
     from redis import asyncio as aioredis
 
-    from gateway.subscriptions import ChangeFeed, make_filter
+    from gateway.subscriptions import ChangeFeed
+    from resolvers.changes import make_filter
 
     redis = aioredis.Redis.from_url(url)
     await redis.flushall()

@@ -4,12 +4,8 @@ One module owns Redis for the gateway: the client (single server or Cluster), th
 scripts, the key layout, the stock/master entries and the response cache. aiocache provides
 the serialisation and the in-process layer; redis-py does streams and scripts.
 
-Key layout (every script touches one key, so one hash slot; hash tags keep it Cluster-ready):
-
-- ``rg:{s:<sku>}:views:<source>`` hash, one per SKU and backend. Fields per location:
-  ``<loc>/<quantity>`` value, ``<loc>/<quantity>#v`` its source version, ``<loc>/_as_of``,
-  ``<loc>/_full`` (set when the whole cell is known), and ``_gen``, bumped by every event.
-- ``rg:{s:<sku>}:master`` hash, field ``item``: the item master record, same versioning.
+Key layout: ``resolvers/store/keys.py`` (every script touches one key, so one hash slot; hash
+tags keep it Cluster-ready).
 
 Races are closed in the scripts:
 
@@ -42,8 +38,17 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from resolvers.store.keys import master_key, views_key
+from resolvers.abc import CacheUnavailable, Fetch, MasterFetch, ViewsResult
+from resolvers.store.keys import (
+    RESPONSE_SEQ_KEY,
+    RESPONSE_TAG_SET_PREFIX,
+    RESPONSE_TAG_VERSION_PREFIX,
+    master_key,
+    response_key,
+    views_key,
+)
 from resolvers.types import Quantities, StockView
+from resolvers.values import version_number
 
 log = logging.getLogger("retailgraph.cache")
 
@@ -124,10 +129,6 @@ return #keep
 """
 
 
-class CacheUnavailable(Exception):
-    """Redis cannot be reached; callers fall back to the backends."""
-
-
 class OrjsonSerializer(BaseSerializer):  # type: ignore[misc]  # aiocache is untyped (Any)
     """aiocache serializer for cache payloads (orjson: fast, handles datetimes)."""
 
@@ -141,32 +142,6 @@ class OrjsonSerializer(BaseSerializer):  # type: ignore[misc]  # aiocache is unt
 
 
 SERIALIZER = OrjsonSerializer()
-
-
-def is_sequence(version: str) -> bool:
-    """Whether a source version is a sequence number (else it is a timestamp)."""
-    return version.isdigit()
-
-
-def version_number(version: str, as_of: datetime) -> int:
-    """A source version as an integer that orders like the source does.
-
-    Sequence numbers are used as they are; timestamps become epoch microseconds.
-    """
-    if is_sequence(version):
-        return int(version)
-    if version:
-        try:
-            return epoch_micros(datetime.fromisoformat(version.replace("Z", "+00:00")))
-        except ValueError:
-            pass
-    return epoch_micros(as_of)
-
-
-def epoch_micros(moment: datetime) -> int:
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return int(moment.timestamp() * 1_000_000)
 
 
 def view_fields(view: StockView, full: bool) -> list[str]:
@@ -226,17 +201,6 @@ def overlay(view: StockView, raw: dict[bytes, bytes]) -> StockView:
                                as_of=as_of, version=str(newest))
 
 
-@dataclass(slots=True)
-class ViewsResult:
-    """Views of SKUs from one source, and whether they came from the cache."""
-
-    views: dict[str, list[StockView]]
-    from_cache: set[str]
-    from_backend: set[str]
-
-
-Fetch = Callable[[list[str]], Awaitable[list[StockView]]]
-MasterFetch = Callable[[list[str]], Awaitable[dict[str, dict[str, Any]]]]
 MASTER_FLIGHT = "\0item-master"  # single-flight space of item master reads (no backend name)
 
 
@@ -491,42 +455,37 @@ class Cache:
 
 # -- response cache ------------------------------------------------------------------------------
 # All keys share the {rc} hash tag, so each script runs on one slot (node) of a Cluster.
-RC_SEQ = "rg:{rc}:seq"
 
 RESPONSE_PUT_LUA = """
 local epoch = tonumber(ARGV[2])
 for i = 4, #ARGV do
-  local tv = tonumber(redis.call('GET', 'rg:{rc}:tv:' .. ARGV[i]) or '0')
+  local tv = tonumber(redis.call('GET', '@TV@' .. ARGV[i]) or '0')
   if tv > epoch then return 0 end
 end
 redis.call('SET', KEYS[1], ARGV[3], 'EX', ARGV[1])
 for i = 4, #ARGV do
-  local tagset = 'rg:{rc}:t:' .. ARGV[i]
+  local tagset = '@T@' .. ARGV[i]
   redis.call('SADD', tagset, KEYS[1])
   redis.call('EXPIRE', tagset, ARGV[1])
 end
 return 1
-"""
+""".replace("@TV@", RESPONSE_TAG_VERSION_PREFIX).replace("@T@", RESPONSE_TAG_SET_PREFIX)
 
 RESPONSE_INVALIDATE_LUA = """
 local seq = redis.call('INCR', KEYS[1])
 local dropped = 0
 for i = 1, #ARGV do
-  redis.call('SET', 'rg:{rc}:tv:' .. ARGV[i], seq, 'EX', 86400)
-  local tagset = 'rg:{rc}:t:' .. ARGV[i]
+  redis.call('SET', '@TV@' .. ARGV[i], seq, 'EX', 86400)
+  local tagset = '@T@' .. ARGV[i]
   local members = redis.call('SMEMBERS', tagset)
   if #members > 0 then dropped = dropped + redis.call('DEL', unpack(members)) end
   redis.call('DEL', tagset)
 end
 return dropped
-"""
+""".replace("@TV@", RESPONSE_TAG_VERSION_PREFIX).replace("@T@", RESPONSE_TAG_SET_PREFIX)
 
 
 RESPONSE_HEAD = b"rg1:"
-
-
-def response_key(digest: str) -> str:
-    return f"rg:{{rc}}:r:{digest}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -566,7 +525,7 @@ class ResponseCache:
 
     async def epoch(self) -> int:
         with optional():
-            return int(await self.redis.get(RC_SEQ) or 0)
+            return int(await self.redis.get(RESPONSE_SEQ_KEY) or 0)
 
     async def put(self, digest: str, body: bytes, tags: Iterable[str], epoch: int,
                   sources: Iterable[str] = ()) -> bool:
@@ -579,7 +538,7 @@ class ResponseCache:
         tags = sorted(set(tags))
         if not tags:
             return 0
-        return int(await self._invalidate(keys=[RC_SEQ], args=tags))
+        return int(await self._invalidate(keys=[RESPONSE_SEQ_KEY], args=tags))
 
 
 # -- the client: every command has a deadline ---------------------------------------------------

@@ -1,15 +1,15 @@
-"""The ``retailgraph`` command line."""
+"""The ``retailgraph`` command line: the parser here, one module per command."""
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import functools
+import importlib
 import logging
 import sys
 from collections.abc import Sequence
 
-from gateway import config
+from gateway import config, logs
 
 
 def _world_args(p: argparse.ArgumentParser) -> None:
@@ -116,135 +116,20 @@ def build_parser() -> Parser:
     return parser
 
 
-def _serve(args: argparse.Namespace) -> int:
-    from gateway.app import create_app
-    from gateway.auth import Authenticator
-    from gateway.serving import make_server, run_together
-
-    settings = config.load(args.config)
-    if args.host:
-        settings.host = args.host
-    if args.port:
-        settings.port = args.port
-    if args.check:
-        for name, b in settings.backends.items():
-            print(f"{name}: format={b.format} base_url={b.base_url} timeout={b.timeout}s "
-                  f"token={'set' if b.token else 'unset'} "
-                  f"webhook_secret={'set' if b.webhook_secret else 'unset'}")
-        for name, b in settings.backends.items():
-            if not (b.webhook_secret or b.webhook_previous_secret):
-                print(f"warning: backends.{name}.webhook_secret is not set: every webhook "
-                      f"from {name} will be refused (401) and its changes reach the gateway "
-                      f"only through reconciliation; set it (or "
-                      f"RETAILGRAPH_{name.upper()}_WEBHOOK_SECRET)", file=sys.stderr)
-        print(f"gateway: http://{settings.host}:{settings.port}/graphql")
-        print(f"auth: {Authenticator(settings).describe()}; rate limit "
-              f"{settings.rate_limit_per_minute}/min; limits depth {settings.max_depth}, "
-              f"aliases {settings.max_aliases}, tokens {settings.max_tokens}, "
-              f"cost {settings.max_cost}, page {settings.max_page_size}")
-        print(f"browsers: GraphiQL {'on' if settings.graphiql else 'off'}; other origins "
-              f"(cors_origins): {', '.join(sorted(config.browser_origins(settings))) or 'none'}")
-        return 0
-    if not Authenticator(settings).enabled and not args.insecure_no_auth:
-        print("retailgraph: refusing to serve without auth: configure api_keys, jwt_secret "
-              "(RETAILGRAPH_JWT_SECRET) or a JWKS, or pass --insecure-no-auth",
-              file=sys.stderr)
-        return 2
-    server = make_server(create_app(settings), settings.host, settings.port)
-    print(f"retailgraph serving http://{settings.host}:{settings.port}/graphql", flush=True)
-    asyncio.run(run_together([[server]]))
-    return 0
-
-
-def _sim(args: argparse.Namespace) -> int:
-    from gateway.demo import simulator_app
-    from gateway.serving import make_server, run_together
-    from gateway.simulators.world import World
-
-    if args.config:
-        settings = config.load(args.config)
-    else:
-        settings = config.demo_settings(args.host, args.port - 1 - [
-            n for n, _ in config.DEMO_ROLES].index(args.backend))
-    backend = settings.backends[args.backend]
-    backend.base_url = f"http://{args.host}:{args.port}"
-    world = World(args.seed, args.skus, args.stores, args.warehouses)
-    app = simulator_app(world, backend, args.webhook_url)
-    server = make_server(app, args.host, args.port)
-    target = args.webhook_url or "nowhere (no --webhook-url)"
-    print(f"{args.backend} ({backend.format}) simulator on {backend.base_url}; "
-          f"webhooks to {target}", flush=True)
-    asyncio.run(run_together([[server]]))
-    return 0
-
-
-def _events(args: argparse.Namespace) -> int:
-    from gateway.app import Runtime
-    from resolvers.graph import RetailGraph
-
-    settings = config.for_command(args.config, args.demo_port, args.redis_url,
-                                  "the event log")
-
-    async def run() -> int:
-        runtime = Runtime(settings, RetailGraph.from_settings(settings), background=False)
-        await runtime.start()
-        try:
-            assert runtime.events is not None
-            assert runtime.intake is not None
-            if args.action == "dlq":
-                letters = await runtime.events.dead_letters()
-                for letter in letters:
-                    print(f"{letter.id}  {letter.source:<9} {letter.received_at}  "
-                          f"{letter.reason}")
-                print(f"{len(letters)} dead letter(s)")
-                return 0
-            outcomes = await runtime.intake.replay_dead_letters()
-            for letter, outcome in outcomes:
-                print(f"{letter.id}  {letter.source:<9} {outcome}")
-            kept = sum(1 for _, outcome in outcomes if outcome.startswith("kept"))
-            print(f"{len(outcomes) - kept} replayed, {kept} kept")
-            return 1 if kept else 0
-        finally:
-            await runtime.stop()
-
-    return asyncio.run(run())
-
-
-def _demo(args: argparse.Namespace) -> int:
-    from gateway.demo import DemoOptions, run
-
-    asyncio.run(run(DemoOptions(host=args.host, port=args.port, seed=args.seed, skus=args.skus,
-                                stores=args.stores, warehouses=args.warehouses,
-                                activity=args.activity, auth=args.auth,
-                                reconcile_interval=args.reconcile_interval)))
-    return 0
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from gateway import logs
-
     logs.configure(args.log_format or ("json" if args.command == "serve" else "text"),
                    args.log_level)
     # One line per backend request drowns everything else; failures are logged by us.
     logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.getLogger().level))
     try:
-        if args.command == "schema":
-            from schema import federation_sdl, sdl
-
-            sys.stdout.write(federation_sdl() if args.federation else sdl())
-            return 0
-        from gateway.reconcile import cli as _reconcile
-
-        handler = {"demo": _demo, "serve": _serve, "sim": _sim, "events": _events,
-                   "reconcile": _reconcile}[args.command]
-        return handler(args)
+        # Each command's module (gateway/cli/<command>.py) is loaded once logging is set up, so
+        # what importing it logs is formatted too, and a command loads only what it uses.
+        command = importlib.import_module(f"gateway.cli.{args.command}")
+        return int(command.run(args))
     except config.ConfigError as exc:
         print(f"retailgraph: configuration error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
 
-
-if __name__ == "__main__":
-    raise SystemExit(main())

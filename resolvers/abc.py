@@ -1,0 +1,123 @@
+"""The ports of the resolvers layer: what it needs from outside, as ``typing.Protocol``s.
+
+The gateway (``gateway.app``) builds the implementations and hands them in:
+
+- :class:`GraphSettings`: the gateway-wide settings the graph reads (``gateway.config.Settings``);
+- :class:`StockCache`: the read-through stock and item-master cache
+  (``resolvers.store.cache.Cache``, Redis);
+- :class:`Observer`: traces and metrics of cache lookups and backend calls
+  (``gateway.telemetry.ResolverTelemetry``; :data:`NO_OBSERVER` records nothing);
+- :data:`RedisClient`: the Redis client every store is given (single server or Cluster).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeAlias
+
+import httpx
+import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
+
+from resolvers.settings import BackendFormat, BackendSettings
+from resolvers.types import StockView
+
+RedisClient: TypeAlias = "aioredis.Redis | RedisCluster"
+
+
+class GraphSettings(Protocol):
+    """What :class:`resolvers.graph.RetailGraph` and the schema read of the settings."""
+
+    @property
+    def backends(self) -> Mapping[str, BackendSettings]: ...
+
+    @property
+    def mapping_file(self) -> str: ...
+
+    @property
+    def max_page_size(self) -> int: ...
+
+    def backend_for(self, fmt: BackendFormat) -> BackendSettings: ...
+
+
+# -- the cache ----------------------------------------------------------------------------------
+
+class CacheUnavailable(Exception):
+    """Redis cannot be reached; callers fall back to the backends."""
+
+
+@dataclass(slots=True)
+class ViewsResult:
+    """Views of SKUs from one source, and whether they came from the cache."""
+
+    views: dict[str, list[StockView]]
+    from_cache: set[str]
+    from_backend: set[str]
+
+
+Fetch = Callable[[list[str]], Awaitable[list[StockView]]]
+MasterFetch = Callable[[list[str]], Awaitable[dict[str, dict[str, Any]]]]
+
+
+class StockCache(Protocol):
+    """Read-through cache of stock views and item masters, one backend read per SKU at a time.
+
+    :meth:`views` and :meth:`masters` raise :class:`CacheUnavailable` when the cache cannot be
+    read; :meth:`shared` and :meth:`shared_masters` then still share one backend read between
+    concurrent requests."""
+
+    async def views(self, source: str, skus: Sequence[str], location_ids: Sequence[str],
+                    fetch: Fetch) -> ViewsResult: ...
+
+    async def shared(self, source: str, skus: Sequence[str],
+                     fetch: Fetch) -> dict[str, list[StockView]]: ...
+
+    async def masters(self, skus: Sequence[str], fetch: MasterFetch,
+                      ) -> tuple[dict[str, dict[str, Any]], set[str]]: ...
+
+    async def shared_masters(self, skus: Sequence[str], fetch: MasterFetch,
+                             ) -> dict[str, dict[str, Any]]: ...
+
+
+# -- telemetry ----------------------------------------------------------------------------------
+
+class Lookup(Protocol):
+    """One cache lookup under way: :meth:`hits` says how many of the SKUs were cached."""
+
+    def hits(self, hits: int) -> None: ...
+
+
+class Observer(Protocol):
+    """Sees the resolvers' cache lookups and backend calls (traces, metrics)."""
+
+    def cache_lookup(self, source: str, requested: int,
+                     layer: str = "stock") -> contextlib.AbstractContextManager[Lookup]: ...
+
+    def backend_transport(self, inner: httpx.AsyncBaseTransport,
+                          backend: str) -> httpx.AsyncBaseTransport: ...
+
+
+class _NoLookup:
+    def hits(self, hits: int) -> None:
+        pass
+
+
+class NullObserver:
+    """Records nothing."""
+
+    @contextlib.contextmanager
+    def cache_lookup(self, source: str, requested: int,
+                     layer: str = "stock") -> Iterator[Lookup]:
+        yield _NoLookup()
+
+    def backend_transport(self, inner: httpx.AsyncBaseTransport,
+                          backend: str) -> httpx.AsyncBaseTransport:
+        return inner
+
+
+NO_OBSERVER: Observer = NullObserver()
+
+__all__ = ["NO_OBSERVER", "CacheUnavailable", "Fetch", "GraphSettings", "Lookup", "MasterFetch",
+           "NullObserver", "Observer", "RedisClient", "StockCache", "ViewsResult"]

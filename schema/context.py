@@ -1,0 +1,11 @@
+"""What every resolver gets: ``info.context`` is a :class:`resolvers.graph.RequestContext`."""
+
+from __future__ import annotations
+
+from strawberry.types import Info
+
+from resolvers.graph import RequestContext
+
+Ctx = Info[RequestContext, None]
+
+__all__ = ["Ctx"]
