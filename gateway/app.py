@@ -22,26 +22,30 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
 
-from gateway import graphiql, logs, telemetry
-from gateway.applier import Applier, PendingSweeper
-from gateway.asgi import BodyGuard
-from gateway.auth import Authenticator, AuthMiddleware
-from gateway.batch import BatchMiddleware
+from gateway import telemetry
 from gateway.config import Settings, browser_origins
-from gateway.cors import BrowserOrigins
-from gateway.events import EventLog
-from gateway.graphql import GraphQLApp
-from gateway.operations import OperationGuard
-from gateway.persisted import PersistedQueries, PersistedQueryMiddleware
-from gateway.ratelimit import RateLimiter, RateLimitMiddleware
-from gateway.reconcile import Reconciliation
+from gateway.events.applier import Applier, PendingSweeper
+from gateway.events.changes import ChangeFeed, ChangePublisher
+from gateway.events.log import EventLog
+from gateway.http import graphiql
+from gateway.http.asgi import BodyGuard
+from gateway.http.auth import Authenticator, AuthMiddleware
+from gateway.http.batch import BatchMiddleware
+from gateway.http.cached_responses import CachedResponses
+from gateway.http.cors import BrowserOrigins
+from gateway.http.graphql import GraphQLApp
+from gateway.http.operations import OperationGuard
+from gateway.http.persisted import PersistedQueries, PersistedQueryMiddleware
+from gateway.http.ratelimit import RateLimiter, RateLimitMiddleware
+from gateway.intake.webhooks import WebhookIntake
+from gateway.reconcile.runner import ReconcileStage
 from gateway.redis_server import EmbeddedRedis
-from gateway.response_cache import ResponseCacheMiddleware
-from gateway.subscriptions import ChangeFeed, ChangePublisher
-from gateway.webhooks import WebhookIntake
+from gateway.telemetry import logs
 from resolvers.errors import BackendError
 from resolvers.graph import RetailGraph
-from resolvers.store.cache import Cache, Deadlines, ResponseCache, connect
+from resolvers.store.cache import Cache
+from resolvers.store.client import Deadlines, connect
+from resolvers.store.responses import ResponseStore
 
 log = logging.getLogger("retailgraph.app")
 CATALOG_RETRY_SECONDS = 2.0
@@ -77,14 +81,14 @@ class Runtime:
     redis_url: str = ""
     embedded: EmbeddedRedis | None = None
     cache: Cache | None = None
-    responses: ResponseCache | None = None
+    responses: ResponseStore | None = None
     events: EventLog | None = None
     intake: WebhookIntake | None = None
     sweeper: PendingSweeper | None = None
     feed: ChangeFeed | None = None
-    reconciliation: Reconciliation | None = None
+    reconciliation: ReconcileStage | None = None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
-    # retailgraph_event_loop_lag_seconds (gateway/telemetry.py)
+    # retailgraph_event_loop_lag_seconds (gateway/telemetry/__init__.py)
     loop_lag: telemetry.LoopLag = field(default_factory=telemetry.LoopLag)
     # False for one-shot commands (events dlq/replay): no sweeper, feed or refreshers.
     background: bool = True
@@ -97,9 +101,9 @@ class Runtime:
         self.redis_url = url
         client = await connect(url, Deadlines.of(self.settings))
         self.cache = Cache(client)
-        self.responses = ResponseCache(client)
+        self.responses = ResponseStore(client)
         self.events = EventLog(client)
-        self.reconciliation = Reconciliation(self.settings, self.graph, client, self.cache,
+        self.reconciliation = ReconcileStage(self.settings, self.graph, client, self.cache,
                                              self.events)
         applier = Applier(self.cache, self.responses, self.reconciliation.publisher(
                           ChangePublisher(
@@ -171,7 +175,7 @@ def create_app(settings: Settings, transport: httpx.AsyncBaseTransport | None = 
     origins = browser_origins(settings)
     limiter = RateLimiter(runtime, settings.rate_limit_per_minute)
     persisted = PersistedQueries(runtime, settings)
-    # The per-operation checks every transport applies (gateway/operations.py).
+    # The per-operation checks every transport applies (gateway/http/operations.py).
     guard = OperationGuard(limiter, persisted)
     graphql = GraphQLApp(settings, graph, auth=auth, guard=guard, keep_alive=True,
                          graphql_ide="graphiql" if settings.graphiql else None,
@@ -211,7 +215,7 @@ def create_app(settings: Settings, transport: httpx.AsyncBaseTransport | None = 
         Route("/metrics", telemetry.metrics_endpoint),
         *([graphiql.assets()] if settings.graphiql else []),
     ], lifespan=lifespan)
-    app.add_middleware(ResponseCacheMiddleware, runtime=runtime)
+    app.add_middleware(CachedResponses, runtime=runtime)
     # Outermost last: metrics -> browser origins (CORS; preflights end here) -> auth ->
     # bodies read (within body_timeout_seconds, max_concurrent_bodies at once) -> batches
     # taken apart -> (for each operation) rate limit -> persisted queries -> response cache.

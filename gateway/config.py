@@ -79,7 +79,7 @@ class Settings:
     max_subscriptions_per_principal: int = 200
     # Keep-alive on idle HTTP subscription streams: an SSE comment, an empty multipart part.
     stream_keepalive_seconds: float = 15.0
-    # -- access (gateway/auth.py): auth is on as soon as any credential is configured --------
+    # -- access (gateway/http/auth.py): auth is on as soon as any credential is configured --------
     # {name: {key = "..." | key_sha256 = "<hex>", scopes = [...], locations = [...]}};
     # env RETAILGRAPH_API_KEYS takes the same table as JSON.
     api_keys: dict[str, Any] = field(default_factory=dict)
@@ -90,7 +90,7 @@ class Settings:
     jwt_issuer: str = ""  # required `iss` when set
     # Clock skew allowed on exp/nbf/iat; a WebSocket is closed (4403) at exp + this.
     jwt_leeway_seconds: int = 30
-    # -- hostile queries (gateway/limits.py, ratelimit.py, persisted.py) ---------------------
+    # -- hostile queries (gateway/http/limits.py, ratelimit.py, persisted.py) ---------------------
     rate_limit_per_minute: int = 600  # per client, token bucket in Redis; 0 = off
     max_depth: int = 12
     max_aliases: int = 30
@@ -101,10 +101,10 @@ class Settings:
     graphiql: bool = True
     apq: bool = True  # automatic persisted queries
     allow_list_file: str = ""  # only these operations run (admins excepted)
-    # -- browsers (gateway/cors.py): pages on these origins may use /graphql over HTTP (CORS)
+    # -- browsers (gateway/http/cors.py): pages on these origins may use /graphql over HTTP (CORS)
     # and WebSocket; empty = same origin only; "*" = any. Env: comma-separated.
     cors_origins: list[str] = field(default_factory=list)
-    # -- reconciliation (gateway/reconcile.py, gateway/synchealth.py) ------------------------
+    # -- reconciliation (gateway/reconcile/runner.py, synchealth.py) -------------------------
     reconcile_interval_seconds: float = 0.0  # full reconciliation run every N s; 0 = off
     discrepancy_tolerance: int = 0  # units of disagreement that are not a discrepancy
     # A view changed at its source less than this long ago may still have its webhook on the
@@ -153,7 +153,7 @@ def browser_origins(settings: Settings) -> frozenset[str]:
 
 
 def _check_access(settings: Settings) -> None:
-    """The access settings are well-formed (gateway/auth.py reads them)."""
+    """The access settings are well-formed (gateway/http/auth.py reads them)."""
     for name, entry in settings.api_keys.items():
         where = f"api_keys.{name}"
         if not isinstance(entry, Mapping):

@@ -16,15 +16,15 @@ from urllib.parse import urlsplit
 from starlette.applications import Starlette
 
 from gateway.app import create_app
-from gateway.auth import Authenticator, issue_token
 from gateway.config import Settings, demo_settings
+from gateway.http.auth import Authenticator, issue_token
 from gateway.serving import Server, make_server, run_together
 from gateway.simulators.activity import Activity
 from gateway.simulators.webhooks import DeliveryOptions
 from gateway.simulators.world import World
 from resolvers.settings import BackendSettings
 from resolvers.store import keys
-from resolvers.store.cache import connect
+from resolvers.store.client import connect
 
 SIMULATOR_MODULES = {"square": "pos", "epcis": "wms", "erp": "erp", "shopify": "commerce"}
 

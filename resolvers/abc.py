@@ -2,6 +2,7 @@
 
 The gateway (``gateway.app``) builds the implementations and hands them in:
 
+- :class:`Connector`: one backend (``resolvers/connectors/``, on a shared base);
 - :class:`GraphSettings`: the gateway-wide settings the graph reads (``gateway.config.Settings``);
 - :class:`StockCache`: the read-through stock and item-master cache
   (``resolvers.store.cache.Cache``, Redis);
@@ -21,10 +22,20 @@ import httpx
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 
+from resolvers.identity import IdentityMap
 from resolvers.settings import BackendFormat, BackendSettings
 from resolvers.types import StockView
 
 RedisClient: TypeAlias = "aioredis.Redis | RedisCluster"
+
+
+class Connector(Protocol):
+    """One backend system, read through its own long-lived HTTP client."""
+
+    name: str
+    identity: IdentityMap  # swapped whole when the catalogs are reloaded
+
+    async def aclose(self) -> None: ...
 
 
 class GraphSettings(Protocol):
@@ -119,5 +130,5 @@ class NullObserver:
 
 NO_OBSERVER: Observer = NullObserver()
 
-__all__ = ["NO_OBSERVER", "CacheUnavailable", "Fetch", "GraphSettings", "Lookup", "MasterFetch",
-           "NullObserver", "Observer", "RedisClient", "StockCache", "ViewsResult"]
+__all__ = ["NO_OBSERVER", "CacheUnavailable", "Connector", "Fetch", "GraphSettings", "Lookup",
+           "MasterFetch", "NullObserver", "Observer", "RedisClient", "StockCache", "ViewsResult"]

@@ -2,7 +2,7 @@
 
 The data model of access, used by every layer: the loaders filter by a principal's locations
 (``resolvers.graph``), schema fields check its scopes (``schema.permissions``), and the gateway
-turns credentials into one (``gateway.auth``: API keys and JWTs). Scopes (``admin`` implies
+turns credentials into one (``gateway.http.auth``: API keys and JWTs). Scopes (``admin`` implies
 all of them):
 
 - ``stock:read``: stock levels, availability, purchase orders, stock history and subscriptions;

@@ -1,5 +1,5 @@
 """What a client asks of the stock change stream: which cells, from where, and the errors of
-its cursors. The stream itself is the gateway's (``gateway.subscriptions.ChangeFeed``)."""
+its cursors. The stream itself is the gateway's (``gateway.events.changes.ChangeFeed``)."""
 
 from __future__ import annotations
 

@@ -24,7 +24,7 @@ cell (recorded per cell as events are applied, :class:`MovementHistory`): the re
 at the snapshot's time is what the snapshot should say; when that is unknown and the record has
 moved since the snapshot, the difference is LAGGING.
 
-The records and rules here are pure; ``gateway/discrepancies.py`` keeps them in Redis.
+The records and rules here are pure; ``gateway/reconcile/discrepancies.py`` keeps them in Redis.
 """
 
 from __future__ import annotations

@@ -19,16 +19,24 @@ from typing import Any, NamedTuple, TypeVar
 import httpx
 from strawberry.dataloader import DataLoader
 
-from resolvers import erp as erp_connector
 from resolvers import merge
-from resolvers.abc import NO_OBSERVER, CacheUnavailable, GraphSettings, Observer, StockCache
+from resolvers.abc import (
+    NO_OBSERVER,
+    CacheUnavailable,
+    Connector,
+    GraphSettings,
+    Observer,
+    StockCache,
+)
 from resolvers.access import OPEN, Principal
-from resolvers.commerce import CommerceConnector
+from resolvers.connectors import erp as erp_connector
+from resolvers.connectors.commerce import CommerceConnector
+from resolvers.connectors.erp import ErpConnector
+from resolvers.connectors.pos import PosConnector
+from resolvers.connectors.wms import WmsConnector
 from resolvers.discrepancies import Role
-from resolvers.erp import ErpConnector
 from resolvers.errors import BackendError
 from resolvers.identity import IdentityMap
-from resolvers.pos import PosConnector
 from resolvers.types import (
     LocationRecord,
     LocationType,
@@ -40,7 +48,6 @@ from resolvers.types import (
     StoreListing,
     UnmappedIdentifier,
 )
-from resolvers.wms import WmsConnector
 
 log = logging.getLogger("retailgraph.graph")
 K = TypeVar("K")
@@ -150,7 +157,7 @@ class Backends:
                                        observer),
         )
 
-    def all(self) -> tuple[Any, ...]:
+    def all(self) -> tuple[Connector, ...]:
         return (self.pos, self.wms, self.erp, self.commerce)
 
     def use_identity(self, identity: IdentityMap) -> None:
@@ -172,9 +179,9 @@ class RetailGraph:
         self.observer = observer
         self.catalog: Catalog | None = None
         self.health = BackendHealth()
-        # The replica's change feed (gateway.subscriptions.ChangeFeed) once Redis is up.
+        # The replica's change feed (gateway.events.changes.ChangeFeed) once Redis is up.
         self.feed: Any = None
-        # Discrepancies and sync health (gateway/reconcile.py, gateway/synchealth.py).
+        # Discrepancies and sync health (gateway/reconcile/runner.py, synchealth.py).
         self.reconciliation: Any = None
         self._refresh_lock = asyncio.Lock()
 
@@ -525,7 +532,7 @@ class RequestContext:
     loaders: Loaders
     request: Any = None
     response: Any = None
-    # WebSocket connection_init payload (credentials live here, see gateway/auth.py).
+    # WebSocket connection_init payload (credentials live here, see gateway/http/auth.py).
     connection_params: dict[str, Any] | None = None
     # FORBIDDEN errors of list fields that resolved to [] (schema.permissions.ForbiddenErrors).
     errors: list[Any] = field(default_factory=list)

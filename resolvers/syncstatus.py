@@ -1,6 +1,6 @@
 """How current the gateway is with each source system, as records: what ``syncStatus`` shows.
 
-``gateway/synchealth.py`` keeps the statistics in Redis, detects gaps and heals them.
+``gateway/reconcile/synchealth.py`` keeps the statistics in Redis, detects gaps and heals them.
 """
 
 from __future__ import annotations

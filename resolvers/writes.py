@@ -2,9 +2,9 @@
 
 The sync layer (``gateway/sync``) derives actions from applied events and executes each one
 through a target implementing :class:`StockTarget` or :class:`ItemTarget`; the connectors
-(``resolvers/commerce.py`` for the web shop, ``resolvers/pos.py`` for the POS) implement them
-in their vendor's current write API. Identifiers are unified (``sku``, ``location_id``), as
-everywhere in ``resolvers/``; the target maps them onto its own ids and answers
+(``resolvers/connectors/commerce.py`` for the web shop, ``resolvers/connectors/pos.py`` for the
+POS) implement them in their vendor's current write API. Identifiers are unified (``sku``,
+``location_id``), as everywhere in ``resolvers/``; the target maps them onto its own ids and answers
 :attr:`Outcome.UNMAPPED` for one it does not know.
 
 A write never raises for what the target answered: every answer is a :class:`WriteResult`.

@@ -246,7 +246,7 @@ async def discrepancy_detected(
         location_ids=_locations(info, location_ids),
         kinds=None if kinds is None else frozenset(KindRecord(k.value) for k in kinds),
         min_severity=SeverityRecord(min_severity.value))
-    # The caller's subscriptions on this replica are counted together (gateway.subscriptions).
+    # The caller's subscriptions on this replica are counted together (gateway.events.changes).
     quota = info.context.graph.feed.quota if info.context.graph.feed is not None else None
     owner = info.context.client
     if quota is not None:

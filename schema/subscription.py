@@ -160,7 +160,7 @@ def _filter(info: Ctx, skus: list[strawberry.ID] | None,
 class StreamPosition:
     """Where one subscription operation stands in the change log, for its transport.
 
-    The transport sets one per operation (gateway/streams.py): ``resume_after`` is the cursor a
+    The transport sets one per operation (gateway/http/streams.py): ``resume_after`` is the cursor a
     reconnecting client sent (SSE ``Last-Event-ID``), and ``cursor`` is that of the change
     behind the result being delivered, which every transport reports as
     ``extensions.cursor`` (and SSE as the event's ``id``). Subscriptions pull one change at a
@@ -210,7 +210,7 @@ async def _feed_changes(info: Ctx, feed: Any, accept: Any, after: str | None, ow
             async with contextlib.aclosing(feed.subscribe(accept, after)) as changes:
                 async for change in changes:
                     # Computing the event waits its turn: webhook intake goes first
-                    # (gateway.subscriptions.Deliveries).
+                    # (gateway.events.changes.Deliveries).
                     await feed.deliveries.turn()
                     try:
                         # Each event is resolved from what is current, like a query.

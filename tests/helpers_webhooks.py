@@ -1,5 +1,5 @@
 """Signed webhook deliveries in each vendor's format, built and signed independently of the
-gateway (plain hmac/hashlib/base64, not ``gateway.signatures``), and Redis state snapshots.
+gateway (plain hmac/hashlib/base64, not ``gateway.intake.signatures``), and Redis state snapshots.
 
 A test builds a :class:`Delivery` (path segment, raw body, headers, dedupe id), posts it to a
 gateway with :func:`post`, and compares :func:`redis_state` before and after to prove that a

@@ -157,7 +157,7 @@ class Stack:
 
     def sim(self, name: str) -> httpx.Client:
         """An HTTP client for simulator ``name`` with its credentials."""
-        from resolvers.http import auth_headers
+        from resolvers.connectors.http import auth_headers
 
         backend = self.settings.backends[name]
         return httpx.Client(base_url=backend.base_url, headers=auth_headers(backend), timeout=30)

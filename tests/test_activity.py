@@ -26,7 +26,7 @@ from gateway.config import demo_settings
 from gateway.demo import simulator_app
 from gateway.simulators.activity import WEIGHTS, Activity, Plan
 from gateway.simulators.world import World
-from resolvers.http import auth_headers
+from resolvers.connectors.http import auth_headers
 from resolvers.store.keys import LOG_KEY
 from tests.support import ServerThread, Stack, free_port, serve
 

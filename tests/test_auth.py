@@ -35,12 +35,12 @@ from starlette.routing import Route
 from websockets.asyncio.client import ClientConnection
 
 from gateway import cli
-from gateway.auth import Authenticator, AuthError
 from gateway.config import Settings
 from gateway.demo import DemoOptions, banner, demo_tokens
+from gateway.http.auth import Authenticator, AuthError
+from resolvers.connectors.http import BackendClient
+from resolvers.connectors.http import auth_headers as backend_headers
 from resolvers.errors import BackendStatusError
-from resolvers.http import BackendClient
-from resolvers.http import auth_headers as backend_headers
 from resolvers.settings import BackendSettings
 from tests.support import Stack, serve
 

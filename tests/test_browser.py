@@ -41,8 +41,8 @@ from starlette.responses import FileResponse, HTMLResponse
 from starlette.routing import Route as StarletteRoute
 from websockets.typing import Origin, Subprotocol
 
-from gateway import graphiql
 from gateway.config import ConfigError, Settings, apply_env, browser_origins
+from gateway.http import graphiql
 from tests.support import ServerThread, Stack, serve
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -801,7 +801,7 @@ def test_pyproject_packages_the_assets() -> None:
     """package-data covers every static file, so a wheel (not only an editable install)
     serves GraphiQL."""
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    patterns = pyproject["tool"]["setuptools"]["package-data"]["gateway.graphiql"]
+    patterns = pyproject["tool"]["setuptools"]["package-data"]["gateway.http.graphiql"]
     package = graphiql.STATIC.parent
     covered = {p for pattern in patterns for p in package.glob(pattern) if p.is_file()}
     assert covered == set(graphiql.STATIC.iterdir())

@@ -35,7 +35,7 @@ import pytest
 import redis
 from redis.cluster import RedisCluster
 
-from resolvers.store.cache import connect
+from resolvers.store.client import connect
 from tests.support import Stack
 from tests.test_deployment import (
     ENV_EXAMPLE,

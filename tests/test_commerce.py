@@ -25,8 +25,8 @@ from starlette.routing import Route
 from gateway.simulators.commerce import Shop, create_app
 from gateway.simulators.webhooks import DeliveryOptions
 from gateway.simulators.world import World
-from resolvers import commerce
-from resolvers.commerce import GRAPHQL_PATH, CommerceConnector, level_to_view
+from resolvers.connectors import commerce
+from resolvers.connectors.commerce import GRAPHQL_PATH, CommerceConnector, level_to_view
 from resolvers.errors import BackendProtocolError, BackendStatusError
 from resolvers.identity import SHOPIFY_INVENTORY_ITEM, SHOPIFY_VARIANT, IdentityMap
 from resolvers.settings import BackendSettings

@@ -67,7 +67,7 @@ IMAGE = "retailgraph:latest"
 CONTAINER_TOML = "/etc/retailgraph/retailgraph.toml"
 GATEWAYS = ("gateway1", "gateway2")
 SIMULATORS = ("pos", "wms", "erp", "commerce")
-# The standard OpenTelemetry variables gateway/telemetry.py reads.
+# The standard OpenTelemetry variables gateway/telemetry/__init__.py reads.
 OTEL_VARIABLES = frozenset({
     "OTEL_SERVICE_NAME", "OTEL_RESOURCE_ATTRIBUTES", "OTEL_EXPORTER_OTLP_ENDPOINT",
     "OTEL_EXPORTER_OTLP_PROTOCOL", "OTEL_METRICS_EXPORTER", "OTEL_TRACES_EXPORTER",

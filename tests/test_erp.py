@@ -22,11 +22,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-import resolvers.erp as erp_module
+import resolvers.connectors.erp as erp_module
 from gateway.simulators.erp import create_app
 from gateway.simulators.webhooks import DeliveryOptions
 from gateway.simulators.world import World
-from resolvers.erp import ErpConnector
+from resolvers.connectors.erp import ErpConnector
 from resolvers.errors import BackendProtocolError, BackendStatusError
 from resolvers.identity import SHOPIFY_LOCATION, SQUARE_LOCATION, IdentityMap, node_id
 from resolvers.settings import BackendSettings

@@ -23,7 +23,7 @@ import websockets
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from gateway import signatures
+from gateway.intake import signatures
 from tests.support import ErrorLog, Stack, errors_logged
 
 KEY = "fuzz-admin-key-0123456789"

@@ -134,7 +134,7 @@ def test_a_backend_reporting_2_to_the_40_is_a_bad_response_not_an_int_overflow(
     """The WMS itself holds 2^40 units (a receipt through its API): its webhook is
     dead-lettered, and reading the cell from the WMS is a BACKEND_BAD_RESPONSE naming the
     value; other SKUs are served, and reconciliation reports the WMS unreadable there."""
-    from gateway.reconcile import Scope
+    from gateway.reconcile.runner import Scope
 
     i, other = hub.fresh(), hub.fresh()
     letters = len(stream(hub.redis_url, DLQ))
@@ -216,7 +216,7 @@ def test_reconciliation_repairs_cells_whose_timestamp_version_lies_in_the_future
     """ERP, POS and shop cells cached with a version dated 9999: genuine events are answered
     200 and never shown, until a reconciliation run replaces the cells with the backends'
     own answers; after it, the next genuine event is shown again."""
-    from gateway.reconcile import Scope
+    from gateway.reconcile.runner import Scope
 
     stack = skewed
     signer = Signer(stack.settings, stack.world)
@@ -257,7 +257,7 @@ def test_reconciliation_repairs_a_cell_pinned_by_a_sequence_ahead_of_the_source(
     """A signed WMS event numbered 2^52 (in range, but no sequence the WMS ever gave that
     cell) wins over every genuine one. Once the WMS has changed the cell after it, the cached
     version is one from the future: reconciliation replaces the cell with the WMS's own."""
-    from gateway.reconcile import Scope
+    from gateway.reconcile.runner import Scope
 
     stack = skewed
     signer = Signer(stack.settings, stack.world)

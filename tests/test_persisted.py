@@ -15,7 +15,7 @@ import pytest
 import redis
 
 from gateway.config import ConfigError
-from gateway.persisted import load_allow_list
+from gateway.http.persisted import load_allow_list
 from tests.support import Stack
 
 QUERY = "query Stores { locations(type: STORE) { id name } }"

@@ -20,13 +20,13 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from gateway.signatures import square_sign
+from gateway.intake.signatures import square_sign
 from gateway.simulators.pos import create_app
 from gateway.simulators.webhooks import DeliveryOptions
 from gateway.simulators.world import World
+from resolvers.connectors.pos import PosConnector, counts_to_views
 from resolvers.errors import BackendProtocolError, BackendStatusError
 from resolvers.identity import SQUARE_LOCATION, SQUARE_VARIATION, IdentityMap
-from resolvers.pos import PosConnector, counts_to_views
 from resolvers.settings import BackendSettings
 from resolvers.types import ExternalRef, LocationRecord, LocationType, MasterItem
 from tests.support import ServerThread, serve
@@ -44,7 +44,7 @@ def settings(base_url: str = "http://unused", token: str = TOKEN) -> BackendSett
 
 
 def expected_signature(url: str, body: bytes, key: str = SECRET) -> str:
-    """Square's scheme, computed here independently of gateway.signatures."""
+    """Square's scheme, computed here independently of gateway.intake.signatures."""
     digest = hmac.new(key.encode(), url.encode() + body, hashlib.sha256).digest()
     return base64.b64encode(digest).decode()
 

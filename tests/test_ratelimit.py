@@ -16,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from gateway.ratelimit import RateLimiter, RateLimitMiddleware, TokenBucket
+from gateway.http.ratelimit import RateLimiter, RateLimitMiddleware, TokenBucket
 from tests.support import Stack, free_port, serve
 
 PER_MINUTE = 4

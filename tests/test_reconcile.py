@@ -59,7 +59,7 @@ def _runtime(stack: Stack) -> Any:
 
 
 def reconcile(stack: Stack, **scope: Any) -> Any:
-    from gateway.reconcile import Scope
+    from gateway.reconcile.runner import Scope
 
     async def run(runtime: Any) -> Any:
         return await runtime.reconciliation.run(Scope(**scope))

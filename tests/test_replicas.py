@@ -28,7 +28,7 @@ import websockets
 
 from gateway.config import Settings, demo_settings
 from gateway.simulators.world import World
-from resolvers.http import auth_headers
+from resolvers.connectors.http import auth_headers
 from tests.support import ServerThread, free_port
 from tests.test_subscriptions import (
     LEGACY_WS,

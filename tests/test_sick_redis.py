@@ -38,7 +38,7 @@ import redis
 from gateway.app import create_app
 from gateway.config import ConfigError, Settings, apply_env, demo_settings, load
 from gateway.redis_server import free_port
-from resolvers.store.cache import (
+from resolvers.store.client import (
     REDIS_MAX_CONNECTIONS,
     Deadlines,
     RedisDeadlineExceeded,

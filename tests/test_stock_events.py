@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 from redis import asyncio as aioredis
 
-from gateway.events import Envelope, EventKind
-from gateway.subscriptions import ChangeFeed, ChangePublisher, HistoryPage
+from gateway.events.changes import ChangeFeed, ChangePublisher, HistoryPage
+from gateway.events.envelope import Envelope, EventKind
 from resolvers.changes import CursorExpired, make_filter
 from resolvers.store.keys import CHANGES_KEY, sku_index_key
 from resolvers.types import Quantities
@@ -199,7 +199,7 @@ async def test_changes_from_before_the_indexes_are_scanned(redis: Counting) -> N
 
 
 def envelope_change(sku: str, location: str) -> bytes:
-    from gateway.subscriptions import _encode
+    from gateway.events.changes import _encode
 
     e = envelope(0, sku, location, "pos")
     assert e.quantities is not None

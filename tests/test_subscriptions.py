@@ -35,7 +35,7 @@ from websockets.typing import Subprotocol
 
 from gateway.config import Settings
 from gateway.simulators.world import World
-from resolvers.http import auth_headers
+from resolvers.connectors.http import auth_headers
 from tests.helpers_webhooks import Signer, apost, now
 from tests.support import Stack
 

@@ -31,9 +31,10 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from strawberry.extensions import SchemaExtension
 
-from gateway import logs, telemetry
-from resolvers.http import BackendClient
-from resolvers.http import auth_headers as backend_headers
+from gateway import telemetry
+from gateway.telemetry import logs
+from resolvers.connectors.http import BackendClient
+from resolvers.connectors.http import auth_headers as backend_headers
 from resolvers.settings import BackendSettings
 from tests.support import Stack, serve
 

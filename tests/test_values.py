@@ -10,11 +10,11 @@ from typing import Any
 
 import pytest
 
-from resolvers.commerce import CommerceConnector
-from resolvers.erp import Payload, parse_item
+from resolvers.connectors.commerce import CommerceConnector
+from resolvers.connectors.erp import Payload, parse_item
+from resolvers.connectors.pos import counts_to_views
 from resolvers.errors import BackendProtocolError
 from resolvers.identity import SQUARE_LOCATION, SQUARE_VARIATION, IdentityMap
-from resolvers.pos import counts_to_views
 from resolvers.settings import BackendSettings
 from resolvers.values import plain_decimal
 

@@ -3,7 +3,7 @@ deliveries are applied exactly once, and an acknowledged event is visible on eve
 
 One stack (four simulators, two gateway replicas sharing the test Redis) serves the module;
 each test works on its own SKUs. Deliveries are signed here with hmac/hashlib/base64
-(``tests/helpers_webhooks.py``), independently of ``gateway.signatures``. "No state changed"
+(``tests/helpers_webhooks.py``), independently of ``gateway.intake.signatures``. "No state changed"
 means: every Redis key (cache entries, dedupe keys, the event log and the dead-letter stream
 by length and last id, response-cache entries) is exactly as before, and a freshly executed
 query answers the same.

@@ -21,11 +21,11 @@ from starlette.routing import Route
 from gateway.simulators.webhooks import DeliveryOptions
 from gateway.simulators.wms import WmsState, create_app, epc_class
 from gateway.simulators.world import EPOCH, World
+from resolvers.connectors.wms import WmsConnector, balance_to_view, parse_object_event
 from resolvers.errors import BackendProtocolError, BackendStatusError
 from resolvers.identity import GLN, GTIN, IdentityMap, gtin_from_epc
 from resolvers.settings import BackendSettings
 from resolvers.types import Quantities
-from resolvers.wms import WmsConnector, balance_to_view, parse_object_event
 from tests.support import ServerThread, serve
 
 TOKEN = "wms-token"
@@ -131,7 +131,7 @@ async def request_count(server: ServerThread, key: str) -> int:
 
 
 def verify(body: bytes, headers: dict[str, str]) -> None:
-    """Standard Webhooks signature, recomputed without gateway.signatures."""
+    """Standard Webhooks signature, recomputed without gateway.intake.signatures."""
     msg = f"{headers['webhook-id']}.{headers['webhook-timestamp']}.".encode() + body
     expected = base64.b64encode(hmac.new(SECRET.encode(), msg, hashlib.sha256).digest()).decode()
     assert headers["webhook-signature"] == f"v1,{expected}"

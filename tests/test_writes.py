@@ -26,8 +26,8 @@ from gateway.simulators.commerce import create_app
 from gateway.simulators.pos import create_app as create_pos_app
 from gateway.simulators.webhooks import DeliveryOptions
 from gateway.simulators.world import World
-from resolvers.commerce import GRAPHQL_PATH, CommerceConnector, Throttled, shop_key
-from resolvers.pos import PosConnector
+from resolvers.connectors.commerce import GRAPHQL_PATH, CommerceConnector, Throttled, shop_key
+from resolvers.connectors.pos import PosConnector
 from resolvers.writes import ItemTarget, ItemWrite, Outcome, StockTarget, StockWrite
 from tests.support import serve
 from tests.test_commerce import SECRET, TOKEN, WORLD, Receiver, master_identity

@@ -28,7 +28,7 @@ import websockets
 from websockets.asyncio.client import ClientConnection
 from websockets.typing import Subprotocol
 
-from gateway.persisted import KEY_PREFIX as APQ_PREFIX
+from gateway.http.persisted import KEY_PREFIX as APQ_PREFIX
 from tests.nodejs import needs_node, run_client
 from tests.support import ErrorLog, Stack, errors_logged
 from tests.test_subscriptions import (

@@ -97,10 +97,10 @@ async def test_one_key_holds_200_subscriptions_and_webhooks_still_reach_them_all
 async def test_a_result_being_sent_holds_no_delivery_slot(loaded: Stack) -> None:
     """More subscriptions whose results are stuck in sending (their consumer takes one and
     asks for no more, like a socket that does not drain) than there are delivery slots
-    (gateway.subscriptions.DELIVERY_SLOTS): another subscription still gets every change, in
+    (gateway.events.changes.DELIVERY_SLOTS): another subscription still gets every change, in
     order, because a slot is given back as soon as a result is computed, before any transport
     sends it. Driven on the gateway's own loop through the schema it serves."""
-    from gateway.subscriptions import DELIVERY_SLOTS
+    from gateway.events.changes import DELIVERY_SLOTS
     from resolvers.graph import RequestContext
 
     world = loaded.world

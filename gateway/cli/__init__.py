@@ -9,7 +9,8 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from gateway import config, logs
+from gateway import config
+from gateway.telemetry import logs
 
 
 def _world_args(p: argparse.ArgumentParser) -> None:

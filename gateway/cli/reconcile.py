@@ -8,7 +8,7 @@ import sys
 
 from gateway import config
 from gateway.app import Runtime
-from gateway.reconcile import Report, Scope
+from gateway.reconcile.runner import Report, Scope
 from gateway.telemetry import ResolverTelemetry
 from resolvers.graph import RetailGraph
 

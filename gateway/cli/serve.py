@@ -8,7 +8,7 @@ import sys
 
 from gateway import config
 from gateway.app import create_app
-from gateway.auth import Authenticator
+from gateway.http.auth import Authenticator
 from gateway.serving import make_server, run_together
 
 

@@ -35,7 +35,7 @@ import httpx
 
 from gateway.config import Settings
 from gateway.simulators.world import COMPANY_PREFIX, Item, Location, World
-from resolvers.http import auth_headers
+from resolvers.connectors.http import auth_headers
 from resolvers.settings import BackendFormat
 
 log = logging.getLogger("retailgraph.activity")

@@ -56,7 +56,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from gateway.signatures import standard_sign
+from gateway.intake.signatures import standard_sign
 from gateway.simulators.base import bearer_check, simulator_app
 from gateway.simulators.webhooks import DeliveryOptions, WebhookSender
 from gateway.simulators.world import CITIES, EPOCH, World, mix

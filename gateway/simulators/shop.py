@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from gateway.signatures import shopify_sign
+from gateway.intake.signatures import shopify_sign
 from gateway.simulators.webhooks import DeliveryOptions, WebhookSender
 from gateway.simulators.world import CITIES, EPOCH, Item, Location, World
 from resolvers.settings import BackendSettings

@@ -46,7 +46,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from gateway.signatures import standard_sign
+from gateway.intake.signatures import standard_sign
 from gateway.simulators.base import bearer_check, simulator_app
 from gateway.simulators.webhooks import DeliveryOptions, WebhookSender
 from gateway.simulators.world import COMPANY_PREFIX, EPOCH, World, gs1_check_digit

@@ -88,7 +88,7 @@ async def bench(args: argparse.Namespace, ports: dict[str, int], redis_url: str,
                 pids: dict[str, int]) -> dict[str, object]:
     from gateway.app import Runtime
     from gateway.config import demo_settings
-    from gateway.reconcile import Scope
+    from gateway.reconcile.runner import Scope
     from resolvers.graph import RetailGraph
 
     settings = demo_settings("127.0.0.1", free_port(), environ={})

@@ -32,8 +32,8 @@ sys.path.insert(0, str(ROOT))
 
 
 async def fill(redis: object, entries: int, skus: int, locations: int) -> None:
-    from gateway.events import Envelope, EventKind
-    from gateway.subscriptions import ChangePublisher
+    from gateway.events.changes import ChangePublisher
+    from gateway.events.envelope import Envelope, EventKind
     from resolvers.types import Quantities
 
     publisher = ChangePublisher(redis, 86_400)
@@ -67,7 +67,7 @@ async def timed(call: object, runs: int) -> tuple[float, int]:
 async def bench(url: str, entries: int, skus: int, locations: int) -> None:
     from redis import asyncio as aioredis
 
-    from gateway.subscriptions import ChangeFeed
+    from gateway.events.changes import ChangeFeed
     from resolvers.changes import make_filter
 
     redis = aioredis.Redis.from_url(url)

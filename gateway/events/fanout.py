@@ -1,0 +1,129 @@
+"""One replica's tail of a Redis stream, offered to each of its listeners: the fan-out both live
+feeds share (stock changes, ``gateway.events.changes.ChangeFeed``; discrepancy transitions,
+``gateway.reconcile.discrepancies.DiscrepancyFeed``).
+
+The stream is read only while someone listens, from where the first listener joined; every
+entry is decoded once and offered to every listener, each of which keeps its own bounded
+buffer (and says so with ``wake``). Redis outages are waited out with a backoff. A
+cancellation that an awaited call swallowed is honoured (:func:`raise_if_cancelled`), so a
+listener whose client left never waits forever.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any, Generic, Protocol, TypeVar
+
+from redis.exceptions import RedisError
+
+from resolvers.store.client import Backoff
+
+T = TypeVar("T")
+T_contra = TypeVar("T_contra", contravariant=True)
+# Offers made before the reader lets the event loop run something else: a page of entries x
+# every listener is a long step, and webhook intake must not wait for it.
+OFFERS_PER_STEP = 2000
+
+
+class Listener(Protocol[T_contra]):
+    """What a fan-out delivers to: ``offer`` buffers (and filters) an entry and sets ``wake``;
+    ``closed`` ends the listener's stream."""
+
+    closed: bool
+    wake: asyncio.Event
+
+    def offer(self, entry: T_contra) -> None: ...
+
+
+L = TypeVar("L", bound=Listener[Any])
+
+
+def raise_if_cancelled() -> None:
+    """Honour a cancellation that an awaited call swallowed.
+
+    redis-py writes commands with ``asyncio.wait_for(drain)``, and on Python 3.11 that loses
+    a cancellation arriving as the write completes (CPython gh-86296): a subscription whose
+    client left at that moment would wait for entries forever (and hold up shutdown).
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
+class StreamFanout(Generic[T, L]):
+    """Tails ``key`` while anyone listens and offers each decoded entry to every listener."""
+
+    def __init__(self, redis: Any, key: str, decode: Callable[[str, dict[bytes, bytes]], T],
+                 what: str, page: int = 500) -> None:
+        self.redis = redis
+        self.key = key
+        self.decode = decode
+        self.what = what
+        self.page = page
+        self.listeners: set[L] = set()
+        self.running = False
+        self.last_id = "$"
+        self._listening = asyncio.Event()
+
+    async def run(self) -> None:
+        """Tail the stream while anyone listens, until cancelled, surviving Redis outages."""
+        backoff = Backoff(self.what)
+        while True:
+            try:
+                raise_if_cancelled()
+                if not self.listeners:
+                    # Nobody to deliver to: don't read (and parse) every entry. The next
+                    # listener starts from the tail (see join).
+                    self.running = True
+                    await self._listening.wait()
+                    continue
+                if self.last_id == "$":
+                    self.last_id = await self.tail_id()
+                self.running = True
+                result = await self.redis.xread({self.key: self.last_id}, count=self.page,
+                                                block=1000)
+                backoff.succeeded()
+                offered = 0
+                for _stream, entries in result or []:
+                    for entry_id, fields in entries:
+                        self.last_id = entry_id.decode()
+                        entry = self.decode(self.last_id, fields)
+                        for listener in list(self.listeners):
+                            listener.offer(entry)
+                        offered += len(self.listeners)
+                        if offered >= OFFERS_PER_STEP:
+                            offered = 0
+                            await asyncio.sleep(0)
+            except asyncio.CancelledError:
+                self.running = False
+                raise
+            except (RedisError, OSError) as exc:
+                self.running = False
+                await asyncio.sleep(backoff.failed(exc))
+
+    async def tail_id(self) -> str:
+        """The id of the stream's last entry (``0-0`` while it holds none)."""
+        last = await self.redis.xrevrange(self.key, count=1)
+        return last[0][0].decode() if last else "0-0"
+
+    async def join(self, listener: L) -> None:
+        """Start offering to ``listener``; the first one pins the reader's start at the tail
+        before anything can be published for it."""
+        if not self.listeners:
+            self.last_id = await self.tail_id()
+        self.listeners.add(listener)
+        self._listening.set()
+
+    def leave(self, listener: L) -> None:
+        self.listeners.discard(listener)
+        if not self.listeners:
+            self._listening.clear()
+
+    def close_all(self) -> None:
+        for listener in self.listeners:
+            listener.closed = True
+            listener.wake.set()
+
+
+__all__ = ["OFFERS_PER_STEP", "Listener", "StreamFanout", "raise_if_cancelled"]

@@ -1,0 +1,206 @@
+"""Rate limiting per client: a token bucket in Redis, shared by every replica.
+
+Each client (its API key or JWT subject; its IP address when auth is off) has a bucket of
+``rate_limit_per_minute`` tokens that refills continuously at that rate; a GraphQL request
+takes one. The bucket lives in one Redis hash, updated by a Lua script with the server's
+clock, so replicas agree and clock skew between them does not matter.
+
+Every answer carries ``RateLimit-Limit`` (bucket size), ``RateLimit-Remaining`` (whole tokens
+left) and ``RateLimit-Reset`` (seconds until the bucket is full again); a refused request
+gets ``429`` with ``Retry-After`` (seconds until one token is back) and a GraphQL error with
+``extensions.code = "RATE_LIMITED"`` (and ``extensions.retryAfter``). Over a WebSocket,
+``connection_init`` takes a token (refused: close 1013, "try again later") and so does each
+operation (refused: the protocol's ``error`` message with that error). If Redis is unreachable
+or slow (past the read deadline, ``redis_read_timeout_ms``; at once while Redis is known not
+to answer) the request is let through (logged): the limiter must not take the gateway down
+with it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from redis.exceptions import RedisError
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from gateway import telemetry
+from gateway.http.auth import PRINCIPAL_STATE
+from gateway.http.operations import OperationRefused
+from resolvers.access import NOBODY, Principal
+from resolvers.store.client import optional
+from resolvers.store.keys import RATE_LIMIT_PREFIX as KEY_PREFIX
+
+if TYPE_CHECKING:
+    from gateway.app import Runtime
+
+log = logging.getLogger("retailgraph.ratelimit")
+
+LIMITED_PATHS = ("/graphql",)
+
+# KEYS[1] bucket; ARGV: capacity, refill per millisecond, cost.
+# Returns {allowed, tokens left (string), ms until one more token, ms until full}.
+TOKEN_BUCKET_LUA = """
+local capacity = tonumber(ARGV[1])
+local rate = tonumber(ARGV[2])
+local cost = tonumber(ARGV[3])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local state = redis.call('HMGET', KEYS[1], 'tokens', 'ts')
+local tokens = tonumber(state[1])
+local ts = tonumber(state[2])
+if tokens == nil or ts == nil then
+  tokens = capacity
+  ts = now
+end
+tokens = math.min(capacity, tokens + math.max(0, now - ts) * rate)
+local allowed = 0
+if tokens >= cost then
+  tokens = tokens - cost
+  allowed = 1
+end
+redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'ts', tostring(now))
+local full_ms = math.ceil((capacity - tokens) / rate)
+redis.call('PEXPIRE', KEYS[1], full_ms + 1000)
+local retry_ms = 0
+if allowed == 0 then retry_ms = math.ceil((cost - tokens) / rate) end
+return {allowed, tostring(tokens), retry_ms, full_ms}
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    allowed: bool
+    limit: int
+    remaining: int
+    reset_seconds: int
+    retry_after_seconds: int
+
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        out = [(b"ratelimit-limit", str(self.limit).encode()),
+               (b"ratelimit-remaining", str(self.remaining).encode()),
+               (b"ratelimit-reset", str(self.reset_seconds).encode()),
+               (b"ratelimit-policy", f"{self.limit};w=60".encode())]
+        if not self.allowed:
+            out.append((b"retry-after", str(self.retry_after_seconds).encode()))
+        return out
+
+
+class TokenBucket:
+    """``per_minute`` requests a minute per client, in bursts of up to ``per_minute``."""
+
+    def __init__(self, per_minute: int) -> None:
+        self.capacity = per_minute
+        self.rate_per_ms = per_minute / 60_000
+        self._script: Any = None
+        self._client: Any = None
+
+    async def take(self, redis: Any, client: str, cost: int = 1) -> Decision:
+        if self._script is None or self._client is not redis:
+            self._script = redis.register_script(TOKEN_BUCKET_LUA)
+            self._client = redis
+        key = KEY_PREFIX + hashlib.sha256(client.encode()).hexdigest()[:32]
+        with optional():  # read deadline; skipped at once while Redis is not answering
+            allowed, tokens, retry_ms, full_ms = await self._script(
+                keys=[key], args=[self.capacity, repr(self.rate_per_ms), cost])
+        left = float(tokens.decode() if isinstance(tokens, bytes) else tokens)
+        return Decision(allowed=bool(allowed), limit=self.capacity,
+                        remaining=max(0, math.floor(left)),
+                        reset_seconds=math.ceil(int(full_ms) / 1000),
+                        retry_after_seconds=max(1, math.ceil(int(retry_ms) / 1000)))
+
+
+def client_of(scope: Scope) -> str:
+    """Who to count a request against: the authenticated caller, else its address."""
+    principal = scope.get("state", {}).get(PRINCIPAL_STATE)
+    return (principal if isinstance(principal, Principal) else NOBODY).client_key(
+        scope.get("client"))
+
+
+class RateLimited(OperationRefused):
+    """Over the rate limit: HTTP 429 with ``Retry-After``; ``extensions.retryAfter`` (seconds)
+    says the same on transports without headers."""
+
+    code = "RATE_LIMITED"
+
+    def __init__(self, decision: Decision) -> None:
+        super().__init__(
+            f"rate limit of {decision.limit} requests per minute exceeded; "
+            f"retry after {decision.retry_after_seconds}s",
+            status=429, extensions={"retryAfter": decision.retry_after_seconds},
+            headers=decision.headers())
+        self.decision = decision
+
+
+class RateLimiter:
+    """The bucket of every client, in the runtime's Redis; one per app, shared by the HTTP
+    middleware and the per-operation checks (:class:`gateway.http.operations.OperationGuard`)."""
+
+    def __init__(self, runtime: Runtime, per_minute: int) -> None:
+        self.runtime = runtime
+        self.bucket = TokenBucket(per_minute) if per_minute > 0 else None
+        self._warned_at = -1e9
+
+    async def take(self, client: str) -> Decision | None:
+        """Take one token of ``client``'s; :class:`RateLimited` when there is none left.
+
+        None when the limiter is off, Redis is not connected yet, or it does not answer in
+        time (logged once in a while): the limiter must not take the gateway down with it.
+        """
+        cache = self.runtime.cache
+        if self.bucket is None or cache is None:
+            return None
+        try:
+            decision = await self.bucket.take(cache.redis, client)
+        except (RedisError, OSError) as exc:
+            if time.monotonic() - self._warned_at > 30:  # once in a while, not per request
+                self._warned_at = time.monotonic()
+                log.warning("rate limiter unavailable, letting requests through: %r", exc)
+            return None
+        if not decision.allowed:
+            telemetry.current().m.rate_limited.add(1)
+            raise RateLimited(decision)
+        return decision
+
+
+class RateLimitMiddleware:
+    """Applies the bucket to GraphQL requests over HTTP; runs after authentication. (A
+    WebSocket takes a token at ``connection_init`` and one per operation:
+    gateway/http/graphql.py.)"""
+
+    def __init__(self, app: ASGIApp, limiter: RateLimiter) -> None:
+        self.app = app
+        self.limiter = limiter
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] not in LIMITED_PATHS:
+            await self.app(scope, receive, send)
+            return
+        try:
+            decision = await self.limiter.take(client_of(scope))
+        except RateLimited as refused:
+            body = refused.body()
+            await send({"type": "http.response.start", "status": refused.status, "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()), *refused.headers]})
+            await send({"type": "http.response.body", "body": body})
+            return
+        if decision is None:
+            await self.app(scope, receive, send)
+            return
+        extra = decision.headers()
+
+        async def with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", ()), *extra]}
+            await send(message)
+
+        await self.app(scope, receive, with_headers)
+
+
+__all__ = ["Decision", "RateLimitMiddleware", "RateLimited", "RateLimiter", "TokenBucket",
+           "client_of"]

@@ -1,0 +1,104 @@
+"""The response cache's store: whole encoded GraphQL responses in Redis, tagged by the
+entities they contain and invalidated through those tags (the HTTP side is
+``gateway.http.cached_responses.CachedResponses``)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from resolvers.store.client import optional
+from resolvers.store.keys import (
+    RESPONSE_SEQ_KEY,
+    RESPONSE_TAG_SET_PREFIX,
+    RESPONSE_TAG_VERSION_PREFIX,
+    response_key,
+)
+
+# -- responses ------------------------------------------------------------------------------
+# All keys share the {rc} hash tag, so each script runs on one slot (node) of a Cluster.
+
+RESPONSE_PUT_LUA = """
+local epoch = tonumber(ARGV[2])
+for i = 4, #ARGV do
+  local tv = tonumber(redis.call('GET', '@TV@' .. ARGV[i]) or '0')
+  if tv > epoch then return 0 end
+end
+redis.call('SET', KEYS[1], ARGV[3], 'EX', ARGV[1])
+for i = 4, #ARGV do
+  local tagset = '@T@' .. ARGV[i]
+  redis.call('SADD', tagset, KEYS[1])
+  redis.call('EXPIRE', tagset, ARGV[1])
+end
+return 1
+""".replace("@TV@", RESPONSE_TAG_VERSION_PREFIX).replace("@T@", RESPONSE_TAG_SET_PREFIX)
+
+RESPONSE_INVALIDATE_LUA = """
+local seq = redis.call('INCR', KEYS[1])
+local dropped = 0
+for i = 1, #ARGV do
+  redis.call('SET', '@TV@' .. ARGV[i], seq, 'EX', 86400)
+  local tagset = '@T@' .. ARGV[i]
+  local members = redis.call('SMEMBERS', tagset)
+  if #members > 0 then dropped = dropped + redis.call('DEL', unpack(members)) end
+  redis.call('DEL', tagset)
+end
+return dropped
+""".replace("@TV@", RESPONSE_TAG_VERSION_PREFIX).replace("@T@", RESPONSE_TAG_SET_PREFIX)
+
+
+RESPONSE_HEAD = b"rg1:"
+
+
+@dataclass(frozen=True, slots=True)
+class CachedResponse:
+    """A stored response and the backends its values came from."""
+
+    body: bytes
+    sources: frozenset[str]
+
+
+class ResponseStore:
+    """Whole encoded GraphQL responses, tagged by the entities they contain.
+
+    A miss reads the invalidation sequence *before* executing; the put succeeds only if no
+    event touching one of the response's tags was applied since. So a response computed from
+    pre-event data can never be stored after the event invalidated its tags.
+
+    Each entry is stored as ``rg1:<source>,<source>...\n<body>``: the backends it depends
+    on, so a hit can be refused while one of them is down (an execution would flag their
+    values stale or fail them; the stored bytes say they are fresh). An entry without that
+    head (written by an older version) is a miss.
+    """
+
+    def __init__(self, client: Any, ttl: int = 300) -> None:
+        self.redis = client
+        self.ttl = ttl
+        self._put = client.register_script(RESPONSE_PUT_LUA)
+        self._invalidate = client.register_script(RESPONSE_INVALIDATE_LUA)
+
+    async def get(self, digest: str) -> CachedResponse | None:
+        with optional():  # a miss executes the query
+            value = await self.redis.get(response_key(digest))
+        if value is None or not bytes(value).startswith(RESPONSE_HEAD):
+            return None
+        head, _, body = bytes(value)[len(RESPONSE_HEAD):].partition(b"\n")
+        return CachedResponse(body, frozenset(head.decode().split(",")) - {""})
+
+    async def epoch(self) -> int:
+        with optional():
+            return int(await self.redis.get(RESPONSE_SEQ_KEY) or 0)
+
+    async def put(self, digest: str, body: bytes, tags: Iterable[str], epoch: int,
+                  sources: Iterable[str] = ()) -> bool:
+        stored = RESPONSE_HEAD + ",".join(sorted(set(sources))).encode() + b"\n" + body
+        with optional():  # the response has been sent already
+            return bool(await self._put(keys=[response_key(digest)],
+                                        args=[self.ttl, epoch, stored, *sorted(set(tags))]))
+
+    async def invalidate(self, tags: Iterable[str]) -> int:
+        tags = sorted(set(tags))
+        if not tags:
+            return 0
+        return int(await self._invalidate(keys=[RESPONSE_SEQ_KEY], args=tags))
