@@ -54,9 +54,12 @@ class Applier:
         self.responses = responses
         self.publish = publish
 
-    async def apply(self, entry_id: str, envelope: Envelope) -> None:
+    async def apply(self, entry_id: str, envelope: Envelope) -> int:
+        """Apply one logged event; returns the cache fields it wrote (-1: a repair not
+        written because an event touched the cell after reconciliation read it)."""
         e = envelope
         cell: StockView | None = None
+        written = 0
         if e.kind in (EventKind.LEVEL_SNAPSHOT, EventKind.MOVEMENT) and e.quantities is not None:
             assert e.sku is not None
             assert e.location_id is not None
@@ -67,20 +70,22 @@ class Applier:
                 # A reconciliation repair (gateway/reconcile/runner.py): the backend's own answer
                 # replaces the drifted cell unless an event touched it since it was compared
                 # (over a cached version from the future, whatever the versions).
-                _, cell = await self.cache.repair_view(view, int(e.extra.get("gen", -1)),
-                                                       replace=bool(e.extra.get("replace")))
+                written, cell = await self.cache.repair_view(
+                    view, int(e.extra.get("gen", -1)), replace=bool(e.extra.get("replace")))
             else:
-                _, cell = await self.cache.apply_view(view, full=e.full)
+                written, cell = await self.cache.apply_view(view, full=e.full)
         elif e.kind is EventKind.MASTER_UPDATE and e.sku and e.data is not None:
-            await self.cache.apply_master(e.sku, orjson.dumps(e.data), e.source_version)
+            written = await self.cache.apply_master(e.sku, orjson.dumps(e.data),
+                                                    e.source_version)
         elif e.kind is EventKind.INVALIDATE and e.sku:
-            await self.cache.invalidate_views(e.sku, e.source)
+            written = await self.cache.invalidate_views(e.sku, e.source)
         await self.responses.invalidate(tags_for(e))
         if self.publish is not None and e.sku and e.location_id and e.quantities is not None:
             # Publishing also takes the entry off the pending set, in the same script.
             await self.publish(entry_id, e, cell)
         else:
             await self.redis.zrem(PENDING_KEY, entry_id)
+        return written
 
     async def apply_all(self, entries: Sequence[tuple[str, Envelope]]) -> None:
         for entry_id, envelope in entries:

@@ -486,19 +486,18 @@ def instrument_applier(applier: Applier) -> None:
     start no traces of their own) and record the sync lag of events applied at intake."""
     apply = applier.apply
 
-    async def traced_apply(entry_id: str, envelope: Envelope) -> None:
+    async def traced_apply(entry_id: str, envelope: Envelope) -> int:
         t = current()
         if _INTAKE.get() is not None:
             lag = (datetime.now(UTC) - envelope.occurred_at).total_seconds()
             t.m.sync_lag.record(max(0.0, lag), {"source": envelope.source})
         if t.tracer is None or not trace.get_current_span().is_recording():
-            await apply(entry_id, envelope)
-            return
+            return await apply(entry_id, envelope)
         with t.tracer.start_as_current_span("webhook.apply", attributes={
                 "retailgraph.event.kind": str(envelope.kind.value),
                 "retailgraph.event.source": envelope.source,
                 "retailgraph.event.id": entry_id}):
-            await apply(entry_id, envelope)
+            return await apply(entry_id, envelope)
 
     applier.apply = traced_apply  # type: ignore[method-assign]
     publish = applier.publish
