@@ -26,6 +26,7 @@ from gateway import telemetry
 from gateway.config import Settings, browser_origins
 from gateway.events.applier import Applier, PendingSweeper
 from gateway.events.changes import ChangeFeed, ChangePublisher
+from gateway.events.holds import Holds
 from gateway.events.log import EventLog
 from gateway.http import graphiql
 from gateway.http.asgi import BodyGuard
@@ -43,8 +44,10 @@ from gateway.redis_server import EmbeddedRedis
 from gateway.telemetry import logs
 from resolvers.errors import BackendError
 from resolvers.graph import RetailGraph
+from resolvers.reservations import Reservations
 from resolvers.store.cache import Cache
 from resolvers.store.client import Deadlines, connect
+from resolvers.store.reservations import ReservationStore
 from resolvers.store.responses import ResponseStore
 
 log = logging.getLogger("retailgraph.app")
@@ -87,6 +90,7 @@ class Runtime:
     sweeper: PendingSweeper | None = None
     feed: ChangeFeed | None = None
     reconciliation: ReconcileStage | None = None
+    holds: Holds | None = None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     # retailgraph_event_loop_lag_seconds (gateway/telemetry/__init__.py)
     loop_lag: telemetry.LoopLag = field(default_factory=telemetry.LoopLag)
@@ -105,11 +109,19 @@ class Runtime:
         self.events = EventLog(client)
         self.reconciliation = ReconcileStage(self.settings, self.graph, client, self.cache,
                                              self.events)
+        # Reservations: their holds in Redis, every change of one on the event path.
+        self.holds = Holds(self.graph, self.events)
         applier = Applier(self.cache, self.responses, self.reconciliation.publisher(
                           ChangePublisher(
                               client, self.settings.change_retention_seconds,
                               self.graph.current_view,
-                              lambda loc, src: self.graph.system_of_record(loc) == src)))
+                              lambda loc, src: self.graph.system_of_record(loc) == src)),
+                          holds=self.holds)
+        store = ReservationStore(
+            client, self.graph.system_of_record, self.holds,
+            commit_hold_seconds=self.settings.reservation_commit_hold_seconds)
+        self.holds.bind(applier, store)
+        self.graph.reservations = Reservations(self.graph, store)
         self.feed = ChangeFeed(client, self.settings.subscriber_buffer,
                                max_per_owner=self.settings.max_subscriptions_per_principal)
         self.graph.feed = self.feed
@@ -126,6 +138,7 @@ class Runtime:
                       asyncio.create_task(_probe_backends(self.graph,
                                                           self.settings.probe_interval_seconds)),
                       asyncio.create_task(self.sweeper.run()),
+                      asyncio.create_task(self.holds.sweep_forever()),
                       asyncio.create_task(self.feed.run()),
                       asyncio.create_task(self.loop_lag.run()),
                       *map(asyncio.create_task, self.reconciliation.background())]

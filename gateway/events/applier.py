@@ -13,8 +13,10 @@ gateway dies between logging and finishing, the entry stays pending and any repl
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import Awaitable, Callable, Sequence
+from typing import Protocol
 
 import orjson
 from redis.exceptions import RedisError
@@ -24,6 +26,7 @@ from gateway.events.log import EventLog
 from resolvers.store.cache import Cache
 from resolvers.store.client import Backoff
 from resolvers.store.keys import PENDING_KEY
+from resolvers.store.reservations import HoldChange
 from resolvers.store.responses import ResponseStore
 from resolvers.types import StockView
 
@@ -44,15 +47,27 @@ def tags_for(envelope: Envelope) -> list[str]:
     return tags
 
 
+class HoldObserver(Protocol):
+    """Reservations' side of a stock event (gateway/holds.py)."""
+
+    async def observe(self, envelope: Envelope, cell: StockView | None,
+                      ) -> tuple[int | None, list[HoldChange]]: ...
+
+    async def __call__(self, change: HoldChange) -> None: ...
+
+
 class Applier:
     """Turns envelopes into cache writes; shared by the intake and the sweeper."""
 
     def __init__(self, cache: Cache, responses: ResponseStore,
-                 publish: Publisher | None = None) -> None:
+                 publish: Publisher | None = None, holds: HoldObserver | None = None) -> None:
         self.cache = cache
         self.redis = cache.redis
         self.responses = responses
         self.publish = publish
+        # Reservations: the units held at a cell go with its change; committed holds the
+        # system of record now shows end (their changes are published after it).
+        self.holds = holds
 
     async def apply(self, entry_id: str, envelope: Envelope) -> int:
         """Apply one logged event; returns the cache fields it wrote (-1: a repair not
@@ -79,12 +94,22 @@ class Applier:
                                                     e.source_version)
         elif e.kind is EventKind.INVALIDATE and e.sku:
             written = await self.cache.invalidate_views(e.sku, e.source)
+        # A HOLD (a reservation's change) writes nothing here: the hold is in Redis already.
+        ended: list[HoldChange] = []
+        if (self.holds is not None and e.kind is not EventKind.HOLD
+                and e.quantities is not None):
+            held, ended = await self.holds.observe(e, cell)
+            if held is not None:
+                e = dataclasses.replace(e, extra={**e.extra, "reserved": held})
         await self.responses.invalidate(tags_for(e))
         if self.publish is not None and e.sku and e.location_id and e.quantities is not None:
             # Publishing also takes the entry off the pending set, in the same script.
             await self.publish(entry_id, e, cell)
         else:
             await self.redis.zrem(PENDING_KEY, entry_id)
+        for change in ended:
+            assert self.holds is not None
+            await self.holds(change)
         return written
 
     async def apply_all(self, entries: Sequence[tuple[str, Envelope]]) -> None:

@@ -113,7 +113,7 @@ class CachedResponses:
             return
         encoded = b"".join(chunks)
         if (freshness.tags and not freshness.stale and freshness.cache == "on"
-                and b'"errors"' not in encoded):
+                and not freshness.uncacheable and b'"errors"' not in encoded):
             try:
                 await responses.put(digest, encoded, freshness.tags, epoch,
                                     freshness.consulted | set(freshness.sources))

@@ -746,6 +746,8 @@ def applied_hook(publish: Publisher, history: MovementHistory, rechecker: Rechec
 
     async def hook(entry_id: str, envelope: Envelope, cell: StockView | None) -> None:
         await publish(entry_id, envelope, cell)
+        if envelope.kind is EventKind.HOLD:  # a reservation: no system's event to check
+            return
         try:
             if envelope.sku and envelope.location_id:
                 if is_record(envelope.location_id, envelope.source):

@@ -53,7 +53,8 @@ from resolvers.store.keys import (
 )
 from resolvers.types import Quantities
 
-DAY_MS = 86_400_000
+# The source of the stock changes a reservation's hold makes (gateway/holds.py).
+HOLDS_SOURCE = "retailgraph"
 # Quantities of a cell, in this order, as the scripts return them from the views hash.
 CELL_FIELDS = ("on_hand", "available", "committed", "incoming", "quality_control", "damaged")
 
