@@ -48,7 +48,7 @@ def tags_for(envelope: Envelope) -> list[str]:
 
 
 class HoldObserver(Protocol):
-    """Reservations' side of a stock event (gateway/holds.py)."""
+    """Reservations' side of a stock event (gateway/events/holds.py)."""
 
     async def observe(self, envelope: Envelope, cell: StockView | None,
                       ) -> tuple[int | None, list[HoldChange]]: ...

@@ -53,7 +53,7 @@ from resolvers.store.keys import (
 )
 from resolvers.types import Quantities
 
-# The source of the stock changes a reservation's hold makes (gateway/holds.py).
+# The source of the stock changes a reservation's hold makes (gateway/events/holds.py).
 HOLDS_SOURCE = "retailgraph"
 # Quantities of a cell, in this order, as the scripts return them from the views hash.
 CELL_FIELDS = ("on_hand", "available", "committed", "incoming", "quality_control", "damaged")
