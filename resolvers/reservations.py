@@ -16,11 +16,12 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 import orjson
 from redis.exceptions import RedisError
@@ -79,6 +80,35 @@ class Forbidden(RetailgraphError):
     code = "FORBIDDEN"
 
 
+class ReservationsUnavailable(RetailgraphError):
+    """Redis did not answer in time: nothing is known to have changed; retry (with the same
+    idempotency key, which makes the retry safe). A GraphQL error, code SERVICE_UNAVAILABLE."""
+
+    code = "SERVICE_UNAVAILABLE"
+
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _redis_errors(what: str) -> Callable[[Callable[P, Awaitable[R]]],
+                                         Callable[P, Coroutine[Any, Any, R]]]:
+    """Redis errors of ``what`` as :class:`ReservationsUnavailable`."""
+
+    def wrap(method: Callable[P, Awaitable[R]]) -> Callable[P, Coroutine[Any, Any, R]]:
+        @functools.wraps(method)
+        async def guarded(*args: P.args, **kwargs: P.kwargs) -> R:
+            try:
+                return await method(*args, **kwargs)
+            except (RedisError, OSError) as exc:
+                log.warning("%s: Redis did not answer (%s)", what, exc)
+                raise ReservationsUnavailable(
+                    f"reservations are unavailable right now ({what}: Redis did not answer); "
+                    "retry with the same idempotencyKey") from exc
+        return guarded
+    return wrap
+
+
 def _input(*name: str) -> tuple[str, ...]:
     return ("input", *name)
 
@@ -131,6 +161,7 @@ class Reservations:
                                     _input("channel")))
         return errors
 
+    @_redis_errors("reserveStock")
     async def reserve(self, loaders: Any, request: ReserveRequest) -> Outcome:
         errors = self._check(request)
         if errors:
@@ -214,12 +245,14 @@ class Reservations:
             raise Forbidden(f"not allowed to change reservations at location {cell[1]}")
         return cell[1]
 
+    @_redis_errors("releaseReservation")
     async def release(self, principal: Any, reservation_id_: str) -> Outcome:
         if self._where(principal, reservation_id_) is None:
             return _not_found(reservation_id_)
         changed = await self.store.release(reservation_id_)
         return _outcome(changed.reservation, changed.refused, reservation_id_, "released")
 
+    @_redis_errors("commitReservation")
     async def commit(self, principal: Any, reservation_id_: str,
                      order_reference: str | None) -> Outcome:
         if order_reference is not None and len(order_reference) > MAX_TEXT:
@@ -233,6 +266,7 @@ class Reservations:
 
     # -- listing -------------------------------------------------------------------------------
 
+    @_redis_errors("reservations")
     async def page(self, principal: Any, sku: str | None, location_id: str | None,
                    status: ReservationStatus | None, reference: str | None,
                    after: tuple[int, str] | None, first: int,

@@ -88,10 +88,11 @@ async def reserve_many(r: Replicas, requests: list[tuple[int, dict[str, Any]]],
     async with httpx.AsyncClient(timeout=30, limits=limits) as client:
         async def one(k: int, given: dict[str, Any]) -> dict[str, Any]:
             for _ in range(20):  # as a client does: 503 with Retry-After (too many bodies
-                # waited for at once, gateway/asgi.py BodyGuard) is tried again
+                # waited for at once, gateway/http/asgi.py BodyGuard) and SERVICE_UNAVAILABLE
+                # (Redis late on a loaded machine) are tried again, with the same key
                 response = await client.post(f"{r.url(k)}/graphql", json={
                     "query": RESERVE, "variables": {"input": given}})
-                if response.status_code != 503:
+                if response.status_code != 503 and "SERVICE_UNAVAILABLE" not in response.text:
                     break
                 await asyncio.sleep(0.1)
             body = response.json()

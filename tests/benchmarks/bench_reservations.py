@@ -42,7 +42,13 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+import httpx  # noqa: E402
+import redis  # noqa: E402
+
+from gateway.redis_server import start_server  # noqa: E402
+from resolvers.connectors.http import auth_headers  # noqa: E402
 from tests.benchmarks.bench_subscriptions import cpu_seconds, machine, note  # noqa: E402
+from tests.test_replicas import Replicas  # noqa: E402
 
 MUTATION = ("mutation R($input: ReserveStockInput!) { reserveStock(input: $input) { "
             "reservation { id } userErrors { code } } }")
@@ -105,12 +111,8 @@ def wrk(url: str, cells: list[tuple[str, str]], duration: int, connections: int
             "non2xx": int(errors.group(1)) if errors else 0}
 
 
-def stock_cells(replicas: Any, cells: list[tuple[int, int]]) -> None:
+def stock_cells(replicas: Replicas, cells: list[tuple[int, int]]) -> None:
     """A physical count of STOCK at each (item, store), through the POS simulator."""
-    import httpx
-
-    from resolvers.http import auth_headers
-
     backend = replicas.settings.backends["pos"]
     world = replicas.world
     changes = [{"type": "PHYSICAL_COUNT", "physical_count": {
@@ -126,8 +128,6 @@ def stock_cells(replicas: Any, cells: list[tuple[int, int]]) -> None:
 
 
 def reserved(url: str, cells: list[tuple[str, str]]) -> dict[tuple[str, str], int]:
-    import httpx
-
     out = {}
     with httpx.Client(timeout=30) as client:
         for sku, loc in cells:
@@ -144,12 +144,6 @@ def main() -> None:
     parser.add_argument("--cells", type=int, default=200, help="cells of the spread run")
     parser.add_argument("--json", default="", help="also write the report here")
     args = parser.parse_args()
-    import httpx
-    import redis
-
-    from gateway.redis_server import start_server
-    from tests.test_replicas import Replicas
-
     host = machine()
     server = start_server()
     url = str(server.connection_url)
