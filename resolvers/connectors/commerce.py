@@ -78,22 +78,23 @@ MAX_IDS = 50  # inventory items per levels query
 LEVELS_PAGE = 50  # levels per item and page (an item is rarely stocked at more locations)
 CONCURRENCY = 4  # level queries in flight at once (they share one cost bucket)
 _GID = re.compile(r"gid://shopify/([A-Za-z]+)/(\d{1,19})")
-_NAMES = "[" + ", ".join(f'"{n}"' for n in QUANTITY_NAMES) + "]"
 
-_LEVEL_FIELDS = f"""fragment RetailgraphLevel on InventoryLevel {{
-  location {{ id }} updatedAt quantities(names: {_NAMES}) {{ name quantity }}
-}}"""
-LEVELS_QUERY = """query RetailgraphLevels($ids: [ID!]!, $first: Int!) {
+# The names go as a variable: a literal list would be coerced again for every level.
+_LEVEL_FIELDS = """fragment RetailgraphLevel on InventoryLevel {
+  location { id } updatedAt quantities(names: $names) { name quantity }
+}"""
+LEVELS_QUERY = """query RetailgraphLevels($ids: [ID!]!, $first: Int!, $names: [String!]!) {
   nodes(ids: $ids) { ... on InventoryItem { id inventoryLevels(first: $first) {
     pageInfo { hasNextPage endCursor } nodes { ...RetailgraphLevel } } } }
 }
 """ + _LEVEL_FIELDS
-MORE_LEVELS_QUERY = """query RetailgraphMoreLevels($id: ID!, $first: Int!, $after: String) {
+MORE_LEVELS_QUERY = """query RetailgraphMoreLevels($id: ID!, $first: Int!, $after: String,
+                             $names: [String!]!) {
   inventoryItem(id: $id) { id inventoryLevels(first: $first, after: $after) {
     pageInfo { hasNextPage endCursor } nodes { ...RetailgraphLevel } } }
 }
 """ + _LEVEL_FIELDS
-LEVEL_QUERY = """query RetailgraphLevel($item: ID!, $location: ID!) {
+LEVEL_QUERY = """query RetailgraphLevel($item: ID!, $location: ID!, $names: [String!]!) {
   inventoryItem(id: $item) { id inventoryLevel(locationId: $location) { ...RetailgraphLevel } }
 }
 """ + _LEVEL_FIELDS
@@ -598,6 +599,7 @@ class CommerceConnector(BackendConnector):
                            items: Sequence[str]) -> list[StockView]:
         async with gate:
             data = await self.query("RetailgraphLevels", LEVELS_QUERY, {
+                "names": list(QUANTITY_NAMES),
                 "ids": [gid("InventoryItem", i) for i in items], "first": LEVELS_PAGE})
             nodes = data.get("nodes")
             if not isinstance(nodes, list) or len(nodes) != len(items):
@@ -631,6 +633,7 @@ class CommerceConnector(BackendConnector):
                 raise BackendProtocolError(self.name, "inventoryLevels: pagination loops")
             seen.add(after)
             data = await self.query("RetailgraphMoreLevels", MORE_LEVELS_QUERY, {
+                "names": list(QUANTITY_NAMES),
                 "id": gid("InventoryItem", item_id), "first": LEVELS_PAGE, "after": after})
             node = _object(data.get("inventoryItem"), "inventory item", self.name)
 
@@ -641,6 +644,7 @@ class CommerceConnector(BackendConnector):
         if item is None or location is None:
             return None
         data = await self.query("RetailgraphLevel", LEVEL_QUERY, {
+            "names": list(QUANTITY_NAMES),
             "item": gid("InventoryItem", item), "location": gid("Location", location)})
         node = data.get("inventoryItem")
         if node is None:
