@@ -297,3 +297,15 @@ def _outcome(reservation: Reservation | None, refused: bool, reservation_id_: st
             "ALREADY_FINAL", f"the reservation is {reservation.status.value} and cannot be "
             f"{action}", ("id",))])
     return Outcome(reservation)
+
+
+class HeldUnits:
+    """Units held at one cell, as the sync rules (issue 13) read them: the web shop's
+    available to sell is the system of record's available less safety stock, buffer and
+    these."""
+
+    def __init__(self, store: ReservationStore) -> None:
+        self.store = store
+
+    async def held(self, sku: str, location_id: str) -> int:
+        return (await self.store.held([sku])).get(sku, {}).get(location_id, 0)
