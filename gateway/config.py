@@ -68,6 +68,9 @@ class Settings:
     probe_interval_seconds: float = 2.0
     # How long stock changes stay replayable by cursor (subscriptions, stockEvents).
     change_retention_seconds: int = 86_400
+    # A committed reservation keeps holding its units until the system of record shows the
+    # order, or at the latest this long after the commit (or its own expiry, if later).
+    reservation_commit_hold_seconds: int = 3600
     # Changes buffered per subscriber before it is switched to conflation (latest per cell).
     subscriber_buffer: int = 1000
     # Server keep-alive for WebSocket clients (protocol pings; legacy graphql-ws also "ka").

@@ -6,6 +6,8 @@ turns credentials into one (``gateway.http.auth``: API keys and JWTs). Scopes (`
 all of them):
 
 - ``stock:read``: stock levels, availability, purchase orders, stock history and subscriptions;
+- ``stock:reserve``: reservations (``reserveStock``, ``releaseReservation``,
+  ``commitReservation``, ``Query.reservations``), at the caller's locations only;
 - ``discrepancies:read``: discrepancy fields;
 - ``metrics:read``: ``GET /metrics``;
 - ``admin``: everything, including ``unmappedIdentifiers``.
@@ -19,10 +21,11 @@ from dataclasses import dataclass
 from resolvers.errors import RetailgraphError
 
 STOCK_READ = "stock:read"
+STOCK_RESERVE = "stock:reserve"
 DISCREPANCIES_READ = "discrepancies:read"
 METRICS_READ = "metrics:read"
 ADMIN = "admin"
-SCOPES = (STOCK_READ, DISCREPANCIES_READ, METRICS_READ, ADMIN)
+SCOPES = (STOCK_READ, STOCK_RESERVE, DISCREPANCIES_READ, METRICS_READ, ADMIN)
 
 
 class Forbidden(RetailgraphError):
@@ -97,4 +100,4 @@ NOBODY = Principal("unauthenticated", frozenset(), frozenset(), kind="none")
 
 
 __all__ = ["ADMIN", "DISCREPANCIES_READ", "METRICS_READ", "NOBODY", "OPEN", "SCOPES", "STOCK_READ",
-           "Forbidden", "Principal"]
+           "STOCK_RESERVE", "Forbidden", "Principal"]

@@ -342,11 +342,26 @@ def in_the_future(backend: StockView, cached: StockView, now: datetime,
     return not is_sequence(backend.version) and held > horizon
 
 
+def in_flight(backend: StockView, cached: StockView, now: datetime, grace_seconds: float,
+              max_skew_seconds: float = 300.0) -> bool:
+    """Whether the backend is ahead of the cached cell by a change younger than the grace:
+    its webhook may still be on the way (LAGGING). A cached cell at the backend's own version
+    that disagrees cannot be waiting for anything (WRONG), nor can one behind a change older
+    than the grace."""
+    if in_the_future(backend, cached, now, max_skew_seconds):
+        return False
+    if version_number(cached.version, cached.as_of) >= version_number(backend.version,
+                                                                      backend.as_of):
+        return False
+    return (now - backend.as_of).total_seconds() <= grace_seconds
+
+
 def cache_drift(backend: StockView, cached: StockView | None, role: Role, now: datetime,
                 grace_seconds: float, max_skew_seconds: float = 300.0) -> Finding | None:
     """The cache's cell against the backend's own answer; None when they agree or the cache
     is newer than the read (an event arrived after it), unless its version lies in the
-    future (:func:`in_the_future`: a drift whatever the values, repaired by replacing)."""
+    future (:func:`in_the_future`: a drift whatever the values, repaired by replacing).
+    LAGGING when it is :func:`in_flight`, else WRONG."""
     if cached is None:
         return None
     future = in_the_future(backend, cached, now, max_skew_seconds)
@@ -371,8 +386,7 @@ def cache_drift(backend: StockView, cached: StockView | None, role: Role, now: d
     delta = (c_main - b_main) if b_main is not None and c_main is not None else 0
     if delta == 0 and differing:
         delta = max((d for _, d in differing), key=abs)
-    age = (now - backend.as_of).total_seconds()
-    lagging = age <= grace_seconds and not future
+    lagging = in_flight(backend, cached, now, grace_seconds, max_skew_seconds)
     severity = Severity.HIGH if role is Role.SYSTEM_OF_RECORD else Severity.MEDIUM
     fields_text = ", ".join(f"{QUANTITY_NAMES[n]} {d:+d}" for n, d in differing)
     message = f"the gateway's cache of {backend.source} differs from {backend.source} itself " \
@@ -411,16 +425,6 @@ class CellUpdate:
     location_id: str
     slots: tuple[str, ...]
     findings: tuple[Finding, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class Page:
-    """One page of a discrepancy listing, in order (location, SKU, kind)."""
-
-    findings: list[Finding]
-    cursors: list[str]
-    end_cursor: str | None
-    has_more: bool
 
 
 @dataclass(frozen=True, slots=True)

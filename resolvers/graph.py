@@ -23,11 +23,9 @@ from resolvers import merge
 from resolvers.abc import (
     NO_OBSERVER,
     CacheUnavailable,
-    ChangeFeed,
     Connector,
     GraphSettings,
     Observer,
-    Reconciliation,
     StockCache,
 )
 from resolvers.access import OPEN, Principal
@@ -39,6 +37,7 @@ from resolvers.connectors.wms import WmsConnector
 from resolvers.discrepancies import Role
 from resolvers.errors import BackendError
 from resolvers.identity import IdentityMap
+from resolvers.store.client import optional
 from resolvers.types import (
     LocationRecord,
     LocationType,
@@ -99,6 +98,8 @@ class Freshness:
     tags: set[str] = field(default_factory=set)
     consulted: set[str] = field(default_factory=set)
     cache: str = "off"  # "on" | "off" | "unavailable"
+    # Set by what must never be answered from the response cache (mutations, reservations).
+    uncacheable: bool = False
 
     def see(self, source: str, as_of: datetime, origin: str) -> None:
         self.sources.setdefault(source, SourceFreshness()).see(as_of, origin)
@@ -181,6 +182,12 @@ class RetailGraph:
         self.observer = observer
         self.catalog: Catalog | None = None
         self.health = BackendHealth()
+        # The replica's change feed (gateway.events.changes.ChangeFeed) once Redis is up.
+        self.feed: Any = None
+        # Discrepancies and sync health (gateway/reconcile/runner.py, synchealth.py).
+        self.reconciliation: Any = None
+        # Reservations (resolvers/reservations.py) once Redis is up.
+        self.reservations: Any = None
         self._refresh_lock = asyncio.Lock()
 
     @classmethod
@@ -336,6 +343,8 @@ class Loaders:
     # The other systems' views, for discrepancies (Shopify: warehouses; ERP snapshot: all).
     online_stock: DataLoader[str, list[StockView]] = field(init=False)
     erp_snapshot: DataLoader[str, list[StockView]] = field(init=False)
+    # Units held by reservations, per location, of each SKU.
+    reserved: DataLoader[str, dict[str, int]] = field(init=False)
 
     def __post_init__(self) -> None:
         b = self.graph.backends
@@ -357,6 +366,15 @@ class Loaders:
         self.erp_snapshot = DataLoader(
             load_fn=lambda skus: self._load_views(b.erp.name, b.erp.snapshot, None, skus),
             max_batch_size=1000)
+        self.reserved = DataLoader(load_fn=self._load_reserved, max_batch_size=1000)
+
+    async def _load_reserved(self, skus: list[str]) -> list[dict[str, int]]:
+        reservations = self.graph.reservations
+        if reservations is None:
+            return [{} for _ in skus]
+        with optional():  # a read does without them (the read deadline; none while sick)
+            held: dict[str, dict[str, int]] = await reservations.held(skus)
+        return [held.get(sku, {}) for sku in skus]
 
     async def _backend(self, name: str, call: Awaitable[V]) -> V:
         """Await a backend call, keeping the backend's health current."""
@@ -479,12 +497,14 @@ class Loaders:
             types = [t for t in types if t in wanted]
         loaders = {LocationType.STORE: self.store_stock,
                    LocationType.WAREHOUSE: self.warehouse_stock}
-        master, chunks = await asyncio.gather(
-            self.master.load(sku), asyncio.gather(*(loaders[t].load(sku) for t in types)))
+        master, chunks, reserved = await asyncio.gather(
+            self.master.load(sku), asyncio.gather(*(loaders[t].load(sku) for t in types)),
+            self.reserved.load(sku))
         views = [v for chunk in chunks for v in chunk]
         safety = master.safety_stock if master else 0
         stale = set(self.graph.health.down) if self.graph.cache is not None else set()
-        return merge.levels_for(views, catalog.locations, safety, location_ids, stale)
+        return merge.levels_for(views, catalog.locations, safety, location_ids, stale,
+                                reserved)
 
     async def locations(self) -> list[LocationRecord]:
         """The locations this request's principal may see, ordered by id."""
@@ -528,9 +548,6 @@ class RequestContext:
 
     graph: RetailGraph
     loaders: Loaders
-    # The replica's live stock changes and its reconciliation (None: Redis not connected).
-    feed: ChangeFeed | None = None
-    reconciliation: Reconciliation | None = None
     request: Any = None
     response: Any = None
     # WebSocket connection_init payload (credentials live here, see gateway/http/auth.py).

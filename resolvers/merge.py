@@ -8,10 +8,14 @@
 | online title, price, status   | e-commerce (shopify)      | what shoppers see                    |
 | store shelf price             | POS (square)              | what the till charges                |
 
-Online availability is what the fulfilment warehouses can ship: per warehouse
-``max(0, WMS available - safety stock)``, where the WMS's available already excludes
-stock committed (allocated) to orders, in quality control, or damaged. Store availability
-is the POS's sellable (IN_STOCK) count. Every merged value keeps its ``source`` and ``as_of``.
+Available to sell at a location is ``max(0, available - safety stock - reserved)``: the
+system of record's available, less what the ERP holds back from online sale (warehouses
+only) and what retailgraph's reservations hold there (``resolvers/store/reservations.py``).
+Online availability is what the fulfilment warehouses can ship: the sum of their available
+to sell, where the WMS's available already excludes stock committed (allocated) to orders,
+in quality control, or damaged. Store availability is the sum of the stores' available to
+sell (the POS's IN_STOCK count less reservations). Every merged value keeps its ``source``
+and ``as_of``.
 
 Range: every quantity a system reports fits GraphQL's 32-bit ``Int`` (intake and the
 connectors refuse others). What is computed here from them (on-hand derived from its parts,
@@ -63,11 +67,17 @@ class StockLevelRecord:
     source: str
     as_of: datetime
     stale: bool = False
+    reserved: int = 0  # units held here by retailgraph's reservations
 
     @property
     def sellable(self) -> int:
         """What can be promised on this location's channel after safety stock."""
         return saturate(max(0, self.available - self.safety_stock))
+
+    @property
+    def available_to_sell(self) -> int:
+        """Available minus safety stock minus reserved, at least 0."""
+        return saturate(max(0, self.available - self.safety_stock - self.reserved))
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,7 +99,7 @@ class PriceRecord:
 
 
 def stock_level(view: StockView, location: LocationRecord, safety_stock: int,
-                stale: bool = False) -> StockLevelRecord:
+                stale: bool = False, reserved: int = 0) -> StockLevelRecord:
     """A system-of-record view as a merged level; missing quantities count as zero.
 
     Safety stock (an ERP item setting) only holds back warehouse stock from online sale.
@@ -106,18 +116,22 @@ def stock_level(view: StockView, location: LocationRecord, safety_stock: int,
         committed=committed, incoming=q.incoming or 0, quality_control=quality_control,
         damaged=damaged,
         safety_stock=safety_stock if location.type is LocationType.WAREHOUSE else 0,
-        source=view.source, as_of=view.as_of, stale=stale)
+        source=view.source, as_of=view.as_of, stale=stale, reserved=reserved)
 
 
 def levels_for(views: Iterable[StockView], locations: dict[str, LocationRecord],
                safety_stock: int, location_ids: Sequence[str] | None = None,
-               stale_sources: frozenset[str] | set[str] = frozenset()) -> list[StockLevelRecord]:
+               stale_sources: frozenset[str] | set[str] = frozenset(),
+               reserved: dict[str, int] | None = None) -> list[StockLevelRecord]:
     """Merged levels for the views' locations, optionally filtered, ordered by location id.
 
-    Values from a source in ``stale_sources`` (down, served from cache) are flagged stale.
+    Values from a source in ``stale_sources`` (down, served from cache) are flagged stale;
+    ``reserved`` gives the units held per location.
     """
     wanted = set(location_ids) if location_ids is not None else None
-    out = [stock_level(v, locations[v.location_id], safety_stock, v.source in stale_sources)
+    held = reserved or {}
+    out = [stock_level(v, locations[v.location_id], safety_stock, v.source in stale_sources,
+                       held.get(v.location_id, 0))
            for v in views
            if v.location_id in locations and (wanted is None or v.location_id in wanted)]
     return sorted(out, key=lambda level: level.location.id)
@@ -128,7 +142,7 @@ def availability(channel: Channel, levels: Sequence[StockLevelRecord]) -> Availa
     serving = [lv for lv in levels if lv.location.type is CHANNEL_LOCATIONS[channel]]
     return AvailabilityRecord(
         channel=channel,
-        available=saturate(sum(lv.sellable for lv in serving)),
+        available=saturate(sum(lv.available_to_sell for lv in serving)),
         by_location=serving,
         sources=sorted({lv.source for lv in serving}),
         as_of=max((lv.as_of for lv in serving), default=None),

@@ -10,13 +10,15 @@ from graphql import GraphQLObjectType, GraphQLSchema, print_schema, specified_di
 from strawberry.extensions import SchemaExtension
 
 from schema.query import Query
+from schema.reservations import Mutation
 from schema.subscription import Subscription
 
 
 def build_schema(extensions: Sequence[type[SchemaExtension] | Any] = ()) -> strawberry.Schema:
     """The schema as served: an Apollo Federation v2 subgraph (``_service``, ``_entities``;
     Product keyed by ``sku``, Location by ``id``, StockLevel by ``sku location { id }``)."""
-    return strawberry.federation.Schema(query=Query, subscription=Subscription,
+    return strawberry.federation.Schema(query=Query, mutation=Mutation,
+                                        subscription=Subscription,
                                         extensions=list(extensions))
 
 
@@ -43,7 +45,8 @@ def sdl() -> str:
     types = sorted([query, *(t for name, t in served.type_map.items()
                              if not _is_federation_type(name) and name != query.name)],
                    key=lambda t: t.name)
-    client = GraphQLSchema(query=query, subscription=served.subscription_type, types=types,
+    client = GraphQLSchema(query=query, mutation=served.mutation_type,
+                           subscription=served.subscription_type, types=types,
                            directives=specified_directives)
     return print_schema(client) + "\n"
 

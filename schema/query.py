@@ -21,6 +21,7 @@ from schema.reconciliation import (
     discrepancies_field,
     sync_status_field,
 )
+from schema.reservations import ReservationConnection, reservations_field
 from schema.subscription import StockChangePage, stock_events
 from schema.types import (
     Location,
@@ -132,6 +133,9 @@ class Query:
     async def unmapped_identifiers(self, info: Ctx) -> list[UnmappedIdentifier]:
         await info.context.graph.ready_catalog()
         return [UnmappedIdentifier.of(u) for u in info.context.graph.unmapped()]
+
+    # Reservations (schema/reservations.py; scope stock:reserve).
+    reservations: ReservationConnection | None = reservations_field
 
     # Where the systems disagree (schema/reconciliation.py; scope discrepancies:read).
     discrepancies: DiscrepancyConnection | None = discrepancies_field

@@ -15,9 +15,9 @@ import strawberry
 from graphql import GraphQLError
 
 from resolvers import merge
-from resolvers.abc import ChangeFeed
 from resolvers.access import STOCK_READ
 from resolvers.changes import MAX_FILTER_IDS, CursorExpired, InvalidCursor, make_filter
+from resolvers.store.reservations import HOLDS_SOURCE
 from resolvers.types import LocationType as LocationTypeEnum
 from resolvers.types import StockView, saturate
 from schema.context import Ctx
@@ -41,14 +41,18 @@ class StockQuantities:
 class StockMovement:
     type: str = strawberry.field(description="SALE, RETURN, RECEIPT, PUTAWAY, ALLOCATION, "
                                              "TRANSFER_OUT, TRANSFER_IN, COUNT, ONLINE_ORDER, "
-                                             "FULFILMENT, ADJUSTMENT, REPAIR or OTHER.")
+                                             "FULFILMENT, ADJUSTMENT, REPAIR, OTHER; for a "
+                                             "reservation (source retailgraph): RESERVE, "
+                                             "RELEASE, EXPIRE, COMMIT or SETTLE (a committed "
+                                             "hold ended: the system of record shows it).")
     quantity: int = strawberry.field(description="Units moved (counted, for a COUNT).")
     biz_step: str | None = strawberry.field(description="EPCIS CBV bizStep, when from the WMS.")
     documents: list[str] = strawberry.field(description="Business documents as type:id.")
 
 
 @strawberry.type(description="One change of stock at a SKU x location, from its system of "
-                             "record. Pass its cursor as `after` to resume without a gap.")
+                             "record or a reservation's hold (source retailgraph). Pass its "
+                             "cursor as `after` to resume without a gap.")
 class StockChange:
     cursor: str = strawberry.field(description="Position in the change log; resume after it.")
     sku: strawberry.ID = strawberry.field(description="The SKU.")
@@ -88,6 +92,7 @@ class StockStatusChange:
 
 
 def status_of(available: int | None, threshold: int) -> StockStatus:
+    """The status of a level's available less what reservations hold (the caller's)."""
     if available is None or available <= 0:
         return StockStatus.OUT_OF_STOCK
     return StockStatus.LOW_STOCK if available <= threshold else StockStatus.IN_STOCK
@@ -119,9 +124,12 @@ def to_graphql(info: Ctx, change: Any, safety_stock: int | None = None) -> Stock
     if safety_stock is None:
         item = graph.master_item(change.sku)
         safety_stock = item.safety_stock if item else 0
-    view = StockView(sku=change.sku, location_id=change.location_id, source=change.source,
+    # A reservation's change (source retailgraph) shows the system of record's level.
+    source = change.source if change.source != HOLDS_SOURCE else (
+        graph.system_of_record(change.location_id) or change.source)
+    view = StockView(sku=change.sku, location_id=change.location_id, source=source,
                      quantities=change.quantities, as_of=change.occurred_at)
-    level = merge.stock_level(view, location, safety_stock)
+    level = merge.stock_level(view, location, safety_stock, reserved=change.reserved or 0)
     p, m = change.previous, change.movement
     return StockChange(
         cursor=change.cursor, sku=strawberry.ID(change.sku),
@@ -135,8 +143,8 @@ def to_graphql(info: Ctx, change: Any, safety_stock: int | None = None) -> Stock
         source=change.source, occurred_at=change.occurred_at, conflated=change.conflated)
 
 
-def _feed(info: Ctx) -> ChangeFeed:
-    feed = info.context.feed
+def _feed(info: Ctx) -> Any:
+    feed = info.context.graph.feed
     if feed is None:
         raise GraphQLError("change feed unavailable (event log not connected)",
                            extensions={"code": "SERVICE_UNAVAILABLE"})
@@ -154,7 +162,8 @@ def _filter(info: Ctx, skus: list[strawberry.ID] | None,
     locations = info.context.principal.restrict(
         [str(x) for x in location_ids] if location_ids is not None else None)
     return make_filter([str(s) for s in skus] if skus is not None else None, locations,
-                       lambda location_id, source: graph.system_of_record(location_id) == source)
+                       lambda location_id, source: source == HOLDS_SOURCE
+                       or graph.system_of_record(location_id) == source)
 
 
 @dataclass(slots=True)
@@ -264,10 +273,13 @@ async def _status_changes(info: Ctx, threshold: int, changes: AsyncGenerator[Any
             out = to_graphql(info, change, await _safety_stock(info, change))
             if out is None:
                 continue
-            status = status_of(out.stock_level.available, threshold)
+            level = out.stock_level
+            status = status_of(level.available - level.reserved, threshold)
             before = known.get(change.key())
-            if before is None and change.previous is not None:
-                before = status_of(change.previous.available, threshold)
+            if before is None and change.previous is not None \
+                    and change.previous.available is not None:
+                before = status_of(change.previous.available
+                                   - (change.previous_reserved or 0), threshold)
             known[change.key()] = status
             if status != before:
                 yield StockStatusChange(change=out, status=status, previous_status=before)

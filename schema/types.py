@@ -121,6 +121,12 @@ class StockLevel(Node):
     damaged: int = strawberry.field(description="On hand but not sellable.")
     safety_stock: int = strawberry.field(description="Held back from online sale (ERP setting).")
     sellable: int = strawberry.field(description="available minus safety stock, at least 0.")
+    reserved: int = strawberry.field(description="Units held here by retailgraph's "
+                                                 "reservations (ACTIVE, and COMMITTED until "
+                                                 "the system of record shows the order).")
+    available_to_sell: int = strawberry.field(description="available minus safety stock minus "
+                                                          "reserved, at least 0: what a new "
+                                                          "reservation or sale can take.")
     source: str = strawberry.field(description="Backend this value came from.")
     as_of: datetime = strawberry.field(description="When the source computed this value.")
     stale: bool = strawberry.field(description="True when served from cache while the source is "
@@ -139,7 +145,8 @@ class StockLevel(Node):
                    sku=strawberry.ID(r.sku), location=Location.of(r.location), on_hand=r.on_hand,
                    available=r.available, committed=r.committed, incoming=r.incoming,
                    quality_control=r.quality_control, damaged=r.damaged,
-                   safety_stock=r.safety_stock, sellable=r.sellable, source=r.source,
+                   safety_stock=r.safety_stock, sellable=r.sellable, reserved=r.reserved,
+                   available_to_sell=r.available_to_sell, source=r.source,
                    as_of=r.as_of, stale=r.stale)
 
     @classmethod
@@ -182,9 +189,10 @@ def parse_stock_level_key(key: str) -> tuple[str, str] | None:
 class Availability:
     channel: merge.Channel = strawberry.field(description="The channel.")
     available: int = strawberry.field(
-        description="ONLINE: sum over warehouses of max(0, WMS available - safety stock). "
-                    "STORE: sum of the stores' sellable counts. A sum past 2147483647 is "
-                    "served as 2147483647 (at least that many).")
+        description="The sum of availableToSell over the locations serving the channel "
+                    "(ONLINE: warehouses, WMS available - safety stock - reserved; STORE: "
+                    "stores, POS available - reserved). A sum past 2147483647 is served as "
+                    "2147483647 (at least that many).")
     by_location: list[StockLevel] = strawberry.field(
         description="The levels this number is made of.")
     sources: list[str] = strawberry.field(description="Backends the number was computed from.")

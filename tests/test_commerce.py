@@ -160,6 +160,7 @@ async def get_level(sim: Sim, inventory_item_id: int, location_id: int) -> dict[
 async def test_products_follow_cursor_pagination_and_feed_identity(
         sim: Sim, conn: CommerceConnector) -> None:
     conn.page_limit = 7
+    conn.bulk_catalog = False
     listings = await conn.products()
     assert await sim.graphql_requests() == 1 + 5  # the shop's currency; 31 variants, 7 a page
     assert len(listings) == WORLD.n_skus + 1
@@ -177,6 +178,43 @@ async def test_products_follow_cursor_pagination_and_feed_identity(
     conn.identity.learn_online(listings)
     assert conn.identity.sku(SHOPIFY_VARIANT, str(item.shopify_variant_id)) == item.sku
     assert ("shopify", "variant_id", str(GIFT_VARIANT)) in conn.identity.unmapped
+
+
+async def test_a_catalog_of_several_pages_is_read_by_a_bulk_operation(
+        sim: Sim, conn: CommerceConnector, monkeypatch: pytest.MonkeyPatch) -> None:
+    conn.bulk_catalog = False
+    paged = await conn.products()
+    conn.bulk_catalog = True
+    conn.page_limit = 7
+    sent: list[httpx.Request] = []
+    download = conn._downloads.get
+
+    async def recorded(url: str) -> httpx.Response:
+        response = await download(url)
+        sent.append(response.request)
+        return response
+
+    monkeypatch.setattr(conn._downloads, "get", recorded)
+    before = await sim.graphql_requests()
+    listings = await conn.products()
+    assert listings == paged
+    # one page to see it is larger, the bulk mutation, its status until COMPLETED
+    assert await sim.graphql_requests() - before == 1 + 1 + 2
+    [fetched] = sent
+    assert fetched.url.path.endswith(".jsonl")
+    assert "x-shopify-access-token" not in fetched.headers  # the file store gets no token
+
+    # Five bulk operations running already: the shop refuses a sixth, and it is paged.
+    for _ in range(5):
+        running = await sim.http.post(GRAPHQL_PATH, json={
+            "query": "mutation($q: String!) { bulkOperationRunQuery(query: $q) { "
+                     "userErrors { code } } }",
+            "variables": {"q": "{ productVariants { edges { node { id } } } }"}})
+        assert running.json()["data"]["bulkOperationRunQuery"]["userErrors"] == []
+    before = await sim.graphql_requests()
+    assert await conn.products() == paged
+    # the first page, the refused bulk mutation, then the 4 further pages from its cursor
+    assert await sim.graphql_requests() - before == 1 + 1 + 4
 
 
 async def test_graphql_listings_are_what_the_rest_products_said(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
+from types import SimpleNamespace
 
 import httpx
 import pytest
@@ -96,7 +97,8 @@ def test_requests_go_through_when_redis_is_down() -> None:
         return JSONResponse({"data": {"ok": True}})
 
     dead = aioredis.Redis(host="127.0.0.1", port=free_port(), socket_connect_timeout=1)
-    limiter = RateLimiter(dead, per_minute=1)
+    runtime = SimpleNamespace(cache=SimpleNamespace(redis=dead))
+    limiter = RateLimiter(runtime, per_minute=1)  # type: ignore[arg-type]
     app = RateLimitMiddleware(Starlette(routes=[Route("/graphql", hello, methods=["POST"])]),
                               limiter=limiter)
     with serve(app) as server:

@@ -305,10 +305,49 @@ def test_snapshot_behind_movements_is_lagging_and_unexplained_units_are_wrong(
     assert (wrong["status"], wrong["delta"], wrong["explainedByMovements"]) == ("WRONG", 8, 2)
 
 
+def log_entries(stack: Stack) -> list[dict[str, Any]]:
+    client = redis.Redis.from_url(stack.settings.redis_url)
+    try:
+        return [orjson.loads(fields[b"e"]) for _, fields in client.xrange("rg:{ev}:log")]
+    finally:
+        client.close()
+
+
+def test_a_change_whose_webhook_is_on_its_way_is_in_flight_and_not_repaired(
+        stack: Stack) -> None:
+    """The WMS has counted the cell and its webhook is still on the way when the run reads
+    it: the run waits for the webhook instead of repairing (it used to log and publish a
+    REPAIR of the very change the webhook then brought)."""
+    i, code = 5, stack.world.warehouses[0].code
+    sku = stack.world.item(i).sku
+    before = views_of(stack, i, code)["SYSTEM_OF_RECORD"]["onHand"]  # cached
+    counted = before + 7
+    with stack.sim("wms") as wms:
+        assert wms.post("/_sim/faults", json={"delay_seconds": 1.5}).status_code == 200
+    try:
+        wms_event(stack, i, code, "cycle_counting", counted)
+        report = reconcile(stack)
+    finally:
+        with stack.sim("wms") as wms:
+            wms.post("/_sim/faults", json={"delay_seconds": 0})
+    assert (report.repaired, report.repairs) == (0, [])
+    assert Kind.CACHE_DRIFT.value not in report.by_kind
+    # The cell holds what the webhook brought; nothing but the webhook touched it.
+    assert views_of(stack, i, code)["SYSTEM_OF_RECORD"]["onHand"] == counted
+    touched = [e for e in log_entries(stack) if e.get("sku") == sku
+               and e.get("location_id") == code]
+    assert [e["movement"]["type"] for e in touched] == ["COUNT"], touched
+    assert "CACHE_DRIFT" not in found(stack, sku, code)
+    assert (report.in_flight, report.caught_up, report.overdue) == (1, 1, 0)
+    assert report.as_dict()["inFlight"]["caughtUp"] == 1
+
+
 def test_dropped_webhook_is_cache_drift_repaired_as_a_logged_event(stack: Stack) -> None:
     i, code = 7, stack.world.warehouses[1].code
     sku = stack.world.item(i).sku
     views_of(stack, i, code)  # cached
+    # The run waits this long for the webhook of a change it finds in flight, then judges.
+    stack.settings.sync_grace_seconds = 1.0
     with stack.sim("wms") as wms:
         assert wms.post("/_sim/faults", json={"drop_rate": 1.0}).status_code == 200
     wms_event(stack, i, code, "cycle_counting", 11)
@@ -317,11 +356,13 @@ def test_dropped_webhook_is_cache_drift_repaired_as_a_logged_event(stack: Stack)
     stale = views_of(stack, i, code)["SYSTEM_OF_RECORD"]["onHand"]
     assert stale != 11  # the gateway never heard of the count
     report = reconcile(stack)
+    assert (report.in_flight, report.caught_up, report.overdue) == (1, 0, 1)
     assert report.by_kind[Kind.CACHE_DRIFT.value] == 1
     assert report.repaired == 1
     (repair,) = report.repairs
     assert (repair["sku"], repair["locationId"], repair["source"]) == (sku, code, "wms")
-    assert (repair["backend"], repair["cacheBefore"]) == (11, stale)
+    assert (repair["backend"], repair["cacheBefore"], repair["status"]) == (11, stale, "WRONG")
+    assert repair["outcome"] == "repaired"
     assert views_of(stack, i, code)["SYSTEM_OF_RECORD"]["onHand"] == 11
     client = redis.Redis.from_url(stack.settings.redis_url)
     try:

@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 import pytest
 import redis.asyncio as aioredis
 
+from resolvers.reservations import HeldUnits
 from resolvers.store.cache import Cache
 from resolvers.store.keys import RESERVATIONS_DUE, holds_key
 from resolvers.store.reservations import (
@@ -76,6 +77,8 @@ async def test_exactly_what_is_available_is_held(client: aioredis.Redis) -> None
     assert len(refused) == 150
     assert all(r.available_to_sell == 0 for r in refused)  # type: ignore[attr-defined]
     assert (await s.held([SKU]))[SKU] == {LOC: 50}
+    assert await HeldUnits(s).held(SKU, LOC) == 50  # what the sync rules read
+    assert await HeldUnits(s).held(SKU, "ST009") == 0
 
 
 async def test_safety_stock_and_existing_holds_count(client: aioredis.Redis) -> None:

@@ -116,8 +116,7 @@ async def test_a_result_being_sent_holds_no_delivery_slot(loaded: Stack) -> None
 
     async def scenario(count: int, test_loop: asyncio.AbstractEventLoop) -> None:
         async def stream() -> Any:
-            context = RequestContext(graph=graph, loaders=graph.loaders(), feed=view.feed,
-                                     reconciliation=view.reconciliation)
+            context = RequestContext(graph=graph, loaders=graph.loaders())
             return await view.schema.subscribe(AVAILABLE, variable_values=cell,
                                                context_value=context)
 

@@ -7,8 +7,10 @@ import asyncio
 import sys
 
 from gateway import config
-from gateway.app import build
+from gateway.app import Runtime
 from gateway.reconcile.runner import Report, Scope
+from gateway.telemetry import ResolverTelemetry
+from resolvers.graph import RetailGraph
 
 
 def run(args: argparse.Namespace) -> int:
@@ -24,9 +26,11 @@ def run(args: argparse.Namespace) -> int:
                   repair=not args.no_repair)
 
     async def run() -> Report:
-        runtime = await build(settings, background=False)
+        runtime = Runtime(settings, RetailGraph.from_settings(
+            settings, observer=ResolverTelemetry()), background=False)
         await runtime.start()
         try:
+            assert runtime.reconciliation is not None
             return await runtime.reconciliation.run(scope)
         finally:
             await runtime.stop()

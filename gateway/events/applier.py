@@ -13,10 +13,9 @@ gateway dies between logging and finishing, the entry stays pending and any repl
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import dataclasses
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from contextlib import AbstractContextManager
 from typing import Protocol
 
 import orjson
@@ -27,6 +26,7 @@ from gateway.events.log import EventLog
 from resolvers.store.cache import Cache
 from resolvers.store.client import Backoff
 from resolvers.store.keys import PENDING_KEY
+from resolvers.store.reservations import HoldChange
 from resolvers.store.responses import ResponseStore
 from resolvers.types import StockView
 
@@ -35,33 +35,6 @@ log = logging.getLogger("retailgraph.applier")
 
 # (log entry id, envelope, the cell after the write if the cache holds all of it)
 Publisher = Callable[[str, Envelope, StockView | None], Awaitable[None]]
-
-
-class ApplierObserver(Protocol):
-    """Sees every event the applier applies: around the apply, around the publish of a stock
-    change, and once it is published (the observer's own failures to record are its own
-    business: they never fail the apply)."""
-
-    def applying(self, entry_id: str, envelope: Envelope) -> AbstractContextManager[None]: ...
-
-    def publishing(self, entry_id: str) -> AbstractContextManager[None]: ...
-
-    async def published(self, entry_id: str, envelope: Envelope,
-                        cell: StockView | None) -> None: ...
-
-
-class ApplierObserverBase:
-    """An :class:`ApplierObserver` that sees nothing: subclasses override what they watch."""
-
-    def applying(self, entry_id: str, envelope: Envelope) -> AbstractContextManager[None]:
-        return contextlib.nullcontext()
-
-    def publishing(self, entry_id: str) -> AbstractContextManager[None]:
-        return contextlib.nullcontext()
-
-    async def published(self, entry_id: str, envelope: Envelope,
-                        cell: StockView | None) -> None:
-        pass
 
 
 def tags_for(envelope: Envelope) -> list[str]:
@@ -74,27 +47,34 @@ def tags_for(envelope: Envelope) -> list[str]:
     return tags
 
 
+class HoldObserver(Protocol):
+    """Reservations' side of a stock event (gateway/events/holds.py)."""
+
+    async def observe(self, envelope: Envelope, cell: StockView | None,
+                      ) -> tuple[int | None, list[HoldChange]]: ...
+
+    async def __call__(self, change: HoldChange) -> None: ...
+
+
 class Applier:
     """Turns envelopes into cache writes; shared by the intake and the sweeper."""
 
     def __init__(self, cache: Cache, responses: ResponseStore,
-                 publish: Publisher | None = None,
-                 observers: Sequence[ApplierObserver] = ()) -> None:
+                 publish: Publisher | None = None, holds: HoldObserver | None = None) -> None:
         self.cache = cache
         self.redis = cache.redis
         self.responses = responses
         self.publish = publish
-        self.observers = tuple(observers)
+        # Reservations: the units held at a cell go with its change; committed holds the
+        # system of record now shows end (their changes are published after it).
+        self.holds = holds
 
-    async def apply(self, entry_id: str, envelope: Envelope) -> None:
-        with contextlib.ExitStack() as around:
-            for observer in self.observers:
-                around.enter_context(observer.applying(entry_id, envelope))
-            await self._apply(entry_id, envelope)
-
-    async def _apply(self, entry_id: str, envelope: Envelope) -> None:
+    async def apply(self, entry_id: str, envelope: Envelope) -> int:
+        """Apply one logged event; returns the cache fields it wrote (-1: a repair not
+        written because an event touched the cell after reconciliation read it)."""
         e = envelope
         cell: StockView | None = None
+        written = 0
         if e.kind in (EventKind.LEVEL_SNAPSHOT, EventKind.MOVEMENT) and e.quantities is not None:
             assert e.sku is not None
             assert e.location_id is not None
@@ -105,25 +85,32 @@ class Applier:
                 # A reconciliation repair (gateway/reconcile/runner.py): the backend's own answer
                 # replaces the drifted cell unless an event touched it since it was compared
                 # (over a cached version from the future, whatever the versions).
-                _, cell = await self.cache.repair_view(view, int(e.extra.get("gen", -1)),
-                                                       replace=bool(e.extra.get("replace")))
+                written, cell = await self.cache.repair_view(
+                    view, int(e.extra.get("gen", -1)), replace=bool(e.extra.get("replace")))
             else:
-                _, cell = await self.cache.apply_view(view, full=e.full)
+                written, cell = await self.cache.apply_view(view, full=e.full)
         elif e.kind is EventKind.MASTER_UPDATE and e.sku and e.data is not None:
-            await self.cache.apply_master(e.sku, orjson.dumps(e.data), e.source_version)
+            written = await self.cache.apply_master(e.sku, orjson.dumps(e.data),
+                                                    e.source_version)
         elif e.kind is EventKind.INVALIDATE and e.sku:
-            await self.cache.invalidate_views(e.sku, e.source)
+            written = await self.cache.invalidate_views(e.sku, e.source)
+        # A HOLD (a reservation's change) writes nothing here: the hold is in Redis already.
+        ended: list[HoldChange] = []
+        if (self.holds is not None and e.kind is not EventKind.HOLD
+                and e.quantities is not None):
+            held, ended = await self.holds.observe(e, cell)
+            if held is not None:
+                e = dataclasses.replace(e, extra={**e.extra, "reserved": held})
         await self.responses.invalidate(tags_for(e))
         if self.publish is not None and e.sku and e.location_id and e.quantities is not None:
             # Publishing also takes the entry off the pending set, in the same script.
-            with contextlib.ExitStack() as around:
-                for observer in self.observers:
-                    around.enter_context(observer.publishing(entry_id))
-                await self.publish(entry_id, e, cell)
-                for observer in self.observers:
-                    await observer.published(entry_id, e, cell)
+            await self.publish(entry_id, e, cell)
         else:
             await self.redis.zrem(PENDING_KEY, entry_id)
+        for change in ended:
+            assert self.holds is not None
+            await self.holds(change)
+        return written
 
     async def apply_all(self, entries: Sequence[tuple[str, Envelope]]) -> None:
         for entry_id, envelope in entries:

@@ -22,7 +22,7 @@ import heapq
 import logging
 import re
 from collections import Counter, OrderedDict, deque
-from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, TypeVar
@@ -184,6 +184,10 @@ class Change:
     movement: Movement | None
     event_id: str
     conflated: bool = False
+    # Units held at the cell by reservations after the change, and before it (None: not
+    # known).
+    reserved: int | None = None
+    previous_reserved: int | None = None
 
     def key(self) -> tuple[str, str]:
         return self.sku, self.location_id
@@ -195,6 +199,7 @@ def _encode(envelope: Envelope, quantities: Quantities) -> bytes:
         "sku": envelope.sku, "loc": envelope.location_id, "src": envelope.source,
         "at": envelope.occurred_at.isoformat(), "id": envelope.id,
         "q": [getattr(quantities, f) for f in Quantities.__slots__],
+        "r": envelope.extra.get("reserved"),
         "m": None if m is None else [m.type.value, m.quantity, m.biz_step, m.from_state,
                                      m.to_state, [list(d) for d in m.documents]]})
 
@@ -234,11 +239,13 @@ def decode_change(cursor: str, fields: dict[bytes, bytes]) -> Change:
         type=MovementType(m[0]), quantity=m[1], biz_step=m[2], from_state=m[3], to_state=m[4],
         documents=tuple(tuple(x) for x in m[5]))
     quantities = _quantities(d["q"])
-    previous = _quantities(orjson.loads(prev)["q"]) if prev else None
+    before = orjson.loads(prev) if prev else None
+    previous = _quantities(before["q"]) if before is not None else None
     return Change(cursor=cursor, sku=d["sku"], location_id=d["loc"], source=d["src"],
                   occurred_at=datetime.fromisoformat(d["at"]), quantities=quantities,
                   previous=previous, movement=movement or infer_movement(previous, quantities),
-                  event_id=d["id"])
+                  event_id=d["id"], reserved=d.get("r"),
+                  previous_reserved=before.get("r") if before is not None else None)
 
 
 def check_cursor(cursor: str) -> str:
@@ -325,7 +332,10 @@ class ChangePublisher:
                   sku_index_key(envelope.sku), location_index_key(envelope.location_id),
                   INDEXED_KEY],
             args=[self.retention_ms // 1000 + 3600, self.retention_ms,
-                  f"{envelope.sku}|{envelope.location_id}|{envelope.source}",
+                  # A reservation's change continues its cell's history (its previous
+                  # state is the system of record's last change, and the other way round).
+                  f"{envelope.sku}|{envelope.location_id}|"
+                  f"{envelope.extra.get('record_source') or envelope.source}",
                   _encode(envelope, quantities), entry_id])
 
 
@@ -368,7 +378,8 @@ class Subscriber:
 def _flag(change: Change) -> Change:
     return Change(change.cursor, change.sku, change.location_id, change.source,
                   change.occurred_at, change.quantities, change.previous, change.movement,
-                  change.event_id, conflated=True)
+                  change.event_id, conflated=True, reserved=change.reserved,
+                  previous_reserved=change.previous_reserved)
 
 
 class ChangeFeed:
@@ -573,8 +584,7 @@ class ChangeFeed:
         _check_retention(info, after)
         return f"({after}"
 
-    async def subscribe(self, accept: Filter, after: str | None,
-                        ) -> AsyncGenerator[Change, None]:
+    async def subscribe(self, accept: Filter, after: str | None) -> AsyncIterator[Change]:
         """Missed changes after ``after`` (if given), then live ones; in stream order."""
         sub = Subscriber(accept, self.buffer_limit)
         await self.fanout.join(sub)

@@ -4,7 +4,7 @@
 Envelope fields (also in the README, "Event envelope")::
 
     id               gateway-assigned ULID (sortable)
-    kind             LEVEL_SNAPSHOT | MOVEMENT | MASTER_UPDATE | INVALIDATE | NOTICE
+    kind             LEVEL_SNAPSHOT | MOVEMENT | MASTER_UPDATE | INVALIDATE | NOTICE | HOLD
     source, system   backend name and its format (square, shopify, epcis, erp)
     topic            the vendor's event type / topic / bizStep
     source_event_id  the vendor's idempotency id (Square event_id, Shopify X-Shopify-Event-Id,
@@ -38,6 +38,9 @@ class EventKind(StrEnum):
     MASTER_UPDATE = "MASTER_UPDATE"
     INVALIDATE = "INVALIDATE"
     NOTICE = "NOTICE"
+    # A reservation's hold changed (gateway/events/holds.py): the cell's system-of-record
+    # quantities are unchanged, the units held there are in extra["reserved"].
+    HOLD = "HOLD"
 
 
 class MovementType(StrEnum):
@@ -53,6 +56,14 @@ class MovementType(StrEnum):
     FULFILMENT = "FULFILMENT"
     ADJUSTMENT = "ADJUSTMENT"
     REPAIR = "REPAIR"
+    # Reservations (HOLD envelopes): units held, given back, expired (an ACTIVE one, or a
+    # committed hold the system of record never showed), committed, and a committed hold
+    # ended because the system of record shows the order.
+    RESERVE = "RESERVE"
+    RELEASE = "RELEASE"
+    EXPIRE = "EXPIRE"
+    COMMIT = "COMMIT"
+    SETTLE = "SETTLE"
     OTHER = "OTHER"
 
 

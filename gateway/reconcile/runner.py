@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import csv
+import dataclasses
 import heapq
 import io
 import itertools
@@ -31,7 +32,6 @@ import logging
 import time
 from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
-from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -41,7 +41,7 @@ from redis.exceptions import RedisError
 from ulid import ULID
 
 from gateway.config import Settings
-from gateway.events.applier import Applier
+from gateway.events.applier import Applier, Publisher
 from gateway.events.envelope import Envelope, EventKind, Movement, MovementType
 from gateway.events.log import EventLog
 from gateway.reconcile.discrepancies import DiscrepancyFeed, DiscrepancyIndex, MovementHistory
@@ -54,6 +54,7 @@ from resolvers.discrepancies import (
     Kind,
     Role,
     Severity,
+    Status,
     assess,
     cache_drift,
     derived_on_hand,
@@ -64,16 +65,26 @@ from resolvers.graph import RetailGraph
 from resolvers.store.cache import Cache, parse_views
 from resolvers.store.keys import RECONCILE_LAST_RUN_KEY as LAST_RUN_KEY
 from resolvers.store.keys import RECONCILE_LOCK_KEY as LOCK_KEY
-from resolvers.store.keys import VOLATILE_TAG, response_tag_version_key, views_key
+from resolvers.store.keys import views_key
 from resolvers.types import LocationRecord, LocationType, StockView
 from resolvers.values import version_number
 
 log = logging.getLogger("retailgraph.reconcile")
 
-NEVER = 2**62  # the volatile tag's invalidation sequence: later than any request's
-
 TOP_OFFENDERS = 20
 REPAIRS_LISTED = 1000
+IN_FLIGHT_POLL_SECONDS = 0.1  # how often a run looks whether in-flight webhooks arrived
+
+
+@dataclass(frozen=True, slots=True)
+class _InFlight:
+    """A cell whose backend was ahead of the cache by a change younger than the grace: its
+    webhook may still be on the way, so its judgement waits until it arrives or is overdue."""
+
+    view: StockView  # the backend's answer when the run read it
+    role: Role
+    seen: int  # that answer's version: the cache has caught up once it holds this or newer
+    deadline: float  # monotonic time at which the change is older than the grace
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +117,11 @@ class Report:
     repair_skipped: int = 0
     repairs: list[dict[str, Any]] = field(default_factory=list)
     transitions: int = 0
+    in_flight: int = 0  # cells found behind a change whose webhook was still due
+    caught_up: int = 0  # ... whose webhook then arrived (nothing repaired)
+    overdue: int = 0  # ... whose webhook did not arrive within the grace (judged, repaired)
+    waited_ms: float = 0.0  # how long the run waited for them
+    _pending: list[_InFlight] = field(default_factory=list)
     _top: list[tuple[int, int, int, Finding]] = field(default_factory=list)
     _seq: itertools.count[int] = field(default_factory=itertools.count)
 
@@ -159,7 +175,12 @@ class Report:
                            for loc, c in sorted(self.by_location.items())},
             "topOffenders": [_finding_dict(f) for f in self.top],
             "repaired": self.repaired, "repairSkipped": self.repair_skipped,
-            "repairs": self.repairs, "transitionsPublished": self.transitions}
+            "repairs": self.repairs, "inFlight": self.in_flight_dict(),
+            "transitionsPublished": self.transitions}
+
+    def in_flight_dict(self) -> dict[str, Any]:
+        return {"found": self.in_flight, "caughtUp": self.caught_up, "overdue": self.overdue,
+                "waitedMs": round(self.waited_ms, 1)}
 
     def to_json(self) -> bytes:
         return orjson.dumps(self.as_dict(), option=orjson.OPT_INDENT_2)
@@ -175,6 +196,8 @@ class Report:
                    "duration_seconds": self.duration_seconds, "skus": self.skus,
                    "locations": self.locations, "cells": self.cells,
                    "repaired": self.repaired, "repair_skipped": self.repair_skipped,
+                   "in_flight": self.in_flight, "in_flight_caught_up": self.caught_up,
+                   "in_flight_overdue": self.overdue,
                    **{f"views_read.{k}": v for k, v in sorted(self.views_read.items())},
                    **{f"error.{k}": v for k, v in sorted(self.errors.items())}}
         for key, value in summary.items():
@@ -200,9 +223,11 @@ class Report:
 
     def summary_line(self) -> str:
         kinds = ", ".join(f"{k} {v}" for k, v in sorted(self.by_kind.items())) or "none"
+        waited = (f"; {self.in_flight} in flight ({self.caught_up} caught up, {self.overdue} "
+                  f"overdue) waited {self.waited_ms / 1000:.1f}s" if self.in_flight else "")
         return (f"reconciled {self.cells} cells ({self.skus} SKUs x {self.locations} locations)"
                 f" in {self.duration_seconds:.1f}s: discrepancies {kinds}; repaired "
-                f"{self.repaired}")
+                f"{self.repaired}{waited}")
 
 
 def _finding_dict(f: Finding) -> dict[str, Any]:
@@ -243,11 +268,6 @@ class ReconcileRunner:
 
     # -- the run -----------------------------------------------------------------------------
 
-    async def heal_source(self, source: str) -> int:
-        """Heal a source's gap by reconciling the source; returns the cells repaired."""
-        report = await self.run(Scope(sources=frozenset({source})))
-        return report.repaired
-
     async def run(self, scope: Scope | None = None) -> Report:
         scope = scope or Scope()
         catalog = await self.graph.ready_catalog()
@@ -274,6 +294,7 @@ class ReconcileRunner:
             chunks = [skus[n:n + self.chunk_size] for n in range(0, len(skus),
                                                                   self.chunk_size)]
             await asyncio.gather(*(one(c) for c in chunks))
+            await self._settle(report, scope)
         finally:
             self.running = False
         report.finished_at = datetime.now(UTC)
@@ -282,28 +303,36 @@ class ReconcileRunner:
                 "runId": report.run_id, "finishedAt": report.finished_at.isoformat(),
                 "durationSeconds": report.duration_seconds, "cells": report.cells,
                 "discrepancies": sum(report.by_kind.values()), "repaired": report.repaired,
-                "errors": report.errors}))
+                "inFlight": report.in_flight_dict(), "errors": report.errors}))
         log.info("%s", report.summary_line())
         return report
 
-    async def _read(self, chunk: list[str], locations: dict[str, LocationRecord],
-                    sources: set[str], report: Report) -> _Chunk:
+    def _calls(self, skus: list[str], stores: list[str], warehouses: list[str],
+               sources: set[str]) -> dict[str, Awaitable[list[StockView]]]:
+        """Each source's batch read of these SKUs at the locations it knows about."""
         b = self.graph.backends
-        stores = [x for x, loc in locations.items() if loc.type is LocationType.STORE]
-        warehouses = [x for x, loc in locations.items() if loc.type is LocationType.WAREHOUSE]
         calls: dict[str, Awaitable[list[StockView]]] = {}
         if b.pos.name in sources and stores:
-            calls[b.pos.name] = b.pos.counts(chunk, stores)
+            calls[b.pos.name] = b.pos.counts(skus, stores)
         if b.wms.name in sources and warehouses:
-            calls[b.wms.name] = b.wms.balances(chunk, warehouses)
-        if b.erp.name in sources and locations:
-            calls[b.erp.name] = b.erp.snapshot(chunk, list(locations))
+            calls[b.wms.name] = b.wms.balances(skus, warehouses)
+        if b.erp.name in sources and (stores or warehouses):
+            calls[b.erp.name] = b.erp.snapshot(skus, [*stores, *warehouses])
         if b.commerce.name in sources and warehouses:
-            calls[b.commerce.name] = b.commerce.levels(chunk, warehouses)
+            calls[b.commerce.name] = b.commerce.levels(skus, warehouses)
+        return calls
+
+    async def _read(self, chunk: list[str], locations: dict[str, LocationRecord],
+                    sources: set[str], report: Report) -> _Chunk:
+        stores = [x for x, loc in locations.items() if loc.type is LocationType.STORE]
+        warehouses = [x for x, loc in locations.items() if loc.type is LocationType.WAREHOUSE]
+        calls = self._calls(chunk, stores, warehouses, sources)
         names = list(calls)
-        results, raws = await asyncio.gather(
-            asyncio.gather(*calls.values(), return_exceptions=True),
-            self._cached(chunk, names))
+        # The backends first, then the cache: every webhook that arrived while the backends
+        # were read is in the cache's answer, so a cache behind a backend means a change whose
+        # webhook has not arrived yet (or never will), never one it merely was not read after.
+        results = await asyncio.gather(*calls.values(), return_exceptions=True)
+        raws = await self._cached(chunk, names)
         read = _Chunk()
         for name, result in zip(names, results, strict=True):
             if isinstance(result, BaseException):
@@ -326,7 +355,11 @@ class ReconcileRunner:
 
     async def _cached(self, chunk: list[str], names: list[str]
                       ) -> dict[tuple[str, str], dict[bytes, bytes]]:
-        pairs = [(sku, name) for name in names for sku in chunk]
+        return await self._entries([(sku, name) for name in names for sku in chunk])
+
+    async def _entries(self, pairs: Sequence[tuple[str, str]]
+                       ) -> dict[tuple[str, str], dict[bytes, bytes]]:
+        """The cache entries of these (SKU, source) pairs, in one pipeline."""
         async with self.cache.redis.pipeline(transaction=False) as pipe:
             for sku, name in pairs:
                 pipe.hgetall(views_key(sku, name))
@@ -377,9 +410,20 @@ class ReconcileRunner:
                     if role is None:
                         continue  # a record system's view of the other location type
                     cached = read.cached.get(name, {}).get((sku, loc_id))
-                    evaluated.append(f"{Kind.CACHE_DRIFT.value}:{name}")
                     drift = cache_drift(view, cached, role, now, grace, skew)
                     effective, origin = view, "backend"
+                    if drift is not None and drift.status is Status.LAGGING:
+                        # In flight: judged once its webhook arrived or is overdue (_settle);
+                        # until then the slot is not evaluated, so what is listed stays.
+                        assert cached is not None
+                        age = (now - view.as_of).total_seconds()
+                        report.in_flight += 1
+                        report._pending.append(_InFlight(
+                            view, role, version_number(view.version, view.as_of),
+                            time.monotonic() + min(grace, max(0.0, grace - age))))
+                        drift = None
+                    else:
+                        evaluated.append(f"{Kind.CACHE_DRIFT.value}:{name}")
                     if drift is not None:
                         drifts.append(drift)
                         if scope.repair:
@@ -423,36 +467,128 @@ class ReconcileRunner:
         if repairs:
             await self._repair(repairs, report)
 
+    async def _settle(self, report: Report, scope: Scope) -> None:
+        """Judge the cells found in flight: each one whose cache reached the version the run
+        saw caught up by itself (its webhook arrived; nothing is repaired, nothing listed).
+        One still behind once its change is older than ``sync_grace_seconds`` is overdue:
+        read again and judged WRONG if it still disagrees, then repaired with that newer read.
+        So a repair never races the webhook of the change it would repair."""
+        waiting, started = report._pending, time.monotonic()
+        report._pending = []
+        while waiting:
+            raws = await self._entries(list({(w.view.sku, w.view.source) for w in waiting}))
+            still = []
+            for w in waiting:
+                if _caught_up(w, raws[w.view.sku, w.view.source]):
+                    report.caught_up += 1
+                else:
+                    still.append(w)
+            moment = time.monotonic()
+            due = [w for w in still if w.deadline <= moment]
+            waiting = [w for w in still if w.deadline > moment]
+            if due:
+                await self._overdue(due, report, scope)
+            if waiting:
+                next_due = min(w.deadline for w in waiting) - time.monotonic()
+                await asyncio.sleep(min(IN_FLIGHT_POLL_SECONDS, max(0.0, next_due)))
+        report.waited_ms += (time.monotonic() - started) * 1000
+
+    async def _overdue(self, due: list[_InFlight], report: Report, scope: Scope) -> None:
+        """Cells still behind a change older than the grace: their webhook is overdue (lost,
+        or held up past the grace). Each is read again (backend, then cache) and judged."""
+        catalog = await self.graph.ready_catalog()
+        by_source: dict[str, list[_InFlight]] = defaultdict(list)
+        for w in due:
+            by_source[w.view.source].append(w)
+        repairs: list[tuple[Finding, StockView, int, bool]] = []
+        updates: list[CellUpdate] = []
+        skew = self.settings.max_clock_skew_seconds
+        for source, items in by_source.items():
+            skus = sorted({w.view.sku for w in items})
+            locs = {w.view.location_id for w in items}
+            stores = sorted(x for x in locs if x in catalog.locations
+                            and catalog.locations[x].type is LocationType.STORE)
+            warehouses = sorted(x for x in locs if x in catalog.locations
+                                and catalog.locations[x].type is LocationType.WAREHOUSE)
+            calls = self._calls(skus, stores, warehouses, {source})
+            try:
+                views = [v for call in calls.values() for v in await call]
+            except BackendError as exc:
+                report.errors[source] = str(exc)
+                continue
+            fresh = {(v.sku, v.location_id): v for v in views}
+            raws = await self._entries([(sku, source) for sku in skus])
+            now = datetime.now(UTC)
+            for w in items:
+                sku, loc = w.view.sku, w.view.location_id
+                raw = raws[sku, source]
+                view = fresh.get((sku, loc))
+                if view is None or _caught_up(w, raw):
+                    report.caught_up += 1  # arrived at the last moment (or gone at the source)
+                    continue
+                report.overdue += 1
+                gen, cells = parse_views(sku, source, raw, [loc])
+                drift = cache_drift(view, cells.get(loc), w.role, now, 0, skew)
+                slot = f"{Kind.CACHE_DRIFT.value}:{source}"
+                if drift is not None:
+                    age = (now - w.view.as_of).total_seconds()
+                    drift = dataclasses.replace(drift, message=(
+                        f"{drift.message}; {source} changed it {age:.0f}s ago and its webhook "
+                        "has not arrived"))
+                    report.add(drift)
+                    if scope.repair:
+                        repairs.append((drift, view, gen, False))
+                updates.append(CellUpdate(sku, loc, (slot,), (drift,) if drift else ()))
+        report.transitions += await self.index.update(updates)
+        if repairs:
+            await self._repair(repairs, report)
+
     async def _repair(self, repairs: list[tuple[Finding, StockView, int, bool]],
                       report: Report) -> None:
         """Each drifted cell gets the backend's answer back, as a logged REPAIR event (one
         whose cached version lies in the future is replaced whatever its version)."""
         resolved: list[CellUpdate] = []
         for finding, view, gen, future in repairs:
+            key = views_key(view.sku, view.source)
             envelope = repair_envelope(report.run_id, view, finding, gen,
                                        self.graph.settings.backends[view.source].format,
                                        replace=future)
+            written, entry = 0, None
             try:
-                appended = await self.events.append(view.source, envelope.source_event_id,
-                                                    [envelope])
-                if appended.new:
-                    await self.applier.apply(appended.ids[0], envelope)
+                # An event touched the entry since it was read: it is newer than the read, so
+                # the repair would not be written; nothing is logged (the next run re-judges).
+                if int(await self.cache.redis.hget(key, "_gen") or 0) == gen:
+                    appended = await self.events.append(view.source, envelope.source_event_id,
+                                                        [envelope])
+                    entry = appended.ids[0] if appended.ids else None
+                    if appended.new:
+                        written = await self.applier.apply(appended.ids[0], envelope)
             except (RedisError, OSError) as exc:
                 log.warning("repair of %s at %s in %s failed: %s", finding.sku,
                             finding.location_id, view.source, exc)
                 report.add_repair(finding, "failed", None)
                 continue
             raw: dict[bytes, bytes] = await self.cache.redis.hgetall(  # type: ignore[assignment]
-                views_key(view.sku, view.source))
+                key)
             _, cells = parse_views(view.sku, view.source, raw, [view.location_id])
             now_cached = cells.get(view.location_id)
             fixed = now_cached is not None and cache_drift(
                 view, now_cached, Role.SYSTEM_OF_RECORD, datetime.now(UTC), 0,
                 self.settings.max_clock_skew_seconds) is None
-            report.add_repair(finding, "repaired" if fixed else "skipped: changed meanwhile",
-                              appended.ids[0] if appended.ids else None)
-            resolved.append(CellUpdate(finding.sku, finding.location_id, (finding.slot,), ()))
+            report.add_repair(finding, "repaired" if written > 0 and fixed
+                              else "skipped: changed meanwhile", entry)
+            if fixed:
+                resolved.append(CellUpdate(finding.sku, finding.location_id, (finding.slot,),
+                                           ()))
         report.transitions += await self.index.update(resolved)
+
+
+def _caught_up(waiting: _InFlight, raw: dict[bytes, bytes]) -> bool:
+    """Whether the cache entry now holds the version the run saw in flight (or a newer one),
+    or no longer holds the cell at all (the next read fetches it)."""
+    loc = waiting.view.location_id
+    cached = parse_views(waiting.view.sku, waiting.view.source, raw, [loc])[1].get(loc)
+    return cached is None or version_number(cached.version, cached.as_of) >= waiting.seen
 
 
 def _agrees(record: StockView | None, erp: StockView | None, online: StockView | None,
@@ -602,32 +738,28 @@ class Rechecker:
 
 
 
-class ReconcileBookkeeping:
-    """What reconciliation keeps per applied stock change (an observer of the applier,
-    ``gateway.events.applier.ApplierObserver``): the record system's on-hand history of the
-    cell, and a re-check of the cell."""
+def applied_hook(publish: Publisher, history: MovementHistory, rechecker: Rechecker | None,
+                 is_record: Callable[[str, str], bool],
+                 also: Callable[[Envelope], Awaitable[None]] | None = None) -> Publisher:
+    """The applier's publisher, then what reconciliation keeps per applied event: the record
+    system's on-hand history of the cell, and a re-check of the cell."""
 
-    def __init__(self, history: MovementHistory, rechecker: Rechecker,
-                 is_record: Callable[[str, str], bool]) -> None:
-        self.history = history
-        self.rechecker = rechecker
-        self.is_record = is_record
-
-    def applying(self, entry_id: str, envelope: Envelope) -> AbstractContextManager[None]:
-        return contextlib.nullcontext()
-
-    def publishing(self, entry_id: str) -> AbstractContextManager[None]:
-        return contextlib.nullcontext()
-
-    async def published(self, entry_id: str, envelope: Envelope,
-                        cell: StockView | None) -> None:
+    async def hook(entry_id: str, envelope: Envelope, cell: StockView | None) -> None:
+        await publish(entry_id, envelope, cell)
+        if envelope.kind is EventKind.HOLD:  # a reservation: no system's event to check
+            return
         try:
             if envelope.sku and envelope.location_id:
-                if self.is_record(envelope.location_id, envelope.source):
-                    await self.history.record(entry_id, envelope, cell)
-                self.rechecker.enqueue(envelope.sku, envelope.location_id)
+                if is_record(envelope.location_id, envelope.source):
+                    await history.record(entry_id, envelope, cell)
+                if rechecker is not None:
+                    rechecker.enqueue(envelope.sku, envelope.location_id)
+            if also is not None:
+                await also(envelope)
         except (RedisError, OSError) as exc:
             log.warning("reconciliation bookkeeping of %s failed: %s", entry_id, exc)
+
+    return hook
 
 
 async def reconcile_periodically(reconciler: ReconcileRunner, interval: float) -> None:
@@ -637,7 +769,9 @@ async def reconcile_periodically(reconciler: ReconcileRunner, interval: float) -
     while True:
         await asyncio.sleep(interval)
         try:
-            if not await redis.set(LOCK_KEY, token, nx=True, px=int(interval * 1000) * 10):
+            # Held well past a run (which may wait up to the grace for in-flight webhooks).
+            hold = interval * 10 + reconciler.settings.sync_grace_seconds
+            if not await redis.set(LOCK_KEY, token, nx=True, px=int(hold * 1000)):
                 continue
             started = time.monotonic()
             try:
@@ -658,35 +792,52 @@ async def reconcile_periodically(reconciler: ReconcileRunner, interval: float) -
 
 
 class ReconcileStage:
-    """Everything reconciliation adds to a gateway replica (built by ``gateway.app.build``):
-    the discrepancy index and feed, movement history, re-checks, runs and sync health. What
-    the schema reads of it is :class:`resolvers.abc.Reconciliation`."""
+    """Everything reconciliation adds to a gateway replica, built by the runtime in one go:
+    the discrepancy index and feed, movement history, re-checks, runs and sync health."""
 
-    def __init__(self, settings: Settings, redis: Any, index: DiscrepancyIndex,
-                 feed: DiscrepancyFeed, history: MovementHistory, rechecker: Rechecker,
-                 runner: ReconcileRunner, health: SyncHealth) -> None:
+    def __init__(self, settings: Settings, graph: RetailGraph, redis: Any, cache: Cache,
+                 events: EventLog) -> None:
         self.settings = settings
+        self.graph = graph
         self.redis = redis
-        self.index = index
-        self.feed = feed
-        self.history = history
-        self.rechecker = rechecker
-        self.runner = runner
-        self.health = health
+        self.cache = cache
+        self.events = events
+        self.index = DiscrepancyIndex(redis)
+        self.feed = DiscrepancyFeed(redis, settings.subscriber_buffer)
+        self.history = MovementHistory(redis)
+        self.rechecker = Rechecker(settings, graph, self.index, self.history)
+        self.health = SyncHealth(redis, settings, graph, events,
+                                 reconcile_source=self._reconcile_source)
+        self.reconciler: ReconcileRunner | None = None
+        graph.reconciliation = self
+
+    def publisher(self, publish: Publisher) -> Publisher:
+        """The applier's publisher, plus history, re-checks and the received->applied lag."""
+        return applied_hook(publish, self.history, self.rechecker,
+                            lambda loc, src: self.graph.system_of_record(loc) == src,
+                            self.health.applied)
+
+    def bind(self, applier: Applier, intake: Any) -> None:
+        """Once the applier and intake exist: repairs and heals go through the applier."""
+        self.reconciler = ReconcileRunner(self.settings, self.graph, self.cache, self.events,
+                                     applier, self.index, self.history)
+        self.health.applier = applier
+        intake.health = self.health
+
+    async def _reconcile_source(self, source: str) -> int:
+        assert self.reconciler is not None
+        report = await self.reconciler.run(Scope(sources=frozenset({source})))
+        return report.repaired
 
     async def run(self, scope: Scope | None = None) -> Report:
-        return await self.runner.run(scope)
-
-    async def mark_volatile(self) -> None:
-        # The response cache refuses to store a response with a tag invalidated after the
-        # request started; this tag always is.
-        await self.redis.set(response_tag_version_key(VOLATILE_TAG), NEVER)
+        assert self.reconciler is not None
+        return await self.reconciler.run(scope)
 
     def background(self) -> list[Coroutine[Any, Any, None]]:
         jobs = [self.feed.run(), self.rechecker.run(), self.health.run()]
         interval = self.settings.reconcile_interval_seconds
-        if interval > 0:
-            jobs.append(reconcile_periodically(self.runner, interval))
+        if interval > 0 and self.reconciler is not None:
+            jobs.append(reconcile_periodically(self.reconciler, interval))
         return jobs
 
     def close(self) -> None:
@@ -701,11 +852,10 @@ async def last_run(redis: Any) -> dict[str, Any] | None:
 __all__ = [
     "History",
     "Rechecker",
-    "ReconcileBookkeeping",
     "ReconcileRunner",
-    "ReconcileStage",
     "Report",
     "Scope",
+    "applied_hook",
     "reconcile_periodically",
     "repair_envelope",
 ]

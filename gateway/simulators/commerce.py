@@ -48,6 +48,8 @@ Simulator controls (``/_sim/``, beside the shared ones of :mod:`gateway.simulato
   of a key, a stale or failed write counts nothing); ``DELETE`` clears.
 - ``GET|POST /_sim/shop/throttle {restoreRate?, maximumAvailable?, currentlyAvailable?}``:
   the cost bucket (default 2,000 points, restoring 100/s).
+- ``GET /_sim/shop/bulk/N.jsonl?signature=``: a completed bulk operation's result (the
+  ``url`` it reports; signed, no access token).
 - ``POST /_sim/shop/admin-edit {sku | inventory_item_id, location_id?, available | delta}``:
   a merchant editing ``available`` in the admin; fires the webhook, not an API write.
 
@@ -93,7 +95,7 @@ from gateway.simulators.shop import (
     product_json,
     stamp,
 )
-from gateway.simulators.shopify_graphql import GRAPHQL_PATH, ShopifyAdmin
+from gateway.simulators.shopify_graphql import BULK_PATH, GRAPHQL_PATH, ShopifyAdmin
 from gateway.simulators.webhooks import DeliveryOptions
 from gateway.simulators.world import EPOCH, World
 from resolvers.settings import BackendSettings
@@ -525,6 +527,7 @@ def create_app(world: World, settings: BackendSettings, webhook_url: str,
     controls = SimControls(shop, admin)
     routes = [
         Route(GRAPHQL_PATH, admin.endpoint, methods=["POST"]),
+        Route(f"{BULK_PATH}/{{name}}.jsonl", admin.bulk_result, methods=["GET"]),
         Route("/_sim/shop/writes", controls.writes, methods=["GET", "DELETE"]),
         Route("/_sim/shop/throttle", _handler(controls.throttle), methods=["GET", "POST"]),
         Route("/_sim/shop/admin-edit", _handler(controls.admin_edit), methods=["POST"]),

@@ -23,6 +23,14 @@ A real GraphQL schema (graphql-core), with Shopify's type and field names for th
   the same input returns the original result without a second effect; with another input it
   is ``IDEMPOTENCY_KEY_PARAMETER_MISMATCH``; a key whose first attempt failed answers
   ``IDEMPOTENCY_PREVIOUS_ATTEMPT_FAILED`` (retry with a new key).
+- ``bulkOperationRunQuery(query: "...")``: a bulk query over one root connection (no
+  ``first``/``last``: connections in it are unbounded), run at once and kept as JSONL (one
+  line per node; a nested connection's nodes on lines of their own with ``__parentId``);
+  ``currentBulkOperation(type: QUERY)`` / ``bulkOperation(id)`` / ``node(id)`` report it
+  ``RUNNING`` at first, ``COMPLETED`` from the next read on, with ``url``: a signed download
+  on this server (``/_sim/shop/bulk/N.jsonl?signature=...``, no access token, as Shopify's
+  storage URLs take none). At most 5 run at once (2026-01's limit, ``LIMIT_REACHED``); the
+  inner query costs nothing from the bucket, the mutation 10 points.
 - ``productUpdate(product: {id, title, descriptionHtml, vendor, productType, status})`` and
   ``productVariantsBulkUpdate(productId, variants: [{id, price, compareAtPrice, barcode}])``:
   the writes a sync of name and price uses; each change sends ``products/update``.
@@ -47,10 +55,13 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
+import hmac
 import re
 import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterator, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from decimal import Decimal, InvalidOperation
@@ -104,6 +115,10 @@ REASONS = ("correction", "cycle_count_available", "damaged", "movement_created",
 MAX_QUANTITY = 1_000_000_000
 IDEMPOTENCY_KEPT = 100_000
 RATE_LIMITS_DOC = "https://shopify.dev/api/usage/rate-limits"
+MAX_BULK_RUNNING = 5  # bulk query operations per shop at once (2026-01)
+BULK_PATH = "/_sim/shop/bulk"
+# True while a bulk query executes: its connections take neither first nor last.
+_BULK: ContextVar[bool] = ContextVar("bulk", default=False)
 
 SDL = '''
 schema { query: QueryRoot mutation: Mutation }
@@ -237,6 +252,36 @@ type QueryRoot {
   productVariants(
     first: Int, after: String, last: Int, before: String, query: String
   ): ProductVariantConnection!
+  currentBulkOperation(type: BulkOperationType = QUERY): BulkOperation
+  bulkOperation(id: ID!): BulkOperation
+}
+
+enum BulkOperationStatus { CANCELED CANCELING COMPLETED CREATED EXPIRED FAILED RUNNING }
+enum BulkOperationType { QUERY MUTATION }
+enum BulkOperationErrorCode { ACCESS_DENIED INTERNAL_SERVER_ERROR TIMEOUT }
+type BulkOperation implements Node {
+  id: ID!
+  type: BulkOperationType!
+  status: BulkOperationStatus!
+  errorCode: BulkOperationErrorCode
+  createdAt: DateTime!
+  completedAt: DateTime
+  objectCount: UnsignedInt64!
+  rootObjectCount: UnsignedInt64!
+  fileSize: UnsignedInt64
+  url: URL
+  partialDataUrl: URL
+  query: String!
+}
+enum BulkOperationUserErrorCode { INVALID LIMIT_REACHED OPERATION_IN_PROGRESS }
+type BulkOperationUserError {
+  code: BulkOperationUserErrorCode
+  field: [String!]
+  message: String!
+}
+type BulkOperationRunQueryPayload {
+  bulkOperation: BulkOperation
+  userErrors: [BulkOperationUserError!]!
 }
 
 input InventoryQuantityInput {
@@ -340,6 +385,8 @@ type Mutation {
   productVariantsBulkUpdate(
     productId: ID!, variants: [ProductVariantsBulkInput!]!, allowPartialUpdates: Boolean = false
   ): ProductVariantsBulkUpdatePayload
+  bulkOperationRunQuery(query: String!, groupObjects: Boolean = false
+  ): BulkOperationRunQueryPayload
 }
 '''
 
@@ -724,6 +771,8 @@ class Connection:
     @staticmethod
     def window(page: dict[str, Any], total: int) -> range:
         first, last = page.get("first"), page.get("last")
+        if first is None and last is None and _BULK.get():
+            return range(total)  # a bulk query reads the whole connection
         if first is None and last is None:
             raise GraphQLError("you must provide one of first or last",
                                extensions={"code": "BAD_REQUEST"})
@@ -948,6 +997,78 @@ class Remembered:
     failed: bool
 
 
+@dataclass(slots=True)
+class BulkOp:
+    """One bulk query operation and its JSONL result."""
+
+    number: int
+    query: str
+    created_at: str
+    result: bytes
+    objects: int
+    roots: int
+    url: str
+    reads: int = 0  # RUNNING until read once, COMPLETED after
+    completed_at: str | None = None
+
+    typename = "BulkOperation"
+    type = "QUERY"
+    errorCode = None
+    partialDataUrl = None
+
+    @property
+    def id(self) -> str:
+        return gid("BulkOperation", self.number)
+
+    @property
+    def status(self) -> str:
+        return "COMPLETED" if self.completed_at else "RUNNING"
+
+    @property
+    def createdAt(self) -> str:
+        return self.created_at
+
+    @property
+    def completedAt(self) -> str | None:
+        return self.completed_at
+
+    @property
+    def objectCount(self) -> str:
+        return str(self.objects)
+
+    @property
+    def rootObjectCount(self) -> str:
+        return str(self.roots)
+
+    @property
+    def fileSize(self) -> str | None:
+        return str(len(self.result)) if self.completed_at else None
+
+    @property
+    def url_(self) -> str | None:
+        return self.url if self.completed_at else None
+
+
+def jsonl_lines(node: Any, parent: str | None, out: list[bytes]) -> int:
+    """One bulk result node as JSONL lines: itself, then each nested connection's nodes as
+    lines of their own with ``__parentId``; how many objects that was."""
+    if not isinstance(node, dict):
+        return 0
+    children: list[Any] = []
+    flat: dict[str, Any] = {}
+    for key, value in node.items():
+        if isinstance(value, dict) and (isinstance(value.get("edges"), list)
+                                        or isinstance(value.get("nodes"), list)):
+            children += [e.get("node") for e in value.get("edges") or [] if isinstance(e, dict)]
+            children += value.get("nodes") or []
+        else:
+            flat[key] = value
+    if parent is not None:
+        flat["__parentId"] = parent
+    out.append(orjson.dumps(flat, default=str))
+    return 1 + sum(jsonl_lines(c, flat.get("id"), out) for c in children)
+
+
 def user_error(code: str | None, message: str, *path: Any) -> dict[str, Any]:
     return {"code": code, "field": [str(p) for p in path] or None, "message": message}
 
@@ -962,6 +1083,8 @@ class ShopifyAdmin:
         self.writes_by_key: Counter[str] = Counter()
         self.writes: list[EffectiveWrite] = []
         self.groups = 0
+        self.bulk: list[BulkOp] = []
+        self.base_url = ""
         self.schema = build_schema(SDL)
         self._wire()
 
@@ -1003,6 +1126,14 @@ class ShopifyAdmin:
         mutation.fields["inventorySetQuantities"].resolve = self.set_quantities
         mutation.fields["productUpdate"].resolve = self.product_update
         mutation.fields["productVariantsBulkUpdate"].resolve = self.variants_bulk_update
+        mutation.fields["bulkOperationRunQuery"].resolve = self.bulk_run
+        query.fields["currentBulkOperation"].resolve = \
+            lambda _, info, type="QUERY": self.bulk_read(self.bulk[-1] if self.bulk and
+                                                          type == "QUERY" else None)
+        query.fields["bulkOperation"].resolve = lambda _, info, id: self.bulk_op(id)
+        bulk_type = schema.get_type("BulkOperation")
+        assert isinstance(bulk_type, GraphQLObjectType)
+        bulk_type.fields["url"].resolve = lambda op, info: op.url_
 
     # -- lookups -----------------------------------------------------------------------------
 
@@ -1058,6 +1189,7 @@ class ShopifyAdmin:
             "InventoryItem": self.item, "ProductVariant": self.variant,
             "Product": self.product, "InventoryLevel": self.level,
             "Location": lambda v: self.location(v) if self.location_id(v) else None,
+            "BulkOperation": self.bulk_op,
         }.get(kind)
         return None if found is None else found(value)
 
@@ -1307,6 +1439,84 @@ class ShopifyAdmin:
         return {"product": ProductNode(self, owner),
                 "productVariants": [VariantNode(self, owner)], "userErrors": []}
 
+    # -- bulk operations -----------------------------------------------------------------------
+
+    def bulk_op(self, value: Any) -> BulkOp | None:
+        number = parse_gid(value, "BulkOperation")
+        found = [op for op in self.bulk if op.number == number]
+        return self.bulk_read(found[0]) if found else None
+
+    def bulk_read(self, op: BulkOp | None) -> BulkOp | None:
+        """An operation as a read shows it: RUNNING the first time, COMPLETED from then on."""
+        if op is not None:
+            if op.reads and op.completed_at is None:
+                op.completed_at = self.shop.now()
+            op.reads += 1
+        return op
+
+    def bulk_run(self, _: Any, info: Info, query: str,
+                 groupObjects: bool = False) -> dict[str, Any]:
+        running = [op for op in self.bulk if op.completed_at is None]
+        if len(running) >= MAX_BULK_RUNNING:
+            return {"bulkOperation": None, "userErrors": [user_error(
+                "LIMIT_REACHED", f"A maximum of {MAX_BULK_RUNNING} bulk queries can run at "
+                "once for this shop.")]}
+        try:
+            document = parse(query)
+        except GraphQLError as exc:
+            return {"bulkOperation": None, "userErrors": [user_error(
+                "INVALID", f"Invalid bulk query: {exc.message}", "query")]}
+        problems = validate(self.schema, document)
+        operations = [d for d in document.definitions if isinstance(d, OperationDefinitionNode)]
+        if problems or len(operations) != 1 or operations[0].operation.value != "query":
+            message = problems[0].message if problems else "a bulk query is one query"
+            return {"bulkOperation": None, "userErrors": [user_error(
+                "INVALID", f"Invalid bulk query: {message}", "query")]}
+        roots = [f for f in operations[0].selection_set.selections if isinstance(f, FieldNode)]
+        root_type = self.schema.query_type
+        assert root_type is not None
+        kinds = [get_named_type(root_type.fields[f.name.value].type) for f in roots]
+        if len(roots) != 1 or not kinds[0].name.endswith("Connection"):
+            return {"bulkOperation": None, "userErrors": [user_error(
+                "INVALID", "Bulk queries must contain exactly one top-level connection "
+                "field.", "query")]}
+        token = _BULK.set(True)
+        try:
+            result = execute_sync(self.schema, document)
+        finally:
+            _BULK.reset(token)
+        if result.errors or not result.data:
+            message = result.errors[0].message if result.errors else "no data"
+            return {"bulkOperation": None, "userErrors": [user_error(
+                "INVALID", f"Invalid bulk query: {message}", "query")]}
+        key = roots[0].alias.value if roots[0].alias else roots[0].name.value
+        connection = result.data[key]
+        nodes = [e["node"] for e in connection.get("edges") or []] + list(
+            connection.get("nodes") or [])
+        lines: list[bytes] = []
+        objects = sum(jsonl_lines(n, None, lines) for n in nodes)
+        number = 70_000_000_000 + len(self.bulk) + 1
+        url = f"{self.base_url}{BULK_PATH}/{number}.jsonl?signature={self.bulk_signature(number)}"
+        op = BulkOp(number, query, self.shop.now(), b"".join(line + b"\n" for line in lines),
+                    objects, len(nodes), url)
+        self.bulk.append(op)
+        del self.bulk[:-100]
+        return {"bulkOperation": op, "userErrors": []}
+
+    def bulk_signature(self, number: int) -> str:
+        return hmac.new(f"{self.shop.secret}:bulk".encode(), str(number).encode(),
+                        hashlib.sha256).hexdigest()
+
+    async def bulk_result(self, request: Request) -> Response:
+        """The signed download of a completed bulk operation's JSONL."""
+        name = request.path_params["name"]
+        number = int(name) if name.isdigit() else -1
+        found = [op for op in self.bulk if op.number == number and op.completed_at]
+        signature = request.query_params.get("signature", "")
+        if not found or not hmac.compare_digest(signature, self.bulk_signature(number)):
+            return Response("AccessDenied", 403, media_type="text/plain")
+        return Response(found[0].result, 200, media_type="application/jsonl")
+
     def _log_write(self, info: Info, mutation: str,
                    changes: list[dict[str, Any]]) -> None:
         key = self._idempotency_key(info) or ""
@@ -1390,6 +1600,7 @@ class ShopifyAdmin:
         operation = payload.get("operationName")
         if operation is not None and not isinstance(operation, str):
             return reply({"errors": [{"message": "operationName must be a string"}]}, 400)
+        self.base_url = str(request.base_url).rstrip("/")
         return reply(self.run(payload["query"], variables, operation or None))
 
     def writes_json(self) -> dict[str, Any]:

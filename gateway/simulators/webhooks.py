@@ -50,6 +50,7 @@ class DeliveryOptions:
     duplicate_rate: float = 0.0
     reorder_rate: float = 0.0
     drop_rate: float = 0.0  # never sent at all: a lost webhook, for gap tests
+    delay_seconds: float = 0.0  # each delivery waits this long first: a slow webhook
     max_attempts: int = 8
     backoff: float = 0.2
     concurrency: int = 1
@@ -127,6 +128,8 @@ class WebhookSender:
                 if self._rng.random() < self.options.reorder_rate:
                     # Hold this one back so deliveries queued after it overtake it.
                     await asyncio.sleep(0.05 + self._rng.random() * 0.2)
+                if self.options.delay_seconds > 0:
+                    await asyncio.sleep(self.options.delay_seconds)
                 await self._deliver(item)
             finally:
                 self._in_flight -= 1

@@ -15,7 +15,9 @@ Reads:
   ``inventory_levels/update`` webhook carries as ``updated_at``. Up to 50 inventory items per
   query (``nodes``), each item's levels paged by cursor.
 - Variants (one :class:`OnlineListing` each), locations and the shop's currency, paged by
-  cursor (``pageInfo.endCursor``), 250 per page.
+  cursor (``pageInfo.endCursor``), 250 per page; a catalog larger than one page by a bulk
+  operation (``bulkOperationRunQuery``, its JSONL fetched without our credential), which is
+  Shopify's way to read a whole catalog within the rate limit.
 
 The cost-based rate limit is honoured: every answer's ``extensions.cost.throttleStatus`` updates
 a model of the shop's bucket (:class:`CostBucket`); a query waits until the bucket holds what it
@@ -46,6 +48,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import httpx
+import orjson
 
 from resolvers.abc import NO_OBSERVER, Observer
 from resolvers.connectors.base import BackendConnector
@@ -75,22 +78,23 @@ MAX_IDS = 50  # inventory items per levels query
 LEVELS_PAGE = 50  # levels per item and page (an item is rarely stocked at more locations)
 CONCURRENCY = 4  # level queries in flight at once (they share one cost bucket)
 _GID = re.compile(r"gid://shopify/([A-Za-z]+)/(\d{1,19})")
-_NAMES = "[" + ", ".join(f'"{n}"' for n in QUANTITY_NAMES) + "]"
 
-_LEVEL_FIELDS = f"""fragment RetailgraphLevel on InventoryLevel {{
-  location {{ id }} updatedAt quantities(names: {_NAMES}) {{ name quantity }}
-}}"""
-LEVELS_QUERY = """query RetailgraphLevels($ids: [ID!]!, $first: Int!) {
+# The names go as a variable: a literal list would be coerced again for every level.
+_LEVEL_FIELDS = """fragment RetailgraphLevel on InventoryLevel {
+  location { id } updatedAt quantities(names: $names) { name quantity }
+}"""
+LEVELS_QUERY = """query RetailgraphLevels($ids: [ID!]!, $first: Int!, $names: [String!]!) {
   nodes(ids: $ids) { ... on InventoryItem { id inventoryLevels(first: $first) {
     pageInfo { hasNextPage endCursor } nodes { ...RetailgraphLevel } } } }
 }
 """ + _LEVEL_FIELDS
-MORE_LEVELS_QUERY = """query RetailgraphMoreLevels($id: ID!, $first: Int!, $after: String) {
+MORE_LEVELS_QUERY = """query RetailgraphMoreLevels($id: ID!, $first: Int!, $after: String,
+                             $names: [String!]!) {
   inventoryItem(id: $id) { id inventoryLevels(first: $first, after: $after) {
     pageInfo { hasNextPage endCursor } nodes { ...RetailgraphLevel } } }
 }
 """ + _LEVEL_FIELDS
-LEVEL_QUERY = """query RetailgraphLevel($item: ID!, $location: ID!) {
+LEVEL_QUERY = """query RetailgraphLevel($item: ID!, $location: ID!, $names: [String!]!) {
   inventoryItem(id: $item) { id inventoryLevel(locationId: $location) { ...RetailgraphLevel } }
 }
 """ + _LEVEL_FIELDS
@@ -100,6 +104,15 @@ VARIANTS_QUERY = """query RetailgraphVariants($first: Int!, $after: String) {
     nodes { id sku title price barcode updatedAt inventoryItem { id }
             product { id title status } }
   }
+}"""
+BULK_VARIANTS_QUERY = """{ productVariants { edges { node {
+  id sku title price barcode updatedAt inventoryItem { id } product { id title status }
+} } } }"""
+BULK_RUN_MUTATION = """mutation RetailgraphBulkVariants($query: String!) {
+  bulkOperationRunQuery(query: $query) { bulkOperation { id status } userErrors { code message } }
+}"""
+BULK_STATUS_QUERY = """query RetailgraphBulkStatus($id: ID!) {
+  bulkOperation(id: $id) { id status errorCode objectCount url }
 }"""
 LOCATIONS_QUERY = """query RetailgraphLocations($first: Int!, $after: String) {
   locations(first: $first, after: $after) {
@@ -351,6 +364,8 @@ class CommerceConnector(BackendConnector):
 
     page_limit = 250  # Shopify's maximum page size; tests lower it to exercise pagination
     throttle_budget = 10.0  # seconds a read may wait for the cost bucket in all
+    bulk_catalog = True  # a catalog of more than one page is read by a bulk operation
+    bulk_timeout = 300.0  # seconds to wait for it before paging instead
 
     def __init__(self, settings: BackendSettings, identity: IdentityMap,
                  transport: httpx.AsyncBaseTransport | None = None,
@@ -359,6 +374,15 @@ class CommerceConnector(BackendConnector):
         self.bucket = CostBucket()
         self._costs: dict[str, float] = {}  # operation -> what it cost last time
         self._currency: str | None = None
+        # Bulk results are fetched from the URL the shop gives (its file storage), never with
+        # our access token: a client of its own, without credentials.
+        self._downloads = httpx.AsyncClient(
+            transport=transport, follow_redirects=True,
+            timeout=httpx.Timeout(max(settings.timeout, 30.0), connect=settings.connect_timeout))
+
+    async def aclose(self) -> None:
+        await super().aclose()
+        await self._downloads.aclose()
 
     # -- the GraphQL endpoint --------------------------------------------------------------------
 
@@ -409,9 +433,10 @@ class CommerceConnector(BackendConnector):
         return answer.data
 
     async def _connection(self, operation: str, query: str, field: str,
-                          variables: dict[str, Any]) -> AsyncIterator[list[Any]]:
-        """Each page's nodes of the root connection ``field``, following ``endCursor``."""
-        after: str | None = None
+                          variables: dict[str, Any],
+                          after: str | None = None) -> AsyncIterator[list[Any]]:
+        """Each page's nodes of the root connection ``field`` (from ``after`` on), following
+        ``endCursor``."""
         seen: set[str] = set()
         while True:
             data = await self.query(operation, query,
@@ -442,14 +467,77 @@ class CommerceConnector(BackendConnector):
         return self._currency
 
     async def products(self) -> list[OnlineListing]:
-        """One listing per variant in the shop."""
+        """One listing per variant in the shop: a catalog that fits one page is read as that
+        page; a larger one by a bulk operation (one JSONL file, a few points of the cost
+        bucket instead of ~750 per page of 250), paged by cursor if the bulk operation
+        cannot run (another one in progress, failed, or not done within
+        :attr:`bulk_timeout`)."""
         currency = await self.currency()
-        listings: list[OnlineListing] = []
+        first = await self.query("RetailgraphVariants", VARIANTS_QUERY,
+                                 {"first": self.page_limit, "after": None})
+        connection = _object(first.get("productVariants"), "productVariants", self.name)
+        nodes = connection.get("nodes")
+        if not isinstance(nodes, list):
+            raise BackendProtocolError(self.name, "productVariants.nodes is not a list")
+        listings = [self._listing(_object(v, "variant", self.name), currency) for v in nodes]
+        after = _next_cursor(connection, "productVariants", self.name)
+        if after is None:
+            return listings
+        if self.bulk_catalog:
+            variants = await self._bulk_variants()
+            if variants is not None:
+                return [self._listing(v, currency) for v in variants]
         async for page in self._connection("RetailgraphVariants", VARIANTS_QUERY,
-                                           "productVariants", {}):
+                                           "productVariants", {}, after):
             listings.extend(self._listing(_object(v, "variant", self.name), currency)
                             for v in page)
         return listings
+
+    async def _bulk_variants(self) -> list[dict[str, Any]] | None:
+        """Every variant by ``bulkOperationRunQuery``; None when the shop would not run it."""
+        try:
+            answer = await self._post("RetailgraphBulkVariants", BULK_RUN_MUTATION,
+                                      {"query": BULK_VARIANTS_QUERY})
+            payload = answer.data.get("bulkOperationRunQuery")
+            if answer.errors or not isinstance(payload, dict) or payload.get("userErrors"):
+                return None  # e.g. LIMIT_REACHED: other bulk operations are running
+            operation = payload.get("bulkOperation")
+            if not isinstance(operation, dict):
+                return None
+            deadline = time.monotonic() + self.bulk_timeout
+            pause = 0.05
+            while True:
+                data = await self.query("RetailgraphBulkStatus", BULK_STATUS_QUERY,
+                                        {"id": operation.get("id")})
+                operation = _object(data.get("bulkOperation"), "bulkOperation", self.name)
+                status = operation.get("status")
+                if status == "COMPLETED":
+                    break
+                if status not in ("CREATED", "RUNNING") or time.monotonic() > deadline:
+                    return None
+                await asyncio.sleep(pause)
+                pause = min(2.0, pause * 2)
+            url = operation.get("url")
+            if url is None:
+                return []  # a bulk query that found nothing has no file
+            if not isinstance(url, str) or not url.startswith(("https://", "http://")):
+                raise BackendProtocolError(self.name, f"bulk operation url {shown(url)}")
+            response = await self._downloads.get(url)
+        except (BackendError, httpx.HTTPError):
+            return None
+        if response.status_code != 200:
+            return None
+        variants: list[dict[str, Any]] = []
+        for line in response.content.splitlines():
+            if not line.strip():
+                continue
+            try:
+                row = orjson.loads(line)
+            except orjson.JSONDecodeError as exc:
+                raise BackendProtocolError(self.name, "bulk result line is not JSON") from exc
+            if isinstance(row, dict) and "__parentId" not in row:
+                variants.append(row)
+        return variants
 
     def _listing(self, variant: dict[str, Any], currency: str) -> OnlineListing:
         variant_id = gid_number(variant.get("id"), "ProductVariant", self.name)
@@ -511,6 +599,7 @@ class CommerceConnector(BackendConnector):
                            items: Sequence[str]) -> list[StockView]:
         async with gate:
             data = await self.query("RetailgraphLevels", LEVELS_QUERY, {
+                "names": list(QUANTITY_NAMES),
                 "ids": [gid("InventoryItem", i) for i in items], "first": LEVELS_PAGE})
             nodes = data.get("nodes")
             if not isinstance(nodes, list) or len(nodes) != len(items):
@@ -544,6 +633,7 @@ class CommerceConnector(BackendConnector):
                 raise BackendProtocolError(self.name, "inventoryLevels: pagination loops")
             seen.add(after)
             data = await self.query("RetailgraphMoreLevels", MORE_LEVELS_QUERY, {
+                "names": list(QUANTITY_NAMES),
                 "id": gid("InventoryItem", item_id), "first": LEVELS_PAGE, "after": after})
             node = _object(data.get("inventoryItem"), "inventory item", self.name)
 
@@ -554,6 +644,7 @@ class CommerceConnector(BackendConnector):
         if item is None or location is None:
             return None
         data = await self.query("RetailgraphLevel", LEVEL_QUERY, {
+            "names": list(QUANTITY_NAMES),
             "item": gid("InventoryItem", item), "location": gid("Location", location)})
         node = data.get("inventoryItem")
         if node is None:

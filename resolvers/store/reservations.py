@@ -35,6 +35,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -53,7 +54,8 @@ from resolvers.store.keys import (
 )
 from resolvers.types import Quantities
 
-DAY_MS = 86_400_000
+# The source of the stock changes a reservation's hold makes (gateway/events/holds.py).
+HOLDS_SOURCE = "retailgraph"
 # Quantities of a cell, in this order, as the scripts return them from the views hash.
 CELL_FIELDS = ("on_hand", "available", "committed", "incoming", "quality_control", "damaged")
 
@@ -454,13 +456,12 @@ class ReservationStore:
             return Reserved(None, False, int(result[1]))
         reservation = Reservation.decode(reservation_id, sku, result[1])
         if code == 2:
-            now = await self._now_ms()
+            created = round(reservation.created_at.timestamp() * 1000)
             # Swept after the grace period (publish check), whatever happened to the entry
             # made with the claim meanwhile.
             async with self.redis.pipeline(transaction=False) as pipe:
-                pipe.zadd(RESERVATIONS_DUE, {reservation_id: now + self.grace_ms})
-                pipe.zadd(RESERVATIONS_INDEX, {reservation_id: int(
-                    reservation.created_at.timestamp() * 1000)})
+                pipe.zadd(RESERVATIONS_DUE, {reservation_id: created + self.grace_ms})
+                pipe.zadd(RESERVATIONS_INDEX, {reservation_id: created})
                 await pipe.execute()
             await self._published(reservation, result[2], result[3])
         return Reserved(reservation, code == 2)
@@ -498,9 +499,10 @@ class ReservationStore:
             return Changed(None)
         reservation = Reservation.decode(reservation_id, sku, result[1])
         if int(result[5]):
-            now = await self._now_ms()
-            await self.redis.zadd(RESERVATIONS_DUE, {reservation_id: now + self.grace_ms},
-                                  lt=True)
+            # A sweep checks it was published (a few seconds of this process' clock off
+            # only move that check).
+            await self.redis.zadd(RESERVATIONS_DUE, {
+                reservation_id: round(time.time() * 1000) + self.grace_ms}, lt=True)
             await self._published(reservation, result[2], result[3])
         return Changed(reservation, refused=code == 0)
 
