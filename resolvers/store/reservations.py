@@ -456,14 +456,15 @@ class ReservationStore:
             return Reserved(None, False, int(result[1]))
         reservation = Reservation.decode(reservation_id, sku, result[1])
         if code == 2:
-            created = round(reservation.created_at.timestamp() * 1000)
-            # Swept after the grace period (publish check), whatever happened to the entry
-            # made with the claim meanwhile.
-            async with self.redis.pipeline(transaction=False) as pipe:
-                pipe.zadd(RESERVATIONS_DUE, {reservation_id: created + self.grace_ms})
-                pipe.zadd(RESERVATIONS_INDEX, {reservation_id: created})
-                await pipe.execute()
             await self._published(reservation, result[2], result[3])
+            # Published: the next look is at its expiry. (Should this process stop before
+            # here, the entry the claim made brings a sweeper after the grace period.)
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.zadd(RESERVATIONS_DUE, {
+                    reservation_id: round(reservation.expires_at.timestamp() * 1000)})
+                pipe.zadd(RESERVATIONS_INDEX, {
+                    reservation_id: round(reservation.created_at.timestamp() * 1000)})
+                await pipe.execute()
         return Reserved(reservation, code == 2)
 
     async def _now_ms(self) -> int:
