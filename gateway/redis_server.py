@@ -10,6 +10,7 @@ import asyncio
 import logging
 import random
 import socket
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -37,10 +38,11 @@ def free_port() -> int:
     raise OSError("no free loopback port between 20000 and 32000")
 
 
-def start_server(attempts: int = 5, **options: Any) -> ValkeyServer:
-    """Start Valkey on a port the OS just handed out; retry if another process took it."""
+def start_server(attempts: int = 5, ports: Callable[[], int] = free_port,
+                 **options: Any) -> ValkeyServer:
+    """Start Valkey on a free port from ``ports``; retry if another process took it."""
     for attempt in range(attempts):
-        server = ValkeyServer(host="127.0.0.1", port=free_port(), **options)
+        server = ValkeyServer(host="127.0.0.1", port=ports(), **options)
         try:
             server.start()
             return server

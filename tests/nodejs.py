@@ -20,9 +20,12 @@ Tests that need Node are marked :data:`needs_node`: skipped, with the reason, on
 from __future__ import annotations
 
 import asyncio
+import fcntl
+import hashlib
 import json
 import shutil
 import subprocess
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -47,16 +50,22 @@ def _lock_packages(path: Path) -> dict[str, Any]:
 
 
 def npm_install(project: Path) -> None:
-    """``npm ci`` into ``project/node_modules`` unless it already matches the lock."""
+    """``npm ci`` into ``project/node_modules`` unless it already matches the lock.
+
+    One process at a time per project (pytest-xdist workers share the checkout): the others
+    wait on a file lock, then find it installed."""
     lock = project / "package-lock.json"
     installed = project / "node_modules" / ".package-lock.json"
-    if installed.exists() and _lock_packages(installed) == _lock_packages(lock):
-        return
-    assert NPM is not None
-    result = subprocess.run([NPM, "ci", "--no-audit", "--no-fund", "--ignore-scripts",
-                             "--prefer-offline"], cwd=project, capture_output=True,
-                            text=True, timeout=300, check=False)
-    assert result.returncode == 0, result.stdout + result.stderr
+    digest = hashlib.sha256(str(project).encode()).hexdigest()[:16]
+    with open(Path(tempfile.gettempdir()) / f"retailgraph-npm-{digest}.lock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        if installed.exists() and _lock_packages(installed) == _lock_packages(lock):
+            return
+        assert NPM is not None
+        result = subprocess.run([NPM, "ci", "--no-audit", "--no-fund", "--ignore-scripts",
+                                 "--prefer-offline"], cwd=project, capture_output=True,
+                                text=True, timeout=300, check=False)
+        assert result.returncode == 0, result.stdout + result.stderr
 
 
 def node_env() -> dict[str, str]:

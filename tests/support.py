@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import random
+import socket
 import threading
 import time
 import uuid
@@ -15,7 +18,58 @@ import httpx
 import uvicorn
 from starlette.types import ASGIApp
 
-from gateway.redis_server import free_port
+# Loopback ports for test servers: below the kernel's ephemeral range (32768+ on Linux), so no
+# outgoing connection takes one, and split between pytest-xdist workers (worker i of n gets
+# the ports p with p % n == i), so two workers never pick the same one.
+PORTS = range(20000, 32000)
+_handed_out: set[int] = set()
+
+
+def _worker_ports() -> range:
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
+    index = int(worker[2:]) if worker.startswith("gw") and worker[2:].isdigit() else 0
+    start = PORTS.start + (index - PORTS.start) % count
+    return range(start, PORTS.stop, count)
+
+
+def _bind_fresh_port(listen: bool) -> socket.socket:
+    """A socket bound to a port of this worker that this process has not handed out before:
+    a port picked, released and picked again is the same number twice."""
+    ports = _worker_ports()
+    rng = random.SystemRandom()
+    for _ in range(500):
+        port = ports[rng.randrange(len(ports))]
+        if port in _handed_out:
+            continue
+        sock = socket.socket()
+        try:
+            if listen:  # like uvicorn's own listening sockets
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(("127.0.0.1", port))
+            if listen:
+                sock.listen(2048)
+        except OSError:
+            sock.close()
+            continue
+        _handed_out.add(port)
+        return sock
+    raise OSError(f"no free loopback port in {ports}")
+
+
+def free_port() -> int:
+    """A free loopback port for a server another process will bind (a subprocess, Redis).
+
+    In-process servers take a :func:`listening_socket` instead: until the server binds a port
+    picked here, another process may take it."""
+    with _bind_fresh_port(listen=False) as sock:
+        return int(sock.getsockname()[1])
+
+
+def listening_socket() -> socket.socket:
+    """A loopback socket already listening on a free port, for a :class:`ServerThread` to
+    serve on: the port is held from the moment it is picked, so nothing else can take it."""
+    return _bind_fresh_port(listen=True)
 
 
 class ErrorLog(logging.Handler):
@@ -53,9 +107,14 @@ class ServerThread:
     """uvicorn serving ``app`` in a thread with its own event loop (works for any test loop)."""
 
     def __init__(self, app: ASGIApp, port: int | None = None,
-                 tls: tuple[str, str] | None = None) -> None:
-        """``tls``: (certificate file, key file) to serve HTTPS instead of HTTP."""
-        self.port = port or free_port()
+                 tls: tuple[str, str] | None = None, sock: socket.socket | None = None) -> None:
+        """``tls``: (certificate file, key file) to serve HTTPS instead of HTTP. Without
+        ``port`` (binds that port: a restart on the same port) or ``sock`` (a
+        :func:`listening_socket`), it serves on a fresh listening socket."""
+        if sock is None and port is None:
+            sock = listening_socket()
+        self.sock = sock
+        self.port = int(sock.getsockname()[1]) if sock is not None else port or 0
         self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}"
         config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning",
                                 lifespan="on", ws="websockets-sansio",
@@ -67,25 +126,32 @@ class ServerThread:
 
     def _run(self) -> None:
         self.loop = asyncio.new_event_loop()
+        sockets = [self.sock] if self.sock is not None else None
         try:
-            self.loop.run_until_complete(self.server.serve())
+            self.loop.run_until_complete(self.server.serve(sockets))
         except SystemExit:  # uvicorn exits when it cannot bind; start() reports it
             pass
         finally:
             self.loop.close()
+            if self.sock is not None:
+                self.sock.close()
 
     def start(self) -> ServerThread:
         self.thread.start()
         deadline = time.monotonic() + 10
         while not self.server.started:
             if not self.thread.is_alive() or time.monotonic() > deadline:
+                self.stop()
                 raise RuntimeError(f"server on port {self.port} did not start")
             time.sleep(0.01)
         return self
 
     def stop(self) -> None:
         self.server.should_exit = True
-        self.thread.join(timeout=10)
+        if self.thread.is_alive():
+            self.thread.join(timeout=10)
+        elif self.sock is not None:  # never started: give the port back
+            self.sock.close()
 
 
 @contextmanager
@@ -112,10 +178,13 @@ class Stack:
         from gateway.simulators.world import World
 
         self.world = World(seed, skus, stores, warehouses)
-        self.gateway_ports = [free_port() for _ in range(replicas)]
+        # Held from here until the servers take them over in __enter__ (closed by __exit__).
+        self.gateway_sockets = [listening_socket() for _ in range(replicas)]
+        self.gateway_ports = [int(s.getsockname()[1]) for s in self.gateway_sockets]
         self.settings = demo_settings("127.0.0.1", self.gateway_ports[0], environ={})
-        for backend in self.settings.backends.values():
-            backend.base_url = f"http://127.0.0.1:{free_port()}"
+        self.sim_sockets = {name: listening_socket() for name in self.settings.backends}
+        for name, backend in self.settings.backends.items():
+            backend.base_url = f"http://127.0.0.1:{self.sim_sockets[name].getsockname()[1]}"
         self.settings.redis_url = redis_url
         self.options = options or {}
         self.sims: dict[str, ServerThread] = {}
@@ -130,10 +199,9 @@ class Stack:
             for name, backend in self.settings.backends.items():
                 app = simulator_app(self.world, backend, webhook_url(self.settings, name),
                                     DeliveryOptions(**self.options))
-                port = int(backend.base_url.rsplit(":", 1)[1])
-                self.sims[name] = ServerThread(app, port).start()
-            for port in self.gateway_ports:
-                self.gateways.append(ServerThread(create_app(self.settings), port).start())
+                self.sims[name] = ServerThread(app, sock=self.sim_sockets[name]).start()
+            for sock in self.gateway_sockets:
+                self.gateways.append(ServerThread(create_app(self.settings), sock=sock).start())
         except BaseException:
             self.__exit__()
             raise
@@ -142,6 +210,8 @@ class Stack:
     def __exit__(self, *exc: object) -> None:
         for server in [*self.gateways, *self.sims.values()]:
             server.stop()
+        for sock in [*self.gateway_sockets, *self.sim_sockets.values()]:
+            sock.close()  # a no-op for those a server took over and closed
 
     @property
     def url(self) -> str:
@@ -204,7 +274,7 @@ def fresh_stack(redis_url: str, api_keys: dict[str, Any] | None = None,
 
     flusher = redis.Redis.from_url(redis_url)
     try:
-        flusher.flushall()
+        flusher.flushdb()
     finally:
         flusher.close()
     running = Stack(redis_url, **options)

@@ -101,7 +101,7 @@ def signed(key: Any, alg: str, kid: str, scope: str, **claims: Any) -> str:
 @pytest.fixture(scope="module")
 def secured(redis_server_url: str, keys: Keys) -> Iterator[Stack]:
     client = redis.Redis.from_url(redis_server_url)
-    client.flushall()
+    client.flushdb()
     client.close()
     stack = Stack(redis_server_url)
     stack.settings.api_keys = {name: {"key": key, "scopes": scopes,

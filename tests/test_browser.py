@@ -161,7 +161,7 @@ def stack(redis_server_url: str, origins: Origins) -> Iterator[Stack]:
     import redis
 
     flusher = redis.Redis.from_url(redis_server_url)
-    flusher.flushall()
+    flusher.flushdb()
     flusher.close()
     running = Stack(redis_server_url, skus=20)
     running.settings.api_keys = {"reader": {"key": KEY, "scopes": ["stock:read"]}}

@@ -229,7 +229,7 @@ def _current(stack: Stack, backend: str, i: int) -> int:
 def shared(redis_server_url: str) -> Iterator[tuple[Stack, Iterator[int]]]:
     """One stack for the convergence cases, each on its own SKU."""
     flusher = redis.Redis.from_url(redis_server_url)
-    flusher.flushall()
+    flusher.flushdb()
     flusher.close()
     with Stack(redis_server_url) as stack:
         yield stack, itertools.count(20)

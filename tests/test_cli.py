@@ -4,6 +4,7 @@ environment overrides, and real ``demo`` / ``sim`` processes on free loopback po
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -44,13 +45,12 @@ def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedPr
 
 
 def port_block(size: int) -> int:
-    """A port P with P..P+size-1 all free on loopback (demo uses PORT+1..PORT+4)."""
+    """A port P with P..P+size-1 all free on loopback (demo uses PORT+1..PORT+4): from
+    15000-19999, below the ephemeral range (where an outgoing connection may take a port
+    before the demo binds it) and apart from the test servers' ports (tests.support.PORTS)."""
+    rng = random.SystemRandom()
     for _ in range(50):
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            base = int(probe.getsockname()[1])
-        if base + size > 65535:
-            continue
+        base = rng.randrange(15000, 20000 - size)
         held: list[socket.socket] = []
         try:
             for port in range(base, base + size):

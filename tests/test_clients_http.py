@@ -40,7 +40,7 @@ LOCATIONS = "query Locations { locations { id name } }"
 @pytest.fixture(scope="module")
 def stack(redis_server_url: str) -> Iterator[Stack]:
     flusher = redis.Redis.from_url(redis_server_url)
-    flusher.flushall()
+    flusher.flushdb()
     flusher.close()
     running = Stack(redis_server_url, skus=20)
     running.settings.api_keys = {"reader": {"key": KEY, "scopes": ["stock:read"]}}

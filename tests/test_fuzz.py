@@ -37,7 +37,7 @@ Collected = ErrorLog
 @pytest.fixture(scope="module")
 def target(redis_server_url: str) -> Iterator[tuple[Stack, redis.Redis, Collected]]:
     client = redis.Redis.from_url(redis_server_url)
-    client.flushall()
+    client.flushdb()
     stack = Stack(redis_server_url)
     stack.settings.api_keys = {"fuzz": {"key": KEY, "scopes": ["admin"]}}
     try:

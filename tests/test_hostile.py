@@ -226,7 +226,7 @@ class Hostile:
 def hostile(redis_server_url: str, tmp_path_factory: pytest.TempPathFactory
             ) -> Iterator[Hostile]:
     client = redis.Redis.from_url(redis_server_url)
-    client.flushall()
+    client.flushdb()
     stack = Stack(redis_server_url)
     stack.settings.api_keys = {"admin": {"key": ADMIN, "scopes": ["admin"]},
                                "reader": {"key": READER, "scopes": ["stock:read"]}}

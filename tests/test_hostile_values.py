@@ -105,7 +105,7 @@ def in_gateway(stack: Stack, make: Callable[[Any], Coroutine[Any, Any, Any]]) ->
 @pytest.fixture(scope="module")
 def hub(redis_server_url: str) -> Iterator[Hub]:
     flusher = redis.Redis.from_url(redis_server_url)
-    flusher.flushall()
+    flusher.flushdb()
     flusher.close()
     stack = Stack(redis_server_url, skus=20, stores=2, warehouses=2)
     with errors_logged() as logs, stack, httpx.Client(timeout=30) as client:

@@ -64,7 +64,7 @@ def bearer(name: str) -> dict[str, str]:
 
 def flush(url: str) -> None:
     client = redis.Redis.from_url(url)
-    client.flushall()
+    client.flushdb()
     client.close()
 
 

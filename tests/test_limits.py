@@ -30,7 +30,7 @@ PAGE = f"query Page($n: Int!) {{ products(first: $n) {{ nodes {{ {NODE} }} }} }}
 @pytest.fixture(scope="module")
 def tight(redis_server_url: str) -> Iterator[Stack]:
     client = redis.Redis.from_url(redis_server_url)
-    client.flushall()
+    client.flushdb()
     client.close()
     stack = Stack(redis_server_url)
     for name, value in LIMITS.items():

@@ -38,7 +38,7 @@ def post(url: str, payload: dict[str, Any], credential: str | None = None) -> ht
 @pytest.fixture(scope="module")
 def apq(redis_server_url: str) -> Iterator[Stack]:
     client = redis.Redis.from_url(redis_server_url)
-    client.flushall()
+    client.flushdb()
     client.close()
     with Stack(redis_server_url, replicas=2) as stack:
         yield stack
@@ -123,7 +123,7 @@ READER, ADMIN = "reader-key-00000000000", "admin-key-000000000000"
 @pytest.fixture(scope="module")
 def listed(redis_server_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     client = redis.Redis.from_url(redis_server_url)
-    client.flushall()
+    client.flushdb()
     client.close()
     manifest = tmp_path_factory.mktemp("allow") / "operations.json"
     manifest.write_text(json.dumps({

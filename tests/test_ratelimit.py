@@ -27,7 +27,7 @@ QUERY = {"query": "{ locations { id } }"}
 @pytest.fixture(scope="module")
 def limited(redis_server_url: str) -> Iterator[Stack]:
     client = redis.Redis.from_url(redis_server_url)
-    client.flushall()
+    client.flushdb()
     client.close()
     stack = Stack(redis_server_url, replicas=2)
     stack.settings.rate_limit_per_minute = PER_MINUTE

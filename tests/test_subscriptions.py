@@ -338,7 +338,7 @@ class Live:
 
 def _flush(redis_url: str) -> redis.Redis:
     client = redis.Redis.from_url(redis_url)
-    client.flushall()
+    client.flushdb()
     return client
 
 

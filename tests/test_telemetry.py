@@ -58,7 +58,7 @@ def metrics() -> InMemoryMetricReader:
 def traced(redis_server_url: str, spans: InMemorySpanExporter,
            metrics: InMemoryMetricReader) -> Iterator[Stack]:
     client = redis.Redis.from_url(redis_server_url)
-    client.flushall()
+    client.flushdb()
     client.close()
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(spans))

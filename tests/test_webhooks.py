@@ -72,7 +72,7 @@ class Hub:
 @pytest.fixture(scope="module")
 def hub(redis_server_url: str) -> Iterator[Hub]:
     flusher = redis.Redis.from_url(redis_server_url)
-    flusher.flushall()
+    flusher.flushdb()
     flusher.close()
     stack = Stack(redis_server_url, replicas=2, skus=120)
     stack.settings.max_body_bytes = MAX_BODY
