@@ -72,6 +72,18 @@ def listening_socket() -> socket.socket:
     return _bind_fresh_port(listen=True)
 
 
+# The rate limiter lets a request through when its token read misses Redis's read deadline
+# (redis_read_timeout_ms, 250 ms by default; tests/test_sick_redis.py). Tests that count tokens
+# give that read longer, so a stall of a loaded test machine does not hand out a free request.
+TOKEN_READ_TIMEOUT_MS = 5000
+
+
+def counting_tokens(settings: Any, per_minute: int) -> None:
+    """A rate limit of ``per_minute`` whose every token is counted (see above)."""
+    settings.rate_limit_per_minute = per_minute
+    settings.redis_read_timeout_ms = TOKEN_READ_TIMEOUT_MS
+
+
 class ErrorLog(logging.Handler):
     """Error records logged while installed by :func:`errors_logged` (the gateway's loggers
     propagate to the root; uvicorn's, where unhandled exceptions land, do not)."""
@@ -147,11 +159,18 @@ class ServerThread:
         return self
 
     def stop(self) -> None:
-        self.server.should_exit = True
-        if self.thread.is_alive():
-            self.thread.join(timeout=10)
-        elif self.sock is not None:  # never started: give the port back
-            self.sock.close()
+        stop_all([self])
+
+
+def stop_all(servers: list[ServerThread]) -> None:
+    """Ask every server to exit, then wait for them: they shut down side by side."""
+    for server in servers:
+        server.server.should_exit = True
+    for server in servers:
+        if server.thread.is_alive():
+            server.thread.join(timeout=10)
+        elif server.sock is not None:  # never started: give the port back
+            server.sock.close()
 
 
 @contextmanager
@@ -208,8 +227,8 @@ class Stack:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        for server in [*self.gateways, *self.sims.values()]:
-            server.stop()
+        stop_all(self.gateways)  # the gateways first: they call the simulators
+        stop_all(list(self.sims.values()))
         for sock in [*self.gateway_sockets, *self.sim_sockets.values()]:
             sock.close()  # a no-op for those a server took over and closed
 

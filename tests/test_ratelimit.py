@@ -11,13 +11,15 @@ import httpx
 import pytest
 import redis
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from gateway.http.ratelimit import RateLimiter, RateLimitMiddleware, TokenBucket
-from tests.support import Stack, free_port, serve
+from tests.support import Stack, counting_tokens, free_port, serve
 
 PER_MINUTE = 4
 KEYS = {"one": "client-one-key-000000", "two": "client-two-key-000000"}
@@ -30,7 +32,7 @@ def limited(redis_server_url: str) -> Iterator[Stack]:
     client.flushdb()
     client.close()
     stack = Stack(redis_server_url, replicas=2)
-    stack.settings.rate_limit_per_minute = PER_MINUTE
+    counting_tokens(stack.settings, PER_MINUTE)
     stack.settings.api_keys = {name: {"key": key, "scopes": ["stock:read"]}
                                for name, key in KEYS.items()}
     with stack:
@@ -96,7 +98,10 @@ def test_requests_go_through_when_redis_is_down() -> None:
     async def hello(request: Request) -> JSONResponse:
         return JSONResponse({"data": {"ok": True}})
 
-    dead = aioredis.Redis(host="127.0.0.1", port=free_port(), socket_connect_timeout=1)
+    # No retries: redis-py's default retry (backoff of seconds per request) is its own, not
+    # what is tested here; the gateway's client has its own deadlines (tests/test_sick_redis.py).
+    dead = aioredis.Redis(host="127.0.0.1", port=free_port(), socket_connect_timeout=1,
+                          retry=Retry(NoBackoff(), 0))
     runtime = SimpleNamespace(cache=SimpleNamespace(redis=dead))
     limiter = RateLimiter(runtime, per_minute=1)  # type: ignore[arg-type]
     app = RateLimitMiddleware(Starlette(routes=[Route("/graphql", hello, methods=["POST"])]),

@@ -30,7 +30,7 @@ from websockets.typing import Subprotocol
 
 from gateway.http.persisted import KEY_PREFIX as APQ_PREFIX
 from tests.nodejs import needs_node, run_client
-from tests.support import ErrorLog, Stack, errors_logged
+from tests.support import ErrorLog, Stack, counting_tokens, errors_logged
 from tests.test_subscriptions import (
     LEGACY_WS,
     PROTOCOLS,
@@ -55,13 +55,13 @@ STOCK_CHANGED = """subscription($skus: [ID!], $locs: [ID!]) {
 @pytest.fixture(scope="module")
 def guarded(redis_server_url: str) -> Iterator[Stack]:
     client = redis.Redis.from_url(redis_server_url)
-    client.flushall()
+    client.flushdb()
     client.close()
     stack = Stack(redis_server_url, skus=40)
     s = stack.settings
     s.jwt_secret = SECRET
     s.jwt_leeway_seconds = LEEWAY
-    s.rate_limit_per_minute = RATE
+    counting_tokens(s, RATE)
     s.max_subscriptions_per_principal = QUOTA
     s.ws_init_timeout_seconds = INIT_TIMEOUT
     s.introspection = False

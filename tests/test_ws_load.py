@@ -33,7 +33,7 @@ CHANGED = """subscription($skus: [ID!], $locs: [ID!]) {
 @pytest.fixture(scope="module")
 def loaded(redis_server_url: str) -> Iterator[Stack]:
     client = redis.Redis.from_url(redis_server_url)
-    client.flushall()
+    client.flushdb()
     client.close()
     stack = Stack(redis_server_url, skus=12, stores=2, warehouses=2)
     stack.settings.api_keys = {"app": {"key": APP_KEY, "scopes": ["stock:read"]},

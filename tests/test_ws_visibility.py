@@ -81,7 +81,7 @@ def wait_for(check: Callable[[], bool], timeout: float = 20.0) -> None:
 @pytest.fixture(scope="module")
 def restricted(redis_server_url: str) -> Iterator[Stack]:
     client = redis.Redis.from_url(redis_server_url)
-    client.flushall()
+    client.flushdb()
     client.close()
     stack = Stack(redis_server_url, skus=24, stores=2, warehouses=2)
     stack.settings.api_keys = {
