@@ -43,7 +43,7 @@ from websockets.typing import Origin, Subprotocol
 
 from gateway.config import ConfigError, Settings, apply_env, browser_origins
 from gateway.http import graphiql
-from tests.support import ServerThread, Stack, counting_tokens, serve
+from tests.support import ServerThread, Stack, serve
 
 CHROMIUM = Path("/usr/bin/chromium")
 # As the machine notes prescribe: without the background-networking flags Chromium tries
@@ -165,7 +165,7 @@ def stack(redis_server_url: str, origins: Origins) -> Iterator[Stack]:
     flusher.close()
     running = Stack(redis_server_url, skus=20)
     running.settings.api_keys = {"reader": {"key": KEY, "scopes": ["stock:read"]}}
-    counting_tokens(running.settings, LIMIT_PER_MINUTE)
+    running.settings.rate_limit_per_minute = LIMIT_PER_MINUTE
     running.settings.cors_origins = [origins.listed.url]
     with running:
         yield running
@@ -579,7 +579,7 @@ def test_preflight_needs_no_credential_and_costs_no_token(redis_url: str) -> Non
     shop = "http://127.0.0.1:9"
     running = Stack(redis_url, skus=5)
     running.settings.api_keys = {"reader": {"key": KEY, "scopes": ["stock:read"]}}
-    counting_tokens(running.settings, 3)
+    running.settings.rate_limit_per_minute = 3
     running.settings.cors_origins = [shop]
     with running:
         wanted = ("authorization, x-api-key, content-type, accept, last-event-id, "

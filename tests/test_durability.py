@@ -72,22 +72,40 @@ class Tally:
     deliveries: int = 0
     duplicates: int = 0
     held_back: int = 0
+    checked: int = 0  # reads issued after the cell's first acknowledgement
+
+
+# What a torture run must have done to prove anything (asserted afterwards).
+ENOUGH_CHECKED, ENOUGH_DELIVERIES = 100, 30
 
 
 class Torture:
     """Writers change stock through each simulator's own API, then deliver the resulting
     webhooks themselves (signed, to a random replica), holding some back so newer versions
     overtake them and sending some twice; readers query random cells on random replicas.
-    The simulators' own senders are switched off, so every delivery is one of ours."""
+    The simulators' own senders are switched off, so every delivery is one of ours.
 
-    def __init__(self, stack: Stack, cells: list[Cell], seconds: float) -> None:
+    It runs for ``seconds``, and on until it has done enough to prove anything (a loaded
+    machine does less in a second), but never past ``at_most`` seconds."""
+
+    def __init__(self, stack: Stack, cells: list[Cell], seconds: float,
+                 at_most: float = 60.0) -> None:
         self.stack = stack
         self.signer = Signer(stack.settings, stack.world)
         self.cells = cells
-        self.deadline = time.monotonic() + seconds
+        started = time.monotonic()
+        self.deadline, self.last_call = started + seconds, started + at_most
         self.rng = random.Random(1234)
         self.tally = Tally()
         self.urls = [g.url for g in stack.gateways]
+        self.replicas_read: set[int] = set()
+
+    def running(self) -> bool:
+        now, t = time.monotonic(), self.tally
+        enough = (t.checked >= ENOUGH_CHECKED and t.deliveries >= ENOUGH_DELIVERIES
+                  and t.duplicates > 0 and t.held_back > 0
+                  and len(self.replicas_read) == len(self.urls))
+        return now < self.deadline or (now < self.last_call and not enough)
 
     async def deliver(self, client: httpx.AsyncClient, cell: Cell, delivery: Delivery,
                       value: int, replica: int) -> None:
@@ -103,7 +121,7 @@ class Torture:
                 headers={"Authorization": f"Bearer {base[cell.source].token}"}) as sim:
             held: list[tuple[Delivery, int, int]] = []
             value = 1000
-            while time.monotonic() < self.deadline:
+            while self.running():
                 value += self.rng.randint(1, 5)
                 made = await (self._wms(sim, cell, value) if cell.source == "wms"
                               else self._pos(sim, cell, value))
@@ -135,13 +153,16 @@ class Torture:
     async def read(self, seed: int) -> None:
         rng = random.Random(seed)
         async with httpx.AsyncClient(timeout=30) as client:
-            while time.monotonic() < self.deadline:
+            while self.running():
                 cell = rng.choice(self.cells)
                 replica = rng.randrange(len(self.urls))
                 issued = time.monotonic()
                 response = await client.post(f"{self.urls[replica]}/graphql", json={
                     "query": STOCK_LEVEL, "variables": {"sku": cell.sku, "loc": cell.location}})
                 cell.reads.append((issued, level_data(response)[cell.field], replica))
+                self.replicas_read.add(replica)
+                if cell.acks and cell.acks[0][0] < issued:
+                    self.tally.checked += 1
 
     async def run(self, readers: int) -> None:
         await asyncio.gather(*(self.write(c) for c in self.cells),
@@ -264,8 +285,9 @@ def test_torture_no_stale_read_after_ack_and_cache_ends_equal_to_backends(
         assert all(not found for found in stale.values()), stale
         checked = sum(1 for c in cells for issued, _, _ in c.reads
                       if any(at < issued for at, _ in c.acks))
-        assert checked >= 100, "too few reads after an acknowledgement to prove anything"
-        assert torture.tally.deliveries >= 30
+        assert checked == torture.tally.checked
+        assert checked >= ENOUGH_CHECKED, "too few reads after an acknowledgement to prove anything"
+        assert torture.tally.deliveries >= ENOUGH_DELIVERIES
         assert torture.tally.duplicates > 0
         assert torture.tally.held_back > 0
         assert {replica for c in cells for _, _, replica in c.reads} == {0, 1}

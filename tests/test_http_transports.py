@@ -39,7 +39,7 @@ from websockets.typing import Subprotocol
 
 from gateway import telemetry
 from tests.helpers_webhooks import Signer, apost, now
-from tests.support import Stack, counting_tokens
+from tests.support import Stack
 
 MULTIPART_ACCEPT = "multipart/mixed;subscriptionSpec=1.0,application/json"
 KEYS = {
@@ -154,7 +154,7 @@ def guarded(redis_server_url: str, tmp_path_factory: pytest.TempPathFactory
     manifest = tmp_path_factory.mktemp("allow") / "operations.json"
     manifest.write_text(json.dumps([LISTED_SUBSCRIPTION, LISTED_QUERY]))
     stack = Stack(redis_server_url, skus=10)
-    counting_tokens(stack.settings, PER_MINUTE)
+    stack.settings.rate_limit_per_minute = PER_MINUTE
     stack.settings.max_subscriptions_per_principal = 2
     stack.settings.allow_list_file = str(manifest)
     stack.settings.stream_keepalive_seconds = 0.2

@@ -19,7 +19,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from gateway.http.ratelimit import RateLimiter, RateLimitMiddleware, TokenBucket
-from tests.support import Stack, counting_tokens, free_port, serve
+from tests.support import Stack, free_port, serve
 
 PER_MINUTE = 4
 KEYS = {"one": "client-one-key-000000", "two": "client-two-key-000000"}
@@ -32,7 +32,7 @@ def limited(redis_server_url: str) -> Iterator[Stack]:
     client.flushdb()
     client.close()
     stack = Stack(redis_server_url, replicas=2)
-    counting_tokens(stack.settings, PER_MINUTE)
+    stack.settings.rate_limit_per_minute = PER_MINUTE
     stack.settings.api_keys = {name: {"key": key, "scopes": ["stock:read"]}
                                for name, key in KEYS.items()}
     with stack:

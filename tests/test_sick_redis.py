@@ -336,7 +336,11 @@ def test_while_redis_is_not_answering_concurrent_reads_share_one_backend_call(
         own_redis: RedisProcess) -> None:
     """Reads that cannot use the cache share backend calls like misses do: a sick Redis
     does not multiply the load on the backends."""
-    with Stack(own_redis.url) as stack:
+    stack = Stack(own_redis.url)
+    deadlines = Settings()  # the defaults, under test here (tests.support: a Stack waits longer)
+    stack.settings.redis_read_timeout_ms = deadlines.redis_read_timeout_ms
+    stack.settings.redis_write_timeout_ms = deadlines.redis_write_timeout_ms
+    with stack:
         stock, item = "POST /api/v1/balances/query", "GET /api/v1/items"
         counted: CountRequests | None = None
         transport = HeldBackend({stock, item},
