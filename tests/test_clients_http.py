@@ -21,10 +21,9 @@ import httpx
 import pytest
 import redis
 
-from gateway.redis_server import free_port
 from tests.helpers_webhooks import Signer, apost, now
 from tests.nodejs import ClientScript, needs_node, run_client
-from tests.support import Stack
+from tests.support import Stack, free_port
 
 pytestmark = needs_node
 

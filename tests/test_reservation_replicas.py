@@ -36,7 +36,7 @@ def replicas(redis_server_url: str, tmp_path_factory: pytest.TempPathFactory
              ) -> Iterator[Replicas]:
     client = redis.Redis.from_url(redis_server_url)
     try:
-        client.flushall()
+        client.flushdb()
     finally:
         client.close()
     with Replicas(redis_server_url, tmp_path_factory.mktemp("reserve")) as running:

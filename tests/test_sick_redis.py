@@ -37,7 +37,6 @@ import redis
 
 from gateway.app import create_app
 from gateway.config import ConfigError, Settings, apply_env, demo_settings, load
-from gateway.redis_server import free_port
 from resolvers.store.client import (
     REDIS_MAX_CONNECTIONS,
     Deadlines,
@@ -55,7 +54,7 @@ from tests.helpers_webhooks import (
     hash_of,
     level_data,
 )
-from tests.support import Stack, serve
+from tests.support import Stack, free_port, serve
 from tests.test_cache import CountRequests, runtime_of
 from tests.test_durability import pos_count, wms_count
 from tests.test_replicas import Replicas

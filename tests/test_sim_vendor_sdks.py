@@ -25,13 +25,12 @@ from typing import Any
 import httpx
 import pytest
 
-from gateway.redis_server import free_port
 from gateway.simulators.commerce import create_app as commerce_app
 from gateway.simulators.webhooks import DeliveryOptions
 from gateway.simulators.world import World
 from resolvers.settings import BackendSettings
 from tests.nodejs import NODE, needs_node, node_env, npm_install
-from tests.support import ServerThread, serve
+from tests.support import ServerThread, free_port, serve
 from tests.test_commerce import SECRET, TOKEN
 
 VENDOR_SDKS = Path(__file__).resolve().parent / "vendor_sdks"
