@@ -65,7 +65,7 @@ from resolvers.graph import RetailGraph
 from resolvers.store.cache import Cache, parse_views
 from resolvers.store.keys import RECONCILE_LAST_RUN_KEY as LAST_RUN_KEY
 from resolvers.store.keys import RECONCILE_LOCK_KEY as LOCK_KEY
-from resolvers.store.keys import views_key
+from resolvers.store.keys import sync_key, views_key
 from resolvers.types import LocationRecord, LocationType, StockView
 from resolvers.values import version_number
 
@@ -85,6 +85,7 @@ class _InFlight:
     role: Role
     seen: int  # that answer's version: the cache has caught up once it holds this or newer
     deadline: float  # monotonic time at which the change is older than the grace
+    cap: float  # ... older than three graces: overdue even if its source delivered nothing
 
 
 @dataclass(frozen=True, slots=True)
@@ -418,9 +419,11 @@ class ReconcileRunner:
                         assert cached is not None
                         age = (now - view.as_of).total_seconds()
                         report.in_flight += 1
+                        at = time.monotonic()
                         report._pending.append(_InFlight(
                             view, role, version_number(view.version, view.as_of),
-                            time.monotonic() + min(grace, max(0.0, grace - age))))
+                            at + min(grace, max(0.0, grace - age)),
+                            at + min(3 * grace, max(0.0, 3 * grace - age))))
                         drift = None
                     else:
                         evaluated.append(f"{Kind.CACHE_DRIFT.value}:{name}")
@@ -470,9 +473,11 @@ class ReconcileRunner:
     async def _settle(self, report: Report, scope: Scope) -> None:
         """Judge the cells found in flight: each one whose cache reached the version the run
         saw caught up by itself (its webhook arrived; nothing is repaired, nothing listed).
-        One still behind once its change is older than ``sync_grace_seconds`` is overdue:
-        read again and judged WRONG if it still disagrees, then repaired with that newer read.
-        So a repair never races the webhook of the change it would repair."""
+        One still behind once its change is older than ``sync_grace_seconds`` and its source
+        has since delivered a change made after it (its deliveries are not merely backed up),
+        or older than three graces whatever the source sent, is overdue: read again and judged
+        WRONG if it still disagrees, then repaired with that newer read. So a repair never
+        races the webhook of the change it would repair."""
         waiting, started = report._pending, time.monotonic()
         report._pending = []
         while waiting:
@@ -484,14 +489,27 @@ class ReconcileRunner:
                 else:
                     still.append(w)
             moment = time.monotonic()
-            due = [w for w in still if w.deadline <= moment]
-            waiting = [w for w in still if w.deadline > moment]
+            late = [w for w in still if w.deadline <= moment]
+            passed = await self._delivered_since({w.view.source for w in late})
+            due = [w for w in late if w.cap <= moment
+                   or (passed.get(w.view.source) or w.view.as_of) > w.view.as_of]
+            waiting = [w for w in still if w not in due]
             if due:
                 await self._overdue(due, report, scope)
             if waiting:
                 next_due = min(w.deadline for w in waiting) - time.monotonic()
                 await asyncio.sleep(min(IN_FLIGHT_POLL_SECONDS, max(0.0, next_due)))
         report.waited_ms += (time.monotonic() - started) * 1000
+
+    async def _delivered_since(self, sources: set[str]) -> dict[str, datetime | None]:
+        """When, by each source's own clock, the latest change it delivered happened (sync
+        health's ``last_occurred``): past a waiting change, its deliveries have moved on."""
+        out: dict[str, datetime | None] = {}
+        for source in sorted(sources):
+            raw = await self.cache.redis.hget(sync_key("src", source), "last_occurred")
+            text = raw.decode() if isinstance(raw, bytes) else raw
+            out[source] = datetime.fromisoformat(text) if text else None
+        return out
 
     async def _overdue(self, due: list[_InFlight], report: Report, scope: Scope) -> None:
         """Cells still behind a change older than the grace: their webhook is overdue (lost,

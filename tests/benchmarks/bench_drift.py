@@ -74,6 +74,7 @@ def main() -> int:
                                       progress=True))
     finally:
         server.stop()
+    host["loadAverageAtEnd"] = os.getloadavg()
     out = {"benchmark": "bench_drift", "startedAt": started.isoformat(), "machine": host,
            "options": vars(args), **result.as_dict()}
     text = json.dumps(out, indent=2, default=str)
