@@ -28,6 +28,7 @@ from gateway.simulators.webhooks import DeliveryOptions
 from gateway.simulators.world import World
 from resolvers.connectors.commerce import GRAPHQL_PATH, CommerceConnector, Throttled, shop_key
 from resolvers.connectors.pos import PosConnector
+from resolvers.errors import BackendStatusError
 from resolvers.writes import ItemTarget, ItemWrite, Outcome, StockTarget, StockWrite
 from tests.support import serve
 from tests.test_commerce import SECRET, TOKEN, WORLD, Receiver, master_identity
@@ -451,3 +452,19 @@ async def test_many_store_counts_go_in_batches_of_a_hundred(pos: Pos) -> None:
     after = {(v.sku, v.location_id): v.quantities.available
              for v in await pos.conn.counts(skus, stores)}
     assert after == {k: v + 1 for k, v in held.items()}
+
+
+async def test_a_short_retry_after_is_waited_for_a_long_one_answered_at_once(pos: Pos) -> None:
+    counts = "POST /v2/inventory/counts/batch-retrieve"
+    await pos.http.post("/_sim/square", json={"rate_limit_next": 1, "retry_after": 1})
+    await pos.http.delete("/_sim/stats")
+    assert await pos.conn.read_available(POS_ITEM.sku, STORE.code) is not None
+    assert (await pos.http.get("/_sim/stats")).json()["requests"][counts] == 2
+
+    await pos.http.post("/_sim/square", json={"rate_limit_next": 3, "retry_after": 30})
+    await pos.http.delete("/_sim/stats")
+    with pytest.raises(BackendStatusError) as err:
+        await pos.conn.read_available(POS_ITEM.sku, STORE.code)
+    assert (err.value.status, err.value.retry_after) == (429, 30)
+    assert (await pos.http.get("/_sim/stats")).json()["requests"][counts] == 1
+    await pos.http.post("/_sim/square", json={"rate_limit_next": 0})

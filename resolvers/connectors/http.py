@@ -2,12 +2,17 @@
 
 Retries live in a transport (the httpx way), so a test can swap the network for any other
 ``httpx.AsyncBaseTransport``. Only idempotent requests are retried: GETs, and POSTs the
-connector marks as reads with ``extensions={"idempotent": True}`` (batch-retrieve endpoints).
+connector marks as idempotent with ``extensions={"idempotent": True}`` (batch-retrieve
+endpoints, and writes that carry an idempotency key). Backoff is exponential with jitter; a
+429 or 503 with ``Retry-After`` waits that long when it is at most :data:`MAX_RETRY_WAIT`,
+and is answered at once when longer (the caller sees ``BackendStatusError.retry_after``: a
+read does not hang, a write is retried later by its owner).
 """
 
 from __future__ import annotations
 
 import asyncio
+import random
 from collections.abc import Mapping
 from typing import Any
 
@@ -24,6 +29,7 @@ from resolvers.errors import (
 from resolvers.settings import BackendSettings
 
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
+MAX_RETRY_WAIT = 2.0  # seconds a Retry-After may hold a request up before it is answered
 
 
 class RetryTransport(httpx.AsyncBaseTransport):
@@ -45,12 +51,22 @@ class RetryTransport(httpx.AsyncBaseTransport):
             except (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError):
                 if last:
                     raise
+                wait = self._backoff(attempt)
             else:
                 if response.status_code not in RETRY_STATUSES or last:
                     return response
+                asked = retry_after(response.headers.get("retry-after"))
+                if asked is not None and asked > MAX_RETRY_WAIT:
+                    return response  # too long to hold the request up: the caller decides
                 await response.aclose()
-            await asyncio.sleep(self.backoff * 2**attempt)
+                wait = max(self._backoff(attempt), asked or 0.0)
+            await asyncio.sleep(wait)
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _backoff(self, attempt: int) -> float:
+        """Exponential, with jitter (0.5x to 1.5x), so clients refused together do not all
+        come back together."""
+        return float(self.backoff * 2**attempt) * (0.5 + random.random())
 
     async def aclose(self) -> None:
         await self.inner.aclose()
