@@ -31,6 +31,7 @@ from resolvers.errors import BackendProtocolError, BackendStatusError
 from resolvers.identity import SHOPIFY_INVENTORY_ITEM, SHOPIFY_VARIANT, IdentityMap
 from resolvers.settings import BackendSettings
 from resolvers.types import ExternalRef, LocationRecord, LocationType, MasterItem, Quantities
+from resolvers.writes import ItemWrite, Outcome, StockWrite
 from tests.support import serve
 
 WORLD = World(seed=7, skus=30, stores=3, warehouses=2)
@@ -592,3 +593,74 @@ async def test_large_world_is_lazy_and_same_seed_gives_same_data() -> None:
     two = await fetch(second, f"{API}/products.json", {"limit": 250})
     assert one.content == two.content
     assert len(one.json()["products"]) == 31
+
+
+# -- a shop answering nonsense ----------------------------------------------------------------
+
+
+def hostile_shop(answers: list[Any]) -> Starlette:
+    """A stand-in shop that answers each GraphQL request with the next of ``answers``."""
+    async def graphql(request: Request) -> Response:
+        body = answers.pop(0) if answers else {"data": None}
+        return Response(json.dumps(body), media_type="application/json")
+    return Starlette(routes=[Route(GRAPHQL_PATH, graphql, methods=["POST"])])
+
+
+def cost(available: float = 1000.0) -> dict[str, Any]:
+    return {"cost": {"requestedQueryCost": 4, "actualQueryCost": 4, "throttleStatus": {
+        "maximumAvailable": 2000.0, "currentlyAvailable": available, "restoreRate": 100.0}}}
+
+
+@pytest.mark.parametrize(("answer", "message"), [
+    ({"errors": [{"message": "boom", "extensions": {"code": "INTERNAL_SERVER_ERROR"}}]},
+     "INTERNAL_SERVER_ERROR: boom"),
+    ({"data": {"inventoryItem": {"id": "x", "inventoryLevel": {
+        "location": {"id": "gid://shopify/Location/1"}, "updatedAt": "2026-01-01T00:00:00Z",
+        "quantities": [{"name": "available", "quantity": "7"}]}}}}, "not a named integer"),
+    ({"data": {"inventoryItem": {"id": "x", "inventoryLevel": {
+        "location": {"id": "gid://shopify/Location/1"}, "updatedAt": "2026-01-01T00:00:00Z",
+        "quantities": [{"name": "available", "quantity": 2**31}]}}}}, "out of range"),
+    ({"data": {"inventoryItem": {"id": "x", "inventoryLevel": {
+        "location": {"id": "Location/1"}, "updatedAt": "2026-01-01T00:00:00Z",
+        "quantities": []}}}}, "not a Location GID"),
+    ({"data": {"inventoryItem": {"id": "x", "inventoryLevel": {
+        "location": {"id": "gid://shopify/Location/1"}, "updatedAt": "yesterday",
+        "quantities": []}}}}, "not RFC 3339"),
+    ([1, 2], "answer is not an object"),
+    ({"errors": "nope"}, "errors is not a list"),
+])
+async def test_a_shop_answering_nonsense_is_a_protocol_error(answer: Any, message: str) -> None:
+    with serve(hostile_shop([answer])) as server:
+        settings = BackendSettings(name="commerce", format="shopify", base_url=server.url,
+                                   token=TOKEN)
+        identity = master_identity(WORLD)
+        item = WORLD.item(0)
+        identity.add_sku(SHOPIFY_INVENTORY_ITEM, str(item.shopify_inventory_item_id), item.sku)
+        connector = CommerceConnector(settings, identity)
+        try:
+            with pytest.raises(BackendProtocolError, match=message):
+                await connector.read_available(item.sku, "WH01")
+        finally:
+            await connector.aclose()
+
+
+async def test_a_write_to_a_shop_answering_nonsense_fails_without_raising() -> None:
+    item = WORLD.item(0)
+    answers: list[Any] = [{"data": {"inventorySetQuantities": "done!"}, "extensions": cost()},
+                          {"data": {"productVariant": {"id": "v", "product": None}}}]
+    with serve(hostile_shop(answers)) as server:
+        settings = BackendSettings(name="commerce", format="shopify", base_url=server.url,
+                                   token=TOKEN)
+        identity = master_identity(WORLD)
+        identity.add_sku(SHOPIFY_INVENTORY_ITEM, str(item.shopify_inventory_item_id), item.sku)
+        identity.add_sku(SHOPIFY_VARIANT, str(item.shopify_variant_id), item.sku)
+        connector = CommerceConnector(settings, identity)
+        try:
+            stock = await connector.set_available(StockWrite(item.sku, "WH01", 5, 4, "k"))
+            named = await connector.update_item(ItemWrite(item.sku, "Name", None, "k"))
+        finally:
+            await connector.aclose()
+    assert stock.outcome is Outcome.FAILED
+    assert "no payload" in (stock.error or "")
+    assert named.outcome is Outcome.FAILED
+    assert connector.bucket.current() is not None  # the cost it reported was taken in
