@@ -181,7 +181,11 @@ def main() -> None:
                 cpu = cpu_seconds(pid)
                 result = wrk(f"{replicas.url(0)}/graphql", cells, args.duration,
                              args.connections)
-                result["gateway_cpu_seconds"] = round(cpu_seconds(pid) - cpu, 1)
+                used = cpu_seconds(pid) - cpu
+                result["gateway_cpu_seconds"] = round(used, 1)
+                # What one core would sustain: the load on this machine hardly changes it.
+                result["gateway_cpu_ms_per_reservation"] = round(
+                    1000 * used / max(1, result["requests"]), 2)
                 time.sleep(1)
                 after = reserved(replicas.url(0), cells)
                 result["reserved_delta"] = sum(after.values()) - sum(before.values())
