@@ -1,7 +1,7 @@
 """A fault-free soak: the demo's background activity against the whole stack, with periodic
 reconciliation, then every cell compared with every backend.
 
-Shared by ``tests/test_drift.py`` (a short run in the suite) and
+Shared by ``tests/e2e/test_drift.py`` (a short run in the suite) and
 ``tests/benchmarks/bench_drift.py`` (the 10-minute run). Nothing is injected: no dropped,
 duplicated or reordered webhook, no outage. So every ``CACHE_DRIFT`` a run finds is either a
 change whose webhook is still on its way (in flight) or a lost update (a bug), and this module

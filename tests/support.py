@@ -74,7 +74,7 @@ def listening_socket() -> socket.socket:
 
 # Redis deadlines of the stacks the tests start. The defaults (250 ms for reads a request can
 # do without, 2 s for the rest) are right for a Redis next to the gateway, and what they do
-# when Redis misses them is tested with the defaults (tests/test_sick_redis.py); but on a
+# when Redis misses them is tested with the defaults (tests/e2e/test_sick_redis.py); but on a
 # loaded test machine a thread can wait that long for a core, and a cache read that misses
 # its deadline rightly goes to the backend (which knows nothing of a test's own signed
 # deliveries), a rate-limit token read lets its request through. The other tests assert what

@@ -9,7 +9,7 @@ vendor API): request counts, recent webhook deliveries, delivery fault knobs, an
   for maintenance does; ``{"seconds": 0}`` ends it; ``GET`` tells what is left. Webhooks keep
   flowing (they are queued, not served). A refused connection is not something an app can
   do: stop the simulator's server and start it again on the same port (the app object keeps
-  its state and its queued webhooks; ``tests/test_sim_shopify.py`` shows how).
+  its state and its queued webhooks; ``tests/integration/test_sim_shopify.py`` shows how).
 """
 
 from __future__ import annotations

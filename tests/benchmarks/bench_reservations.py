@@ -48,7 +48,7 @@ import redis  # noqa: E402
 from gateway.redis_server import start_server  # noqa: E402
 from resolvers.connectors.http import auth_headers  # noqa: E402
 from tests.benchmarks.bench_subscriptions import cpu_seconds, machine, note  # noqa: E402
-from tests.test_replicas import Replicas  # noqa: E402
+from tests.e2e.test_replicas import Replicas  # noqa: E402
 
 MUTATION = ("mutation R($input: ReserveStockInput!) { reserveStock(input: $input) { "
             "reservation { id } userErrors { code } } }")

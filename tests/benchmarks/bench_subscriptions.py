@@ -332,7 +332,7 @@ def analyse(plan: dict[str, Any], acked: list[tuple[float, str, str, int, float]
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from gateway.redis_server import start_server
-    from tests.test_replicas import Replicas
+    from tests.e2e.test_replicas import Replicas
 
     server = None
     redis_url = args.redis_url

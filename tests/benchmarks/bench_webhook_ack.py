@@ -47,7 +47,7 @@ from tests.benchmarks.bench_subscriptions import (  # noqa: E402
 def one_run(redis_url: str, subscribers: int, args: argparse.Namespace) -> dict[str, Any]:
     import redis
 
-    from tests.test_replicas import Replicas
+    from tests.e2e.test_replicas import Replicas
 
     redis.Redis.from_url(redis_url).flushall()
     tmp = Path(tempfile.mkdtemp(prefix=f"bench-ack-{subscribers}-"))

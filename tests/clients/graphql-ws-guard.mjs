@@ -1,4 +1,4 @@
-// npm graphql-ws meets the WebSocket protections (tests/test_ws_guard.py): `count` queries
+// npm graphql-ws meets the WebSocket protections (tests/e2e/test_ws_guard.py): `count` queries
 // on one client, each answered or refused (a refusal is the protocol's `error` message,
 // which graphql-ws raises as a list of GraphQL errors); then a subscription with a token
 // that expires while the socket is open, until the server closes the socket.

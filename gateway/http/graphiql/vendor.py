@@ -4,7 +4,7 @@
 ``integrity`` (npm's SHA-512) and which files of the tarball go where. This script fetches
 each tarball with ``npm pack`` (npm's own client, so the registry npm is set up for), refuses
 a tarball whose integrity differs from the recorded one, copies the listed files into
-``static/`` and records each file's SHA-256 (which ``tests/test_browser.py`` checks).
+``static/`` and records each file's SHA-256 (which ``tests/e2e/test_browser.py`` checks).
 
 To move to another version: change ``version`` in the manifest and run with ``--update``,
 which accepts and records the new tarball's integrity. Without ``--update`` a run is a check
