@@ -16,6 +16,7 @@ import ipaddress
 import json
 import ssl
 import subprocess
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -179,15 +180,39 @@ def test_shopify_node_library_sees_throttling_and_retries_through_an_outage(
     assert error["body"]["extensions"]["cost"]["throttleStatus"]["currentlyAvailable"] == 2
     assert http.get("/_sim/shop/writes").json()["byKey"] == {"a": 1}
     http.post("/_sim/shop/throttle", json={"restoreRate": 100, "currentlyAvailable": 2000})
-    # Down for ~1.5 s: the library's own retries (503 is retriable, 1 s apart) get through.
-    http.post("/_sim/outage", json={"seconds": 1.5})
-    outage = node_requests(server, tls[0], [
-        {"query": "{ shop { name } }"},
-        {"query": "{ shop { name } }", "retries": 3},
-    ])
+    # Down until the library's second request has been refused once; then up again: its own
+    # retries (503 is retriable, 1 s apart) get through. (Ended by what happened, not after
+    # a time: a node starting slowly on a loaded machine would miss a timed outage.)
+    http.post("/_sim/outage", json={"seconds": 300})
+    refused_before_retrying = 1  # the first request, without retries, is refused once
+    ended = threading.Event()
+
+    def end_outage_after_the_retrying_request_was_refused() -> None:
+        with httpx.Client(base_url=server.url, timeout=10,
+                          verify=ssl.create_default_context(cafile=tls[0])) as own:
+            while not ended.is_set():
+                if own.get("/_sim/outage").json()["refused"] > refused_before_retrying:
+                    own.post("/_sim/outage", json={"seconds": 0})
+                    return
+                ended.wait(0.02)
+
+    watcher = threading.Thread(target=end_outage_after_the_retrying_request_was_refused)
+    refused_at_start = http.get("/_sim/outage").json()["refused"]
+    refused_before_retrying += refused_at_start
+    watcher.start()
+    try:
+        outage = node_requests(server, tls[0], [
+            {"query": "{ shop { name } }"},
+            {"query": "{ shop { name } }", "retries": 3},
+        ])
+    finally:
+        ended.set()
+        watcher.join()
+        http.post("/_sim/outage", json={"seconds": 0})
     assert outage[0]["error"]["name"] == "HttpInternalError"
     assert outage[0]["error"]["status"] == 503
     assert outage[1]["data"] == {"shop": {"name": "RetailGraph Demo"}}
+    assert http.get("/_sim/outage").json()["refused"] >= refused_at_start + 2
 
 
 @needs_node
