@@ -58,6 +58,12 @@ class SoakResult:
         in_flight = sum(int(r.get("inFlight", {}).get("found", 0)) for r in self.runs)
         return {
             "seconds": round(self.seconds, 1), "activity": dict(sorted(self.activity.items())),
+            # Operations the activity performed per second (each sale, order, receipt, ...
+            # and follow-up once; the stock feed's Shopify updates ride on them): below the
+            # rate asked for when the machine could not keep up.
+            "operationsPerSecond": round(sum(
+                v for k, v in self.activity.items() if not k.startswith("stock_sync"))
+                / max(self.seconds, 1e-9), 1),
             "eventsLogged": self.events_logged, "reconciliationRuns": len(self.runs),
             "runsRepairing": sum(1 for r in self.runs if r.get("repaired")),
             "repaired": sum(int(r.get("repaired", 0)) for r in self.runs),

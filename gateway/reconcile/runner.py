@@ -54,10 +54,10 @@ from resolvers.discrepancies import (
     Kind,
     Role,
     Severity,
-    Status,
     assess,
     cache_drift,
     derived_on_hand,
+    in_flight,
     in_the_future,
 )
 from resolvers.errors import BackendError
@@ -78,8 +78,9 @@ IN_FLIGHT_POLL_SECONDS = 0.1  # how often a run looks whether in-flight webhooks
 
 @dataclass(frozen=True, slots=True)
 class _InFlight:
-    """A cell whose backend was ahead of the cache by a change younger than the grace: its
-    webhook may still be on the way, so its judgement waits until it arrives or is overdue."""
+    """A cell whose backend was ahead of the cache (by a change younger than three graces):
+    its webhook may still be on the way, so its judgement waits until it arrives or is
+    overdue."""
 
     view: StockView  # the backend's answer when the run read it
     role: Role
@@ -413,10 +414,12 @@ class ReconcileRunner:
                     cached = read.cached.get(name, {}).get((sku, loc_id))
                     drift = cache_drift(view, cached, role, now, grace, skew)
                     effective, origin = view, "backend"
-                    if drift is not None and drift.status is Status.LAGGING:
-                        # In flight: judged once its webhook arrived or is overdue (_settle);
-                        # until then the slot is not evaluated, so what is listed stays.
-                        assert cached is not None
+                    assert drift is None or cached is not None
+                    if drift is not None and cached is not None and in_flight(
+                            view, cached, now, 3 * grace, skew):
+                        # Behind a change (younger than three graces) whose webhook may be on
+                        # its way: judged once it arrived or is overdue (_settle); until then
+                        # the slot is not evaluated, so what is listed stays.
                         age = (now - view.as_of).total_seconds()
                         report.in_flight += 1
                         at = time.monotonic()
