@@ -230,18 +230,20 @@ def test_a_silent_pos_is_healed_from_its_events_api(redis_url: str) -> None:
 def test_a_pos_silent_longer_than_its_events_are_kept_is_polled_for_changes(
         redis_url: str) -> None:
     s = Stack(redis_url, skus=8, stores=2, warehouses=1)
-    s.settings.backends["pos"].heartbeat_seconds = 1.0
+    s.settings.backends["pos"].heartbeat_seconds = 3.0
     with s:
         store = s.world.stores[1].code
         before = level(s, 3, store)["available"]
         faults(s, "pos", drop_rate=1.0)
+        client = redis.Redis.from_url(redis_url)
+        # Just checked: no heartbeat heals the sale before the clock is set back below.
+        client.hset("rg:{sync}:src:pos", "beat", datetime.now(UTC).isoformat())
+        pos_sale(s, 3, store, 2)
         # Last heard of 30 days ago: past the Events API's 28 days.
         long_ago = (datetime.now(UTC) - timedelta(days=30)).isoformat()
-        client = redis.Redis.from_url(redis_url)
         client.hset("rg:{sync}:src:pos", mapping={"last_received": long_ago,
                                                   "beat": long_ago})
         client.close()
-        pos_sale(s, 3, store, 2)
         wait_for(lambda: status(s)["pos"]["gapsHealed"] >= 1)
         gap = status(s)["pos"]["recentGaps"][0]
         assert gap["reason"] == "silent"
