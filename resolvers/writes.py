@@ -12,7 +12,12 @@ Compare-and-set is the rule for stock: ``expected`` is what the caller believes 
 now; a target that holds something else answers :attr:`Outcome.STALE` with what it holds
 (``actual``, re-read), and the caller recomputes. It never overwrites a value it did not
 expect. The ``idempotency_key`` stays the same on every retry of one action, so a retry after a
-lost answer takes effect once.
+lost answer takes effect once. The connectors send the vendor ``<key>:<belief>:<value>`` (the
+belief being ``expected``, or what they read when it is None): the same write retried is the
+same request, a write recomputed after STALE under the same action key is a new one (a vendor
+refuses a key reused for other input). ``read_available`` raises
+:class:`~resolvers.errors.BackendError` when the target cannot answer and returns None for a
+cell it has no object for.
 """
 
 from __future__ import annotations
