@@ -149,12 +149,23 @@ def test_user_errors_change_nothing(stack: Stack) -> None:
              ({"quantity": 1, "locationId": "NOPE"}, "UNKNOWN_LOCATION",
               ["input", "locationId"]),
              ({"quantity": 1, "ttlSeconds": 0}, "INVALID_TTL", ["input", "ttlSeconds"]),
-             ({"quantity": 1, "channel": "ONLINE"}, "INVALID_INPUT", ["input", "locationId"])]
+             ({"quantity": 1, "channel": "ONLINE"}, "INVALID_INPUT", ["input", "locationId"]),
+             ({"quantity": 1, "locationId": None, "channel": "STORE"}, "INVALID_INPUT",
+              ["input", "channel"]),
+             ({"quantity": 1, "idempotencyKey": "k" * 300}, "INVALID_IDEMPOTENCY_KEY",
+              ["input", "idempotencyKey"]),
+             ({"quantity": 1, "reference": "r" * 300}, "INVALID_REFERENCE",
+              ["input", "reference"])]
     for change, code, field in cases:
         given = {"sku": sku, "locationId": loc, **change}
         payload = reserve(stack, **given)
         assert payload["reservation"] is None, change
         assert [(e["code"], e["field"]) for e in payload["userErrors"]] == [(code, field)]
+    # A quantity past GraphQL's Int: the request's error, before any resolver runs.
+    body = gql(stack, RESERVE, {"input": {"sku": sku, "locationId": loc, "quantity": 2**31,
+                                          "idempotencyKey": "big"}})
+    assert body["errors"][0]["extensions"]["code"] in ("BAD_USER_INPUT",
+                                                       "GRAPHQL_VALIDATION_FAILED"), body
     refused = reserve(stack, sku=sku, locationId=loc, quantity=5)
     assert "only 4 available to sell" in refused["userErrors"][0]["message"]
     assert level(stack, sku, loc)["reserved"] == 0
