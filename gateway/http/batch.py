@@ -19,7 +19,8 @@ allow-list, not a query) gets the error it would have got alone in its place, an
 still run. The batch's status is 200 unless every operation got the same other status (all
 rate limited: 429 with ``Retry-After``). ``RateLimit-*`` headers say what is left after the
 whole batch; ``x-retailgraph-cache`` lists ``hit``/``miss`` per operation, in order.
-Mutations: the schema has none (a batched one gets the error it gets alone). Subscriptions:
+Mutations (reservations) run as if sent alone, concurrently with the batch's other
+operations (tests/e2e/test_reservations.py: five reserveStock in one batch). Subscriptions:
 each gets the 400 error of a subscription sent without a streaming ``Accept``.
 """
 

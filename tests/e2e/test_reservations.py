@@ -301,6 +301,13 @@ def test_never_from_the_response_cache(stack: Stack) -> None:
 def test_batched_and_websocket_mutations(stack: Stack) -> None:
     sku, loc = cell(stack, 8, 0)
     set_store_stock(stack, 8, 0, 3)
+    # Never over GET (a link, a prefetch, a crawler must not hold stock).
+    refused = httpx.get(f"{stack.url}/graphql", timeout=30, params={
+        "query": RESERVE, "variables": json.dumps({"input": {
+            "sku": sku, "locationId": loc, "quantity": 1, "idempotencyKey": "get-1"}})},
+        headers={"authorization": f"Bearer {ADMIN_KEY}", "accept": "application/json"})
+    assert refused.status_code in (400, 405), refused.text
+    assert level(stack, sku, loc)["reserved"] == 0
     batch = [{"query": RESERVE, "variables": {"input": {
         "sku": sku, "locationId": loc, "quantity": 1, "idempotencyKey": f"b{n}"}}}
         for n in range(5)]
