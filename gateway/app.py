@@ -1,4 +1,5 @@
-"""The gateway's ASGI application.
+"""The composition root: :func:`build` makes everything the running gateway needs, in
+dependency order, and :func:`create_app` serves it.
 
 Routes: ``/graphql`` (HTTP and WebSocket, GraphiQL on GET, its assets under
 ``/graphql/static/``), ``POST /webhooks/{backend}``,
@@ -12,15 +13,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+import traceback
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 from starlette.applications import Starlette
+from starlette.datastructures import State
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route, WebSocketRoute
+from starlette.routing import BaseRoute, Route, WebSocketRoute
+from starlette.types import Receive, Scope, Send
 
 from gateway import telemetry
 from gateway.config import Settings, browser_origins
@@ -39,9 +42,17 @@ from gateway.http.operations import OperationGuard
 from gateway.http.persisted import PersistedQueries, PersistedQueryMiddleware
 from gateway.http.ratelimit import RateLimiter, RateLimitMiddleware
 from gateway.intake.webhooks import WebhookIntake
-from gateway.reconcile.runner import ReconcileStage
+from gateway.reconcile.discrepancies import DiscrepancyFeed, DiscrepancyIndex, MovementHistory
+from gateway.reconcile.runner import (
+    Rechecker,
+    ReconcileBookkeeping,
+    ReconcileRunner,
+    ReconcileStage,
+)
+from gateway.reconcile.synchealth import AppliedLag, SyncHealth
 from gateway.redis_server import EmbeddedRedis
 from gateway.telemetry import logs
+from resolvers.abc import RedisClient
 from resolvers.errors import BackendError
 from resolvers.graph import RetailGraph
 from resolvers.reservations import Reservations
@@ -75,73 +86,48 @@ async def _probe_backends(graph: RetailGraph, interval: float) -> None:
         await graph.probe(only_down=tick % 5 != 0)
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class Runtime:
-    """What the lifespan builds; routes reach it through ``app.state.runtime``."""
+    """The running gateway, as :func:`build` made it; routes reach it through
+    ``app.state.runtime``."""
 
     settings: Settings
+    redis_url: str
+    embedded: EmbeddedRedis | None  # the private Redis started when none is configured
+    redis: RedisClient
+    cache: Cache
+    responses: ResponseStore
+    events: EventLog
     graph: RetailGraph
-    redis_url: str = ""
-    embedded: EmbeddedRedis | None = None
-    cache: Cache | None = None
-    responses: ResponseStore | None = None
-    events: EventLog | None = None
-    intake: WebhookIntake | None = None
-    sweeper: PendingSweeper | None = None
-    feed: ChangeFeed | None = None
-    reconciliation: ReconcileStage | None = None
-    holds: Holds | None = None
-    tasks: list[asyncio.Task[None]] = field(default_factory=list)
-    # retailgraph_event_loop_lag_seconds (gateway/telemetry/__init__.py)
-    loop_lag: telemetry.LoopLag = field(default_factory=telemetry.LoopLag)
-    # False for one-shot commands (events dlq/replay): no sweeper, feed or refreshers.
+    feed: ChangeFeed
+    applier: Applier
+    holds: Holds
+    reconciliation: ReconcileStage
+    intake: WebhookIntake
+    sweeper: PendingSweeper
+    # retailgraph_event_loop_lag_seconds (gateway/telemetry)
+    loop_lag: telemetry.LoopLag
+    # False for one-shot commands (events dlq/replay, reconcile): no sweeper, feed or
+    # refreshers.
     background: bool = True
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     async def start(self) -> None:
-        url = self.settings.redis_url
-        if not url:
-            self.embedded = EmbeddedRedis()
-            url = await self.embedded.start()
-        self.redis_url = url
-        client = await connect(url, Deadlines.of(self.settings))
-        self.cache = Cache(client)
-        self.responses = ResponseStore(client)
-        self.events = EventLog(client)
-        self.reconciliation = ReconcileStage(self.settings, self.graph, client, self.cache,
-                                             self.events)
-        # Reservations: their holds in Redis, every change of one on the event path.
-        self.holds = Holds(self.graph, self.events)
-        applier = Applier(self.cache, self.responses, self.reconciliation.publisher(
-                          ChangePublisher(
-                              client, self.settings.change_retention_seconds,
-                              self.graph.current_view,
-                              lambda loc, src: self.graph.system_of_record(loc) == src)),
-                          holds=self.holds)
-        store = ReservationStore(
-            client, self.graph.system_of_record, self.holds,
-            commit_hold_seconds=self.settings.reservation_commit_hold_seconds)
-        self.holds.bind(applier, store)
-        self.graph.reservations = Reservations(self.graph, store)
-        self.feed = ChangeFeed(client, self.settings.subscriber_buffer,
-                               max_per_owner=self.settings.max_subscriptions_per_principal)
-        self.graph.feed = self.feed
-        self.graph.cache = self.cache if self.settings.cache else None
-        telemetry.instrument_applier(applier)
-        self.intake = WebhookIntake(self.settings, self.graph, self.events, applier)
-        self.sweeper = PendingSweeper(self.events, applier)
-        self.reconciliation.bind(applier, self.intake)
+        """Load the identity catalog (a backend that is down is retried in the background)
+        and start the background jobs."""
         with contextlib.suppress(BackendError):
             await self.graph.refresh_catalog()
         if not self.background:
             return
-        self.tasks = [asyncio.create_task(_keep_catalog_fresh(self.graph)),
-                      asyncio.create_task(_probe_backends(self.graph,
-                                                          self.settings.probe_interval_seconds)),
-                      asyncio.create_task(self.sweeper.run()),
-                      asyncio.create_task(self.holds.sweep_forever()),
-                      asyncio.create_task(self.feed.run()),
-                      asyncio.create_task(self.loop_lag.run()),
-                      *map(asyncio.create_task, self.reconciliation.background())]
+        self.tasks.extend([
+            asyncio.create_task(_keep_catalog_fresh(self.graph)),
+            asyncio.create_task(_probe_backends(self.graph,
+                                                self.settings.probe_interval_seconds)),
+            asyncio.create_task(self.sweeper.run()),
+            asyncio.create_task(self.holds.sweep_forever()),
+            asyncio.create_task(self.feed.run()),
+            asyncio.create_task(self.loop_lag.run()),
+            *map(asyncio.create_task, self.reconciliation.background())])
 
     async def readiness(self) -> dict[str, Any]:
         """``/readyz``: Redis answers, every backend answered its last call or probe, the
@@ -149,48 +135,97 @@ class Runtime:
         change feed) are running. ``failing`` names the checks that are not."""
         graph = self.graph
         catalog = graph.catalog
-        redis_ok = self.cache is not None and await self.cache.ping()
+        redis_ok = await self.cache.ping()
         checks: dict[str, dict[str, Any]] = {
-            "redis": {"ok": redis_ok} if redis_ok else {
-                "ok": False, "error": "not connected" if self.cache is None else "no answer"},
+            "redis": {"ok": True} if redis_ok else {"ok": False, "error": "no answer"},
             "backends": {"ok": not graph.health.down, "down": dict(graph.health.down)},
             "catalog": {"ok": catalog is not None and not catalog.missing,
                         "missing": list(catalog.missing) if catalog else ["all"]},
-            "sweeper": {"ok": self.sweeper is not None and self.sweeper.running},
-            "feed": {"ok": self.feed is not None and self.feed.running},
+            "sweeper": {"ok": self.sweeper.running},
+            "feed": {"ok": self.feed.running},
         }
         failing = [name for name, check in checks.items() if not check["ok"]]
         return {"ready": not failing, "failing": failing, "checks": checks}
 
     async def stop(self) -> None:
-        if self.feed is not None:
-            self.feed.close_all()
-        if self.reconciliation is not None:
-            self.reconciliation.close()
+        self.feed.close_all()
+        self.reconciliation.close()
         for task in self.tasks:
             task.cancel()
         for task in self.tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await self.graph.aclose()
-        if self.cache is not None:
-            await self.cache.aclose()
+        await self.cache.aclose()
         if self.embedded is not None:
             await self.embedded.stop()
 
 
-def create_app(settings: Settings, transport: httpx.AsyncBaseTransport | None = None) -> Starlette:
-    graph = RetailGraph.from_settings(settings, transport=transport,
-                                      observer=telemetry.ResolverTelemetry())
-    runtime = Runtime(settings, graph)
+async def build(settings: Settings, transport: httpx.AsyncBaseTransport | None = None,
+                background: bool = True) -> Runtime:
+    """Everything the running gateway needs, each part given what it uses, in dependency
+    order: Redis and its stores, the graph (connectors, cache), the change feed, the
+    applier and its observers, reconciliation, webhook intake. Nothing is wired afterwards.
+    ``transport`` replaces the backends' network (tests)."""
+    embedded = None
+    url = settings.redis_url
+    if not url:
+        embedded = EmbeddedRedis()
+        url = await embedded.start()
+    redis = await connect(url, Deadlines.of(settings))
+    cache = Cache(redis)
+    responses = ResponseStore(redis)
+    events = EventLog(redis)
+    graph = RetailGraph.from_settings(settings, cache if settings.cache else None, transport,
+                                      telemetry.ResolverTelemetry())
+
+    def is_record(location_id: str, source: str) -> bool:
+        return graph.system_of_record(location_id) == source
+
+    feed = ChangeFeed(redis, settings.subscriber_buffer,
+                      max_per_owner=settings.max_subscriptions_per_principal)
+    index = DiscrepancyIndex(redis)
+    history = MovementHistory(redis)
+    rechecker = Rechecker(settings, graph, index, history)
+    # Reservations: their holds in Redis, every change of one on the event path.
+    holds = Holds(graph, events)
+    applier = Applier(
+        cache, responses,
+        ChangePublisher(redis, settings.change_retention_seconds, graph.current_view, is_record),
+        holds=holds,
+        observers=[telemetry.ApplierTelemetry(),
+                   ReconcileBookkeeping(history, rechecker, is_record), AppliedLag(redis)])
+    store = ReservationStore(redis, graph.system_of_record, holds,
+                             commit_hold_seconds=settings.reservation_commit_hold_seconds)
+    # The reservations' own wiring (issue 14): the holds publish through the applier that
+    # observes them, and the graph's loaders read the held units.
+    holds.bind(applier, store)
+    graph.reservations = Reservations(graph, store)
+    runner = ReconcileRunner(settings, graph, cache, events, applier, index, history)
+    health = SyncHealth(redis, settings, graph, events, applier, runner.heal_source)
+    reconciliation = ReconcileStage(settings, redis, index,
+                                    DiscrepancyFeed(redis, settings.subscriber_buffer), history,
+                                    rechecker, runner, health)
+    return Runtime(
+        settings=settings, redis_url=url, embedded=embedded, redis=redis, cache=cache,
+        responses=responses, events=events, graph=graph, feed=feed, applier=applier,
+        holds=holds, reconciliation=reconciliation,
+        intake=WebhookIntake(settings, graph, events, applier, health),
+        sweeper=PendingSweeper(events, applier), loop_lag=telemetry.LoopLag(),
+        background=background)
+
+
+def serve(runtime: Runtime) -> Starlette:
+    """The HTTP side of a built runtime: the routes, each behind the middlewares it needs."""
+    settings = runtime.settings
     auth = Authenticator(settings)
-    logs.protect(logs.secrets_of(settings))
     origins = browser_origins(settings)
-    limiter = RateLimiter(runtime, settings.rate_limit_per_minute)
-    persisted = PersistedQueries(runtime, settings)
+    limiter = RateLimiter(runtime.redis, settings.rate_limit_per_minute)
+    persisted = PersistedQueries(runtime.redis, settings)
     # The per-operation checks every transport applies (gateway/http/operations.py).
     guard = OperationGuard(limiter, persisted)
-    graphql = GraphQLApp(settings, graph, auth=auth, guard=guard, keep_alive=True,
+    graphql = GraphQLApp(settings, runtime.graph, auth=auth, guard=guard, feed=runtime.feed,
+                         reconciliation=runtime.reconciliation, keep_alive=True,
                          graphql_ide="graphiql" if settings.graphiql else None,
                          keep_alive_interval=settings.ws_keepalive_seconds,
                          allowed_origins=sorted(origins))
@@ -203,21 +238,9 @@ def create_app(settings: Settings, transport: httpx.AsyncBaseTransport | None = 
         return JSONResponse(report, status_code=200 if report["ready"] else 503)
 
     async def webhook(request: Request) -> Response:
-        if runtime.intake is None or runtime.feed is None:
-            return JSONResponse({"error": "starting up"}, status_code=503)
         # Subscription deliveries wait while a webhook is being acknowledged.
         with runtime.feed.deliveries.intake_first():
             return await telemetry.traced_webhook(request, runtime.intake, settings.backends)
-
-    @contextlib.asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        await runtime.start()
-        telemetry.watch(runtime)
-        try:
-            yield
-        finally:
-            telemetry.unwatch(runtime)
-            await runtime.stop()
 
     app = Starlette(routes=[
         Route("/graphql", graphql, methods=["GET", "POST"]),
@@ -227,8 +250,9 @@ def create_app(settings: Settings, transport: httpx.AsyncBaseTransport | None = 
         Route("/readyz", readyz),
         Route("/metrics", telemetry.metrics_endpoint),
         *([graphiql.assets()] if settings.graphiql else []),
-    ], lifespan=lifespan)
-    app.add_middleware(CachedResponses, runtime=runtime)
+    ])
+    app.add_middleware(CachedResponses, responses=runtime.responses,
+                       health=runtime.graph.health, enabled=settings.cache)
     # Outermost last: metrics -> browser origins (CORS; preflights end here) -> auth ->
     # bodies read (within body_timeout_seconds, max_concurrent_bodies at once) -> batches
     # taken apart -> (for each operation) rate limit -> persisted queries -> response cache.
@@ -242,8 +266,68 @@ def create_app(settings: Settings, transport: httpx.AsyncBaseTransport | None = 
     app.add_middleware(AuthMiddleware, auth=auth)
     app.add_middleware(BrowserOrigins, origins=origins)
     app.add_middleware(telemetry.HttpMetrics)
-    app.state.runtime = runtime
     app.state.guard = guard
-    app.state.graph = graph
-    app.state.settings = settings
     return app
+
+
+class Gateway:
+    """The ASGI application a server runs: the lifespan builds the :class:`Runtime`
+    (:func:`build`) and its HTTP side (:func:`serve`); every request goes to that. Servers
+    send no request before the lifespan's startup is complete."""
+
+    def __init__(self, settings: Settings,
+                 transport: httpx.AsyncBaseTransport | None = None) -> None:
+        self.settings = settings
+        self.transport = transport
+        self.state = State({"settings": settings})
+        self._served: Starlette | None = None
+
+    @property
+    def routes(self) -> list[BaseRoute]:
+        """The routes being served (none before startup)."""
+        return self._served.routes if self._served is not None else []
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+            return
+        if self._served is None:  # a request before startup or after shutdown
+            if scope["type"] == "http":
+                await JSONResponse({"error": "starting up"}, status_code=503)(
+                    scope, receive, send)
+            else:
+                await send({"type": "websocket.close", "code": 1013})
+            return
+        await self._served(scope, receive, send)
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        runtime: Runtime | None = None
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    runtime = await build(self.settings, self.transport)
+                    await runtime.start()
+                except BaseException:  # reported to the server, which exits
+                    await send({"type": "lifespan.startup.failed",
+                                "message": traceback.format_exc()})
+                    raise
+                served = serve(runtime)
+                self.state.runtime = runtime
+                self.state.graph = runtime.graph
+                self.state.guard = served.state.guard
+                telemetry.watch(runtime)
+                self._served = served
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                self._served = None
+                if runtime is not None:
+                    telemetry.unwatch(runtime)
+                    await runtime.stop()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+
+def create_app(settings: Settings, transport: httpx.AsyncBaseTransport | None = None) -> Gateway:
+    logs.protect(logs.secrets_of(settings))
+    return Gateway(settings, transport)

@@ -8,13 +8,21 @@ The gateway (``gateway.app``) builds the implementations and hands them in:
   (``resolvers.store.cache.Cache``, Redis);
 - :class:`Observer`: traces and metrics of cache lookups and backend calls
   (``gateway.telemetry.ResolverTelemetry``; :data:`NO_OBSERVER` records nothing);
+- :class:`ChangeFeed`: this replica's live stock changes and their history
+  (``gateway.events.changes.ChangeFeed``);
+- :class:`Reconciliation`: discrepancies, their live transitions and the sync status
+  (``gateway.reconcile.runner.ReconcileStage``: :class:`DiscrepancyIndex`,
+  :class:`DiscrepancyFeed`, :class:`SyncStatus`);
 - :data:`RedisClient`: the Redis client every store is given (single server or Cluster).
+
+The schema reaches the change feed and reconciliation through the request's context
+(``resolvers.graph.RequestContext``); both are absent while Redis is not connected.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeAlias
 
@@ -22,8 +30,10 @@ import httpx
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 
+from resolvers.discrepancies import DiscrepancyEvent, DiscrepancyFilter, Page
 from resolvers.identity import IdentityMap
 from resolvers.settings import BackendFormat, BackendSettings
+from resolvers.syncstatus import SourceStatus
 from resolvers.types import StockView
 
 RedisClient: TypeAlias = "aioredis.Redis | RedisCluster"
@@ -92,6 +102,86 @@ class StockCache(Protocol):
                              ) -> dict[str, dict[str, Any]]: ...
 
 
+# -- live changes and reconciliation -----------------------------------------------------------
+
+class SubscriptionQuota(Protocol):
+    """Live subscriptions per caller on this replica."""
+
+    def check(self, owner: str) -> None: ...
+
+    def hold(self, owner: str) -> contextlib.AbstractContextManager[None]: ...
+
+
+class Deliveries(Protocol):
+    """Turns for computing subscription events (webhook intake goes first)."""
+
+    async def turn(self) -> None: ...
+
+    def delivered(self) -> None: ...
+
+
+class ChangeFeed(Protocol):
+    """Stock changes: live (``subscribe``) and past (``history``), by cursor. The changes are
+    the feed's records (``sku``, ``location_id``, ``source``, ``cursor``, ``quantities``,
+    ``previous``, ``movement``, ``occurred_at``, ``conflated``)."""
+
+    @property
+    def quota(self) -> SubscriptionQuota: ...
+
+    @property
+    def deliveries(self) -> Deliveries: ...
+
+    def subscribe(self, accept: Callable[[Any], bool],
+                  after: str | None) -> AsyncGenerator[Any, None]: ...
+
+    async def history(self, accept: Callable[[Any], bool], after: str | None,
+                      first: int) -> Any: ...
+
+    async def check_cursor(self, after: str) -> None: ...
+
+    async def shared(self, change: Any, what: str,
+                     compute: Callable[[], Awaitable[Any]]) -> Any: ...
+
+
+class DiscrepancyIndex(Protocol):
+    """The current discrepancies."""
+
+    async def page(self, query: DiscrepancyFilter, first: int, after: str | None) -> Page: ...
+
+    async def total(self, query: DiscrepancyFilter) -> int: ...
+
+
+class DiscrepancyFeed(Protocol):
+    """Discrepancies appearing, changing and resolving, live."""
+
+    def subscribe(self, accept: Callable[[DiscrepancyEvent], bool]
+                  ) -> AsyncGenerator[DiscrepancyEvent, None]: ...
+
+
+class SyncStatus(Protocol):
+    """How current the gateway is with each source system."""
+
+    async def statuses(self, recent: int = 10) -> list[SourceStatus]: ...
+
+
+class Reconciliation(Protocol):
+    """What the schema reads of reconciliation."""
+
+    @property
+    def index(self) -> DiscrepancyIndex: ...
+
+    @property
+    def feed(self) -> DiscrepancyFeed: ...
+
+    @property
+    def health(self) -> SyncStatus: ...
+
+    async def mark_volatile(self) -> None:
+        """Make sure no cached response holds what is being read (it changes without an
+        event on any SKU a response shows)."""
+        ...
+
+
 # -- telemetry ----------------------------------------------------------------------------------
 
 class Lookup(Protocol):
@@ -130,5 +220,7 @@ class NullObserver:
 
 NO_OBSERVER: Observer = NullObserver()
 
-__all__ = ["NO_OBSERVER", "CacheUnavailable", "Connector", "Fetch", "GraphSettings", "Lookup",
-           "MasterFetch", "NullObserver", "Observer", "RedisClient", "StockCache", "ViewsResult"]
+__all__ = ["NO_OBSERVER", "CacheUnavailable", "ChangeFeed", "Connector", "Deliveries",
+           "DiscrepancyFeed", "DiscrepancyIndex", "Fetch", "GraphSettings", "Lookup", "MasterFetch",
+           "NullObserver", "Observer", "Reconciliation", "RedisClient", "StockCache",
+           "SubscriptionQuota", "SyncStatus", "ViewsResult"]

@@ -428,6 +428,16 @@ class CellUpdate:
 
 
 @dataclass(frozen=True, slots=True)
+class Page:
+    """One page of a discrepancy listing, in order (location, SKU, kind)."""
+
+    findings: list[Finding]
+    cursors: list[str]
+    end_cursor: str | None
+    has_more: bool
+
+
+@dataclass(frozen=True, slots=True)
 class DiscrepancyFilter:
     """Filters of a discrepancy listing or subscription."""
 

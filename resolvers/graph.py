@@ -23,9 +23,11 @@ from resolvers import merge
 from resolvers.abc import (
     NO_OBSERVER,
     CacheUnavailable,
+    ChangeFeed,
     Connector,
     GraphSettings,
     Observer,
+    Reconciliation,
     StockCache,
 )
 from resolvers.access import OPEN, Principal
@@ -182,10 +184,6 @@ class RetailGraph:
         self.observer = observer
         self.catalog: Catalog | None = None
         self.health = BackendHealth()
-        # The replica's change feed (gateway.events.changes.ChangeFeed) once Redis is up.
-        self.feed: Any = None
-        # Discrepancies and sync health (gateway/reconcile/runner.py, synchealth.py).
-        self.reconciliation: Any = None
         # Reservations (resolvers/reservations.py) once Redis is up.
         self.reservations: Any = None
         self._refresh_lock = asyncio.Lock()
@@ -548,6 +546,9 @@ class RequestContext:
 
     graph: RetailGraph
     loaders: Loaders
+    # The replica's live stock changes and its reconciliation (None: Redis not connected).
+    feed: ChangeFeed | None = None
+    reconciliation: Reconciliation | None = None
     request: Any = None
     response: Any = None
     # WebSocket connection_init payload (credentials live here, see gateway/http/auth.py).

@@ -16,13 +16,14 @@ from typing import Annotated, Any, TypeVar
 import strawberry
 from graphql import GraphQLError
 
+from resolvers.abc import Reconciliation
 from resolvers.access import DISCREPANCIES_READ
 from resolvers.discrepancies import DiscrepancyEvent as EventRecord
 from resolvers.discrepancies import DiscrepancyFilter, Finding, Side
 from resolvers.discrepancies import Kind as KindRecord
 from resolvers.discrepancies import Severity as SeverityRecord
 from resolvers.discrepancies import Status as StatusRecord
-from resolvers.store.keys import response_tag_version_key
+from resolvers.store.keys import VOLATILE_TAG
 from resolvers.syncstatus import GAPS_KEPT, Gap, Lag
 from resolvers.syncstatus import SourceStatus as SourceStatusRecord
 from resolvers.types import INT_MAX, INT_MIN, saturate
@@ -162,22 +163,19 @@ class DiscrepancyNotice:
 
 
 
-VOLATILE_TAG = "volatile"
-VOLATILE_KEY = response_tag_version_key(VOLATILE_TAG)
-NEVER = 2**62
 
 
-async def _reconciliation(info: Ctx) -> Any:
+async def _reconciliation(info: Ctx) -> Reconciliation:
     """The replica's reconciliation; the response is marked never to be cached (discrepancies
     and sync status change without an event on any SKU the response shows)."""
-    found = info.context.graph.reconciliation
+    found = info.context.reconciliation
     if found is None:
         raise GraphQLError("reconciliation unavailable (Redis not connected)",
                            extensions={"code": "SERVICE_UNAVAILABLE"})
     # The response cache refuses to store a response with a tag invalidated after the
     # request started; this tag always is.
     info.context.loaders.freshness.tags.add(VOLATILE_TAG)
-    await found.redis.set(VOLATILE_KEY, NEVER)
+    await found.mark_volatile()
     return found
 
 
@@ -247,7 +245,7 @@ async def discrepancy_detected(
         kinds=None if kinds is None else frozenset(KindRecord(k.value) for k in kinds),
         min_severity=SeverityRecord(min_severity.value))
     # The caller's subscriptions on this replica are counted together (gateway.events.changes).
-    quota = info.context.graph.feed.quota if info.context.graph.feed is not None else None
+    quota = info.context.feed.quota if info.context.feed is not None else None
     owner = info.context.client
     if quota is not None:
         quota.check(owner)

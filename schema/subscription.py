@@ -15,6 +15,7 @@ import strawberry
 from graphql import GraphQLError
 
 from resolvers import merge
+from resolvers.abc import ChangeFeed
 from resolvers.access import STOCK_READ
 from resolvers.changes import MAX_FILTER_IDS, CursorExpired, InvalidCursor, make_filter
 from resolvers.store.reservations import HOLDS_SOURCE
@@ -143,8 +144,8 @@ def to_graphql(info: Ctx, change: Any, safety_stock: int | None = None) -> Stock
         source=change.source, occurred_at=change.occurred_at, conflated=change.conflated)
 
 
-def _feed(info: Ctx) -> Any:
-    feed = info.context.graph.feed
+def _feed(info: Ctx) -> ChangeFeed:
+    feed = info.context.feed
     if feed is None:
         raise GraphQLError("change feed unavailable (event log not connected)",
                            extensions={"code": "SERVICE_UNAVAILABLE"})

@@ -6,9 +6,7 @@ import argparse
 import asyncio
 
 from gateway import config
-from gateway.app import Runtime
-from gateway.telemetry import ResolverTelemetry
-from resolvers.graph import RetailGraph
+from gateway.app import build
 
 
 def run(args: argparse.Namespace) -> int:
@@ -16,12 +14,9 @@ def run(args: argparse.Namespace) -> int:
                                   "the event log")
 
     async def run() -> int:
-        runtime = Runtime(settings, RetailGraph.from_settings(
-            settings, observer=ResolverTelemetry()), background=False)
+        runtime = await build(settings, background=False)
         await runtime.start()
         try:
-            assert runtime.events is not None
-            assert runtime.intake is not None
             if args.action == "dlq":
                 letters = await runtime.events.dead_letters()
                 for letter in letters:

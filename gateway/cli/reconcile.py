@@ -7,10 +7,8 @@ import asyncio
 import sys
 
 from gateway import config
-from gateway.app import Runtime
+from gateway.app import build
 from gateway.reconcile.runner import Report, Scope
-from gateway.telemetry import ResolverTelemetry
-from resolvers.graph import RetailGraph
 
 
 def run(args: argparse.Namespace) -> int:
@@ -26,11 +24,9 @@ def run(args: argparse.Namespace) -> int:
                   repair=not args.no_repair)
 
     async def run() -> Report:
-        runtime = Runtime(settings, RetailGraph.from_settings(
-            settings, observer=ResolverTelemetry()), background=False)
+        runtime = await build(settings, background=False)
         await runtime.start()
         try:
-            assert runtime.reconciliation is not None
             return await runtime.reconciliation.run(scope)
         finally:
             await runtime.stop()

@@ -13,9 +13,11 @@ gateway dies between logging and finishing, the entry stays pending and any repl
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AbstractContextManager
 from typing import Protocol
 
 import orjson
@@ -47,6 +49,19 @@ def tags_for(envelope: Envelope) -> list[str]:
     return tags
 
 
+class ApplierObserver(Protocol):
+    """Sees every event the applier applies: around the apply, around the publish of a stock
+    change, and once it is published (the observer's own failures to record are its own
+    business: they never fail the apply)."""
+
+    def applying(self, entry_id: str, envelope: Envelope) -> AbstractContextManager[None]: ...
+
+    def publishing(self, entry_id: str) -> AbstractContextManager[None]: ...
+
+    async def published(self, entry_id: str, envelope: Envelope,
+                        cell: StockView | None) -> None: ...
+
+
 class HoldObserver(Protocol):
     """Reservations' side of a stock event (gateway/events/holds.py)."""
 
@@ -60,7 +75,8 @@ class Applier:
     """Turns envelopes into cache writes; shared by the intake and the sweeper."""
 
     def __init__(self, cache: Cache, responses: ResponseStore,
-                 publish: Publisher | None = None, holds: HoldObserver | None = None) -> None:
+                 publish: Publisher | None = None, holds: HoldObserver | None = None,
+                 observers: Sequence[ApplierObserver] = ()) -> None:
         self.cache = cache
         self.redis = cache.redis
         self.responses = responses
@@ -68,10 +84,17 @@ class Applier:
         # Reservations: the units held at a cell go with its change; committed holds the
         # system of record now shows end (their changes are published after it).
         self.holds = holds
+        self.observers = tuple(observers)
 
     async def apply(self, entry_id: str, envelope: Envelope) -> int:
         """Apply one logged event; returns the cache fields it wrote (-1: a repair not
         written because an event touched the cell after reconciliation read it)."""
+        with contextlib.ExitStack() as around:
+            for observer in self.observers:
+                around.enter_context(observer.applying(entry_id, envelope))
+            return await self._apply(entry_id, envelope)
+
+    async def _apply(self, entry_id: str, envelope: Envelope) -> int:
         e = envelope
         cell: StockView | None = None
         written = 0
@@ -104,7 +127,12 @@ class Applier:
         await self.responses.invalidate(tags_for(e))
         if self.publish is not None and e.sku and e.location_id and e.quantities is not None:
             # Publishing also takes the entry off the pending set, in the same script.
-            await self.publish(entry_id, e, cell)
+            with contextlib.ExitStack() as around:
+                for observer in self.observers:
+                    around.enter_context(observer.publishing(entry_id))
+                await self.publish(entry_id, e, cell)
+                for observer in self.observers:
+                    await observer.published(entry_id, e, cell)
         else:
             await self.redis.zrem(PENDING_KEY, entry_id)
         for change in ended:

@@ -22,7 +22,7 @@ import heapq
 import logging
 import re
 from collections import Counter, OrderedDict, deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, TypeVar
@@ -584,7 +584,8 @@ class ChangeFeed:
         _check_retention(info, after)
         return f"({after}"
 
-    async def subscribe(self, accept: Filter, after: str | None) -> AsyncIterator[Change]:
+    async def subscribe(self, accept: Filter, after: str | None,
+                        ) -> AsyncGenerator[Change, None]:
         """Missed changes after ``after`` (if given), then live ones; in stream order."""
         sub = Subscriber(accept, self.buffer_limit)
         await self.fanout.join(sub)

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from redis.exceptions import RedisError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -30,10 +30,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from gateway import telemetry
 from gateway.http.asgi import is_stream, is_stream_response, read_body, replay
 from resolvers.graph import BackendHealth, Freshness
-from resolvers.store.responses import CachedResponse
-
-if TYPE_CHECKING:
-    from gateway.app import Runtime
+from resolvers.store.responses import CachedResponse, ResponseStore
 
 log = logging.getLogger("retailgraph.response_cache")
 
@@ -63,15 +60,17 @@ def cache_key(body: bytes, caller_scope: str) -> str | None:
 
 
 class CachedResponses:
-    def __init__(self, app: ASGIApp, runtime: Runtime) -> None:
+    def __init__(self, app: ASGIApp, responses: ResponseStore, health: BackendHealth,
+                 enabled: bool = True) -> None:
         self.app = app
-        self.runtime = runtime
+        self.responses = responses
+        self.health = health
+        self.enabled = enabled
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        responses = self.runtime.responses
+        responses = self.responses
         if (scope["type"] != "http" or scope["path"] != "/graphql"
-                or scope["method"] != "POST" or responses is None
-                or not self.runtime.settings.cache or is_stream(scope)):
+                or scope["method"] != "POST" or not self.enabled or is_stream(scope)):
             await self.app(scope, receive, send)
             return
         body = await read_body(receive) or b""
@@ -82,7 +81,7 @@ class CachedResponses:
         epoch: int | None = None
         if digest is not None:
             try:
-                hit = servable(await responses.get(digest), self.runtime.graph.health)
+                hit = servable(await responses.get(digest), self.health)
                 if hit is not None:
                     _count("hit")
                     await _send_hit(send, hit)

@@ -54,6 +54,7 @@ from gateway.http.websocket import (
     socket_of,
 )
 from gateway.telemetry import OperationTelemetry
+from resolvers.abc import ChangeFeed, Reconciliation
 from resolvers.errors import RetailgraphError
 from resolvers.graph import RequestContext, RetailGraph
 from schema import build_schema
@@ -195,7 +196,8 @@ class GraphQLApp(GraphQL[RequestContext, None]):
     graphql_ws_handler_class = LegacyWsHandler
 
     def __init__(self, settings: Settings, graph: RetailGraph, auth: Authenticator,
-                 guard: OperationGuard, **kwargs: Any) -> None:
+                 guard: OperationGuard, feed: ChangeFeed, reconciliation: Reconciliation,
+                 **kwargs: Any) -> None:
         kwargs.setdefault("connection_init_wait_timeout",
                           timedelta(seconds=settings.ws_init_timeout_seconds))
         kwargs.setdefault("subscription_protocols",
@@ -206,6 +208,8 @@ class GraphQLApp(GraphQL[RequestContext, None]):
         self.graph = graph
         self.auth = auth
         self.guard = guard
+        self.feed = feed
+        self.reconciliation = reconciliation
 
     async def execute_single(self, request: Request, request_adapter: Any,
                              sub_response: Response, context: RequestContext,
@@ -238,6 +242,7 @@ class GraphQLApp(GraphQL[RequestContext, None]):
         freshness = request.scope.setdefault("state", {}).get(FRESHNESS_STATE)
         principal = principal_of(request.scope, self.auth)
         return RequestContext(graph=self.graph, loaders=self.graph.loaders(freshness, principal),
+                              feed=self.feed, reconciliation=self.reconciliation,
                               request=request, response=response)
 
     async def on_ws_connect(self, context: RequestContext) -> UnsetType | dict[str, object] | None:

@@ -21,7 +21,7 @@ import hashlib
 import logging
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
 import orjson
@@ -33,12 +33,10 @@ from gateway.http import limits
 from gateway.http.asgi import is_stream_response, read_body, replay, send_errors
 from gateway.http.auth import PRINCIPAL_STATE
 from gateway.http.operations import NOT_RUN_CODES, OperationRefused
+from resolvers.abc import RedisClient
 from resolvers.access import ADMIN, Principal
 from resolvers.store.client import optional
 from resolvers.store.keys import PERSISTED_QUERY_PREFIX as KEY_PREFIX
-
-if TYPE_CHECKING:
-    from gateway.app import Runtime
 
 log = logging.getLogger("retailgraph.persisted")
 
@@ -95,8 +93,8 @@ class PersistedQueries:
     """The allow-list and the APQ store; one per app, shared by the HTTP middleware and the
     per-operation checks (:class:`gateway.http.operations.OperationGuard`)."""
 
-    def __init__(self, runtime: Runtime, settings: Settings) -> None:
-        self.runtime = runtime
+    def __init__(self, redis: RedisClient, settings: Settings) -> None:
+        self.redis = redis
         self.apq = settings.apq
         self.allow_list = (load_allow_list(settings.allow_list_file)
                            if settings.allow_list_file else None)
@@ -156,12 +154,9 @@ class PersistedQueries:
         return None
 
     async def _lookup(self, digest: str) -> str | None:
-        cache = self.runtime.cache
-        if cache is None:
-            return None
         try:
             with optional():  # unknown: the client sends the query text
-                raw = await cache.redis.get(KEY_PREFIX + digest)
+                raw = await self.redis.get(KEY_PREFIX + digest)
         except (RedisError, OSError) as exc:
             log.warning("persisted query store unavailable: %s", exc)
             return None
@@ -169,12 +164,9 @@ class PersistedQueries:
 
     async def register(self, digest: str, query: str) -> None:
         """Store an APQ text (it ran: it parsed and validated)."""
-        cache = self.runtime.cache
-        if cache is None:
-            return
         try:
             with optional():  # the query ran; the client sends its text again if need be
-                await cache.redis.set(KEY_PREFIX + digest, query.encode(), ex=TTL_SECONDS)
+                await self.redis.set(KEY_PREFIX + digest, query.encode(), ex=TTL_SECONDS)
         except (RedisError, OSError) as exc:
             log.warning("persisted query not stored: %s", exc)
 

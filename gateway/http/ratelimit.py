@@ -23,7 +23,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from redis.exceptions import RedisError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -31,12 +31,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from gateway import telemetry
 from gateway.http.auth import PRINCIPAL_STATE
 from gateway.http.operations import OperationRefused
+from resolvers.abc import RedisClient
 from resolvers.access import NOBODY, Principal
 from resolvers.store.client import optional
 from resolvers.store.keys import RATE_LIMIT_PREFIX as KEY_PREFIX
-
-if TYPE_CHECKING:
-    from gateway.app import Runtime
 
 log = logging.getLogger("retailgraph.ratelimit")
 
@@ -140,22 +138,21 @@ class RateLimiter:
     """The bucket of every client, in the runtime's Redis; one per app, shared by the HTTP
     middleware and the per-operation checks (:class:`gateway.http.operations.OperationGuard`)."""
 
-    def __init__(self, runtime: Runtime, per_minute: int) -> None:
-        self.runtime = runtime
+    def __init__(self, redis: RedisClient, per_minute: int) -> None:
+        self.redis = redis
         self.bucket = TokenBucket(per_minute) if per_minute > 0 else None
         self._warned_at = -1e9
 
     async def take(self, client: str) -> Decision | None:
         """Take one token of ``client``'s; :class:`RateLimited` when there is none left.
 
-        None when the limiter is off, Redis is not connected yet, or it does not answer in
-        time (logged once in a while): the limiter must not take the gateway down with it.
+        None when the limiter is off, or Redis does not answer in time (logged once in a
+        while): the limiter must not take the gateway down with it.
         """
-        cache = self.runtime.cache
-        if self.bucket is None or cache is None:
+        if self.bucket is None:
             return None
         try:
-            decision = await self.bucket.take(cache.redis, client)
+            decision = await self.bucket.take(self.redis, client)
         except (RedisError, OSError) as exc:
             if time.monotonic() - self._warned_at > 30:  # once in a while, not per request
                 self._warned_at = time.monotonic()

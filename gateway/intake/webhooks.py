@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 from redis.exceptions import RedisError
@@ -105,18 +106,29 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+class SourceHealth(Protocol):
+    """Per-source counters and gap detection (``gateway.reconcile.synchealth.SyncHealth``)."""
+
+    async def received(self, backend: BackendSettings, payload: Any,
+                       envelopes: Sequence[Envelope]) -> None: ...
+
+    async def rejected(self, source: str, reason: str) -> None: ...
+
+    async def dead_lettered(self, source: str) -> None: ...
+
+
 class WebhookIntake:
     """The Starlette endpoint; one instance per app."""
 
     def __init__(self, settings: Settings, graph: RetailGraph, events: EventLog,
-                 applier: Applier) -> None:
+                 applier: Applier, health: SourceHealth) -> None:
         self.settings = settings
         self.graph = graph
         self.events = events
         self.applier = applier
         self.stats = IntakeStats()
-        # Shared per-source counters and gap detection (gateway.reconcile.synchealth.SyncHealth).
-        self.health: Any = None
+        # Shared per-source counters and gap detection.
+        self.health = health
 
     async def __call__(self, request: Request) -> Response:
         name = request.path_params["backend"]
@@ -127,8 +139,7 @@ class WebhookIntake:
             return await self._accept(backend, request)
         except Rejected as exc:
             self.stats.bump(self.stats.rejected, (name, exc.reason))
-            if self.health is not None:
-                await self.health.rejected(name, exc.reason)
+            await self.health.rejected(name, exc.reason)
             log.info("webhook for %s rejected (%s): %s", name, exc.status, exc.message)
             return JSONResponse({"error": exc.message, "reason": exc.reason},
                                 status_code=exc.status)
@@ -174,8 +185,8 @@ class WebhookIntake:
         if appended.new:
             entries = list(zip(appended.ids, envelopes, strict=True))
             self.stats.bump(self.stats.accepted, backend.name)
-            if self.health is not None:  # before applying: gaps show against the cache
-                await self.health.received(backend, delivery.payload, envelopes)
+            # before applying: gaps show against the cache
+            await self.health.received(backend, delivery.payload, envelopes)
         else:
             entries = await self._logged(appended.ids)
             self.stats.bump(self.stats.duplicates, backend.name)
@@ -239,7 +250,6 @@ class WebhookIntake:
             raise Rejected(503, "log_unavailable",
                            f"event log unavailable, retry later ({type(exc).__name__})") from exc
         self.stats.bump(self.stats.dead_letters, backend.name)
-        if self.health is not None:
-            await self.health.dead_lettered(backend.name)
+        await self.health.dead_lettered(backend.name)
         log.warning("webhook for %s dead-lettered: %s", backend.name, reason)
         return 202, {"status": "dead-lettered", "reason": reason}

@@ -15,7 +15,7 @@ import binascii
 import contextlib
 import logging
 from collections import OrderedDict
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -29,6 +29,7 @@ from resolvers.discrepancies import (
     Finding,
     History,
     HistoryEntry,
+    Page,
     decode_event,
     derived_on_hand,
     iso_time,
@@ -168,14 +169,6 @@ def decode_cursor(cursor: str) -> str:
     if not raw.startswith("d:"):
         raise ValueError(f"invalid cursor {cursor!r}")
     return raw[2:]
-
-
-@dataclass(frozen=True, slots=True)
-class Page:
-    findings: list[Finding]
-    cursors: list[str]
-    end_cursor: str | None
-    has_more: bool
 
 
 class DiscrepancyIndex:
@@ -340,7 +333,7 @@ class DiscrepancyFeed:
         await self.fanout.run()
 
     async def subscribe(self, accept: Callable[[DiscrepancyEvent], bool]
-                        ) -> AsyncIterator[DiscrepancyEvent]:
+                        ) -> AsyncGenerator[DiscrepancyEvent, None]:
         listener = _Listener(accept, self.buffer_limit)
         await self.fanout.join(listener)
         try:

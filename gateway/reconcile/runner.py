@@ -32,6 +32,7 @@ import logging
 import time
 from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -41,7 +42,7 @@ from redis.exceptions import RedisError
 from ulid import ULID
 
 from gateway.config import Settings
-from gateway.events.applier import Applier, Publisher
+from gateway.events.applier import Applier
 from gateway.events.envelope import Envelope, EventKind, Movement, MovementType
 from gateway.events.log import EventLog
 from gateway.reconcile.discrepancies import DiscrepancyFeed, DiscrepancyIndex, MovementHistory
@@ -65,11 +66,13 @@ from resolvers.graph import RetailGraph
 from resolvers.store.cache import Cache, parse_views
 from resolvers.store.keys import RECONCILE_LAST_RUN_KEY as LAST_RUN_KEY
 from resolvers.store.keys import RECONCILE_LOCK_KEY as LOCK_KEY
-from resolvers.store.keys import sync_key, views_key
+from resolvers.store.keys import VOLATILE_TAG, response_tag_version_key, sync_key, views_key
 from resolvers.types import LocationRecord, LocationType, StockView
 from resolvers.values import version_number
 
 log = logging.getLogger("retailgraph.reconcile")
+
+NEVER = 2**62  # the volatile tag's invalidation sequence: later than any request's
 
 TOP_OFFENDERS = 20
 REPAIRS_LISTED = 1000
@@ -269,6 +272,11 @@ class ReconcileRunner:
         self.running = False
 
     # -- the run -----------------------------------------------------------------------------
+
+    async def heal_source(self, source: str) -> int:
+        """Heal a source's gap by reconciling the source; returns the cells repaired."""
+        report = await self.run(Scope(sources=frozenset({source})))
+        return report.repaired
 
     async def run(self, scope: Scope | None = None) -> Report:
         scope = scope or Scope()
@@ -759,28 +767,34 @@ class Rechecker:
 
 
 
-def applied_hook(publish: Publisher, history: MovementHistory, rechecker: Rechecker | None,
-                 is_record: Callable[[str, str], bool],
-                 also: Callable[[Envelope], Awaitable[None]] | None = None) -> Publisher:
-    """The applier's publisher, then what reconciliation keeps per applied event: the record
-    system's on-hand history of the cell, and a re-check of the cell."""
+class ReconcileBookkeeping:
+    """What reconciliation keeps per applied stock change (an observer of the applier,
+    ``gateway.events.applier.ApplierObserver``): the record system's on-hand history of the
+    cell, and a re-check of the cell."""
 
-    async def hook(entry_id: str, envelope: Envelope, cell: StockView | None) -> None:
-        await publish(entry_id, envelope, cell)
+    def __init__(self, history: MovementHistory, rechecker: Rechecker,
+                 is_record: Callable[[str, str], bool]) -> None:
+        self.history = history
+        self.rechecker = rechecker
+        self.is_record = is_record
+
+    def applying(self, entry_id: str, envelope: Envelope) -> AbstractContextManager[None]:
+        return contextlib.nullcontext()
+
+    def publishing(self, entry_id: str) -> AbstractContextManager[None]:
+        return contextlib.nullcontext()
+
+    async def published(self, entry_id: str, envelope: Envelope,
+                        cell: StockView | None) -> None:
         if envelope.kind is EventKind.HOLD:  # a reservation: no system's event to check
             return
         try:
             if envelope.sku and envelope.location_id:
-                if is_record(envelope.location_id, envelope.source):
-                    await history.record(entry_id, envelope, cell)
-                if rechecker is not None:
-                    rechecker.enqueue(envelope.sku, envelope.location_id)
-            if also is not None:
-                await also(envelope)
+                if self.is_record(envelope.location_id, envelope.source):
+                    await self.history.record(entry_id, envelope, cell)
+                self.rechecker.enqueue(envelope.sku, envelope.location_id)
         except (RedisError, OSError) as exc:
             log.warning("reconciliation bookkeeping of %s failed: %s", entry_id, exc)
-
-    return hook
 
 
 async def reconcile_periodically(reconciler: ReconcileRunner, interval: float) -> None:
@@ -813,52 +827,35 @@ async def reconcile_periodically(reconciler: ReconcileRunner, interval: float) -
 
 
 class ReconcileStage:
-    """Everything reconciliation adds to a gateway replica, built by the runtime in one go:
-    the discrepancy index and feed, movement history, re-checks, runs and sync health."""
+    """Everything reconciliation adds to a gateway replica (built by ``gateway.app.build``):
+    the discrepancy index and feed, movement history, re-checks, runs and sync health. What
+    the schema reads of it is :class:`resolvers.abc.Reconciliation`."""
 
-    def __init__(self, settings: Settings, graph: RetailGraph, redis: Any, cache: Cache,
-                 events: EventLog) -> None:
+    def __init__(self, settings: Settings, redis: Any, index: DiscrepancyIndex,
+                 feed: DiscrepancyFeed, history: MovementHistory, rechecker: Rechecker,
+                 runner: ReconcileRunner, health: SyncHealth) -> None:
         self.settings = settings
-        self.graph = graph
         self.redis = redis
-        self.cache = cache
-        self.events = events
-        self.index = DiscrepancyIndex(redis)
-        self.feed = DiscrepancyFeed(redis, settings.subscriber_buffer)
-        self.history = MovementHistory(redis)
-        self.rechecker = Rechecker(settings, graph, self.index, self.history)
-        self.health = SyncHealth(redis, settings, graph, events,
-                                 reconcile_source=self._reconcile_source)
-        self.reconciler: ReconcileRunner | None = None
-        graph.reconciliation = self
-
-    def publisher(self, publish: Publisher) -> Publisher:
-        """The applier's publisher, plus history, re-checks and the received->applied lag."""
-        return applied_hook(publish, self.history, self.rechecker,
-                            lambda loc, src: self.graph.system_of_record(loc) == src,
-                            self.health.applied)
-
-    def bind(self, applier: Applier, intake: Any) -> None:
-        """Once the applier and intake exist: repairs and heals go through the applier."""
-        self.reconciler = ReconcileRunner(self.settings, self.graph, self.cache, self.events,
-                                     applier, self.index, self.history)
-        self.health.applier = applier
-        intake.health = self.health
-
-    async def _reconcile_source(self, source: str) -> int:
-        assert self.reconciler is not None
-        report = await self.reconciler.run(Scope(sources=frozenset({source})))
-        return report.repaired
+        self.index = index
+        self.feed = feed
+        self.history = history
+        self.rechecker = rechecker
+        self.runner = runner
+        self.health = health
 
     async def run(self, scope: Scope | None = None) -> Report:
-        assert self.reconciler is not None
-        return await self.reconciler.run(scope)
+        return await self.runner.run(scope)
+
+    async def mark_volatile(self) -> None:
+        # The response cache refuses to store a response with a tag invalidated after the
+        # request started; this tag always is.
+        await self.redis.set(response_tag_version_key(VOLATILE_TAG), NEVER)
 
     def background(self) -> list[Coroutine[Any, Any, None]]:
         jobs = [self.feed.run(), self.rechecker.run(), self.health.run()]
         interval = self.settings.reconcile_interval_seconds
-        if interval > 0 and self.reconciler is not None:
-            jobs.append(reconcile_periodically(self.reconciler, interval))
+        if interval > 0:
+            jobs.append(reconcile_periodically(self.runner, interval))
         return jobs
 
     def close(self) -> None:
@@ -873,10 +870,11 @@ async def last_run(redis: Any) -> dict[str, Any] | None:
 __all__ = [
     "History",
     "Rechecker",
+    "ReconcileBookkeeping",
     "ReconcileRunner",
+    "ReconcileStage",
     "Report",
     "Scope",
-    "applied_hook",
     "reconcile_periodically",
     "repair_envelope",
 ]

@@ -35,6 +35,7 @@ import contextlib
 import logging
 import math
 from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AbstractContextManager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -56,6 +57,7 @@ from resolvers.store.client import Backoff, optional
 from resolvers.store.keys import SYNC_LOCK_KEY, views_key
 from resolvers.store.keys import sync_key as _k
 from resolvers.syncstatus import GAPS_KEPT, Gap, Lag, SourceStatus
+from resolvers.types import StockView
 from resolvers.values import version_number
 
 log = logging.getLogger("retailgraph.synchealth")
@@ -131,12 +133,39 @@ def _percentile(samples: Sequence[float], q: float) -> float | None:
 Heal = Callable[[str], Awaitable[int]]  # heal a source by reconciling it; returns repairs
 
 
+class AppliedLag:
+    """From receipt to readable, per source (``syncStatus.lagReceivedToApplied``): an
+    observer of the applier (``gateway.events.applier.ApplierObserver``)."""
+
+    def __init__(self, redis: Any) -> None:
+        self.redis = redis
+
+    def applying(self, entry_id: str, envelope: Envelope) -> AbstractContextManager[None]:
+        return contextlib.nullcontext()
+
+    def publishing(self, entry_id: str) -> AbstractContextManager[None]:
+        return contextlib.nullcontext()
+
+    async def published(self, entry_id: str, envelope: Envelope,
+                        cell: StockView | None) -> None:
+        """After the applier wrote an event: how long it took from receipt."""
+        if envelope.kind is EventKind.HOLD:  # a reservation: not a source system's event
+            return
+        lag = max(0, _ms(datetime.now(UTC)) - _ms(envelope.received_at))
+        try:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.lpush(_k("lag:applied", envelope.source), lag)
+                pipe.ltrim(_k("lag:applied", envelope.source), 0, LAG_SAMPLES - 1)
+                await pipe.execute()
+        except (RedisError, OSError) as exc:
+            log.warning("applied lag of %s not recorded: %s", entry_id, exc)
+
+
 class SyncHealth:
     """Shared (Redis) sync statistics, gap detection and healing for one gateway replica."""
 
-    def __init__(self, redis: Any, settings: Settings, graph: RetailGraph,
-                 events: EventLog | None = None, applier: Applier | None = None,
-                 reconcile_source: Heal | None = None) -> None:
+    def __init__(self, redis: Any, settings: Settings, graph: RetailGraph, events: EventLog,
+                 applier: Applier, reconcile_source: Heal | None = None) -> None:
         self.redis = redis
         self.settings = settings
         self.graph = graph
@@ -219,14 +248,6 @@ class SyncHealth:
         with optional(), contextlib.suppress(RedisError, OSError):
             await self.redis.hincrby(_k("src", self._source(source)), "dead_letters", 1)
 
-    async def applied(self, envelope: Envelope) -> None:
-        """After the applier wrote an event: how long it took from receipt."""
-        lag = max(0, _ms(datetime.now(UTC)) - _ms(envelope.received_at))
-        async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.lpush(_k("lag:applied", envelope.source), lag)
-            pipe.ltrim(_k("lag:applied", envelope.source), 0, LAG_SAMPLES - 1)
-            await pipe.execute()
-
     # -- gaps ----------------------------------------------------------------------------------
 
     async def _add_gap(self, gap: Gap) -> None:
@@ -260,8 +281,6 @@ class SyncHealth:
     async def heal_cell(self, gap_id: str, source: str, sku: str, known: int, upto: int,
                         location_id: str) -> int:
         """Fetch a WMS cell's movements after ``known`` and apply those before ``upto``."""
-        assert self.events is not None
-        assert self.applier is not None
         wms = self.graph.backends.wms
         movements = await wms.movements(sku, location_id, after=known)
         backend = self.settings.backends[source]
@@ -345,8 +364,6 @@ class SyncHealth:
         each ingested like its webhook (normaliser, dedupe by ``event_id``, applier); how many
         envelopes were new. None when the Events API cannot serve: ``since`` is older than it
         keeps, or it refuses (401/403/404: e.g. an OAuth token, which it does not accept)."""
-        assert self.events is not None
-        assert self.applier is not None
         catalog = self.graph.catalog
         start = since - SQUARE_EVENTS_MARGIN
         if catalog is None or now - start > SQUARE_EVENTS_KEPT:
@@ -377,8 +394,6 @@ class SyncHealth:
 
     async def _ingest_square_event(self, backend: BackendSettings, event: Any,
                                    now: datetime) -> int:
-        assert self.events is not None
-        assert self.applier is not None
         assert self.graph.catalog is not None
         delivery = Delivery(backend=backend, body=orjson.dumps(event), payload=event,
                             headers={}, received_at=now,
@@ -399,8 +414,6 @@ class SyncHealth:
 
     async def _square_changes(self, backend: BackendSettings, since: datetime) -> int:
         """Ask the POS what changed since ``since`` and apply those cells as read now."""
-        assert self.events is not None
-        assert self.applier is not None
         pos = self.graph.backends.pos
         identity = pos.identity
         body: dict[str, Any] = {"updated_after": since.isoformat(), "limit": 1000}

@@ -60,8 +60,8 @@ from strawberry.extensions import SchemaExtension
 from gateway.http.asgi import is_stream_response
 
 if TYPE_CHECKING:
-    from gateway.events.applier import Applier
     from gateway.events.envelope import Envelope
+    from resolvers.types import StockView
 
 log = logging.getLogger("retailgraph.telemetry")
 
@@ -481,39 +481,39 @@ async def traced_webhook(request: Request, handler: Callable[[Request], Awaitabl
     return response
 
 
-def instrument_applier(applier: Applier) -> None:
-    """Trace ``apply`` and ``publish`` inside a webhook's span (the log consumer's re-applies
-    start no traces of their own) and record the sync lag of events applied at intake."""
-    apply = applier.apply
+class ApplierTelemetry:
+    """The applier's telemetry (a ``gateway.events.applier.ApplierObserver``): ``apply`` and
+    ``publish`` traced inside a webhook's span (the log consumer's re-applies start no traces
+    of their own), and the sync lag of events applied at intake."""
 
-    async def traced_apply(entry_id: str, envelope: Envelope) -> int:
+    @contextlib.contextmanager
+    def applying(self, entry_id: str, envelope: Envelope) -> Iterator[None]:
         t = current()
         if _INTAKE.get() is not None:
             lag = (datetime.now(UTC) - envelope.occurred_at).total_seconds()
             t.m.sync_lag.record(max(0.0, lag), {"source": envelope.source})
         if t.tracer is None or not trace.get_current_span().is_recording():
-            return await apply(entry_id, envelope)
+            yield
+            return
         with t.tracer.start_as_current_span("webhook.apply", attributes={
                 "retailgraph.event.kind": str(envelope.kind.value),
                 "retailgraph.event.source": envelope.source,
                 "retailgraph.event.id": entry_id}):
-            return await apply(entry_id, envelope)
+            yield
 
-    applier.apply = traced_apply  # type: ignore[method-assign]
-    publish = applier.publish
-    if publish is None:
-        return
-
-    async def traced_publish(entry_id: str, *args: Any) -> None:
+    @contextlib.contextmanager
+    def publishing(self, entry_id: str) -> Iterator[None]:
         tracer = current().tracer
         if tracer is None or not trace.get_current_span().is_recording():
-            await publish(entry_id, *args)
+            yield
             return
         with tracer.start_as_current_span("webhook.publish",
                                           attributes={"retailgraph.event.id": entry_id}):
-            await publish(entry_id, *args)
+            yield
 
-    applier.publish = traced_publish
+    async def published(self, entry_id: str, envelope: Envelope,
+                        cell: StockView | None) -> None:
+        pass
 
 
 # -- HTTP -------------------------------------------------------------------------------------
@@ -567,7 +567,6 @@ async def metrics_endpoint(request: Request) -> Response:
     return Response(current().render(), media_type=CONTENT_TYPE_LATEST)
 
 
-__all__ = ["HttpMetrics", "LoopLag", "OperationTelemetry", "ResolverTelemetry", "Telemetry",
-           "TracedTransport", "cache_lookup", "configure", "current", "from_env",
-           "instrument_applier", "metrics_endpoint", "trace_ids", "traced_webhook", "unwatch",
-           "watch"]
+__all__ = ["ApplierTelemetry", "HttpMetrics", "LoopLag", "OperationTelemetry", "ResolverTelemetry",
+           "Telemetry", "TracedTransport", "cache_lookup", "configure", "current", "from_env",
+           "metrics_endpoint", "trace_ids", "traced_webhook", "unwatch", "watch"]

@@ -82,6 +82,11 @@ def response_tag_version_key(tag: str) -> str:
     return RESPONSE_TAG_VERSION_PREFIX + tag
 
 
+# A tag invalidated after every request has started: a response holding it is never stored
+# (discrepancies and sync status change without an event on any SKU a response shows).
+VOLATILE_TAG = "volatile"
+
+
 # -- the event log and the change stream ({ev}) --------------------------------------------------
 
 LOG_KEY = "rg:{ev}:log"

@@ -86,10 +86,9 @@ def machine() -> str:
 
 async def bench(args: argparse.Namespace, ports: dict[str, int], redis_url: str,
                 pids: dict[str, int]) -> dict[str, object]:
-    from gateway.app import Runtime
+    from gateway.app import build
     from gateway.config import demo_settings
     from gateway.reconcile.runner import Scope
-    from resolvers.graph import RetailGraph
 
     settings = demo_settings("127.0.0.1", free_port(), environ={})
     for name, backend in settings.backends.items():
@@ -98,10 +97,9 @@ async def bench(args: argparse.Namespace, ports: dict[str, int], redis_url: str,
     settings.redis_url = redis_url
     out: dict[str, object] = {}
     t0 = time.perf_counter()
-    runtime = Runtime(settings, RetailGraph.from_settings(settings), background=False)
+    runtime = await build(settings, background=False)
     await runtime.start()
     out["catalog_load_s"] = round(time.perf_counter() - t0, 1)
-    assert runtime.reconciliation is not None
     graph = runtime.graph
     catalog = graph.catalog
     assert catalog is not None, "catalog did not load"

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
-from types import SimpleNamespace
 
 import httpx
 import pytest
@@ -103,8 +102,7 @@ def test_requests_go_through_when_redis_is_down() -> None:
     # (tests/e2e/test_sick_redis.py).
     dead = aioredis.Redis(host="127.0.0.1", port=free_port(), socket_connect_timeout=1,
                           retry=Retry(NoBackoff(), 0))
-    runtime = SimpleNamespace(cache=SimpleNamespace(redis=dead))
-    limiter = RateLimiter(runtime, per_minute=1)  # type: ignore[arg-type]
+    limiter = RateLimiter(dead, per_minute=1)
     app = RateLimitMiddleware(Starlette(routes=[Route("/graphql", hello, methods=["POST"])]),
                               limiter=limiter)
     with serve(app) as server:

@@ -116,7 +116,8 @@ async def test_a_result_being_sent_holds_no_delivery_slot(loaded: Stack) -> None
 
     async def scenario(count: int, test_loop: asyncio.AbstractEventLoop) -> None:
         async def stream() -> Any:
-            context = RequestContext(graph=graph, loaders=graph.loaders())
+            context = RequestContext(graph=graph, loaders=graph.loaders(), feed=view.feed,
+                                     reconciliation=view.reconciliation)
             return await view.schema.subscribe(AVAILABLE, variable_values=cell,
                                                context_value=context)
 
