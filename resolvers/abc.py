@@ -31,6 +31,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 
 from resolvers.discrepancies import DiscrepancyEvent, DiscrepancyFilter, Page
+from resolvers.errors import ServiceUnavailable
 from resolvers.identity import IdentityMap
 from resolvers.settings import BackendFormat, BackendSettings
 from resolvers.syncstatus import SourceStatus
@@ -65,7 +66,7 @@ class GraphSettings(Protocol):
 
 # -- the cache ----------------------------------------------------------------------------------
 
-class CacheUnavailable(Exception):
+class CacheUnavailable(ServiceUnavailable):
     """Redis cannot be reached; callers fall back to the backends."""
 
 

@@ -7,6 +7,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
+from resolvers.errors import BadUserInput
+
 # A filter names at most this many SKUs, and as many locations (BAD_USER_INPUT beyond).
 MAX_FILTER_IDS = 1000
 
@@ -24,12 +26,8 @@ class Cell(Protocol):
     def source(self) -> str: ...
 
 
-class CursorExpired(Exception):
-    """The cursor is older than the change retention: the client must re-query."""
-
-
-class InvalidCursor(ValueError):
-    pass
+class InvalidCursor(BadUserInput, ValueError):
+    """A cursor that is not one of ours (BAD_USER_INPUT)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,5 +55,5 @@ def make_filter(skus: Iterable[str] | None, location_ids: Iterable[str] | None,
                       frozenset(location_ids) if location_ids is not None else None, sources)
 
 
-__all__ = ["MAX_FILTER_IDS", "Cell", "CellFilter", "CursorExpired", "InvalidCursor",
+__all__ = ["MAX_FILTER_IDS", "Cell", "CellFilter", "InvalidCursor",
            "make_filter"]

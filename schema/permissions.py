@@ -46,7 +46,7 @@ class Requires(FieldExtension):
             raise Forbidden(message)
         info.context.errors.append(GraphQLError(
             message, nodes=raw.field_nodes, path=info.path.as_list(),
-            extensions={"code": Forbidden.code}))
+            extensions=Forbidden(message).extensions()))
         return []
 
     def resolve(self, next_: SyncExtensionResolver, source: Any, info: Info[Any, Any],

@@ -8,9 +8,9 @@ from collections.abc import Awaitable
 from typing import Annotated
 
 import strawberry
-from graphql import GraphQLError
 
 from resolvers.access import ADMIN, STOCK_READ
+from resolvers.errors import BadUserInput
 from resolvers.identity import parse_node_id
 from resolvers.types import LocationType as LocationTypeEnum
 from schema.context import Ctx
@@ -48,7 +48,7 @@ def decode_cursor(cursor: str) -> str:
     except (binascii.Error, UnicodeDecodeError, ValueError):
         raw = ""
     if not raw.startswith(CURSOR_PREFIX):
-        raise GraphQLError(f"invalid cursor {cursor!r}", extensions={"code": "BAD_USER_INPUT"})
+        raise BadUserInput(f"invalid cursor {cursor!r}")
     return raw.removeprefix(CURSOR_PREFIX)
 
 
@@ -81,8 +81,7 @@ class Query:
                        ) -> ProductConnection:
         limit = info.context.graph.settings.max_page_size
         if not 1 <= first <= limit:
-            raise GraphQLError(f"first must be between 1 and {limit}, got {first}",
-                               extensions={"code": "BAD_USER_INPUT"})
+            raise BadUserInput(f"first must be between 1 and {limit}, got {first}")
         after_sku = decode_cursor(after) if after else None
         items, next_cursor = await info.context.graph.backends.erp.items_page(after_sku, first)
         info.context.loaders.master.prime_many({item.sku: item for item in items})

@@ -14,7 +14,6 @@ from enum import Enum
 from typing import Annotated, Any, TypeVar
 
 import strawberry
-from graphql import GraphQLError
 
 from resolvers.abc import Reconciliation
 from resolvers.access import DISCREPANCIES_READ
@@ -23,6 +22,7 @@ from resolvers.discrepancies import DiscrepancyFilter, Finding, Side
 from resolvers.discrepancies import Kind as KindRecord
 from resolvers.discrepancies import Severity as SeverityRecord
 from resolvers.discrepancies import Status as StatusRecord
+from resolvers.errors import BadUserInput, ServiceUnavailable
 from resolvers.store.keys import VOLATILE_TAG
 from resolvers.syncstatus import GAPS_KEPT, Gap, Lag
 from resolvers.syncstatus import SourceStatus as SourceStatusRecord
@@ -170,8 +170,7 @@ async def _reconciliation(info: Ctx) -> Reconciliation:
     and sync status change without an event on any SKU the response shows)."""
     found = info.context.reconciliation
     if found is None:
-        raise GraphQLError("reconciliation unavailable (Redis not connected)",
-                           extensions={"code": "SERVICE_UNAVAILABLE"})
+        raise ServiceUnavailable("reconciliation unavailable (Redis not connected)")
     # The response cache refuses to store a response with a tag invalidated after the
     # request started; this tag always is.
     info.context.loaders.freshness.tags.add(VOLATILE_TAG)
@@ -210,10 +209,9 @@ async def discrepancies(
 ) -> DiscrepancyConnection | None:
     limit = info.context.graph.settings.max_page_size
     if not 1 <= first <= limit:
-        raise GraphQLError(f"first must be between 1 and {limit}, got {first}",
-                           extensions={"code": "BAD_USER_INPUT"})
+        raise BadUserInput(f"first must be between 1 and {limit}, got {first}")
     if min_delta < 0:
-        raise GraphQLError("minDelta must be 0 or more", extensions={"code": "BAD_USER_INPUT"})
+        raise BadUserInput("minDelta must be 0 or more")
     reconciliation = await _reconciliation(info)
     query = DiscrepancyFilter(
         location_ids=_locations(info, location_ids),
@@ -224,7 +222,7 @@ async def discrepancies(
     try:
         page = await reconciliation.index.page(query, first, after)
     except ValueError as exc:
-        raise GraphQLError(str(exc), extensions={"code": "BAD_USER_INPUT"}) from exc
+        raise BadUserInput(str(exc)) from exc
     edges = [DiscrepancyEdge(cursor=c, node=Discrepancy.of(f))
              for f, c in zip(page.findings, page.cursors, strict=True)]
     return DiscrepancyConnection(

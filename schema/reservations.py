@@ -11,11 +11,11 @@ from datetime import datetime
 from typing import Annotated
 
 import strawberry
-from graphql import GraphQLError
 
 from resolvers import merge
 from resolvers import reservations as rules
 from resolvers.access import STOCK_RESERVE
+from resolvers.errors import BadUserInput, ServiceUnavailable
 from resolvers.store import reservations as store
 from schema.context import Ctx
 from schema.permissions import requires
@@ -114,8 +114,7 @@ def _no_store(info: Ctx) -> None:
 def _service(info: Ctx) -> rules.Reservations:
     service: rules.Reservations | None = info.context.graph.reservations
     if service is None:
-        raise GraphQLError("reservations unavailable (Redis not connected)",
-                           extensions={"code": "SERVICE_UNAVAILABLE"})
+        raise ServiceUnavailable("reservations unavailable (Redis not connected)")
     return service
 
 
@@ -197,7 +196,7 @@ def decode_cursor(cursor: str) -> tuple[int, str]:
             return int(ms), rid
     except (binascii.Error, UnicodeDecodeError, ValueError):
         pass
-    raise GraphQLError(f"invalid cursor {cursor[:40]!r}", extensions={"code": "BAD_USER_INPUT"})
+    raise BadUserInput(f"invalid cursor {cursor[:40]!r}")
 
 
 async def reservations(
@@ -218,8 +217,7 @@ async def reservations(
     _no_store(info)
     limit = info.context.graph.settings.max_page_size
     if not 1 <= first <= limit:
-        raise GraphQLError(f"first must be between 1 and {limit}, got {first}",
-                           extensions={"code": "BAD_USER_INPUT"})
+        raise BadUserInput(f"first must be between 1 and {limit}, got {first}")
     position = decode_cursor(after) if after is not None else None
     found, more = await _service(info).page(
         info.context.principal, _given(sku), _given(location_id), status, reference, position,

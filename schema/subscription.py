@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncGenerator, Awaitable, Iterable
+from collections.abc import AsyncGenerator, Iterable
 from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import datetime
@@ -12,12 +12,12 @@ from enum import Enum
 from typing import Annotated, Any, TypeVar
 
 import strawberry
-from graphql import GraphQLError
 
 from resolvers import merge
 from resolvers.abc import ChangeFeed
 from resolvers.access import STOCK_READ
-from resolvers.changes import MAX_FILTER_IDS, CursorExpired, InvalidCursor, make_filter
+from resolvers.changes import MAX_FILTER_IDS, make_filter
+from resolvers.errors import BadUserInput, ServiceUnavailable
 from resolvers.store.reservations import HOLDS_SOURCE
 from resolvers.types import LocationType as LocationTypeEnum
 from resolvers.types import StockView, saturate
@@ -147,8 +147,7 @@ def to_graphql(info: Ctx, change: Any, safety_stock: int | None = None) -> Stock
 def _feed(info: Ctx) -> ChangeFeed:
     feed = info.context.feed
     if feed is None:
-        raise GraphQLError("change feed unavailable (event log not connected)",
-                           extensions={"code": "SERVICE_UNAVAILABLE"})
+        raise ServiceUnavailable("change feed unavailable (event log not connected)")
     return feed
 
 
@@ -156,8 +155,7 @@ def _filter(info: Ctx, skus: list[strawberry.ID] | None,
             location_ids: list[strawberry.ID] | None) -> Any:
     for name, given in (("skus", skus), ("locationIds", location_ids)):
         if given is not None and len(given) > MAX_FILTER_IDS:
-            raise GraphQLError(f"{name} names more than {MAX_FILTER_IDS}; leave it out for all",
-                               extensions={"code": "BAD_USER_INPUT"})
+            raise BadUserInput(f"{name} names more than {MAX_FILTER_IDS}; leave it out for all")
     graph = info.context.graph
     # Only the caller's locations; asking for others is FORBIDDEN (resolvers/access.py).
     locations = info.context.principal.restrict(
@@ -201,40 +199,27 @@ async def _changes(info: Ctx, accept: Any, after: str | None) -> AsyncGenerator[
     if position is not None and position.resume_after is not None:
         after = position.resume_after
     if after is not None:
-        await _cursor_errors(feed.check_cursor(after))
+        await feed.check_cursor(after)  # CursorExpired, InvalidCursor: the operation's error
     return _feed_changes(info, feed, accept, after, owner, position)
-
-
-async def _cursor_errors(call: Awaitable[T]) -> T:
-    try:
-        return await call
-    except CursorExpired as exc:
-        raise GraphQLError(str(exc), extensions={"code": "CURSOR_EXPIRED"}) from exc
-    except InvalidCursor as exc:
-        raise GraphQLError(str(exc), extensions={"code": "BAD_USER_INPUT"}) from exc
 
 
 async def _feed_changes(info: Ctx, feed: Any, accept: Any, after: str | None, owner: str,
                         position: StreamPosition | None = None) -> AsyncGenerator[Any, None]:
-    try:
-        with feed.quota.hold(owner):
-            async with contextlib.aclosing(feed.subscribe(accept, after)) as changes:
-                async for change in changes:
-                    # Computing the event waits its turn: webhook intake goes first
-                    # (gateway.events.changes.Deliveries).
-                    await feed.deliveries.turn()
-                    try:
-                        # Each event is resolved from what is current, like a query.
-                        info.context.renew_loaders()
-                        if position is not None:
-                            position.cursor = change.cursor
-                        yield change
-                    finally:
-                        feed.deliveries.delivered()  # if the transport has not yet
-    except CursorExpired as exc:  # trimmed between the check and the first read
-        raise GraphQLError(str(exc), extensions={"code": "CURSOR_EXPIRED"}) from exc
-    except InvalidCursor as exc:
-        raise GraphQLError(str(exc), extensions={"code": "BAD_USER_INPUT"}) from exc
+    # A cursor trimmed between the check and the first read raises CursorExpired from here.
+    with feed.quota.hold(owner):
+        async with contextlib.aclosing(feed.subscribe(accept, after)) as changes:
+            async for change in changes:
+                # Computing the event waits its turn: webhook intake goes first
+                # (gateway.events.changes.Deliveries).
+                await feed.deliveries.turn()
+                try:
+                    # Each event is resolved from what is current, like a query.
+                    info.context.renew_loaders()
+                    if position is not None:
+                        position.cursor = change.cursor
+                    yield change
+                finally:
+                    feed.deliveries.delivered()  # if the transport has not yet
 
 
 async def _safety_stock(info: Ctx, change: Any) -> int:
@@ -342,14 +327,8 @@ async def stock_events(info: Ctx, skus: SkusArg = None, location_ids: LocationsA
     """Past stock changes (the same log and cursors as the subscriptions)."""
     limit = info.context.graph.settings.max_page_size
     if not 1 <= first <= limit:
-        raise GraphQLError(f"first must be between 1 and {limit}, got {first}",
-                           extensions={"code": "BAD_USER_INPUT"})
-    try:
-        page = await _feed(info).history(_filter(info, skus, location_ids), after, first)
-    except CursorExpired as exc:
-        raise GraphQLError(str(exc), extensions={"code": "CURSOR_EXPIRED"}) from exc
-    except InvalidCursor as exc:
-        raise GraphQLError(str(exc), extensions={"code": "BAD_USER_INPUT"}) from exc
+        raise BadUserInput(f"first must be between 1 and {limit}, got {first}")
+    page = await _feed(info).history(_filter(info, skus, location_ids), after, first)
     safety = await safety_stocks(info, (x.sku for x in page.changes))
     changes = [c for c in (to_graphql(info, x, safety[x.sku]) for x in page.changes)
                if c is not None]

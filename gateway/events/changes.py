@@ -33,8 +33,8 @@ from redis.exceptions import ResponseError
 from gateway.events.envelope import Envelope, Movement, MovementType
 from gateway.events.fanout import StreamFanout, raise_if_cancelled
 from gateway.http.limits import LimitExceeded
-from resolvers.changes import MAX_FILTER_IDS, CellFilter, CursorExpired, InvalidCursor
-from resolvers.errors import BackendError
+from resolvers.changes import MAX_FILTER_IDS, CellFilter, InvalidCursor
+from resolvers.errors import BackendError, CursorExpired
 from resolvers.store.keys import (
     CHANGES_KEY,
     INDEXED_KEY,

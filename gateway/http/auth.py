@@ -34,6 +34,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from gateway.config import Settings
 from gateway.http.cached_responses import SCOPE_STATE
 from resolvers.access import METRICS_READ, NOBODY, OPEN, Principal
+from resolvers.errors import RetailgraphError
 
 log = logging.getLogger("retailgraph.auth")
 
@@ -45,9 +46,11 @@ JWKS_CACHE_SECONDS = 300.0
 MAX_NUMERIC_DATE = 253_402_300_799
 
 
-class AuthError(Exception):
+class AuthError(RetailgraphError):
     """Credentials missing or not valid (HTTP 401, WebSocket 4403). The message is safe to
     show: it never contains the credential."""
+
+    code = "UNAUTHENTICATED"
 
 
 def _digest(key: str) -> bytes:
@@ -298,7 +301,7 @@ class AuthMiddleware:
             principal = await self.auth.authenticate(credential)
         except AuthError as exc:
             log.info("unauthenticated request to %s: %s", scope["path"], exc)
-            await _deny(send, 401, str(exc), "UNAUTHENTICATED")
+            await _deny(send, 401, str(exc), exc.code)
             return
         if scope["path"] == "/metrics" and not principal.has(METRICS_READ):
             await _deny(send, 403, f"{METRICS_READ} scope required", "FORBIDDEN")

@@ -35,18 +35,17 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from gateway.http import limits
 from gateway.http.asgi import is_stream, read_body, replay, send_json
 from gateway.http.limits import LIMIT_CODE
+from gateway.http.operations import OperationRefused
 
 BATCH_LIMIT = "max_batch_size"
 BAD_REQUEST = "BAD_REQUEST"
 
 
-class BatchRefused(Exception):
+class BatchRefused(OperationRefused):
     """A batch refused as a whole: HTTP 400 with one GraphQL error."""
 
     def __init__(self, message: str, code: str = BAD_REQUEST, **extensions: Any) -> None:
-        super().__init__(message)
-        self.body = orjson.dumps({"errors": [{"message": message,
-                                              "extensions": {"code": code, **extensions}}]})
+        super().__init__(message, code=code, extensions=extensions)
 
 
 async def _no_more() -> Message:
@@ -93,7 +92,7 @@ class BatchMiddleware:
         if body is None:
             refused = BatchRefused(f"request body is over the {self.max_body}-byte limit",
                                    "BAD_USER_INPUT")
-            await send_json(send, 413, refused.body)
+            await send_json(send, 413, refused.body())
             return
         if body.lstrip()[:1] != b"[":
             await self.app(scope, replay(body, receive), send)
@@ -106,7 +105,7 @@ class BatchMiddleware:
         try:
             self._check(scope, operations)
         except BatchRefused as refused:
-            await send_json(send, 400, refused.body)
+            await send_json(send, 400, refused.body())
             return
         outcomes = await asyncio.gather(*(self._run(scope, op) for op in operations),
                                         return_exceptions=True)

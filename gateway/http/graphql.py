@@ -101,9 +101,7 @@ class ErrorCodes(SchemaExtension):
             original = error.original_error
             extensions = dict(error.extensions or {})
             if isinstance(original, RetailgraphError):
-                extensions["code"] = original.code
-                if backend := getattr(original, "backend", None):
-                    extensions["backend"] = backend
+                extensions.update(original.extensions())
             elif original is not None and not isinstance(original, GraphQLError):
                 log.error("unexpected error in %s", error.path, exc_info=original)
                 error.message = "Internal error"

@@ -58,12 +58,15 @@ class OperationRefused(RetailgraphError):
         if code is not None:
             self.code = code
         self.status = status
-        self.extensions = dict(extensions or {})
+        self.details = dict(extensions or {})
         self.headers = list(headers)
+
+    def extensions(self) -> dict[str, Any]:
+        return {"code": self.code, **self.details}
 
     def error(self) -> dict[str, Any]:
         """The GraphQL error, as it appears in ``errors``."""
-        return {"message": self.message, "extensions": {"code": self.code, **self.extensions}}
+        return {"message": self.message, "extensions": self.extensions()}
 
     def body(self) -> bytes:
         """An HTTP response body: ``{"errors": [error]}``."""

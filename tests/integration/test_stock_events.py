@@ -21,7 +21,8 @@ from redis import asyncio as aioredis
 
 from gateway.events.changes import ChangeFeed, ChangePublisher, HistoryPage
 from gateway.events.envelope import Envelope, EventKind
-from resolvers.changes import CursorExpired, make_filter
+from resolvers.changes import make_filter
+from resolvers.errors import CursorExpired
 from resolvers.store.keys import CHANGES_KEY, sku_index_key
 from resolvers.types import Quantities
 

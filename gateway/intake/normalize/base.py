@@ -12,17 +12,17 @@ from typing import Any
 from ulid import ULID
 
 from gateway.events.envelope import Envelope, EventKind
-from resolvers.errors import OutOfRange
+from resolvers.errors import BadUserInput, OutOfRange
 from resolvers.identity import IdentityMap
 from resolvers.settings import BackendSettings
 from resolvers.types import INT_MAX, bounded
 
 
-class Malformed(ValueError):
+class Malformed(BadUserInput, ValueError):
     """The payload is not what this vendor sends; the message names the problem."""
 
 
-class Unappliable(ValueError):
+class Unappliable(BadUserInput, ValueError):
     """A well-formed event that cannot be applied (unmapped identifier, impossible value)."""
 
 
