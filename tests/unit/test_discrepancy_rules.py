@@ -46,6 +46,19 @@ def only(findings: list[Finding], kind: Kind) -> Finding:
     return found
 
 
+MOVED = SNAPSHOT_AT + timedelta(hours=2)
+
+
+def sold_since_the_snapshot(on_hand_then: int) -> tuple[CellViews, History]:
+    """A warehouse whose record had ``on_hand_then`` at the snapshot's time and 70 since
+    ``MOVED``; the ERP snapshot says 100."""
+    history = History((HistoryEntry(SNAPSHOT_AT - timedelta(hours=1), None, on_hand_then),
+                       HistoryEntry(MOVED, on_hand_then, 70)))
+    cell = warehouse(record=view("wms", MOVED, on_hand=70),
+                     erp=view("erp", SNAPSHOT_AT, on_hand=100))
+    return cell, history
+
+
 # -- the ERP snapshot against the system of record --------------------------------------------
 
 def test_a_cell_without_its_system_of_record_is_not_judged() -> None:
@@ -90,24 +103,16 @@ def test_severity_of_an_unexplained_difference(snapshot: int, record: int,
 
 def test_movements_since_the_snapshot_that_explain_it_make_the_snapshot_lagging() -> None:
     # 100 at the snapshot, then 30 sold: the snapshot's 100 is old, not wrong.
-    moved = SNAPSHOT_AT + timedelta(hours=2)
-    history = History((HistoryEntry(SNAPSHOT_AT - timedelta(hours=1), None, 100),
-                       HistoryEntry(moved, 100, 70)))
-    cell = warehouse(record=view("wms", moved, on_hand=70), erp=view("erp", SNAPSHOT_AT,
-                                                                      on_hand=100))
+    cell, history = sold_since_the_snapshot(100)
     found = only(assess(cell, history, 0, NOW), Kind.ERP_SNAPSHOT_DRIFT)
     assert (found.status, found.severity, found.delta) == (Status.LAGGING, Severity.LOW, 30)
     assert found.explained == 30
-    assert found.last_movement_at == moved
+    assert found.last_movement_at == MOVED
 
 
 def test_movements_that_explain_only_part_leave_the_rest_wrong() -> None:
     # The record had 90 at the snapshot's time, the snapshot says 100: 10 units unexplained.
-    moved = SNAPSHOT_AT + timedelta(hours=2)
-    history = History((HistoryEntry(SNAPSHOT_AT - timedelta(hours=1), None, 90),
-                       HistoryEntry(moved, 90, 70)))
-    cell = warehouse(record=view("wms", moved, on_hand=70), erp=view("erp", SNAPSHOT_AT,
-                                                                      on_hand=100))
+    cell, history = sold_since_the_snapshot(90)
     found = only(assess(cell, history, 0, NOW), Kind.ERP_SNAPSHOT_DRIFT)
     assert (found.status, found.delta, found.explained) == (Status.WRONG, 10, 20)
     assert "+10 unit(s) unexplained" in found.message
@@ -263,11 +268,7 @@ def test_a_version_from_the_future_is_a_drift_even_where_the_values_agree() -> N
 # -- records --------------------------------------------------------------------------------------
 
 def test_a_finding_survives_its_encoding() -> None:
-    moved = SNAPSHOT_AT + timedelta(hours=2)
-    history = History((HistoryEntry(SNAPSHOT_AT - timedelta(hours=1), None, 90),
-                       HistoryEntry(moved, 90, 70)))
-    cell = warehouse(record=view("wms", moved, on_hand=70), erp=view("erp", SNAPSHOT_AT,
-                                                                      on_hand=100))
+    cell, history = sold_since_the_snapshot(90)
     found = only(assess(cell, history, 0, NOW), Kind.ERP_SNAPSHOT_DRIFT)
     since = (NOW - timedelta(days=1)).isoformat()
     back = Finding.decode(found.encode(), since=since.encode())
