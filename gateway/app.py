@@ -51,6 +51,9 @@ from gateway.reconcile.runner import (
 )
 from gateway.reconcile.synchealth import AppliedLag, SyncHealth
 from gateway.redis_server import EmbeddedRedis
+from gateway.sync import Sync
+from gateway.sync import build as build_sync
+from gateway.sync.executor import HeldInStore
 from gateway.telemetry import logs
 from resolvers.abc import RedisClient
 from resolvers.errors import BackendError
@@ -103,6 +106,7 @@ class Runtime:
     applier: Applier
     holds: Holds
     reconciliation: ReconcileStage
+    sync: Sync
     intake: WebhookIntake
     sweeper: PendingSweeper
     # retailgraph_event_loop_lag_seconds (gateway/telemetry)
@@ -127,7 +131,8 @@ class Runtime:
             asyncio.create_task(self.holds.sweep_forever()),
             asyncio.create_task(self.feed.run()),
             asyncio.create_task(self.loop_lag.run()),
-            *map(asyncio.create_task, self.reconciliation.background())])
+            *map(asyncio.create_task, self.reconciliation.background()),
+            *map(asyncio.create_task, self.sync.background())])
 
     async def readiness(self) -> dict[str, Any]:
         """``/readyz``: Redis answers, every backend answered its last call or probe, the
@@ -150,6 +155,7 @@ class Runtime:
     async def stop(self) -> None:
         self.feed.close_all()
         self.reconciliation.close()
+        self.sync.close()
         for task in self.tasks:
             task.cancel()
         for task in self.tasks:
@@ -184,19 +190,24 @@ async def build(settings: Settings, transport: httpx.AsyncBaseTransport | None =
 
     feed = ChangeFeed(redis, settings.subscriber_buffer,
                       max_per_owner=settings.max_subscriptions_per_principal)
-    index = DiscrepancyIndex(redis)
-    history = MovementHistory(redis)
-    rechecker = Rechecker(settings, graph, index, history)
     # Reservations: their holds in Redis, every change of one on the event path.
     holds = Holds(graph, events)
+    store = ReservationStore(redis, graph.system_of_record, holds,
+                             commit_hold_seconds=settings.reservation_commit_hold_seconds)
+    # Sync (gateway/sync/): what reservations hold is not offered online; the applier
+    # records each event's actions, a re-check or run finding an oversell asks for a push.
+    sync = build_sync(settings, graph, redis, HeldInStore(store))
+    graph.sync = sync
+    index = DiscrepancyIndex(redis, [sync.recorder.judged])
+    history = MovementHistory(redis)
+    rechecker = Rechecker(settings, graph, index, history)
     applier = Applier(
         cache, responses,
         ChangePublisher(redis, settings.change_retention_seconds, graph.current_view, is_record),
         holds=holds,
         observers=[telemetry.ApplierTelemetry(),
-                   ReconcileBookkeeping(history, rechecker, is_record), AppliedLag(redis)])
-    store = ReservationStore(redis, graph.system_of_record, holds,
-                             commit_hold_seconds=settings.reservation_commit_hold_seconds)
+                   ReconcileBookkeeping(history, rechecker, is_record), AppliedLag(redis)],
+        before_done=[sync.recorder])
     # The reservations' own wiring (issue 14): the holds publish through the applier that
     # observes them, and the graph's loaders read the held units.
     holds.bind(applier, store)
@@ -209,7 +220,7 @@ async def build(settings: Settings, transport: httpx.AsyncBaseTransport | None =
     return Runtime(
         settings=settings, redis_url=url, embedded=embedded, redis=redis, cache=cache,
         responses=responses, events=events, graph=graph, feed=feed, applier=applier,
-        holds=holds, reconciliation=reconciliation,
+        holds=holds, reconciliation=reconciliation, sync=sync,
         intake=WebhookIntake(settings, graph, events, applier, health),
         sweeper=PendingSweeper(events, applier), loop_lag=telemetry.LoopLag(),
         background=background)

@@ -33,6 +33,41 @@ class ConfigError(ValueError):
 
 
 @dataclass(slots=True)
+class SyncSettings:
+    """``[sync]``: what retailgraph pushes back to the channels (gateway/sync/).
+
+    The rules themselves live in :mod:`gateway.sync.rules`; these are their inputs.
+    Env: ``RETAILGRAPH_SYNC_<FIELD>`` (``RETAILGRAPH_SYNC_ENABLED=false``).
+    """
+
+    # Push the systems of record's truth to the web shop and the POS catalog.
+    enabled: bool = False
+    # Units held back from the online channel at every location it sells from (on top of
+    # the item's safety stock).
+    buffer: int = 0
+    # Per location: its own online buffer instead of ``buffer`` ({"WH01" = 5}).
+    location_buffers: dict[str, int] = field(default_factory=dict)
+    # Stores that ship or hold for collection: their stock is sold online too (the shop must
+    # have them as locations). Warehouses always do, unless listed in exclude_locations.
+    online_stores: list[str] = field(default_factory=list)
+    exclude_locations: list[str] = field(default_factory=list)
+    # Item master (name, list price) from the ERP to the shop (name only: the online price is
+    # the shop's) and the POS catalog.
+    items: bool = True
+    # Attempts of one action before it goes to the dead-letter list (retailgraph sync dlq).
+    max_attempts: int = 20
+    # Retry backoff: first delay, doubling up to the cap, with full jitter; a target's
+    # Retry-After / THROTTLED delay is honoured when longer.
+    retry_base_seconds: float = 0.25
+    retry_cap_seconds: float = 30.0
+    # One replica works on a target cell at a time, holding a Redis lease this long (renewed
+    # while it works); a replica killed mid-push leaves it to expire.
+    lease_seconds: float = 5.0
+    # Cells pushed at once per replica.
+    concurrency: int = 8
+
+
+@dataclass(slots=True)
 class Settings:
     """Gateway-wide settings."""
 
@@ -113,6 +148,8 @@ class Settings:
     # A view changed at its source less than this long ago may still have its webhook on the
     # way: a cache behind it is LAGGING, not WRONG (it is repaired either way).
     sync_grace_seconds: float = 10.0
+    # -- sync (gateway/sync/): [sync] in the TOML file ----------------------------------------
+    sync: SyncSettings = field(default_factory=SyncSettings)
 
     def backend_for(self, fmt: BackendFormat) -> BackendSettings:
         """The backend speaking ``fmt``; each format plays one role in the merge rules."""
@@ -200,6 +237,28 @@ def _check_access(settings: Settings) -> None:
         raise ConfigError("ws_init_timeout_seconds must be more than 0")
     if not settings.max_clock_skew_seconds >= 0:  # also refuses NaN
         raise ConfigError("max_clock_skew_seconds must be 0 or more")
+    _check_sync(settings.sync)
+
+
+def _check_sync(sync: SyncSettings) -> None:
+    if sync.buffer < 0:
+        raise ConfigError("sync.buffer must be 0 or more")
+    for loc, units in sync.location_buffers.items():
+        if not isinstance(units, int) or isinstance(units, bool) or units < 0:
+            raise ConfigError(f"sync.location_buffers.{loc} must be a whole number, 0 or more")
+    for listed in ("online_stores", "exclude_locations"):
+        value = getattr(sync, listed)
+        if not isinstance(value, list) or not all(isinstance(x, str) for x in value):
+            raise ConfigError(f"sync.{listed} must be a list of location ids")
+    if sync.max_attempts < 1:
+        raise ConfigError("sync.max_attempts must be at least 1")
+    if not sync.retry_base_seconds > 0 or not sync.retry_cap_seconds >= sync.retry_base_seconds:
+        raise ConfigError("sync.retry_base_seconds must be more than 0 and at most "
+                          "sync.retry_cap_seconds")
+    if not sync.lease_seconds > 0:
+        raise ConfigError("sync.lease_seconds must be more than 0")
+    if sync.concurrency < 1:
+        raise ConfigError("sync.concurrency must be at least 1")
 
 
 def _coerce(value: str, target: Any, setting: str) -> Any:
@@ -237,7 +296,7 @@ def _field_types(cls: type) -> dict[str, str]:
 def _apply(obj: Any, values: Mapping[str, Any], where: str) -> None:
     types = _field_types(type(obj))
     for key, value in values.items():
-        if key not in types or key in ("backends", "name"):
+        if key not in types or key in ("backends", "name", "sync"):
             raise ConfigError(f"{where}{key}: unknown setting")
         if isinstance(value, str):
             value = _coerce(value, types[key], where + key)
@@ -247,11 +306,17 @@ def _apply(obj: Any, values: Mapping[str, Any], where: str) -> None:
 def apply_env(settings: Settings, environ: Mapping[str, str] | None = None) -> Settings:
     """Apply ``RETAILGRAPH_*`` overrides in place and return ``settings``."""
     env = os.environ if environ is None else environ
-    top = {f: t for f, t in _field_types(Settings).items() if f != "backends"}
+    top = {f: t for f, t in _field_types(Settings).items() if f not in ("backends", "sync")}
     for f, t in top.items():
         raw = env.get(ENV_PREFIX + f.upper())
         if raw is not None:
             setattr(settings, f, _coerce(raw, t, ENV_PREFIX + f.upper()))
+    sync_types = _field_types(SyncSettings)
+    for f, t in sync_types.items():
+        var = f"{ENV_PREFIX}SYNC_{f.upper()}"
+        raw = env.get(var)
+        if raw is not None:
+            setattr(settings.sync, f, _coerce(raw, t, var))
     backend_fields = [f for f in _field_types(BackendSettings) if f != "name"]
     for backend in settings.backends.values():
         for f in backend_fields:
@@ -275,7 +340,11 @@ def from_mapping(data: Mapping[str, Any]) -> Settings:
         _apply(backend, {k: v for k, v in raw.items() if k not in ("format", "base_url")},
                f"backends.{name}.")
         settings.backends[name] = backend
-    unknown = set(data) - {"gateway", "backends"}
+    sync = data.get("sync", {})
+    if not isinstance(sync, Mapping):
+        raise ConfigError("sync must be a table")
+    _apply(settings.sync, sync, "sync.")
+    unknown = set(data) - {"gateway", "backends", "sync"}
     if unknown:
         raise ConfigError(f"unknown section(s): {', '.join(sorted(unknown))}")
     return settings
@@ -305,7 +374,8 @@ def demo_settings(host: str = "127.0.0.1", port: int = 8000,
                   environ: Mapping[str, str] | None = None) -> Settings:
     """Settings for ``retailgraph demo``: the four simulators on PORT+1..PORT+4."""
     # Local and open by default: no rate limit (credentials come from RETAILGRAPH_* or --auth).
-    settings = Settings(host=host, port=port, rate_limit_per_minute=0)
+    settings = Settings(host=host, port=port, rate_limit_per_minute=0,
+                        sync=SyncSettings(enabled=True))
     for offset, (name, fmt) in enumerate(DEMO_ROLES, start=1):
         settings.backends[name] = BackendSettings(
             name=name, format=fmt, base_url=f"http://{host}:{port + offset}",

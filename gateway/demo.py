@@ -131,7 +131,10 @@ async def run(opts: DemoOptions) -> None:
     background = []
     stopping = []
     if opts.activity > 0:
-        activity = Activity(settings, world, opts.activity, seed=opts.seed)
+        # With sync on, retailgraph is the only thing that moves stock numbers between the
+        # systems: the simulated WMS -> shop stock feed stays off.
+        activity = Activity(settings, world, opts.activity, seed=opts.seed,
+                            shop_stock_feed=not settings.sync.enabled)
         background.append(activity.run)
         stopping.append(activity.stop)  # finishes the request under way, then returns
     # Simulators first, so the gateway's first catalog load finds them.

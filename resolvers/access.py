@@ -10,6 +10,9 @@ all of them):
   ``commitReservation``, ``Query.reservations``), at the caller's locations only;
 - ``discrepancies:read``: discrepancy fields;
 - ``metrics:read``: ``GET /metrics``;
+- ``sync:read``: the sync audit trail (``syncActions``, ``syncActionCompleted``) and push
+  health (``syncStatus.push``);
+- ``sync:write``: ``syncNow``;
 - ``admin``: everything, including ``unmappedIdentifiers``.
 """
 
@@ -24,8 +27,11 @@ STOCK_READ = "stock:read"
 STOCK_RESERVE = "stock:reserve"
 DISCREPANCIES_READ = "discrepancies:read"
 METRICS_READ = "metrics:read"
+SYNC_READ = "sync:read"
+SYNC_WRITE = "sync:write"
 ADMIN = "admin"
-SCOPES = (STOCK_READ, STOCK_RESERVE, DISCREPANCIES_READ, METRICS_READ, ADMIN)
+SCOPES = (STOCK_READ, STOCK_RESERVE, DISCREPANCIES_READ, METRICS_READ, SYNC_READ, SYNC_WRITE,
+          ADMIN)
 
 
 class Forbidden(RetailgraphError):

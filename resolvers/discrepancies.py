@@ -160,9 +160,11 @@ class Finding:
             "sku": self.sku, "loc": self.location_id, "kind": self.kind.value,
             "status": self.status.value, "severity": self.severity.value, "delta": self.delta,
             "source": self.source, "sides": [s.encode() for s in self.sides],
-            "at": iso_time(self.detected_at), "explained": self.explained,
+            "explained": self.explained,
             "moved": iso_time(self.last_movement_at) if self.last_movement_at else None,
-            "msg": self.message})
+            "msg": self.message,
+            # Last, so the index can tell a re-judgement that found the same (UPDATE_LUA).
+            "at": iso_time(self.detected_at)})
 
     @classmethod
     def decode(cls, raw: bytes | str, since: str | bytes | None = None) -> Finding:

@@ -186,6 +186,7 @@ class RetailGraph:
         self.health = BackendHealth()
         # Reservations (resolvers/reservations.py) once Redis is up.
         self.reservations: Any = None
+        self.sync: Any = None  # gateway.sync.Sync, once Redis is connected
         self._refresh_lock = asyncio.Lock()
 
     @classmethod

@@ -23,6 +23,7 @@ from schema.reconciliation import (
 )
 from schema.reservations import ReservationConnection, reservations_field
 from schema.subscription import StockChangePage, stock_events
+from schema.sync import SyncActionConnection, sync_actions_field
 from schema.types import (
     Location,
     Node,
@@ -139,3 +140,6 @@ class Query:
     # Where the systems disagree (schema/reconciliation.py; scope discrepancies:read).
     discrepancies: DiscrepancyConnection | None = discrepancies_field
     sync_status: list[SourceStatus] = sync_status_field
+    # What sync pushed where (schema/sync.py; scope sync:read).
+    sync_actions: SyncActionConnection | None = sync_actions_field
+

@@ -8,6 +8,7 @@ to some locations sees only those.
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import AsyncGenerator
 from datetime import datetime
 from enum import Enum
@@ -16,7 +17,7 @@ from typing import Annotated, Any, TypeVar
 import strawberry
 
 from resolvers.abc import Reconciliation
-from resolvers.access import DISCREPANCIES_READ
+from resolvers.access import DISCREPANCIES_READ, SYNC_READ
 from resolvers.discrepancies import DiscrepancyEvent as EventRecord
 from resolvers.discrepancies import DiscrepancyFilter, Finding, Side
 from resolvers.discrepancies import Kind as KindRecord
@@ -310,6 +311,55 @@ class SyncGap:
                    healed_at=gap.healed_at, applied=gap.applied, detail=gap.detail)
 
 
+@strawberry.type(description="How one target system takes the pushes (the same on every "
+                             "replica).")
+class PushStatus:
+    paused: bool = strawberry.field(description="`retailgraph sync pause` holds its pushes.")
+    pending: int = strawberry.field(description="Actions not yet finished.")
+    oldest_pending_seconds: float | None = strawberry.field(
+        description="Age of the oldest of them.")
+    latency_p50_ms: float | None = strawberry.field(
+        description="Median push latency (causing event received -> target's answer) over "
+                    "the last 5 minutes.")
+    latency_p99_ms: float | None = strawberry.field(description="Its 99th percentile.")
+    samples: int = strawberry.field(description="Pushes measured in those 5 minutes.")
+    done: int = strawberry.field(description="Actions done in total.")
+    writes: int = strawberry.field(description="Stock writes that took effect in total.")
+    superseded: int = strawberry.field(description="Actions coalesced into a newer one.")
+    failures: int = strawberry.field(description="Failed attempts (retried) in total.")
+    throttled: int = strawberry.field(description="Attempts the target rate limited.")
+    stale: int = strawberry.field(description="Compare-and-sets lost (re-read, recomputed).")
+    echoes: int = strawberry.field(description="Webhooks recognised as our own write.")
+    drift: int = strawberry.field(
+        description="Pushes because the target offered more than the truth allows.")
+    dead_letters: int = strawberry.field(description="Actions in the dead-letter list.")
+
+
+def _percentile(values: list[int], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return float(ordered[min(len(ordered) - 1, int(q * len(ordered)))])
+
+
+async def push_status(sync: Any, target: str) -> PushStatus:
+    outbox = sync.outbox
+    now = int(time.time() * 1000)
+    pending = await outbox.pending_by_target()
+    n, oldest = pending.get(target, (0, None))
+    latencies = await outbox.latencies(target, now - 5 * 60 * 1000)
+    counters = await outbox.counters(target)
+    dead = (await outbox.dead_count()).get(target, 0)
+    return PushStatus(
+        paused=target in await outbox.paused(), pending=n,
+        oldest_pending_seconds=None if oldest is None else max(0.0, (now - oldest) / 1000),
+        latency_p50_ms=_percentile(latencies, 0.5), latency_p99_ms=_percentile(latencies, 0.99),
+        samples=len(latencies), done=counters.get("done", 0), writes=counters.get("writes", 0),
+        superseded=counters.get("superseded", 0), failures=counters.get("failures", 0),
+        throttled=counters.get("throttled", 0), stale=counters.get("stale", 0),
+        echoes=counters.get("echoes", 0), drift=counters.get("drift", 0), dead_letters=dead)
+
+
 T = TypeVar("T")
 SOURCE_WIDE = " Null for a caller restricted to locations: it is computed over every location."
 RECENT_GAPS = 10
@@ -353,6 +403,18 @@ class SourceStatus:
         description="Configured heartbeat; null when not checked.")
     silent_seconds: float | None = strawberry.field(
         description="Seconds since its last webhook." + SOURCE_WIDE)
+
+    @strawberry.field(description="When sync writes to this source (the web shop, the POS "
+                                  "catalog): how its pushes go. Null for the others, and for "
+                                  "a caller restricted to locations (computed over every "
+                                  "location). Needs sync:read.",
+                      extensions=[requires(SYNC_READ)])
+    async def push(self, info: Ctx) -> PushStatus | None:
+        sync = getattr(info.context.graph, "sync", None)
+        if sync is None or info.context.principal.locations is not None or (
+                self.source not in sync.targets.stock and self.source not in sync.targets.items):
+            return None
+        return await push_status(sync, self.source)
 
     @classmethod
     def of(cls, s: SourceStatusRecord, locations: frozenset[str] | None = None

@@ -19,6 +19,7 @@ from resolvers.errors import BadUserInput, ServiceUnavailable
 from resolvers.store import reservations as store
 from schema.context import Ctx
 from schema.permissions import requires
+from schema.sync import SyncNowResult, sync_now_field
 from schema.types import Location, PageInfo
 
 ReservationStatus = strawberry.enum(
@@ -125,9 +126,13 @@ async def _payload(info: Ctx, outcome: rules.Outcome) -> tuple[Reservation | Non
     return reservation, [UserError.of(e) for e in outcome.errors]
 
 
-@strawberry.type(description="Hold stock for a checkout, give it back, or mark it ordered. "
-                             "Needs the stock:reserve scope, at the caller's locations.")
+@strawberry.type(description="Hold stock for a checkout, give it back, or mark it ordered "
+                             "(the stock:reserve scope, at the caller's locations); push the "
+                             "truth to the channels now (sync:write).")
 class Mutation:
+    # Recompute and push now (schema/sync.py; scope sync:write).
+    sync_now: SyncNowResult = sync_now_field
+
     @strawberry.mutation(description="Hold units if available to sell covers them at this "
                                      "instant (available - safety stock - reserved).",
                          extensions=[requires(STOCK_RESERVE)])

@@ -24,6 +24,7 @@ from resolvers.types import StockView, saturate
 from schema.context import Ctx
 from schema.permissions import requires
 from schema.reconciliation import DiscrepancyNotice, discrepancy_detected_field
+from schema.sync import SyncAction, sync_action_completed_field
 from schema.types import Availability, StockLevel
 
 T = TypeVar("T")
@@ -317,6 +318,8 @@ class Subscription:
 
     # Where the systems disagree (schema/reconciliation.py; scope discrepancies:read).
     discrepancy_detected: AsyncGenerator[DiscrepancyNotice, None] = discrepancy_detected_field
+    # What sync finished (schema/sync.py; scope sync:read).
+    sync_action_completed: AsyncGenerator[SyncAction, None] = sync_action_completed_field
 
 
 async def stock_events(info: Ctx, skus: SkusArg = None, location_ids: LocationsArg = None,

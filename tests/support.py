@@ -191,7 +191,7 @@ class Stack:
 
     def __init__(self, redis_url: str, *, seed: int = 7, skus: int = 60, stores: int = 3,
                  warehouses: int = 2, replicas: int = 1,
-                 options: dict[str, Any] | None = None) -> None:
+                 options: dict[str, Any] | None = None, sync: bool = False) -> None:
         from gateway.config import demo_settings
         from gateway.simulators.world import World
 
@@ -206,6 +206,8 @@ class Stack:
         self.settings.redis_url = redis_url
         self.settings.redis_read_timeout_ms = TEST_REDIS_READ_TIMEOUT_MS
         self.settings.redis_write_timeout_ms = TEST_REDIS_WRITE_TIMEOUT_MS
+        # Sync (gateway/sync/) is on in the demo; tests that want its pushes ask for it.
+        self.settings.sync.enabled = sync
         self.options = options or {}
         self.sims: dict[str, ServerThread] = {}
         self.gateways: list[ServerThread] = []

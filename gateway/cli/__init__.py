@@ -113,6 +113,19 @@ def build_parser() -> Parser:
                      help="write the report here (CSV if it ends in .csv; - for stdout)")
     rec.add_argument("--no-repair", action="store_true",
                      help="report cache drift without repairing it")
+    sync = add("sync", help="the sync outbox: dead letters, replay, pause and resume a target")
+    sync.add_argument("action", choices=["dlq", "replay", "pause", "resume", "status"],
+                      help="dlq: list dead actions; replay [ID ...]: run dead actions again "
+                           "(all when none named); pause|resume TARGET: hold a target's "
+                           "pushes (they wait, in order) or let them go; status: pending and "
+                           "dead per target")
+    sync.add_argument("names", nargs="*", metavar="TARGET|ID",
+                      help="the target (pause, resume) or action ids (replay)")
+    where = sync.add_mutually_exclusive_group(required=True)
+    where.add_argument("--config", help="the gateway's TOML config")
+    where.add_argument("--demo-port", type=int, help="a running `retailgraph demo` on this port")
+    sync.add_argument("--redis-url", default=None,
+                      help="Redis of the gateway (the demo prints it in its banner)")
     parser.subcommands = dict(sub.choices)
     return parser
 

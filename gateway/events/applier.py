@@ -2,7 +2,9 @@
 
 1. write the cache entry (versioned compare-and-set: older events never win);
 2. invalidate cached responses that contain the entity;
-3. publish the change (once per log entry) for subscribers, and mark the entry done.
+3. run the steps that must happen before the event counts as applied (the sync outbox
+   records the actions the event asks for: gateway/sync/), then
+4. publish the change (once per log entry) for subscribers, and mark the entry done.
 
 The webhook intake applies each delivery inline before acknowledging it (read-after-ack).
 Appending an entry also lists it in ``rg:{ev}:pending``; finishing it removes it. If a
@@ -76,7 +78,8 @@ class Applier:
 
     def __init__(self, cache: Cache, responses: ResponseStore,
                  publish: Publisher | None = None, holds: HoldObserver | None = None,
-                 observers: Sequence[ApplierObserver] = ()) -> None:
+                 observers: Sequence[ApplierObserver] = (),
+                 before_done: Sequence[Publisher] = ()) -> None:
         self.cache = cache
         self.redis = cache.redis
         self.responses = responses
@@ -85,6 +88,10 @@ class Applier:
         # system of record now shows end (their changes are published after it).
         self.holds = holds
         self.observers = tuple(observers)
+        # Each runs after the cache write and before the entry leaves the pending set: what
+        # it records is as durable as the event (a crash in between leaves the entry pending,
+        # and the sweeper runs it again; each step must be idempotent per entry).
+        self.before_done = tuple(before_done)
 
     async def apply(self, entry_id: str, envelope: Envelope) -> int:
         """Apply one logged event; returns the cache fields it wrote (-1: a repair not
@@ -125,6 +132,8 @@ class Applier:
             if held is not None:
                 e = dataclasses.replace(e, extra={**e.extra, "reserved": held})
         await self.responses.invalidate(tags_for(e))
+        for step in self.before_done:
+            await step(entry_id, e, cell)
         if self.publish is not None and e.sku and e.location_id and e.quantities is not None:
             # Publishing also takes the entry off the pending set, in the same script.
             with contextlib.ExitStack() as around:

@@ -1,6 +1,8 @@
-"""One replica's tail of a Redis stream, offered to each of its listeners: the fan-out both live
+"""One replica's tail of a Redis stream, offered to each of its listeners: the fan-out the live
 feeds share (stock changes, ``gateway.events.changes.ChangeFeed``; discrepancy transitions,
-``gateway.reconcile.discrepancies.DiscrepancyFeed``).
+``gateway.reconcile.discrepancies.DiscrepancyFeed``; finished sync actions, ``gateway.sync``).
+:class:`KeyedFeed` is the subscription side for entries with a key: each subscriber's own
+filter and bounded buffer, past which only the latest entry per key is kept.
 
 The stream is read only while someone listens, from where the first listener joined; every
 entry is decoded once and offered to every listener, each of which keeps its own bounded
@@ -12,7 +14,9 @@ listener whose client left never waits forever.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
 
 from redis.exceptions import RedisError
@@ -126,4 +130,80 @@ class StreamFanout(Generic[T, L]):
             listener.wake.set()
 
 
-__all__ = ["OFFERS_PER_STEP", "Listener", "StreamFanout", "raise_if_cancelled"]
+class Keyed(Protocol):
+    def key(self) -> str: ...
+
+
+K = TypeVar("K", bound=Keyed)
+
+
+@dataclass(slots=True, eq=False)
+class KeyedListener(Generic[K]):
+    """One subscriber of a :class:`KeyedFeed`: its filter and its bounded buffer."""
+
+    accept: Callable[[K], bool]
+    limit: int
+    queue: OrderedDict[str, K] = field(default_factory=OrderedDict)
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    closed: bool = False
+    seq: int = 0
+
+    def offer(self, entry: K) -> None:
+        if not self.accept(entry):
+            return
+        if len(self.queue) >= self.limit:
+            # Over the buffer: keep only the latest entry per key.
+            self.queue.pop(entry.key(), None)
+            if len(self.queue) >= self.limit:
+                self.queue.popitem(last=False)
+            self.queue[entry.key()] = entry
+        else:
+            self.seq += 1
+            self.queue[f"{entry.key()}#{self.seq}"] = entry
+        self.wake.set()
+
+    def take(self) -> list[K]:
+        out = list(self.queue.values())
+        self.queue.clear()
+        self.wake.clear()
+        return out
+
+
+class KeyedFeed(Generic[K]):
+    """This replica's tail of a stream of keyed entries, fanned out to its subscribers."""
+
+    def __init__(self, redis: Any, key: str, decode: Callable[[str, dict[bytes, bytes]], K],
+                 what: str, buffer_limit: int = 1000) -> None:
+        self.redis = redis
+        self.buffer_limit = buffer_limit
+        self.fanout: StreamFanout[K, KeyedListener[K]] = StreamFanout(redis, key, decode, what)
+
+    @property
+    def listeners(self) -> set[KeyedListener[K]]:
+        return self.fanout.listeners
+
+    @property
+    def running(self) -> bool:
+        return self.fanout.running
+
+    async def run(self) -> None:
+        await self.fanout.run()
+
+    async def subscribe(self, accept: Callable[[K], bool]) -> AsyncIterator[K]:
+        listener: KeyedListener[K] = KeyedListener(accept, self.buffer_limit)
+        await self.fanout.join(listener)
+        try:
+            while not listener.closed:
+                raise_if_cancelled()
+                await listener.wake.wait()
+                for entry in listener.take():
+                    yield entry
+        finally:
+            self.fanout.leave(listener)
+
+    def close_all(self) -> None:
+        self.fanout.close_all()
+
+
+__all__ = ["OFFERS_PER_STEP", "KeyedFeed", "KeyedListener", "Listener", "StreamFanout",
+           "raise_if_cancelled"]

@@ -9,19 +9,16 @@ What a discrepancy is and how a cell is judged: ``resolvers/discrepancies.py`` (
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import contextlib
 import logging
-from collections import OrderedDict
-from collections.abc import AsyncGenerator, Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 from gateway.events.envelope import Envelope, MovementType
-from gateway.events.fanout import StreamFanout, raise_if_cancelled
+from gateway.events.fanout import KeyedFeed
 from resolvers.discrepancies import (
     CellUpdate,
     DiscrepancyEvent,
@@ -119,6 +116,7 @@ def _split(raw: bytes | str) -> tuple[str, str, str, str]:
 # KEYS: items hash, order zset, feed stream
 # ARGV: feed maxlen, now, cell prefix "loc|sku|", n, n evaluated slots, then (slot, json, sig)*
 UPDATE_LUA = """
+local function judged(encoded) return (string.gsub(encoded, ',"at":"[^"]*"}$', '}')) end
 local prefix, n = ARGV[3], tonumber(ARGV[4])
 local found = {}
 for i = 5 + n, #ARGV, 3 do found[ARGV[i]] = {ARGV[i + 1], ARGV[i + 2]} end
@@ -134,7 +132,9 @@ for k = 5, 4 + n do
       redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[1], '*', 't', 'APPEARED', 'd', new[1],
                  's', ARGV[2])
       published = published + 1
-    else
+    elseif old_sig ~= new[2] or judged(redis.call('HGET', KEYS[1], f) or '') ~= judged(new[1])
+        then
+      -- (the same finding judged again, only later, is not rewritten)
       redis.call('HSET', KEYS[1], f, new[1], f .. '#s', new[2])
       if old_sig ~= new[2] then
         local since = redis.call('HGET', KEYS[1], f .. '#t') or ARGV[2]
@@ -174,9 +174,14 @@ def decode_cursor(cursor: str) -> str:
 class DiscrepancyIndex:
     """The current discrepancies in Redis, with their transitions published on a stream."""
 
-    def __init__(self, redis: Any) -> None:
+    def __init__(self, redis: Any,
+                 observers: Sequence[Callable[[Sequence[CellUpdate]], Awaitable[None]]] = (),
+                 ) -> None:
         self.redis = redis
         self._update = redis.register_script(UPDATE_LUA)
+        # Told every judgement after it is indexed (sync pushes the truth over an
+        # ONLINE_OVERSELL_RISK: gateway/sync/).
+        self.observers = tuple(observers)
 
     async def update(self, updates: Sequence[CellUpdate], now: datetime | None = None) -> int:
         """Swap the evaluated slots of each cell for its findings; returns transitions."""
@@ -192,6 +197,8 @@ class DiscrepancyIndex:
                 await self._update(keys=[ITEMS_KEY, ORDER_KEY, FEED_KEY], args=args,
                                    client=pipe)
             results = await pipe.execute()
+        for observer in self.observers:
+            await observer(updates)
         return sum(int(r) for r in results)
 
     async def members(self) -> dict[str, set[tuple[str, str]]]:
@@ -282,68 +289,8 @@ def _member_matches(member: str, query: DiscrepancyFilter) -> bool:
     return query.kinds is None or slot.split(":", 1)[0] in {k.value for k in query.kinds}
 
 
-@dataclass(slots=True, eq=False)
-class _Listener:
-    accept: Callable[[DiscrepancyEvent], bool]
-    limit: int
-    queue: OrderedDict[str, DiscrepancyEvent] = field(default_factory=OrderedDict)
-    wake: asyncio.Event = field(default_factory=asyncio.Event)
-    closed: bool = False
-    seq: int = 0
-
-    def offer(self, event: DiscrepancyEvent) -> None:
-        if not self.accept(event):
-            return
-        if len(self.queue) >= self.limit:
-            # Over the buffer: keep only the latest transition per discrepancy.
-            self.queue.pop(event.key(), None)
-            if len(self.queue) >= self.limit:
-                self.queue.popitem(last=False)
-            self.queue[event.key()] = event
-        else:
-            self.seq += 1
-            self.queue[f"{event.key()}#{self.seq}"] = event
-        self.wake.set()
-
-    def take(self) -> list[DiscrepancyEvent]:
-        out = list(self.queue.values())
-        self.queue.clear()
-        self.wake.clear()
-        return out
-
-
-class DiscrepancyFeed:
+class DiscrepancyFeed(KeyedFeed[DiscrepancyEvent]):
     """This replica's tail of ``rg:{disc}:feed``, fanned out to its subscribers."""
 
     def __init__(self, redis: Any, buffer_limit: int = 1000) -> None:
-        self.redis = redis
-        self.buffer_limit = buffer_limit
-        self.fanout: StreamFanout[DiscrepancyEvent, _Listener] = StreamFanout(
-            redis, FEED_KEY, decode_event, "discrepancy feed")
-
-    @property
-    def listeners(self) -> set[_Listener]:
-        return self.fanout.listeners
-
-    @property
-    def running(self) -> bool:
-        return self.fanout.running
-
-    async def run(self) -> None:
-        await self.fanout.run()
-
-    async def subscribe(self, accept: Callable[[DiscrepancyEvent], bool]
-                        ) -> AsyncGenerator[DiscrepancyEvent, None]:
-        listener = _Listener(accept, self.buffer_limit)
-        await self.fanout.join(listener)
-        try:
-            while not listener.closed:
-                raise_if_cancelled()
-                await listener.wake.wait()
-                for event in listener.take():
-                    yield event
-        finally:
-            self.fanout.leave(listener)
-
-    def close_all(self) -> None:
-        self.fanout.close_all()
+        super().__init__(redis, FEED_KEY, decode_event, "discrepancy feed", buffer_limit)

@@ -75,6 +75,7 @@ log = logging.getLogger("retailgraph.reconcile")
 NEVER = 2**62  # the volatile tag's invalidation sequence: later than any request's
 
 TOP_OFFENDERS = 20
+READ_THROUGH_SECONDS = 10.0  # a re-check reads one SKU's missing view through at most this often
 REPAIRS_LISTED = 1000
 IN_FLIGHT_POLL_SECONDS = 0.1  # how often a run looks whether in-flight webhooks arrived
 
@@ -680,6 +681,7 @@ class Rechecker:
         self.limit = limit
         self.batch = batch
         self._queue: dict[tuple[str, str], None] = {}
+        self._read_at: dict[tuple[str, str], float] = {}  # (sku, source) read through, when
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -713,8 +715,8 @@ class Rechecker:
             self._idle.set()
 
     async def check(self, cells: Sequence[tuple[str, str]]) -> int:
-        """Judge these cells from what the cache holds now (no backend reads: a cell whose
-        views are not all cached is left to the next run); returns transitions published."""
+        """Judge these cells from what the cache holds now, reading through what it has no
+        copy of; returns transitions published."""
         catalog = await self.graph.ready_catalog()
         b = self.graph.backends
         now = datetime.now(UTC)
@@ -733,10 +735,12 @@ class Rechecker:
             for sku, source in keys:
                 pipe.hgetall(views_key(sku, source))
             raws = dict(zip(keys, await pipe.execute(), strict=True))
+        read = await self._read_missing(wanted, raws)
         judged: list[tuple[CellViews, list[str]]] = []
         for sku, loc_id, loc_type, record, _others in wanted:
             def view(source: str, sku: str = sku, loc_id: str = loc_id) -> StockView | None:
-                return parse_views(sku, source, raws[sku, source], [loc_id])[1].get(loc_id)
+                cached = parse_views(sku, source, raws[sku, source], [loc_id])[1].get(loc_id)
+                return cached if cached is not None else read.get((sku, source, loc_id))
 
             store = loc_type is LocationType.STORE
             cell = CellViews(sku, loc_id, loc_type, record=view(record),
@@ -763,6 +767,52 @@ class Rechecker:
 
     def graph_redis(self) -> Any:
         return self.index.redis
+
+    async def _read_missing(self, wanted: Sequence[tuple[str, str, LocationType, str, list[str]]],
+                            raws: dict[tuple[str, str], Any]
+                            ) -> dict[tuple[str, str, str], StockView]:
+        """The other half of a warehouse's oversell check when the cache holds only one of
+        the system of record's and the shop's views of the cell, read through it (one
+        batched call per backend): a shop claim far above the warehouse is judged within a
+        second of its webhook even when the warehouse's cell was never read. The ERP's
+        snapshot is left to the runs (its drift is a slow matter). A SKU read through is not
+        read again for ``READ_THROUGH_SECONDS`` (under an event storm the cache may refuse the
+        fills: an event touched the entry meanwhile)."""
+        b = self.graph.backends
+        now = time.monotonic()
+        for key in [k for k, at in self._read_at.items() if now - at > READ_THROUGH_SECONDS]:
+            del self._read_at[key]
+        missing: dict[str, set[str]] = {}
+        for sku, loc_id, loc_type, record, _others in wanted:
+            if loc_type is not LocationType.WAREHOUSE:
+                continue
+            pair = (record, b.commerce.name)
+            held = [loc_id in parse_views(sku, source, raws[sku, source], [loc_id])[1]
+                    for source in pair]
+            if held.count(True) != 1:
+                continue  # both cached (judged as is) or neither (nothing to judge)
+            source = pair[held.index(False)]
+            if (sku, source) not in self._read_at:
+                missing.setdefault(source, set()).add(sku)
+        if not missing:
+            return {}
+        loaders = self.graph.loaders()
+        by_source = {b.wms.name: loaders.warehouse_stock, b.commerce.name: loaders.online_stock}
+        out: dict[tuple[str, str, str], StockView] = {}
+        for source, skus in missing.items():
+            ordered = sorted(skus)
+            for sku in ordered:
+                self._read_at[sku, source] = now
+            results = await asyncio.gather(*(by_source[source].load(sku) for sku in ordered),
+                                           return_exceptions=True)
+            for found in results:
+                if isinstance(found, BaseException):
+                    if not isinstance(found, BackendError):
+                        raise found
+                    continue  # that backend is down: the cell is judged without it
+                for v in found:
+                    out[v.sku, source, v.location_id] = v
+        return out
 
 
 

@@ -106,6 +106,14 @@ class Instruments:
             "retailgraph.sync.lag", unit="s",
             description="From an event at the source to its application here.",
             explicit_bucket_boundaries_advisory=_LAG_SECONDS)
+        self.sync_actions = meter.create_counter(
+            "retailgraph.sync.actions", unit="{action}",
+            description="Sync actions finished or retried, by target and status.")
+        self.sync_latency = meter.create_histogram(
+            "retailgraph.sync.push.latency", unit="s",
+            description="From the receipt of the event that caused a sync action to the "
+                        "target's confirmation of the write.",
+            explicit_bucket_boundaries_advisory=_LAG_SECONDS)
         self.rate_limited = meter.create_counter(
             "retailgraph.ratelimit.rejected", unit="{request}",
             description="Requests refused by the rate limit.")

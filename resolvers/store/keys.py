@@ -24,6 +24,10 @@ one slot (one node of a Cluster):
   ``last``, ``pub:<entry>``.
 - ``{disc}``: discrepancies: ``items``, ``order``, ``feed``, ``lock``, ``last-run``.
 - ``{sync}``: sync health: ``<kind>:<source>``, ``lock``.
+- ``{out}``: the sync outbox (resolvers/store/outbox.py): ``seq``, ``a:<id>`` (an action),
+  ``all`` (the audit trail), ``q:<cell>`` (a cell's unfinished actions), ``due``,
+  ``chk:<cell>`` (a drift check), ``c:<cell>`` (the cell's last write), ``lease:<cell>``,
+  ``once:<entry>:<cell>``, ``paused``, ``dlq``, ``lat:<target>``, ``n:<target>``, ``feed``.
 - ``rg:rl:<client>`` (rate-limit buckets) and ``rg:apq:<sha256>`` (persisted queries).
 """
 
@@ -142,3 +146,21 @@ def sync_key(kind: str, source: str) -> str:
 
 RATE_LIMIT_PREFIX = "rg:rl:"
 PERSISTED_QUERY_PREFIX = "rg:apq:"
+
+
+# -- the sync outbox ({out}) ---------------------------------------------------------------------
+
+# Lua scripts append ids and cells to this prefix (every outbox key shares the hash tag).
+OUTBOX_PREFIX = "rg:{out}:"
+OUTBOX_SEQ_KEY = OUTBOX_PREFIX + "seq"
+OUTBOX_ALL_KEY = OUTBOX_PREFIX + "all"
+OUTBOX_DUE_KEY = OUTBOX_PREFIX + "due"
+OUTBOX_PAUSED_KEY = OUTBOX_PREFIX + "paused"
+OUTBOX_DLQ_KEY = OUTBOX_PREFIX + "dlq"
+OUTBOX_FEED_KEY = OUTBOX_PREFIX + "feed"
+
+
+def outbox_key(kind: str, name: str) -> str:
+    """``a:<action id>``, ``q:<cell>``, ``chk:<cell>``, ``c:<cell>``, ``lease:<cell>``,
+    ``once:<entry>:<cell>``, ``lat:<target>``, ``n:<target>``."""
+    return f"{OUTBOX_PREFIX}{kind}:{name}"

@@ -1,0 +1,273 @@
+"""Benchmark: from a warehouse event acknowledged to the web shop confirming the push.
+
+Run (not part of the suite):
+
+    python tests/benchmarks/bench_sync.py                           # 100 and 500 events/s
+    python tests/benchmarks/bench_sync.py --rates 100 --duration 30 --json sync.json
+
+For each rate: one gateway (``retailgraph serve`` process, ``[sync] enabled``) on a private
+Valkey, the four simulators in threads of this process, and this process posting signed WMS
+webhooks (a cycle count with a new on-hand per event, never two in flight for one cell) at a
+fixed rate (open loop; the load generator of ``bench_subscriptions.py``). Every event changes
+the warehouse's available-to-sell, so every one asks for a push to the shop simulator, whose
+``inventory_levels/update`` webhook (the echo) comes back to the gateway.
+
+The headline (``--demo MINUTES``): ``retailgraph demo --activity 20`` run twice, with sync off
+(the simulators' own WMS -> shop stock feed moves the shop's numbers, as before sync) and on
+(retailgraph is the only thing that does), polling ``discrepancies(kinds:
+[ONLINE_OVERSELL_RISK])`` every 2 s: how many there are and the units at risk over time, and
+how long each one lasted (first to last poll that saw it).
+
+Measured per run, from the outbox's audit trail: for every action done, the time from the
+gateway's receipt of the causing event to the shop's echo arriving (``confirmedAt``) and to
+the shop's answer (``latencyMs``), p50/p99/max; how many events, actions, coalesced
+(superseded) actions and effective shop writes (``/_sim/shop/writes``); and whether the shop
+ends holding each cell's available-to-sell. The goal (issue 13): p99 under 1 s at 100 events/s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from tests.benchmarks.bench_subscriptions import (  # noqa: E402
+    BASE_ON_HAND,
+    cpu_seconds,
+    generate,
+    machine,
+    note,
+    percentile,
+    warm_item_master,
+)
+
+
+def stats(values: list[float]) -> dict[str, float | int]:
+    return {"p50": round(percentile(values, 50), 1), "p99": round(percentile(values, 99), 1),
+            "max": round(max(values), 1) if values else float("nan"), "n": len(values)}
+
+
+def read_actions(redis_url: str) -> list[dict[str, str]]:
+    import redis
+
+    from resolvers.store.keys import OUTBOX_ALL_KEY as ALL_KEY
+    from resolvers.store.outbox import action_key
+
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        ids = client.zrange(ALL_KEY, 0, -1)
+        pipe = client.pipeline(transaction=False)
+        for i in ids:
+            pipe.hgetall(action_key(str(i)))
+        return list(pipe.execute())
+    finally:
+        client.close()
+
+
+def due(redis_url: str) -> int:
+    import redis
+
+    from resolvers.store.keys import OUTBOX_DUE_KEY as DUE_KEY
+
+    client = redis.Redis.from_url(redis_url)
+    try:
+        return int(client.zcard(DUE_KEY))
+    finally:
+        client.close()
+
+
+def one_run(redis_url: str, rate: float, args: argparse.Namespace) -> dict[str, Any]:
+    import httpx
+    import redis
+    from tests.test_replicas import Replicas
+
+    redis.Redis.from_url(redis_url).flushall()
+    tmp = Path(tempfile.mkdtemp(prefix=f"bench-sync-{int(rate)}-"))
+    os.environ["RETAILGRAPH_SYNC_ENABLED"] = "true"
+    with Replicas(redis_url, tmp, 1, skus=args.skus, stores=2, warehouses=2) as replicas:
+        world = replicas.world
+        skus = [world.items[i].sku for i in range(args.skus)]
+        cells = [(i, w) for i in range(args.skus) for w in range(len(world.warehouses))]
+        warm_item_master(replicas.url(0), skus)
+        shop = replicas.settings.backends["commerce"]
+        with httpx.Client(base_url=shop.base_url, timeout=30) as client:
+            client.delete("/_sim/shop/writes")
+        gateway_pid = replicas.pids()[0]
+        cpu_before = cpu_seconds(gateway_pid)
+        acked, load = asyncio.run(generate(replicas, cells, rate, args.duration, args.seed))
+        deadline = time.monotonic() + 120
+        while due(redis_url) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        time.sleep(args.settle)  # the last echoes
+        cpu_used = round(cpu_seconds(gateway_pid) - cpu_before, 1)
+        actions = read_actions(redis_url)
+        with httpx.Client(base_url=shop.base_url, timeout=30) as client:
+            writes = client.get("/_sim/shop/writes").json()["byKey"]
+        # The last value acknowledged per cell: the shop must end holding its ATS.
+        last: dict[tuple[str, str], int] = {}
+        for _t, sku, loc, on_hand, _sent in acked:
+            last[sku, loc] = on_hand
+        safety = {item.sku: item.safety_stock for item in world.items}
+        wrong = 0
+        with httpx.Client(base_url=shop.base_url, timeout=30) as client:
+            for (sku, loc), on_hand in last.items():
+                item = next(x for x in world.items if x.sku == sku)
+                site = next(x for x in world.warehouses if x.code == loc)
+                level = client.get("/admin/api/2025-01/inventory_levels.json", params={
+                    "inventory_item_ids": item.shopify_inventory_item_id,
+                    "location_ids": site.shopify_id}).json()["inventory_levels"][0]
+                if int(level["available"]) != max(0, on_hand - safety[sku]):
+                    wrong += 1
+    done = [a for a in actions if a.get("status") == "DONE"]
+    confirmed = [int(a["confirmedAt"]) - int(a["received"]) for a in done
+                 if a.get("confirmedAt") and a.get("received")]
+    answered = [int(a["completed"]) - int(a["received"]) for a in done
+                if a.get("completed") and a.get("received")]
+    by_status: dict[str, int] = {}
+    for a in actions:
+        by_status[a.get("status", "?")] = by_status.get(a.get("status", "?"), 0) + 1
+    return {"rate": rate, "acknowledged": len(acked),
+            "achieved_rate": round(len(acked) / load["elapsed"], 1),
+            "webhook_round_trip_ms": load["webhook_round_trip_ms"],
+            "failures": load["failures"], "cells": len(cells),
+            "actions": len(actions), "by_status": by_status,
+            "effective_shop_writes": sum(writes.values()),
+            "keys_written_more_than_once": sum(1 for n in writes.values() if n > 1),
+            "received_to_confirmed_ms": stats([float(x) for x in confirmed]),
+            "received_to_answered_ms": stats([float(x) for x in answered]),
+            "cells_wrong_at_the_end": wrong, "gateway_cpu_seconds": cpu_used,
+            "on_hand_base": BASE_ON_HAND, "logs": str(tmp)}
+
+
+OVERSELL = """{ discrepancies(kinds: [ONLINE_OVERSELL_RISK], first: 100) {
+  total edges { node { id sku locationId delta status } } } }"""
+
+
+def demo_run(sync: bool, minutes: float, port: int) -> dict[str, Any]:
+    """``retailgraph demo --activity 20`` for ``minutes``; ONLINE_OVERSELL_RISK over time."""
+    import signal
+    import subprocess
+
+    import httpx
+
+    env = {**os.environ, "RETAILGRAPH_SYNC_ENABLED": "true" if sync else "false",
+           "PYTHONUNBUFFERED": "1"}
+    log = Path(tempfile.mkdtemp(prefix="bench-sync-demo-")) / "demo.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "demo", "--port", str(port),
+                                 "--activity", "20"], cwd=ROOT, stdout=out,
+                                stderr=subprocess.STDOUT, env=env)
+    url = f"http://127.0.0.1:{port}/graphql"
+    samples: list[tuple[float, int, int]] = []  # (seconds, discrepancies, units at risk)
+    # A discrepancy lasts from the first poll that sees it to the last one in a row that does.
+    active: dict[str, tuple[float, float]] = {}
+    active_start: dict[str, float] = {}
+    durations: list[float] = []
+    distinct = 0
+    try:
+        with httpx.Client(timeout=30) as client:
+            deadline = time.monotonic() + 120
+            while True:
+                try:
+                    if client.post(url, json={"query": "{ locations { id } }"}).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"the demo did not start: {log}")
+                time.sleep(0.5)
+            started = time.monotonic()
+            while (now := time.monotonic() - started) < minutes * 60:
+                body = client.post(url, json={"query": OVERSELL}).json()
+                nodes = [e["node"] for e in body["data"]["discrepancies"]["edges"]]
+                samples.append((round(now, 1), body["data"]["discrepancies"]["total"],
+                                sum(max(0, n["delta"]) for n in nodes)))
+                present = {n["id"] for n in nodes}
+                for key in [k for k in active if k not in present]:
+                    durations.append(active.pop(key)[1] - active_start.pop(key))
+                for key in present:
+                    active_start.setdefault(key, now)
+                    active[key] = (active_start[key], now)
+                time.sleep(2.0)
+            for first, last in active.values():  # still open at the end
+                durations.append(last - first)
+            distinct = len(durations)
+            status = client.post(url, json={"query": "{ syncStatus { source push { writes "
+                                            "superseded echoes drift deadLetters latencyP50Ms "
+                                            "latencyP99Ms } } }"}).json()
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    minute = [(t, n, u) for t, n, u in samples]
+    per_minute = []
+    for m in range(int(minutes)):
+        window = [x for x in minute if m * 60 <= x[0] < (m + 1) * 60]
+        per_minute.append({"minute": m + 1,
+                           "max_discrepancies": max((n for _, n, _ in window), default=0),
+                           "max_units_at_risk": max((u for _, _, u in window), default=0),
+                           "mean_units_at_risk": round(sum(u for _, _, u in window)
+                                                       / max(1, len(window)), 1)})
+    return {"sync": sync, "minutes": minutes, "polls": len(samples),
+            "polls_with_any": sum(1 for _, n, _ in samples if n),
+            "max_discrepancies": max((n for _, n, _ in samples), default=0),
+            "max_units_at_risk": max((u for _, _, u in samples), default=0),
+            "distinct_discrepancies": distinct,
+            "lasting_s": stats(durations), "per_minute": per_minute,
+            "push": [s for s in status.get("data", {}).get("syncStatus", [])
+                     if s.get("push")], "log": str(log)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rates", type=float, nargs="+", default=[100, 500])
+    parser.add_argument("--duration", type=float, default=20, help="seconds of load per run")
+    parser.add_argument("--skus", type=int, default=200)
+    parser.add_argument("--settle", type=float, default=3)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--json", default="", help="also write the report here")
+    parser.add_argument("--demo", type=float, default=0, metavar="MINUTES",
+                        help="instead: the demo with --activity 20, sync off then on")
+    parser.add_argument("--port", type=int, default=18000, help="the demo's port (--demo)")
+    args = parser.parse_args()
+    from gateway.redis_server import start_server
+
+    host = machine()
+    if args.demo:
+        demo = [demo_run(sync, args.demo, args.port) for sync in (False, True)]
+        text = json.dumps({"machine": host, "demo": demo}, indent=2)
+        print(text)
+        if args.json:
+            Path(args.json).write_text(text)
+        return
+    server = start_server()
+    try:
+        runs = []
+        for rate in args.rates:
+            note(f"run at {rate} events/s")
+            runs.append(one_run(str(server.connection_url), rate, args))
+            note(json.dumps(runs[-1]))
+    finally:
+        server.stop()
+    report = {"machine": host, "params": {"duration": args.duration, "skus": args.skus},
+              "runs": runs}
+    text = json.dumps(report, indent=2)
+    print(text)
+    if args.json:
+        Path(args.json).write_text(text)
+
+
+if __name__ == "__main__":
+    main()
