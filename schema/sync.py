@@ -18,13 +18,14 @@ import strawberry
 from graphql import GraphQLError
 
 from resolvers.access import SYNC_READ, SYNC_WRITE
+from resolvers.store.keys import VOLATILE_TAG
 from resolvers.store.outbox import Action as ActionRecord
 from resolvers.store.outbox import ActionKind as KindRecord
 from resolvers.store.outbox import Finished
 from resolvers.store.outbox import Status as StatusRecord
 from schema.context import Ctx
 from schema.permissions import requires
-from schema.reconciliation import NEVER, VOLATILE_KEY, VOLATILE_TAG, PushStatus
+from schema.reconciliation import PushStatus
 from schema.types import PageInfo
 
 MAX_IDS = 1000  # SKUs, locations or targets one argument may name
@@ -125,8 +126,9 @@ def sync_of(info: Ctx) -> Any:
     return found
 
 
-async def _never_cached(sync: Any) -> None:
-    await sync.outbox.redis.set(VOLATILE_KEY, NEVER)
+async def _never_cached(info: Ctx) -> None:
+    if info.context.reconciliation is not None:
+        await info.context.reconciliation.mark_volatile()
 
 
 def _ids(value: list[strawberry.ID] | list[str] | None, what: str) -> frozenset[str] | None:
@@ -173,7 +175,7 @@ async def sync_actions(
         None if wanted_locations is None else sorted(wanted_locations))
     states = None if status is None else {StatusRecord(s.value) for s in status}
     sync = sync_of(info)
-    await _never_cached(sync)
+    await _never_cached(info)
 
     def accept(a: ActionRecord) -> bool:
         if wanted_targets is not None and a.target not in wanted_targets:
@@ -230,7 +232,7 @@ async def sync_now(
     allowed = info.context.principal.restrict(
         None if wanted_locations is None else sorted(wanted_locations))
     sync = sync_of(info)
-    await _never_cached(sync)
+    await _never_cached(info)
     if not sync.rules.enabled:
         raise GraphQLError("sync is off (sync.enabled = false)",
                            extensions={"code": "SERVICE_UNAVAILABLE"})
@@ -254,7 +256,7 @@ async def sync_action_completed(
         None if wanted_locations is None else sorted(wanted_locations))
     sync = sync_of(info)
     # The caller's subscriptions on this replica are counted together (gateway.subscriptions).
-    quota = info.context.graph.feed.quota if info.context.graph.feed is not None else None
+    quota = info.context.feed.quota if info.context.feed is not None else None
     owner = info.context.client
     if quota is not None:
         quota.check(owner)

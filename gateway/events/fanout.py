@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -189,7 +189,7 @@ class KeyedFeed(Generic[K]):
     async def run(self) -> None:
         await self.fanout.run()
 
-    async def subscribe(self, accept: Callable[[K], bool]) -> AsyncIterator[K]:
+    async def subscribe(self, accept: Callable[[K], bool]) -> AsyncGenerator[K, None]:
         listener: KeyedListener[K] = KeyedListener(accept, self.buffer_limit)
         await self.fanout.join(listener)
         try:

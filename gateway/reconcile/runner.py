@@ -771,10 +771,10 @@ class Rechecker:
     async def _read_missing(self, wanted: Sequence[tuple[str, str, LocationType, str, list[str]]],
                             raws: dict[tuple[str, str], Any]
                             ) -> dict[tuple[str, str, str], StockView]:
-        """The other half of a warehouse's oversell check when the cache holds only one of
-        the system of record's and the shop's views of the cell, read through it (one
-        batched call per backend): a shop claim far above the warehouse is judged within a
-        second of its webhook even when the warehouse's cell was never read. The ERP's
+        """The warehouse's view of a cell whose shop view the cache holds and whose system of
+        record's it does not, read through it (one batched call): a shop claim far above
+        the warehouse is judged within a second of its webhook even when the warehouse's
+        cell was never read. The ERP's
         snapshot is left to the runs (its drift is a slow matter). A SKU read through is not
         read again for ``READ_THROUGH_SECONDS`` (under an event storm the cache may refuse the
         fills: an event touched the entry meanwhile)."""
@@ -786,18 +786,19 @@ class Rechecker:
         for sku, loc_id, loc_type, record, _others in wanted:
             if loc_type is not LocationType.WAREHOUSE:
                 continue
-            pair = (record, b.commerce.name)
-            held = [loc_id in parse_views(sku, source, raws[sku, source], [loc_id])[1]
-                    for source in pair]
-            if held.count(True) != 1:
-                continue  # both cached (judged as is) or neither (nothing to judge)
-            source = pair[held.index(False)]
-            if (sku, source) not in self._read_at:
-                missing.setdefault(source, set()).add(sku)
+            def cached(source: str, sku: str = sku, loc_id: str = loc_id) -> bool:
+                return loc_id in parse_views(sku, source, raws[sku, source], [loc_id])[1]
+
+            # The shop's claim is cached (its webhook), the warehouse's truth is not: read it.
+            # (Not the other way round: the shop's level read through would cache its on-hand
+            # and committed, which its webhooks never update.)
+            if cached(b.commerce.name) and not cached(record) \
+                    and (sku, record) not in self._read_at:
+                missing.setdefault(record, set()).add(sku)
         if not missing:
             return {}
         loaders = self.graph.loaders()
-        by_source = {b.wms.name: loaders.warehouse_stock, b.commerce.name: loaders.online_stock}
+        by_source = {b.wms.name: loaders.warehouse_stock}
         out: dict[tuple[str, str, str], StockView] = {}
         for source, skus in missing.items():
             ordered = sorted(skus)

@@ -61,7 +61,7 @@ def build(settings: Settings, graph: RetailGraph, redis: Any,
     rules = Rules.of(settings.sync)
     targets = targets_of(graph)
     outbox = Outbox(redis, token=str(ULID()))
-    executor = Executor(outbox, settings.sync, rules, targets, CachedInputs(graph),
+    executor = Executor(outbox, settings.sync, rules, targets, CachedInputs(graph, redis),
                         reservations)
 
     async def locations() -> dict[str, LocationRecord]:

@@ -53,6 +53,7 @@ from resolvers.store.outbox import (
     cell_id,
     parse_cell,
 )
+from resolvers.store.reservations import ReservationStore
 from resolvers.types import LocationRecord, MasterItem, StockView
 from resolvers.writes import ItemTarget, ItemWrite, Outcome, StockTarget, StockWrite, WriteResult
 
@@ -80,10 +81,20 @@ class Reservations(Protocol):
 
 
 class NoReservations:
-    """Until reservations exist, nothing is held."""
+    """Nothing held (a gateway without reservations, and the unit tests)."""
 
     async def held(self, sku: str, location_id: str) -> int:
         return 0
+
+
+class HeldInStore:
+    """:class:`Reservations` from the reservations' store (resolvers/store/reservations.py)."""
+
+    def __init__(self, store: ReservationStore) -> None:
+        self.store = store
+
+    async def held(self, sku: str, location_id: str) -> int:
+        return (await self.store.held([sku])).get(sku, {}).get(location_id, 0)
 
 
 Locations = Callable[[], Awaitable[dict[str, LocationRecord]]]
@@ -134,7 +145,14 @@ class Recorder:
         cause = Cause(entry_id=entry_id, event_id=e.id, source=e.source,
                       received_ms=int(e.received_at.timestamp() * 1000))
         recorded = False
-        if e.kind in (EventKind.LEVEL_SNAPSHOT, EventKind.MOVEMENT) and e.sku and \
+        if e.kind is EventKind.HOLD and e.sku and e.location_id:
+            # A reservation held or gave back units: an input of available-to-sell.
+            location = (await self.locations()).get(e.location_id)
+            if location is not None and rules.fulfils_online(self.rules, location):
+                await self.outbox.record(
+                    cell_id(self.targets.shop, ActionKind.STOCK, e.sku, e.location_id), cause)
+                recorded = True
+        elif e.kind in (EventKind.LEVEL_SNAPSHOT, EventKind.MOVEMENT) and e.sku and \
                 e.location_id and e.quantities is not None:
             location = (await self.locations()).get(e.location_id)
             if location is None or not rules.fulfils_online(self.rules, location):

@@ -89,7 +89,8 @@ def due(redis_url: str) -> int:
 def one_run(redis_url: str, rate: float, args: argparse.Namespace) -> dict[str, Any]:
     import httpx
     import redis
-    from tests.test_replicas import Replicas
+
+    from tests.e2e.test_replicas import Replicas
 
     redis.Redis.from_url(redis_url).flushall()
     tmp = Path(tempfile.mkdtemp(prefix=f"bench-sync-{int(rate)}-"))

@@ -32,7 +32,7 @@ def synced(redis_url: str) -> Iterator[Stack]:
         yield running
 
 
-def wait_for(check: Callable[[], Any], timeout: float = 15.0, what: str = "") -> Any:
+def wait_for(check: Callable[[], Any], timeout: float = 30.0, what: str = "") -> Any:
     deadline = time.monotonic() + timeout
     while True:
         result = check()
@@ -364,8 +364,8 @@ def test_kill_9_of_a_replica_during_pushes(redis_url: str, tmp_path: Path,
     import httpx
 
     from resolvers.connectors.http import auth_headers
+    from tests.e2e.test_replicas import Replicas
     from tests.helpers_webhooks import Signer
-    from tests.test_replicas import Replicas
 
     monkeypatch.setenv("RETAILGRAPH_SYNC_ENABLED", "true")
     monkeypatch.setenv("RETAILGRAPH_SYNC_RETRY_CAP_SECONDS", "1")
@@ -404,11 +404,11 @@ def test_kill_9_of_a_replica_during_pushes(redis_url: str, tmp_path: Path,
 
         for cell in cells:
             wanted = max(0, last[cell] - world.items[cell[0]].safety_stock)
-            wait_for(lambda cell=cell, wanted=wanted: shop_holds(cell) == wanted, timeout=60,
+            wait_for(lambda cell=cell, wanted=wanted: shop_holds(cell) == wanted, timeout=120,
                      what=f"the push of {cell}")
         client = redis.Redis.from_url(redis_url, decode_responses=True)
         try:
-            wait_for(lambda: client.zcard(DUE_KEY) == 0, timeout=30, what="nothing due")
+            wait_for(lambda: client.zcard(DUE_KEY) == 0, timeout=60, what="nothing due")
             statuses = [client.hget(action_key(i), "status")
                         for i in client.zrange(ALL_KEY, 0, -1)]
         finally:
@@ -440,3 +440,44 @@ def test_the_re_check_judges_a_cell_whose_views_are_not_cached(stack: Stack) -> 
     found = wait_for(listed, timeout=5, what="the re-check")
     assert found[0]["node"]["locationId"] == site.code
     assert found[0]["node"]["delta"] == 50
+
+
+async def test_sync_action_completed_streams_finished_actions(synced: Stack) -> None:
+    import asyncio
+
+    from tests.e2e.test_http_transports import stream
+
+    item = synced.world.items[22]
+    query = ("subscription($s: [ID!]) { syncActionCompleted(skus: $s) "
+             "{ id target kind sku locationId desired status latencyMs } }")
+    async with stream(synced.url, "sse", query, {"s": [item.sku]}) as live:
+        await asyncio.sleep(0.5)  # subscribed on the replica
+        before = await asyncio.to_thread(wms_available, synced, 22, 1)
+        await asyncio.to_thread(count, synced, 23, 1, before + 3)  # another SKU: not for us
+        await asyncio.to_thread(count, synced, 22, 1, before + 6)
+        expected = await asyncio.to_thread(ats, synced, 22, 1)
+        got = (await live.data(within=15))["syncActionCompleted"]
+    assert (got["sku"], got["locationId"], got["kind"], got["target"]) == (
+        item.sku, synced.world.warehouses[1].code, "STOCK", "commerce")
+    assert (got["status"], got["desired"]) == ("DONE", expected)
+    assert got["latencyMs"] is not None
+
+
+def test_units_held_by_a_reservation_are_not_offered_online(synced: Stack) -> None:
+    item, site = synced.world.items[26], synced.world.warehouses[0]
+    count(synced, 26, 0, wms_available(synced, 26, 0) + 12)
+    wait_for(lambda: shop_available(synced, 26, 0) == ats(synced, 26, 0), what="the push")
+    held = synced.graphql(
+        "mutation($i: ReserveStockInput!) { reserveStock(input: $i) { reservation { id } "
+        "userErrors { code message } } }",
+        {"i": {"sku": item.sku, "locationId": site.code, "quantity": 4,
+               "idempotencyKey": "checkout-1"}})
+    assert held["data"]["reserveStock"]["reservation"], held
+    wait_for(lambda: shop_available(synced, 26, 0) == ats(synced, 26, 0) - 4,
+             what="the hold to reach the shop")
+    released = synced.graphql(
+        "mutation($id: ID!) { releaseReservation(id: $id) { reservation { status } } }",
+        {"id": held["data"]["reserveStock"]["reservation"]["id"]})
+    assert "errors" not in released, released
+    wait_for(lambda: shop_available(synced, 26, 0) == ats(synced, 26, 0),
+             what="the units back online")

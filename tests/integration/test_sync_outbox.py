@@ -3,7 +3,7 @@ Redis server.
 
 The target here is an in-memory store behind the StockTarget port, so each outcome
 (stale compare-and-set, throttling, failures, a lost answer) can be forced exactly; the
-end-to-end tests against the shop simulator are in tests/test_sync.py.
+end-to-end tests against the shop simulator are in tests/e2e/test_sync.py.
 """
 
 from __future__ import annotations
