@@ -175,6 +175,7 @@ def demo_run(sync: bool, minutes: float, port: int) -> dict[str, Any]:
     active_start: dict[str, float] = {}
     durations: list[float] = []
     distinct = 0
+    errors = 0
     try:
         with httpx.Client(timeout=30) as client:
             deadline = time.monotonic() + 120
@@ -190,6 +191,10 @@ def demo_run(sync: bool, minutes: float, port: int) -> dict[str, Any]:
             started = time.monotonic()
             while (now := time.monotonic() - started) < minutes * 60:
                 body = client.post(url, json={"query": OVERSELL}).json()
+                if not (body.get("data") or {}).get("discrepancies"):
+                    errors += 1  # a refused or failed poll (reported), not a sample
+                    time.sleep(2.0)
+                    continue
                 nodes = [e["node"] for e in body["data"]["discrepancies"]["edges"]]
                 samples.append((round(now, 1), body["data"]["discrepancies"]["total"],
                                 sum(max(0, n["delta"]) for n in nodes)))
@@ -221,7 +226,7 @@ def demo_run(sync: bool, minutes: float, port: int) -> dict[str, Any]:
                            "max_units_at_risk": max((u for _, _, u in window), default=0),
                            "mean_units_at_risk": round(sum(u for _, _, u in window)
                                                        / max(1, len(window)), 1)})
-    return {"sync": sync, "minutes": minutes, "polls": len(samples),
+    return {"sync": sync, "minutes": minutes, "polls": len(samples), "failed_polls": errors,
             "polls_with_any": sum(1 for _, n, _ in samples if n),
             "max_discrepancies": max((n for _, n, _ in samples), default=0),
             "max_units_at_risk": max((u for _, _, u in samples), default=0),
