@@ -90,6 +90,7 @@ def one_run(redis_url: str, rate: float, args: argparse.Namespace) -> dict[str, 
     import httpx
     import redis
 
+    from resolvers.connectors.http import auth_headers
     from tests.e2e.test_replicas import Replicas
 
     redis.Redis.from_url(redis_url).flushall()
@@ -101,7 +102,7 @@ def one_run(redis_url: str, rate: float, args: argparse.Namespace) -> dict[str, 
         cells = [(i, w) for i in range(args.skus) for w in range(len(world.warehouses))]
         warm_item_master(replicas.url(0), skus)
         shop = replicas.settings.backends["commerce"]
-        with httpx.Client(base_url=shop.base_url, timeout=30) as client:
+        with httpx.Client(base_url=shop.base_url, headers=auth_headers(shop), timeout=30) as client:
             client.delete("/_sim/shop/writes")
         gateway_pid = replicas.pids()[0]
         cpu_before = cpu_seconds(gateway_pid)
@@ -112,7 +113,7 @@ def one_run(redis_url: str, rate: float, args: argparse.Namespace) -> dict[str, 
         time.sleep(args.settle)  # the last echoes
         cpu_used = round(cpu_seconds(gateway_pid) - cpu_before, 1)
         actions = read_actions(redis_url)
-        with httpx.Client(base_url=shop.base_url, timeout=30) as client:
+        with httpx.Client(base_url=shop.base_url, headers=auth_headers(shop), timeout=30) as client:
             writes = client.get("/_sim/shop/writes").json()["byKey"]
         # The last value acknowledged per cell: the shop must end holding its ATS.
         last: dict[tuple[str, str], int] = {}
@@ -120,7 +121,7 @@ def one_run(redis_url: str, rate: float, args: argparse.Namespace) -> dict[str, 
             last[sku, loc] = on_hand
         safety = {item.sku: item.safety_stock for item in world.items}
         wrong = 0
-        with httpx.Client(base_url=shop.base_url, timeout=30) as client:
+        with httpx.Client(base_url=shop.base_url, headers=auth_headers(shop), timeout=30) as client:
             for (sku, loc), on_hand in last.items():
                 item = next(x for x in world.items if x.sku == sku)
                 site = next(x for x in world.warehouses if x.code == loc)
