@@ -542,7 +542,9 @@ def test_graphql_ws_client_sees_the_refusals_and_the_expiry(guarded: Stack) -> N
     """npm graphql-ws: the rate limit's refusal reaches the app as GraphQL errors with the
     HTTP code, and a socket whose token expires is closed with 4403."""
     credential = token()
-    expiring = token(ttl=2)
+    # Long enough for a slow node start and the RATE queries before it on a loaded machine:
+    # expired before its connection_init, the socket is refused ("Forbidden"), not expired.
+    expiring = token(ttl=8)
     run = run_client("graphql-ws-guard.mjs", {
         "ws": ws_url(guarded.url), "key": credential, "query": LOCATIONS,
         "count": RATE, "expiringKey": expiring, "subscription": STOCK_CHANGED}, timeout=120)
