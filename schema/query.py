@@ -33,6 +33,7 @@ from schema.types import (
     ProductEdge,
     StockLevel,
     UnmappedIdentifier,
+    check_page_size,
     parse_stock_level_key,
 )
 
@@ -81,8 +82,7 @@ class Query:
                            description="endCursor of the previous page.")] = None,
                        ) -> ProductConnection:
         limit = info.context.graph.settings.max_page_size
-        if not 1 <= first <= limit:
-            raise BadUserInput(f"first must be between 1 and {limit}, got {first}")
+        check_page_size(first, limit)
         after_sku = decode_cursor(after) if after else None
         items, next_cursor = await info.context.graph.backends.erp.items_page(after_sku, first)
         info.context.loaders.master.prime_many({item.sku: item for item in items})

@@ -31,7 +31,7 @@ from resolvers.types import INT_MAX, INT_MIN, saturate
 from schema.context import Ctx
 from schema.permissions import requires
 from schema.sources import SourceRole, SourceView, age_seconds, source_views
-from schema.types import Location, PageInfo
+from schema.types import Location, PageInfo, check_page_size
 
 
 @strawberry.enum(description="How the systems disagree. ONLINE_OVERSELL_RISK: the web shop "
@@ -209,8 +209,7 @@ async def discrepancies(
             description="endCursor of the previous page.")] = None,
 ) -> DiscrepancyConnection | None:
     limit = info.context.graph.settings.max_page_size
-    if not 1 <= first <= limit:
-        raise BadUserInput(f"first must be between 1 and {limit}, got {first}")
+    check_page_size(first, limit)
     if min_delta < 0:
         raise BadUserInput("minDelta must be 0 or more")
     reconciliation = await _reconciliation(info)

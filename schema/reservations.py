@@ -20,7 +20,7 @@ from resolvers.store import reservations as store
 from schema.context import Ctx
 from schema.permissions import requires
 from schema.sync import SyncNowResult, sync_now_field
-from schema.types import Location, PageInfo
+from schema.types import Location, PageInfo, check_page_size
 
 ReservationStatus = strawberry.enum(
     store.ReservationStatus, name="ReservationStatus",
@@ -221,8 +221,7 @@ async def reservations(
 ) -> ReservationConnection:
     _no_store(info)
     limit = info.context.graph.settings.max_page_size
-    if not 1 <= first <= limit:
-        raise BadUserInput(f"first must be between 1 and {limit}, got {first}")
+    check_page_size(first, limit)
     position = decode_cursor(after) if after is not None else None
     found, more = await _service(info).page(
         info.context.principal, _given(sku), _given(location_id), status, reference, position,

@@ -25,7 +25,7 @@ from schema.context import Ctx
 from schema.permissions import requires
 from schema.reconciliation import DiscrepancyNotice, discrepancy_detected_field
 from schema.sync import SyncAction, sync_action_completed_field
-from schema.types import Availability, StockLevel
+from schema.types import Availability, StockLevel, check_page_size
 
 T = TypeVar("T")
 
@@ -329,8 +329,7 @@ async def stock_events(info: Ctx, skus: SkusArg = None, location_ids: LocationsA
                        ) -> StockChangePage | None:
     """Past stock changes (the same log and cursors as the subscriptions)."""
     limit = info.context.graph.settings.max_page_size
-    if not 1 <= first <= limit:
-        raise BadUserInput(f"first must be between 1 and {limit}, got {first}")
+    check_page_size(first, limit)
     page = await _feed(info).history(_filter(info, skus, location_ids), after, first)
     safety = await safety_stocks(info, (x.sku for x in page.changes))
     changes = [c for c in (to_graphql(info, x, safety[x.sku]) for x in page.changes)

@@ -15,9 +15,9 @@ from enum import Enum
 from typing import Annotated, Any
 
 import strawberry
-from graphql import GraphQLError
 
 from resolvers.access import SYNC_READ, SYNC_WRITE
+from resolvers.errors import BadUserInput, ServiceUnavailable
 from resolvers.store.keys import VOLATILE_TAG
 from resolvers.store.outbox import Action as ActionRecord
 from resolvers.store.outbox import ActionKind as KindRecord
@@ -26,7 +26,7 @@ from resolvers.store.outbox import Status as StatusRecord
 from schema.context import Ctx
 from schema.permissions import requires
 from schema.reconciliation import PushStatus
-from schema.types import PageInfo
+from schema.types import PageInfo, check_page_size
 
 MAX_IDS = 1000  # SKUs, locations or targets one argument may name
 SCANNED = 20_000  # actions a page looks through for matches before it ends
@@ -120,8 +120,7 @@ def sync_of(info: Ctx) -> Any:
     without an event on the SKUs the response shows)."""
     found = getattr(info.context.graph, "sync", None)
     if found is None:
-        raise GraphQLError("sync unavailable (Redis not connected)",
-                           extensions={"code": "SERVICE_UNAVAILABLE"})
+        raise ServiceUnavailable("sync unavailable (Redis not connected)")
     info.context.loaders.freshness.tags.add(VOLATILE_TAG)
     return found
 
@@ -135,8 +134,7 @@ def _ids(value: list[strawberry.ID] | list[str] | None, what: str) -> frozenset[
     if value is None:
         return None
     if len(value) > MAX_IDS:
-        raise GraphQLError(f"{what} names more than {MAX_IDS}",
-                           extensions={"code": "BAD_USER_INPUT"})
+        raise BadUserInput(f"{what} names more than {MAX_IDS}")
     return frozenset(str(x) for x in value)
 
 
@@ -159,14 +157,11 @@ async def sync_actions(
             description="endCursor of the previous page.")] = None,
 ) -> SyncActionConnection | None:
     limit = info.context.graph.settings.max_page_size
-    if not 1 <= first <= limit:
-        raise GraphQLError(f"first must be between 1 and {limit}, got {first}",
-                           extensions={"code": "BAD_USER_INPUT"})
+    check_page_size(first, limit)
     before: int | None = None
     if after is not None:
         if not after.isdigit() or len(after) > 19:
-            raise GraphQLError("after: not a cursor of syncActions",
-                               extensions={"code": "BAD_USER_INPUT"})
+            raise BadUserInput("after: not a cursor of syncActions")
         before = int(after)
     wanted_targets, wanted_skus = _ids(targets, "targets"), _ids(skus, "skus")
     wanted_locations = _ids(location_ids, "locationIds")
@@ -227,21 +222,20 @@ async def sync_now(
 ) -> SyncNowResult:
     wanted_skus = _ids(skus, "skus")
     if not wanted_skus:
-        raise GraphQLError("skus: name at least one SKU", extensions={"code": "BAD_USER_INPUT"})
+        raise BadUserInput("skus: name at least one SKU")
     wanted_locations = _ids(location_ids, "locationIds")
     allowed = info.context.principal.restrict(
         None if wanted_locations is None else sorted(wanted_locations))
     sync = sync_of(info)
     await _never_cached(info)
     if not sync.rules.enabled:
-        raise GraphQLError("sync is off (sync.enabled = false)",
-                           extensions={"code": "SERVICE_UNAVAILABLE"})
+        raise ServiceUnavailable("sync is off (sync.enabled = false)")
     try:
         recorded = await sync.recorder.now(
             sorted(wanted_skus), None if allowed is None else set(allowed),
             _ids(targets, "targets"), items=info.context.principal.locations is None)
     except ValueError as exc:
-        raise GraphQLError(str(exc), extensions={"code": "BAD_USER_INPUT"}) from exc
+        raise BadUserInput(str(exc)) from exc
     return SyncNowResult(actions=[strawberry.ID(i) for i in recorded], queued=len(recorded))
 
 

@@ -15,6 +15,7 @@ import strawberry
 
 from resolvers import merge
 from resolvers.access import DISCREPANCIES_READ, STOCK_READ, Forbidden
+from resolvers.errors import BadUserInput
 from resolvers.identity import node_id
 from resolvers.types import (
     LocationRecord,
@@ -344,6 +345,12 @@ class Product(Node):
     async def purchase_orders(self, info: Ctx) -> list[PurchaseOrderLine] | None:
         lines = await info.context.loaders.purchase_orders.load(str(self.sku))
         return [PurchaseOrderLine.of(x) for x in lines]
+
+
+def check_page_size(first: int, limit: int) -> None:
+    """Every paged field's ``first``: 1 to ``max_page_size`` (``limit``), else BAD_USER_INPUT."""
+    if not 1 <= first <= limit:
+        raise BadUserInput(f"first must be between 1 and {limit}, got {first}")
 
 
 @strawberry.type(description="Relay page information.")
