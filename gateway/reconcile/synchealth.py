@@ -15,6 +15,8 @@ Gaps, and healing them:
   above the contiguous high-water mark wait ``GAP_GRACE`` (a reordered delivery fills its hole
   in that time); a hole still open then is a gap, healed by a reconciliation run of the ERP
   alone (its missed events cannot be fetched, but their effect is in the snapshot it serves).
+  Number 1 after others (a restarted ERP), or a number more than 2^32 away from the mark
+  either way, starts the numbering again there.
 - The WMS numbers each cell (``wms:sequence``): an event whose number is more than one past
   the cached cell's is a gap at that cell, healed by fetching the cell's missed movements
   (``GET /api/v1/events?after=``) and applying them, in order, through the log.
@@ -72,13 +74,22 @@ SQUARE_EVENTS_KEPT = timedelta(days=28) - timedelta(hours=1)
 # ordered, so one created earlier may be the one lost (duplicates change nothing).
 SQUARE_EVENTS_MARGIN = timedelta(minutes=5)
 
+# A number this far from the high-water mark, either way, is a renumbering, not a hole or a
+# late delivery: no ERP sends 2^32 events within a gap's grace, and one numbered 2^53 (signed,
+# but no number the ERP's own counter reached) would otherwise turn into a hole of billions
+# and leave every genuine number after it "already seen", so that a real loss afterwards
+# was never detected. The numbering starts again from it; the next genuine number, as far
+# the other way, starts it again from there.
+RENUMBER_DISTANCE = 2**32
+
 SEQUENCE_LUA = """
-local s, now = tonumber(ARGV[1]), ARGV[2]
+local s, now, far = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3])
 local hwm = tonumber(redis.call('HGET', KEYS[1], 'hwm') or '-1')
-if hwm < 0 or (s == 1 and hwm >= 1) then
+if hwm < 0 or (s == 1 and hwm >= 1) or s > hwm + far or s < hwm - far then
   redis.call('DEL', KEYS[2])
   redis.call('HSET', KEYS[1], 'hwm', s)
   redis.call('HDEL', KEYS[1], 'since')
+  if hwm >= 0 and s ~= 1 then return 2 end
   return 0
 end
 if s <= hwm then return 0 end
@@ -236,8 +247,12 @@ class SyncHealth:
         if backend.format == "erp" and isinstance(payload, dict):
             sequence = payload.get("sequence")
             if isinstance(sequence, int) and not isinstance(sequence, bool) and sequence > 0:
-                await self._sequence(keys=[_k("seq", name), _k("seqpending", name)],
-                                     args=[sequence, _ms(datetime.now(UTC))])
+                found = await self._sequence(
+                    keys=[_k("seq", name), _k("seqpending", name)],
+                    args=[sequence, _ms(datetime.now(UTC)), RENUMBER_DISTANCE])
+                if found == 2:
+                    log.warning("%s: event numbered %d is more than 2^32 from the ones before "
+                                "it: its numbering starts again there", name, sequence)
 
     async def rejected(self, source: str, reason: str) -> None:
         # Counters only: they must not hold up the answer (a 503 while Redis is sick).

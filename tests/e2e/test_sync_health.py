@@ -14,6 +14,7 @@ import httpx
 import pytest
 import redis
 
+from tests.helpers_webhooks import Signer, post
 from tests.support import Stack
 
 STATUS = """{ syncStatus { source system lastEventReceivedAt lastEventOccurredAt eventsReceived
@@ -160,6 +161,31 @@ def test_a_lost_erp_event_is_a_sequence_gap_healed_by_reconciling_the_erp(
     erp_after = {v["role"]: v["onHand"] for v in views["data"]["stockLevel"]["views"]}
     assert erp_before["ERP_SNAPSHOT"] != 777
     assert erp_after["ERP_SNAPSHOT"] == 777
+
+
+def test_an_erp_number_far_from_the_others_does_not_hide_later_losses(stack: Stack) -> None:
+    """A signed ERP event numbered 2^53 - 1 (in range, but no number the ERP's counter
+    reached) is no hole of billions: the numbering starts again there, and again at the next
+    genuine number, so a delivery lost after it is still a gap of exactly that number."""
+    code = stack.world.warehouses[0].code
+    erp_override(stack, 3, code, 40)  # sequence 1
+    stack.drain_webhooks()
+    signer = Signer(stack.settings, stack.world)
+    response = post(stack.url, signer.erp(signer.erp_stock(4, code, 12, 2**53 - 1)))
+    assert response.status_code == 200, response.text
+    time.sleep(3.5)  # longer than the grace a hole gets before it is a gap
+    erp_override(stack, 3, code, 41)  # sequence 2
+    faults(stack, "erp", drop_rate=1.0)
+    erp_override(stack, 3, code, 42)  # sequence 3: lost
+    faults(stack, "erp", drop_rate=0.0)
+    erp_override(stack, 3, code, 43)  # sequence 4
+    stack.drain_webhooks()
+    wait_for(lambda: status(stack)["erp"]["gapsHealed"] >= 1)
+    time.sleep(1.5)  # a tick more: nothing else is found
+    erp = status(stack)["erp"]
+    assert [(g["reason"], g["fromSequence"], g["toSequence"]) for g in erp["recentGaps"]] == [
+        ("sequence", 3, 3)]
+    assert not erp["openSequenceGap"]
 
 
 def test_reordered_erp_deliveries_are_no_gap(stack: Stack) -> None:
