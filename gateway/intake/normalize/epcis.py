@@ -44,9 +44,7 @@ def epcis(d: Delivery, identity: IdentityMap) -> tuple[str, list[Envelope]]:
             raise Malformed(f"eventList[{n}] carries no wms:balance/wms:sequence")
         if view is None:
             raise Unappliable(f"eventList[{n}]: unmapped GTIN {m.gtin14} or location {m.sgln}")
-        q = view.quantities
-        if any(v is not None and v < 0 for v in (q.on_hand, q.available, q.committed)):
-            raise Unappliable(f"eventList[{n}]: impossible negative quantity in wms:balance")
+        q = view.quantities  # never negative: wms.balance_to_view refuses that (Malformed)
         not_future(d, m.occurred_at, f"eventList[{n}].eventTime")
         if m.recorded_at is not None:
             not_future(d, m.recorded_at, f"eventList[{n}].recordTime")
