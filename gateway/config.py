@@ -23,13 +23,16 @@ from typing import Any
 
 from strawberry.http.websocket_origin import normalize_allowed_origins
 
+from resolvers.errors import RetailgraphError
 from resolvers.settings import BACKEND_FORMATS, BackendFormat, BackendSettings
 
 ENV_PREFIX = "RETAILGRAPH_"
 
 
-class ConfigError(ValueError):
+class ConfigError(RetailgraphError, ValueError):
     """The configuration is incomplete or contradictory; the message names the setting."""
+
+    code = "CONFIG_ERROR"
 
 
 @dataclass(slots=True)

@@ -8,6 +8,14 @@
     ├── ServiceUnavailable           a part the answer needs is not there (SERVICE_UNAVAILABLE)
     │   └── CacheUnavailable         Redis cannot be reached (resolvers/abc.py)
     ├── Forbidden                    not allowed to read this (FORBIDDEN, resolvers/access.py)
+    ├── ConfigError                  a setting missing or contradictory (gateway/config.py; also
+    │                                a ValueError); the service does not start
+    ├── BodyTimeout                  a request body slower than its deadline: 408
+    │                                (gateway/http/asgi.py)
+    ├── Rejected                     a webhook delivery refused with its HTTP status
+    │                                (gateway/intake/webhooks.py)
+    ├── CellMissing                  the cache lacks a cell a reservation needs: read it through
+    │                                and retry (resolvers/store/reservations.py; never shown)
     └── BackendError                 a backend could not answer usefully
         ├── BackendUnavailable       connect error, connection reset (code BACKEND_UNAVAILABLE)
         ├── BackendTimeout           no answer in time (code BACKEND_TIMEOUT)

@@ -15,6 +15,8 @@ import orjson
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from resolvers.errors import RetailgraphError
+
 log = logging.getLogger("retailgraph.asgi")
 
 BodyState = Literal["complete", "over", "gone"]
@@ -24,8 +26,10 @@ FULL_GRACE_SECONDS = 0.05
 RETRY_AFTER_SECONDS = 1
 
 
-class BodyTimeout(Exception):
-    """The body did not arrive within its deadline."""
+class BodyTimeout(RetailgraphError):
+    """The body did not arrive within its deadline (answered 408)."""
+
+    code = "BODY_TIMEOUT"
 
 
 async def receive_body(receive: Receive, limit: int | None = None,

@@ -32,14 +32,17 @@ from gateway.http import limits
 from gateway.http.asgi import receive_body
 from gateway.intake import signatures
 from gateway.intake.normalize import NORMALIZERS, Delivery, Malformed, Unappliable
+from resolvers.errors import RetailgraphError
 from resolvers.graph import RetailGraph
 from resolvers.settings import BackendSettings
 
 log = logging.getLogger("retailgraph.webhooks")
 
 
-class Rejected(Exception):
-    """A delivery we refuse; ``reason`` is a short label for metrics."""
+class Rejected(RetailgraphError):
+    """A delivery we refuse (answered ``status``); ``reason`` is a short label for metrics."""
+
+    code = "WEBHOOK_REJECTED"
 
     def __init__(self, status: int, reason: str, message: str) -> None:
         super().__init__(message)

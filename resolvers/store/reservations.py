@@ -44,6 +44,7 @@ from typing import Any, Protocol
 
 import orjson
 
+from resolvers.errors import RetailgraphError
 from resolvers.store.keys import (
     RESERVATIONS_DUE,
     RESERVATIONS_INDEX,
@@ -366,9 +367,12 @@ class Changed:
     refused: bool = False
 
 
-class CellMissing(Exception):
+class CellMissing(RetailgraphError):
     """The event cache holds no ``available`` for the cell: read it from the backend and
-    try again with it (``generation``: the views entry's generation before the read)."""
+    try again with it (``generation``: the views entry's generation before the read).
+    Caught by the reservation service, never shown to a client."""
+
+    code = "CELL_MISSING"
 
     def __init__(self, generation: str) -> None:
         super().__init__(generation)
