@@ -12,11 +12,14 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import uvicorn
 from starlette.types import ASGIApp
+
+if TYPE_CHECKING:
+    from gateway.simulators.world import World
 
 # Loopback ports for test servers: below the kernel's ephemeral range (32768+ on Linux), so no
 # outgoing connection takes one, and split between pytest-xdist workers (worker i of n gets
@@ -182,6 +185,25 @@ def serve(app: ASGIApp, port: int | None = None,
         server.stop()
 
 
+SQUARE_CHANGES = "/v2/inventory/changes/batch-create"
+
+
+def square_sale(world: World, i: int, store: int, quantity: int) -> dict[str, Any]:
+    """The Square API body of a sale of ``quantity`` of item ``i`` at store ``store``."""
+    item, location = world.items[i], world.stores[store]
+    return {"idempotency_key": str(uuid.uuid4()), "changes": [{
+        "type": "ADJUSTMENT", "adjustment": {
+            "catalog_object_id": item.square_variation_id, "location_id": location.square_id,
+            "from_state": "IN_STOCK", "to_state": "SOLD", "quantity": str(quantity)}}]}
+
+
+def in_stock_after(response: httpx.Response, variation_id: str) -> int:
+    """The IN_STOCK count of ``variation_id`` in Square's answer to a change."""
+    assert response.status_code == 200, response.text
+    return next(int(c["quantity"]) for c in response.json()["counts"]
+                if c["state"] == "IN_STOCK" and c["catalog_object_id"] == variation_id)
+
+
 class Stack:
     """The four simulators and gateway replicas on loopback ports, like ``retailgraph demo``.
 
@@ -257,18 +279,9 @@ class Stack:
     def sale(self, i: int, store: int, quantity: int) -> int:
         """Sell item ``i`` at store ``store`` in the Square simulator (its signed webhook
         reaches the gateway); returns the simulator's IN_STOCK count afterwards."""
-        item, location = self.world.items[i], self.world.stores[store]
         with self.sim("pos") as pos:
-            response = pos.post("/v2/inventory/changes/batch-create", json={
-                "idempotency_key": str(uuid.uuid4()), "changes": [{
-                    "type": "ADJUSTMENT", "adjustment": {
-                        "catalog_object_id": item.square_variation_id,
-                        "location_id": location.square_id, "from_state": "IN_STOCK",
-                        "to_state": "SOLD", "quantity": str(quantity)}}]})
-        assert response.status_code == 200, response.text
-        return next(int(c["quantity"]) for c in response.json()["counts"]
-                    if c["state"] == "IN_STOCK"
-                    and c["catalog_object_id"] == item.square_variation_id)
+            response = pos.post(SQUARE_CHANGES, json=square_sale(self.world, i, store, quantity))
+        return in_stock_after(response, self.world.items[i].square_variation_id)
 
     def requests(self, name: str) -> dict[str, int]:
         """Requests the simulator has served, by ``METHOD path``."""

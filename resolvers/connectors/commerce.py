@@ -51,7 +51,7 @@ import httpx
 import orjson
 
 from resolvers.abc import NO_OBSERVER, Observer
-from resolvers.connectors.base import BackendConnector
+from resolvers.connectors.base import BackendConnector, backend_time
 from resolvers.errors import (
     BackendError,
     BackendProtocolError,
@@ -250,18 +250,6 @@ def _native_id(obj: dict[str, Any], key: str, source: str) -> str:
     return str(value)
 
 
-def _timestamp(value: Any, what: str, source: str) -> datetime:
-    if not isinstance(value, str):
-        raise BackendProtocolError(source, f"{what} {value!r} is not a timestamp")
-    try:
-        moment = datetime.fromisoformat(value)
-    except ValueError as exc:
-        raise BackendProtocolError(source, f"{what} {value!r} is not RFC 3339") from exc
-    if moment.tzinfo is None:
-        raise BackendProtocolError(source, f"{what} {value!r} has no UTC offset")
-    return moment.astimezone(UTC)
-
-
 def _object(value: Any, what: str, source: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise BackendProtocolError(source, f"{what} is not an object")
@@ -300,7 +288,7 @@ def level_to_view(level: dict[str, Any], identity: IdentityMap, source: str, *,
     if updated_at is None and fallback_as_of is not None:
         as_of, version = fallback_as_of.astimezone(UTC), fallback_as_of.isoformat()
     else:
-        as_of, version = _timestamp(updated_at, "updated_at", source), str(updated_at)
+        as_of, version = backend_time(source, updated_at, "updated_at"), str(updated_at)
     sku = identity.sku(SHOPIFY_INVENTORY_ITEM, item_id, seen_in=source)
     location = identity.location(SHOPIFY_LOCATION, location_id, seen_in=source)
     if sku is None or location is None:
@@ -345,7 +333,7 @@ def graphql_level_to_view(item_id: str, level: Any, identity: IdentityMap,
     location = gid_number(_object(level.get("location"), "level location", source).get("id"),
                           "Location", source)
     updated_at = level.get("updatedAt")
-    as_of = _timestamp(updated_at, "updatedAt", source)
+    as_of = backend_time(source, updated_at, "updatedAt")
     quantities = quantities_of(_quantities(level, source))
     sku = identity.sku(SHOPIFY_INVENTORY_ITEM, item_id, seen_in=source)
     location_id = identity.location(SHOPIFY_LOCATION, location, seen_in=source)
@@ -563,8 +551,8 @@ class CommerceConnector(BackendConnector):
             inventory_item_id=gid_number(item.get("id"), "InventoryItem", self.name),
             title=title, price=price, currency=currency, status=status.lower(),
             barcode=_optional_str(variant, "barcode", self.name), source=self.name,
-            as_of=_timestamp(variant.get("updatedAt"), f"variant {variant_id} updatedAt",
-                             self.name))
+            as_of=backend_time(self.name, variant.get("updatedAt"),
+                               f"variant {variant_id} updatedAt"))
 
     async def locations(self) -> list[NativeLocation]:
         out = []

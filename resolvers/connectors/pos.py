@@ -26,7 +26,7 @@ from typing import Any
 import httpx
 
 from resolvers.abc import NO_OBSERVER, Observer
-from resolvers.connectors.base import BackendConnector
+from resolvers.connectors.base import BackendConnector, backend_time
 from resolvers.errors import (
     BackendError,
     BackendProtocolError,
@@ -46,18 +46,6 @@ MINOR_UNITS = {"JPY": 0, "KRW": 0, "ISK": 0}  # everything else has 2 decimals
 INCOMING = ("IN_TRANSIT_TO", "IN_TRANSIT")
 SQUARE_PLACES = 5  # Square's quantities are decimal strings with up to 5 decimals
 MAX_CHANGES = 100  # changes per inventory/changes/batch-create call
-
-
-def _parse_time(source: str, value: Any, what: str) -> datetime:
-    if not isinstance(value, str):
-        raise BackendProtocolError(source, f"{what} is missing")
-    try:
-        moment = datetime.fromisoformat(value)
-    except ValueError as exc:
-        raise BackendProtocolError(source, f"{what} {value!r} is not RFC 3339") from exc
-    if moment.tzinfo is None:
-        raise BackendProtocolError(source, f"{what} {value!r} has no time zone")
-    return moment.astimezone(UTC)
 
 
 def _quantity(source: str, value: Any) -> int:
@@ -114,7 +102,7 @@ def counts_to_views(counts: list[dict[str, Any]], identity: IdentityMap, source:
                                        "location_id or state")
         variation, location, state = (str(v) for v in ids)
         entry = (_quantity(source, count.get("quantity")),
-                 _parse_time(source, count.get("calculated_at"), "calculated_at"))
+                 backend_time(source, count.get("calculated_at"), "calculated_at"))
         states = cells.setdefault((variation, location), {})
         if state not in states or states[state][1] <= entry[1]:
             states[state] = entry
@@ -198,7 +186,7 @@ class PosConnector(BackendConnector):
             sku=data.get("sku") or None, catalog_object_id=obj["id"],
             upc=data.get("upc") or None, name=str(data.get("name", "")), price=price,
             currency=currency, source=self.name,
-            as_of=_parse_time(self.name, obj.get("updated_at"), "catalog updated_at"))
+            as_of=backend_time(self.name, obj.get("updated_at"), "catalog updated_at"))
 
     async def counts(self, skus: Sequence[str], location_ids: Sequence[str]) -> list[StockView]:
         """Store stock per requested (SKU, store) the POS knows; one request per 1000 SKUs

@@ -15,7 +15,6 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -38,7 +37,7 @@ from tests.e2e.test_subscriptions import (
     connected,
     cursor_key,
 )
-from tests.support import ServerThread, free_port
+from tests.support import SQUARE_CHANGES, ServerThread, free_port, in_stock_after, square_sale
 
 ROOT = Path(__file__).resolve().parents[2]
 READY_QUERY = '{ stockLevel(sku: "SKU-000001", locationId: "WH01") { onHand } }'
@@ -210,17 +209,9 @@ async def arrive(r: Replicas, i: int, warehouse: int = 0, quantity: int = 1,
 
 async def sale(r: Replicas, i: int, store: int, quantity: int) -> int:
     """A sale through the Square simulator; its IN_STOCK count afterwards."""
-    item, location = r.world.items[i], r.world.stores[store]
     async with r.sim("pos") as pos:
-        response = await pos.post("/v2/inventory/changes/batch-create", json={
-            "idempotency_key": str(uuid.uuid4()), "changes": [{
-                "type": "ADJUSTMENT", "adjustment": {
-                    "catalog_object_id": item.square_variation_id,
-                    "location_id": location.square_id, "from_state": "IN_STOCK",
-                    "to_state": "SOLD", "quantity": str(quantity)}}]})
-    assert response.status_code == 200, response.text
-    return next(int(c["quantity"]) for c in response.json()["counts"]
-                if c["state"] == "IN_STOCK")
+        response = await pos.post(SQUARE_CHANGES, json=square_sale(r.world, i, store, quantity))
+    return in_stock_after(response, r.world.items[i].square_variation_id)
 
 
 async def end_cursor(url: str, variables: dict[str, Any]) -> str:
