@@ -16,7 +16,7 @@ import strawberry
 from resolvers import merge
 from resolvers.abc import ChangeFeed
 from resolvers.access import STOCK_READ
-from resolvers.changes import MAX_FILTER_IDS, make_filter
+from resolvers.changes import MAX_FILTER_IDS, CellFilter, make_filter
 from resolvers.errors import BadUserInput, ServiceUnavailable
 from resolvers.store.reservations import HOLDS_SOURCE
 from resolvers.types import LocationType as LocationTypeEnum
@@ -153,7 +153,7 @@ def _feed(info: Ctx) -> ChangeFeed:
 
 
 def _filter(info: Ctx, skus: list[strawberry.ID] | None,
-            location_ids: list[strawberry.ID] | None) -> Any:
+            location_ids: list[strawberry.ID] | None) -> CellFilter:
     for name, given in (("skus", skus), ("locationIds", location_ids)):
         if given is not None and len(given) > MAX_FILTER_IDS:
             raise BadUserInput(f"{name} names more than {MAX_FILTER_IDS}; leave it out for all")
@@ -299,11 +299,15 @@ class Subscription:
         location_type = merge.CHANNEL_LOCATIONS[channel]
         graph = info.context.graph
         base = _filter(info, skus, None)
+        record = base.sources
 
-        def accept(c: Any) -> bool:
-            location = graph.catalog.locations.get(c.location_id) if graph.catalog else None
-            return bool(base(c)) and location is not None and location.type is location_type
+        def counts(location_id: str, source: str) -> bool:
+            location = graph.catalog.locations.get(location_id) if graph.catalog else None
+            return location is not None and location.type is location_type \
+                and (record is None or record(location_id, source))
 
+        # Still a CellFilter (its SKUs), so the fan-out offers it only its SKUs' changes.
+        accept = CellFilter(base.skus, base.locations, counts)
         return _availabilities(info, channel, await _changes(info, accept, None))
 
     @strawberry.subscription(description="Fires only when a level crosses between in-stock, "

@@ -31,7 +31,7 @@ import orjson
 from redis.exceptions import ResponseError
 
 from gateway.events.envelope import Envelope, Movement, MovementType
-from gateway.events.fanout import StreamFanout, raise_if_cancelled
+from gateway.events.fanout import Route, StreamFanout, raise_if_cancelled
 from gateway.http.limits import LimitExceeded
 from resolvers.changes import MAX_FILTER_IDS, CellFilter, InvalidCursor
 from resolvers.errors import BackendError, CursorExpired
@@ -342,6 +342,22 @@ class ChangePublisher:
 Filter = Callable[[Change], bool]
 
 
+def change_routes(change: Change) -> tuple[Route, ...]:
+    """What a change is about, for the fan-out's index: its SKU and its location."""
+    return ("sku", change.sku), ("loc", change.location_id)
+
+
+def filter_routes(accept: object) -> frozenset[Route] | None:
+    """The routes a subscriber's filter can match (its SKUs, else its locations), for the
+    fan-out's index; None (offered every change) for a filter that names neither."""
+    if isinstance(accept, CellFilter):
+        if accept.skus is not None:
+            return frozenset(("sku", s) for s in accept.skus)
+        if accept.locations is not None:
+            return frozenset(("loc", x) for x in accept.locations)
+    return None
+
+
 @dataclass(slots=True, eq=False)
 class Subscriber:
     accept: Filter
@@ -397,7 +413,7 @@ class ChangeFeed:
         # stock): computed once per change, shared.
         self._memo: OrderedDict[tuple[str, str], asyncio.Future[Any]] = OrderedDict()
         self.fanout: StreamFanout[Change, Subscriber] = StreamFanout(
-            redis, CHANGES_KEY, decode_change, "change feed", page)
+            redis, CHANGES_KEY, decode_change, "change feed", page, routes=change_routes)
 
     @property
     def subscribers(self) -> set[Subscriber]:
@@ -585,10 +601,13 @@ class ChangeFeed:
         return f"({after}"
 
     async def subscribe(self, accept: Filter, after: str | None,
+                        routes: frozenset[Route] | None = None,
                         ) -> AsyncGenerator[Change, None]:
-        """Missed changes after ``after`` (if given), then live ones; in stream order."""
+        """Missed changes after ``after`` (if given), then live ones; in stream order. Live
+        ones are offered to this subscriber only if they are about one of ``routes``
+        (default: those of ``accept``, :func:`filter_routes`)."""
         sub = Subscriber(accept, self.buffer_limit)
-        await self.fanout.join(sub)
+        await self.fanout.join(sub, routes if routes is not None else filter_routes(accept))
         try:
             last = after
             if after is not None:

@@ -5,7 +5,11 @@ feeds share (stock changes, ``gateway.events.changes.ChangeFeed``; discrepancy t
 filter and bounded buffer, past which only the latest entry per key is kept.
 
 The stream is read only while someone listens, from where the first listener joined; every
-entry is decoded once and offered to every listener, each of which keeps its own bounded
+entry is decoded once and offered only to the listeners that can want it: a fan-out given
+``routes`` (what an entry is about, e.g. its SKU and its location) keeps an index from each
+route to the listeners that joined for it (a listener filtered to SKUs a and b is offered
+entries about a or b only); a listener that names no routes is in the catch-all bucket and is
+offered everything. Each listener still applies its own filter and keeps its own bounded
 buffer (and says so with ``wake``). Redis outages are waited out with a backoff. A
 cancellation that an awaited call swallowed is honoured (:func:`raise_if_cancelled`), so a
 listener whose client left never waits forever.
@@ -15,9 +19,9 @@ from __future__ import annotations
 
 import asyncio
 from collections import OrderedDict
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Callable, Collection
 from dataclasses import dataclass, field
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeAlias, TypeVar
 
 from redis.exceptions import RedisError
 
@@ -41,6 +45,10 @@ class Listener(Protocol[T_contra]):
 
 
 L = TypeVar("L", bound=Listener[Any])
+# What an entry is about, as (family, value): ("sku", "SKU-1"), ("loc", "WH-1"). An entry has
+# at most one route per family, and a listener joins for routes of one family only, so no
+# listener is offered an entry twice.
+Route: TypeAlias = tuple[str, str]
 
 
 def raise_if_cancelled() -> None:
@@ -59,13 +67,19 @@ class StreamFanout(Generic[T, L]):
     """Tails ``key`` while anyone listens and offers each decoded entry to every listener."""
 
     def __init__(self, redis: Any, key: str, decode: Callable[[str, dict[bytes, bytes]], T],
-                 what: str, page: int = 500) -> None:
+                 what: str, page: int = 500,
+                 routes: Callable[[T], tuple[Route, ...]] | None = None) -> None:
         self.redis = redis
         self.key = key
         self.decode = decode
         self.what = what
         self.page = page
+        self.routes = routes
         self.listeners: set[L] = set()
+        # The index: route -> the listeners that joined for it; and those that named none.
+        self.index: dict[Route, set[L]] = {}
+        self.catch_all: set[L] = set()
+        self._joined: dict[L, frozenset[Route]] = {}
         self.running = False
         self.last_id = "$"
         self._listening = asyncio.Event()
@@ -92,10 +106,7 @@ class StreamFanout(Generic[T, L]):
                 for _stream, entries in result or []:
                     for entry_id, fields in entries:
                         self.last_id = entry_id.decode()
-                        entry = self.decode(self.last_id, fields)
-                        for listener in list(self.listeners):
-                            listener.offer(entry)
-                        offered += len(self.listeners)
+                        offered += 1 + self.offer(self.decode(self.last_id, fields))
                         if offered >= OFFERS_PER_STEP:
                             offered = 0
                             await asyncio.sleep(0)
@@ -106,21 +117,52 @@ class StreamFanout(Generic[T, L]):
                 self.running = False
                 await asyncio.sleep(backoff.failed(exc))
 
+    def offer(self, entry: T) -> int:
+        """Offer ``entry`` to the listeners that can want it; how many were offered it."""
+        offered = len(self.catch_all)
+        for listener in self.catch_all:
+            listener.offer(entry)
+        if self.routes is not None and self.index:
+            for route in self.routes(entry):
+                bucket = self.index.get(route)
+                if bucket:
+                    offered += len(bucket)
+                    for listener in bucket:
+                        listener.offer(entry)
+        return offered
+
     async def tail_id(self) -> str:
         """The id of the stream's last entry (``0-0`` while it holds none)."""
         last = await self.redis.xrevrange(self.key, count=1)
         return last[0][0].decode() if last else "0-0"
 
-    async def join(self, listener: L) -> None:
-        """Start offering to ``listener``; the first one pins the reader's start at the tail
-        before anything can be published for it."""
+    async def join(self, listener: L, routes: Collection[Route] | None = None) -> None:
+        """Start offering to ``listener``: only entries about one of ``routes`` (all of one
+        family; None or a fan-out without ``routes``: every entry). The first listener pins
+        the reader's start at the tail before anything can be published for it."""
+        joined = frozenset(routes) if routes is not None and self.routes is not None else None
+        if joined is not None and len({family for family, _ in joined}) > 1:
+            raise ValueError("a listener joins for routes of one family only")
         if not self.listeners:
             self.last_id = await self.tail_id()
         self.listeners.add(listener)
+        if joined is None:
+            self.catch_all.add(listener)
+        else:
+            self._joined[listener] = joined
+            for route in joined:
+                self.index.setdefault(route, set()).add(listener)
         self._listening.set()
 
     def leave(self, listener: L) -> None:
         self.listeners.discard(listener)
+        self.catch_all.discard(listener)
+        for route in self._joined.pop(listener, ()):
+            bucket = self.index.get(route)
+            if bucket is not None:
+                bucket.discard(listener)
+                if not bucket:
+                    del self.index[route]
         if not self.listeners:
             self._listening.clear()
 
@@ -173,10 +215,12 @@ class KeyedFeed(Generic[K]):
     """This replica's tail of a stream of keyed entries, fanned out to its subscribers."""
 
     def __init__(self, redis: Any, key: str, decode: Callable[[str, dict[bytes, bytes]], K],
-                 what: str, buffer_limit: int = 1000) -> None:
+                 what: str, buffer_limit: int = 1000,
+                 routes: Callable[[K], tuple[Route, ...]] | None = None) -> None:
         self.redis = redis
         self.buffer_limit = buffer_limit
-        self.fanout: StreamFanout[K, KeyedListener[K]] = StreamFanout(redis, key, decode, what)
+        self.fanout: StreamFanout[K, KeyedListener[K]] = StreamFanout(redis, key, decode, what,
+                                                                      routes=routes)
 
     @property
     def listeners(self) -> set[KeyedListener[K]]:
@@ -189,9 +233,12 @@ class KeyedFeed(Generic[K]):
     async def run(self) -> None:
         await self.fanout.run()
 
-    async def subscribe(self, accept: Callable[[K], bool]) -> AsyncGenerator[K, None]:
+    async def subscribe(self, accept: Callable[[K], bool],
+                        routes: Collection[Route] | None = None) -> AsyncGenerator[K, None]:
+        """The entries ``accept`` takes (offered only those about one of ``routes``, if
+        given: see :meth:`StreamFanout.join`)."""
         listener: KeyedListener[K] = KeyedListener(accept, self.buffer_limit)
-        await self.fanout.join(listener)
+        await self.fanout.join(listener, routes)
         try:
             while not listener.closed:
                 raise_if_cancelled()
@@ -205,5 +252,5 @@ class KeyedFeed(Generic[K]):
         self.fanout.close_all()
 
 
-__all__ = ["OFFERS_PER_STEP", "KeyedFeed", "KeyedListener", "Listener", "StreamFanout",
+__all__ = ["OFFERS_PER_STEP", "KeyedFeed", "KeyedListener", "Listener", "Route", "StreamFanout",
            "raise_if_cancelled"]
