@@ -115,6 +115,10 @@ class Settings:
     ws_keepalive_seconds: float = 15.0
     # A WebSocket that has not sent connection_init by then is closed (4408), on both protocols.
     ws_init_timeout_seconds: float = 60.0
+    # permessage-deflate on WebSockets (RFC 7692) when a client offers it. Off by default: it
+    # roughly doubles the memory of an idle subscription (compressor state per socket) and costs
+    # CPU per frame; turn it on for slow links carrying large results.
+    ws_per_message_deflate: bool = False
     # Live subscriptions one caller (API key / JWT subject; address when auth is off) may hold
     # on one replica, across all its sockets and streams; 0 = no limit.
     max_subscriptions_per_principal: int = 200

@@ -127,7 +127,8 @@ async def run(opts: DemoOptions) -> None:
         url = urlsplit(backend.base_url)
         simulators.append(make_server(app, url.hostname or opts.host, url.port or 80))
     gateway_app = create_app(settings)
-    gateway = make_server(gateway_app, settings.host, settings.port)
+    gateway = make_server(gateway_app, settings.host, settings.port,
+                          ws_per_message_deflate=settings.ws_per_message_deflate)
     background = []
     stopping = []
     if opts.activity > 0:

@@ -22,9 +22,13 @@ class Server(uvicorn.Server):
         yield
 
 
-def make_server(app: ASGIApp, host: str, port: int) -> Server:
+def make_server(app: ASGIApp, host: str, port: int, *,
+                ws_per_message_deflate: bool = False) -> Server:
+    """A uvicorn server; permessage-deflate only when asked (the gateway's
+    ``ws_per_message_deflate`` setting): uvicorn would accept it from every client."""
     config = uvicorn.Config(app, host=host, port=port, log_level="warning",
-                            ws="websockets-sansio", lifespan="on")
+                            ws="websockets-sansio", lifespan="on",
+                            ws_per_message_deflate=ws_per_message_deflate)
     return Server(config)
 
 

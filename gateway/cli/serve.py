@@ -42,7 +42,8 @@ def run(args: argparse.Namespace) -> int:
               "(RETAILGRAPH_JWT_SECRET) or a JWKS, or pass --insecure-no-auth",
               file=sys.stderr)
         return 2
-    server = make_server(create_app(settings), settings.host, settings.port)
+    server = make_server(create_app(settings), settings.host, settings.port,
+                         ws_per_message_deflate=settings.ws_per_message_deflate)
     print(f"retailgraph serving http://{settings.host}:{settings.port}/graphql", flush=True)
     asyncio.run(run_together([[server]]))
     return 0
