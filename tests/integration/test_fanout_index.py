@@ -16,8 +16,10 @@ from dataclasses import dataclass, field
 import pytest
 from redis import asyncio as aioredis
 
-from gateway.events.changes import Change, ChangeFeed, filter_routes
+from gateway.events.changes import Change, ChangeFeed, change_routes, decode_change, filter_routes
+from gateway.events.fanout import StreamFanout
 from resolvers.changes import make_filter
+from resolvers.store.keys import CHANGES_KEY
 from tests.integration.test_stock_events import publish
 
 
@@ -34,6 +36,11 @@ class Recording:
         self.wake.set()
 
 
+def change_fanout(redis: aioredis.Redis) -> StreamFanout[Change, Recording]:
+    """The fan-out as ChangeFeed builds it (its stream, decoder and routes)."""
+    return StreamFanout(redis, CHANGES_KEY, decode_change, "change feed", routes=change_routes)
+
+
 @pytest.fixture
 async def redis(redis_url: str) -> AsyncIterator[aioredis.Redis]:
     client = aioredis.Redis.from_url(redis_url)
@@ -45,8 +52,7 @@ async def redis(redis_url: str) -> AsyncIterator[aioredis.Redis]:
 
 async def test_a_change_is_offered_only_to_subscribers_that_can_want_it(
         redis: aioredis.Redis) -> None:
-    feed = ChangeFeed(redis)
-    fanout = feed.fanout
+    fanout = change_fanout(redis)
     filters = {
         "sku-a": make_filter(["SKU-A"], None),
         "skus-a-b": make_filter(["SKU-A", "SKU-B"], None),
@@ -57,7 +63,7 @@ async def test_a_change_is_offered_only_to_subscribers_that_can_want_it(
     listeners = {name: Recording() for name in filters}
     for name, accept in filters.items():
         await fanout.join(listeners[name], filter_routes(accept))
-    reader = asyncio.create_task(feed.run())
+    reader = asyncio.create_task(fanout.run())
     cells = [("SKU-A", "L1", "wms"), ("SKU-B", "L2", "wms"), ("SKU-C", "L3", "wms"),
              ("SKU-C", "L1", "wms"), ("SKU-D", "L2", "wms")]
     try:
@@ -86,9 +92,12 @@ async def test_a_change_is_offered_only_to_subscribers_that_can_want_it(
         False, True]
 
 
+async def test_the_change_feed_fans_out_by_its_index(redis: aioredis.Redis) -> None:
+    assert ChangeFeed(redis).fanout.routes is change_routes
+
+
 async def test_leaving_empties_the_index(redis: aioredis.Redis) -> None:
-    feed = ChangeFeed(redis)
-    fanout = feed.fanout
+    fanout = change_fanout(redis)
     one, two, every = Recording(), Recording(), Recording()
     await fanout.join(one, filter_routes(make_filter(["SKU-A"], None)))
     await fanout.join(two, filter_routes(make_filter(["SKU-A", "SKU-B"], None)))
@@ -104,6 +113,6 @@ async def test_leaving_empties_the_index(redis: aioredis.Redis) -> None:
 
 
 async def test_a_listener_joins_for_one_family_of_routes(redis: aioredis.Redis) -> None:
-    fanout = ChangeFeed(redis).fanout
+    fanout = change_fanout(redis)
     with pytest.raises(ValueError, match="one family"):
         await fanout.join(Recording(), {("sku", "SKU-A"), ("loc", "L1")})
