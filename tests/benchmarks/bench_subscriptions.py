@@ -5,13 +5,17 @@ Run (not part of the suite):
     python tests/benchmarks/bench_subscriptions.py                      # the full form
     python tests/benchmarks/bench_subscriptions.py --subscribers 200 --rate 200 --duration 15
 
+    python tests/benchmarks/bench_subscriptions.py --subscribers 10000 --rate 500   # issue 15
+    python tests/benchmarks/bench_subscriptions.py --subscribers 2000 --memory-only
+
 Topology, all on loopback and all sharing the machine's cores: a private Valkey; the four
-simulators in threads of this process (they serve the gateways' catalog load); two gateway
-replicas as ``retailgraph serve`` processes sharing that Valkey; a receiver process holding
-every subscriber's WebSocket (plain ``websockets``, ``graphql-transport-ws``), half of them
-on each replica; and this process as the load generator, posting signed WMS webhooks
-(EPCIS with the ``wms:balance`` extension, each a new on-hand of one warehouse cell) to
-replica A at a fixed rate (open loop).
+simulators in threads of this process (they serve the gateways' catalog load); ``--replicas``
+gateway replicas (default 2) as ``retailgraph serve`` processes sharing that Valkey;
+``--receivers`` receiver processes (default one per 2,500 subscribers) holding the
+subscribers' WebSockets (plain ``websockets``, ``graphql-transport-ws``), spread evenly over
+the replicas; and this process as the load generator, posting signed WMS webhooks (EPCIS
+with the ``wms:balance`` extension, each a new on-hand of one warehouse cell) to replica A at
+a fixed rate (open loop). ``--memory-only`` connects, subscribes, measures and stops.
 
 Measured:
 - latency: webhook acknowledged (the 2xx arrived here) -> change received by a subscriber,
@@ -348,60 +352,89 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     try:
         tmp = tempfile.mkdtemp(prefix="bench-subscriptions-")  # kept: the replicas' logs
         note(f"work directory (replica logs): {tmp}")
-        with Replicas(redis_url, Path(tmp), 2, skus=args.skus, stores=2,
-                      warehouses=2) as replicas:
+        gateway: dict[str, Any] = {"max_subscriptions_per_principal": 0}
+        if args.compression:
+            gateway["ws_per_message_deflate"] = True  # else the server refuses it (default)
+        with Replicas(redis_url, Path(tmp), args.replicas, skus=args.skus, stores=2,
+                      warehouses=2, **gateway) as replicas:
             world = replicas.world
             cells = [(i, w) for i in range(args.skus) for w in range(len(world.warehouses))]
             skus = [world.items[i].sku for i in range(args.skus)]
             plan = {"compression": args.compression, "after": "0-0", "subscribers": [
-                {"url": replicas.url(k % 2), "skus": rng.sample(skus, args.watch)}
+                {"url": replicas.url(k % args.replicas), "skus": rng.sample(skus, args.watch)}
                 for k in range(args.subscribers)]}
-            plan_path, out_path = Path(tmp) / "plan.json", Path(tmp) / "received.json"
-            plan_path.write_text(json.dumps(plan))
+            n_receivers = args.receivers or max(1, -(-args.subscribers // 2500))
+            parts = [Path(tmp) / f"plan-{r}.json" for r in range(n_receivers)]
+            outs = [Path(tmp) / f"received-{r}.json" for r in range(n_receivers)]
+            for r, part in enumerate(parts):  # subscriber k goes to receiver k % n
+                part.write_text(json.dumps({**plan,
+                                            "subscribers": plan["subscribers"][r::n_receivers]}))
             warm_item_master(replicas.url(0), skus)
             note("replicas ready, item master cached")
             time.sleep(2)
             before = [rss_kb(pid) for pid in replicas.pids()]
-            receiver = subprocess.Popen(
-                [sys.executable, __file__, "--receiver", str(plan_path), str(out_path)],
+            receivers = [subprocess.Popen(
+                [sys.executable, __file__, "--receiver", str(part), str(out)],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=ROOT)
+                for part, out in zip(parts, outs, strict=True)]
             try:
-                assert receiver.stdout is not None
-                assert receiver.stdin is not None
                 t0 = time.monotonic()
-                line = receiver.stdout.readline().decode().strip()
-                if line != "READY":
-                    raise RuntimeError(f"receiver failed: {line!r}")
+                for receiver in receivers:
+                    assert receiver.stdout is not None
+                    line = receiver.stdout.readline().decode().strip()
+                    if line != "READY":
+                        raise RuntimeError(f"receiver failed: {line!r}")
                 connect_s = time.monotonic() - t0
-                note(f"{args.subscribers} subscribers connected in {connect_s:.1f} s")
+                note(f"{args.subscribers} subscribers connected in {connect_s:.1f} s "
+                     f"({n_receivers} receiver processes)")
                 time.sleep(args.settle)  # idle, subscribed
                 after = [rss_kb(pid) for pid in replicas.pids()]
-                cpu_before = [cpu_seconds(pid) for pid in [*replicas.pids(), receiver.pid]]
-                acked, load = asyncio.run(generate(replicas, cells, args.rate, args.duration,
-                                                   args.seed))
-                note(f"load done: {load}")
+                watched = [*replicas.pids(), *(r.pid for r in receivers)]
+                cpu_before = [cpu_seconds(pid) for pid in watched]
+                if args.memory_only:
+                    acked: list[tuple[float, str, str, int, float]] = []
+                    load: dict[str, Any] = {"sent": 0, "elapsed": 1.0}
+                else:
+                    acked, load = asyncio.run(generate(replicas, cells, args.rate,
+                                                       args.duration, args.seed))
+                    note(f"load done: {load}")
                 cpu_used = [round(cpu_seconds(pid) - before_s, 1) for pid, before_s in
-                            zip([*replicas.pids(), receiver.pid], cpu_before, strict=True)]
-                time.sleep(args.settle)  # let the last changes arrive
-                receiver.stdin.write(b"STOP\n")
-                receiver.stdin.flush()
-                receiver.wait(120)
-                note("receiver done")
+                            zip(watched, cpu_before, strict=True)]
+                if not args.memory_only:
+                    time.sleep(args.settle)  # let the last changes arrive
+                for receiver in receivers:
+                    assert receiver.stdin is not None
+                    receiver.stdin.write(b"STOP\n")
+                    receiver.stdin.flush()
+                for receiver in receivers:
+                    receiver.wait(300)
+                note("receivers done")
             finally:
-                if receiver.poll() is None:
-                    receiver.kill()
-                    receiver.wait(10)
-            results = json.loads(out_path.read_text())
+                for receiver in receivers:
+                    if receiver.poll() is None:
+                        receiver.kill()
+                        receiver.wait(10)
+            results: dict[str, Any] = {"records": [None] * args.subscribers, "errors": [],
+                                       "error_count": 0, "closed": []}
+            for r, out in enumerate(outs):
+                part_results = json.loads(out.read_text())
+                results["records"][r::n_receivers] = part_results["records"]
+                results["errors"] += part_results["errors"]
+                results["error_count"] += part_results["error_count"]
+                results["closed"] += part_results["closed"]
+            replica_cpu = cpu_used[:args.replicas]
             report = {
                 "machine": host,
-                "params": {k: getattr(args, k) for k in ("subscribers", "rate", "duration",
-                                                         "skus", "watch", "compression")},
+                "params": {k: getattr(args, k) for k in (
+                    "subscribers", "rate", "duration", "skus", "watch", "compression",
+                    "replicas", "memory_only")} | {"receivers": n_receivers},
                 "load": load, "acknowledged": len(acked), "logs": tmp,
                 "achieved_rate": round(len(acked) / load["elapsed"], 1),
                 "connect_seconds": round(connect_s, 1),
                 "rss_kb_before": before, "rss_kb_subscribed": after,
-                "cpu_seconds_during_load": {"replica_a": cpu_used[0], "replica_b": cpu_used[1],
-                                            "receiver": cpu_used[2]},
+                "cpu_seconds_during_load": {
+                    **{f"replica_{k}": c for k, c in enumerate(replica_cpu)},
+                    "receivers": round(sum(cpu_used[args.replicas:]), 1)},
                 "kb_per_idle_subscription": round((sum(after) - sum(before))
                                                   / args.subscribers, 1),
                 "receiver_errors": results["error_count"], "closed": results["closed"],
@@ -426,6 +459,11 @@ def main() -> None:
                         help="subscribers negotiate permessage-deflate (default: off)")
     parser.add_argument("--settle", type=float, default=5, help="idle seconds before "
                         "measuring memory and after the load")
+    parser.add_argument("--replicas", type=int, default=2, help="gateway processes")
+    parser.add_argument("--receivers", type=int, default=0, help="subscriber client "
+                        "processes (default: one per 2,500 subscribers)")
+    parser.add_argument("--memory-only", action="store_true", help="connect, subscribe, "
+                        "measure memory per idle subscription; no load")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--redis-url", default="", help="default: a private Valkey")
     parser.add_argument("--json", default="", help="also write the report here")
