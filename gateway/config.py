@@ -66,8 +66,8 @@ class SyncSettings:
     # One replica works on a target cell at a time, holding a Redis lease this long (renewed
     # while it works); a replica killed mid-push leaves it to expire.
     lease_seconds: float = 5.0
-    # Cells pushed at once per replica.
-    concurrency: int = 8
+    # Cells pushed at once per replica (the shop takes their writes in shared calls).
+    concurrency: int = 64
 
 
 @dataclass(slots=True)

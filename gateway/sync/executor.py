@@ -507,7 +507,9 @@ class Executor:
     async def _failed(self, turn: Turn, action: Action, taken: int, result: WriteResult,
                       holds: Any, desired: Any) -> None:
         error = result.error or result.outcome.value
-        if result.outcome is Outcome.UNMAPPED or action.attempts >= self.settings.max_attempts:
+        throttled = result.outcome is Outcome.THROTTLED and result.retry_after is not None
+        if result.outcome is Outcome.UNMAPPED or (
+                action.attempts >= self.settings.max_attempts and not throttled):
             await self._dead(action, error, holds, desired)
             await self.outbox.finish(turn.cell, taken, turn.check_generation)
             return
@@ -516,9 +518,14 @@ class Executor:
                                 Outcome.THROTTLED else "failures")
         telemetry.current().m.sync_actions.add(1, {"target": action.target,
                                                    "status": "FAILED"})
-        delay = rules.backoff_seconds(action.attempts, self.settings.retry_base_seconds,
-                                      self.settings.retry_cap_seconds, result.retry_after,
-                                      self.random)
+        if throttled:
+            assert result.retry_after is not None
+            delay = rules.throttled_seconds(result.retry_after, self.settings.retry_base_seconds,
+                                            self.random)
+        else:
+            delay = rules.backoff_seconds(action.attempts, self.settings.retry_base_seconds,
+                                          self.settings.retry_cap_seconds, result.retry_after,
+                                          self.random)
         # The superseded ones are finished; the newest stays at the queue's head.
         await self.outbox.finish(turn.cell, taken - 1, turn.check_generation, retry_in=delay)
 

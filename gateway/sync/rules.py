@@ -123,3 +123,11 @@ def backoff_seconds(attempt: int, base: float, cap: float, retry_after: float | 
     if retry_after is not None and retry_after > 0:
         delay = max(delay, retry_after + jitter() * base)
     return float(delay)
+
+
+def throttled_seconds(retry_after: float, base: float, jitter: Callable[[], float]) -> float:
+    """Delay after a THROTTLED / 429 answer: what the target asked, plus up to ``base`` of
+    jitter (the writes it held back do not all come back at once). Not exponential, and no
+    attempt towards the dead-letter list: a throttling target is up and says when to come
+    back."""
+    return float(max(0.0, retry_after) + jitter() * base)

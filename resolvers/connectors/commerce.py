@@ -39,6 +39,8 @@ the shop's; the sync pushes the name because the ERP's ``item.updated`` renames 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import hashlib
 import re
 import time
 import uuid
@@ -123,7 +125,9 @@ SHOP_QUERY = "query RetailgraphShop { shop { currencyCode } }"
 SET_MUTATION = """mutation RetailgraphSetAvailable($input: InventorySetQuantitiesInput!,
                                                   $key: String!) {
   inventorySetQuantities(input: $input) @idempotent(key: $key) {
-    inventoryAdjustmentGroup { changes { name quantityAfterChange } }
+    inventoryAdjustmentGroup {
+      changes { name quantityAfterChange item { id } location { id } }
+    }
     userErrors { code field message }
   }
 }"""
@@ -137,6 +141,9 @@ PRODUCT_MUTATION = """mutation RetailgraphRename($product: ProductUpdateInput!) 
     product { id title } userErrors { field message }
   }
 }"""
+# Quantities per inventorySetQuantities call. Shopify documents no maximum for the list
+# (unverified); 250 is its largest page and the largest batch this connector sends.
+MAX_SET_QUANTITIES = 250
 # userErrors of inventorySetQuantities that mean "no such thing to write to"
 _UNMAPPED_CODES = frozenset({"INVALID_INVENTORY_ITEM", "INVALID_LOCATION",
                              "ITEM_NOT_STOCKED_AT_LOCATION", "NON_MUTABLE_INVENTORY_ITEM"})
@@ -152,6 +159,15 @@ def gid_number(value: Any, kind: str, source: str) -> str:
     if match is None or match.group(1) != kind:
         raise BackendProtocolError(source, f"{shown(value)} is not a {kind} GID")
     return match.group(2)
+
+
+def batch_key(keys: Sequence[str]) -> str:
+    """The ``@idempotent`` key of one call: a single write's own :func:`shop_key`, several
+    writes' a digest of theirs (the same writes retried are the same request)."""
+    if len(keys) == 1:
+        return keys[0]
+    digest = hashlib.sha256("\n".join(sorted(keys)).encode()).hexdigest()[:40]
+    return f"batch:{len(keys)}:{digest}"
 
 
 def shop_key(write: StockWrite, expected: int | None) -> str:
@@ -237,6 +253,30 @@ class Answer:
 
     def message(self) -> str:
         return "; ".join(str(e.get("message", e)) for e in self.errors)[:300]
+
+
+@dataclass(slots=True)
+class _Queued:
+    """One stock write waiting for the next ``inventorySetQuantities`` call."""
+
+    write: StockWrite
+    item: str  # Shopify inventory item id
+    location: str  # Shopify location id
+    expected: int
+    key: str  # shop_key(write, expected)
+    result: asyncio.Future[WriteResult]
+
+
+def _quantity_index(error: dict[str, Any], size: int) -> int | None:
+    """The quantity a userError is about (``field: ["input", "quantities", "3", ...]``)."""
+    field = error.get("field")
+    if isinstance(field, list) and len(field) >= 3 and field[:2] == ["input", "quantities"]:
+        try:
+            index = int(field[2])
+        except (TypeError, ValueError):
+            return None
+        return index if 0 <= index < size else None
+    return None
 
 
 class Throttled(BackendStatusError):
@@ -362,6 +402,13 @@ class CommerceConnector(BackendConnector):
         self.bucket = CostBucket()
         self._costs: dict[str, float] = {}  # operation -> what it cost last time
         self._currency: str | None = None
+        # Waiting for the bucket is one queue: concurrent calls must not all see the same
+        # points and spend them at once (each would be THROTTLED but the first).
+        self._spending = asyncio.Lock()
+        # Stock writes waiting for the next inventorySetQuantities call, and the task that
+        # sends them: one call at a time, each carrying what queued while the last one ran.
+        self._writes: list[_Queued] = []
+        self._sender: asyncio.Task[None] | None = None
         # Bulk results are fetched from the URL the shop gives (its file storage), never with
         # our access token: a client of its own, without credentials.
         self._downloads = httpx.AsyncClient(
@@ -369,18 +416,31 @@ class CommerceConnector(BackendConnector):
             timeout=httpx.Timeout(max(settings.timeout, 30.0), connect=settings.connect_timeout))
 
     async def aclose(self) -> None:
+        if self._sender is not None:
+            self._sender.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sender
         await super().aclose()
         await self._downloads.aclose()
 
     # -- the GraphQL endpoint --------------------------------------------------------------------
 
-    async def _post(self, operation: str, query: str, variables: dict[str, Any]) -> Answer:
-        """One call: wait for the bucket to hold what ``operation`` cost last time, send, read
-        the answer and its cost. Every request is marked idempotent for the transport's
-        retries: reads are, the inventory write carries an ``@idempotent`` key, and
-        ``productUpdate`` (a title set) is idempotent by nature."""
-        await asyncio.sleep(self.bucket.delay_for(self._costs.get(operation, 0.0)))
-        self.bucket.debit(self._costs.get(operation, 0.0))
+    async def _spend(self, operation: str) -> None:
+        """Wait until the bucket holds what ``operation`` cost last time, and debit it; the
+        waits are served one after another."""
+        cost = self._costs.get(operation, 0.0)
+        async with self._spending:
+            await asyncio.sleep(self.bucket.delay_for(cost))
+            self.bucket.debit(cost)
+
+    async def _post(self, operation: str, query: str, variables: dict[str, Any],
+                    paid: bool = False) -> Answer:
+        """One call: wait for the bucket to hold what ``operation`` cost last time (unless
+        the caller has: ``paid``), send, read the answer and its cost. Every request is marked
+        idempotent for the transport's retries: reads are, the inventory write carries an
+        ``@idempotent`` key, and ``productUpdate`` (a title set) is idempotent by nature."""
+        if not paid:
+            await self._spend(operation)
         body = await self.client.json("POST", GRAPHQL_PATH, idempotent=True,
                                       json={"query": query, "variables": variables,
                                             "operationName": operation})
@@ -655,7 +715,13 @@ class CommerceConnector(BackendConnector):
         ``expected`` None (we do not know what the shop holds) reads the level first and
         compares against that: the shop's value is never overwritten unseen. A stale belief
         re-reads the level: :attr:`Outcome.STALE` with what it holds (or DONE when it
-        already holds the desired value)."""
+        already holds the desired value).
+
+        Writes are batched: the ones that queue while a call is in flight (or waiting for
+        the cost bucket) go together in the next call, up to :data:`MAX_SET_QUANTITIES`
+        (one call costs the same whatever it carries). A call is all or nothing: when some
+        of its quantities are refused (stale, unmapped), the others are sent again in the
+        next call, under that call's own key."""
         item = self.identity.native_sku(SHOPIFY_INVENTORY_ITEM, write.sku)
         location = self.identity.native_location(SHOPIFY_LOCATION, write.location_id)
         if item is None or location is None:
@@ -675,56 +741,158 @@ class CommerceConnector(BackendConnector):
                     return WriteResult(Outcome.DONE, actual=held)
                 return WriteResult(Outcome.STALE, actual=held, error=f"available is {held}, "
                                    f"not the expected {write.expected}")
-            key = shop_key(write, expected)
-            result = await self._set(write, item, location, expected, key)
-            if result is None:  # the key's first attempt failed (nothing applied): new key
-                result = await self._set(write, item, location, expected,
-                                         f"{key}:{uuid.uuid4().hex[:12]}")
-            return result or WriteResult(Outcome.FAILED, error="idempotency key refused twice")
+            result = await self._queue(write, item, location, expected)
+            if result.outcome is Outcome.STALE and result.actual is None:
+                actual = await self.read_available(write.sku, write.location_id)
+                if actual == write.available:
+                    return WriteResult(Outcome.DONE, actual=actual)
+                return WriteResult(Outcome.STALE, actual=actual, error=result.error)
+            return result
         except BackendStatusError as exc:
             return refused(exc)
         except BackendError as exc:
             return WriteResult(Outcome.FAILED, error=str(exc))
 
-    async def _set(self, write: StockWrite, item: str, location: str, expected: int,
-                   key: str) -> WriteResult | None:
-        answer = await self._post("RetailgraphSetAvailable", SET_MUTATION, {"key": key, "input": {
-            "name": "available", "reason": write.reason,
-            "referenceDocumentUri": f"retailgraph://sync/{write.idempotency_key}",
-            "quantities": [{"inventoryItemId": gid("InventoryItem", item),
-                            "locationId": gid("Location", location),
-                            "quantity": write.available, "changeFromQuantity": expected}]}})
+    async def _queue(self, write: StockWrite, item: str, location: str,
+                     expected: int) -> WriteResult:
+        queued = _Queued(write, item, location, expected, shop_key(write, expected),
+                         asyncio.get_running_loop().create_future())
+        self._writes.append(queued)
+        if self._sender is None or self._sender.done():
+            self._sender = asyncio.create_task(self._send_queued())
+        return await queued.result
+
+    async def _send_queued(self) -> None:
+        """Send what is queued, a call at a time, until nothing is."""
+        batch: list[_Queued] = []
+        try:
+            while True:
+                self._writes = [q for q in self._writes if not q.result.done()]
+                if not self._writes:
+                    return
+                await self._spend("RetailgraphSetAvailable")
+                batch, rest, cells = [], [], set()
+                reason = self._writes[0].write.reason
+                for queued in self._writes:
+                    if queued.result.done():
+                        continue
+                    if len(batch) < MAX_SET_QUANTITIES and queued.write.reason == reason \
+                            and (queued.item, queued.location) not in cells:
+                        batch.append(queued)
+                        cells.add((queued.item, queued.location))
+                    else:
+                        rest.append(queued)
+                self._writes = rest  # what queues during the call goes after these
+                batch.sort(key=lambda q: q.key)
+                try:
+                    results = await self._set_batch(batch)
+                except BackendStatusError as exc:
+                    results = [refused(exc)] * len(batch)
+                except BackendError as exc:
+                    results = [WriteResult(Outcome.FAILED, error=str(exc))] * len(batch)
+                except Exception as exc:  # handed to each waiting write
+                    for queued in batch:
+                        if not queued.result.done():
+                            queued.result.set_exception(exc)
+                    continue
+                again = []
+                for queued, result in zip(batch, results, strict=True):
+                    if result is None:
+                        again.append(queued)  # not applied for another's error: next call
+                    elif not queued.result.done():
+                        queued.result.set_result(result)
+                self._writes[:0] = again
+                batch = []
+        except asyncio.CancelledError:
+            for queued in [*batch, *self._writes]:
+                queued.result.cancel()
+            raise
+
+    async def _set_batch(self, batch: Sequence[_Queued]) -> list[WriteResult | None]:
+        """One ``inventorySetQuantities`` call (the bucket is paid for); per write its result,
+        or None for one to send again."""
+        key = batch_key([q.key for q in batch])
+        uri = (f"retailgraph://sync/{batch[0].write.idempotency_key}" if len(batch) == 1
+               else f"retailgraph://sync/{key}")
+        for attempt in range(2):
+            if attempt:
+                await self._spend("RetailgraphSetAvailable")
+            answer = await self._post("RetailgraphSetAvailable", SET_MUTATION, {
+                "key": key, "input": {
+                    "name": "available", "reason": batch[0].write.reason,
+                    "referenceDocumentUri": uri,
+                    "quantities": [{"inventoryItemId": gid("InventoryItem", q.item),
+                                    "locationId": gid("Location", q.location),
+                                    "quantity": q.write.available,
+                                    "changeFromQuantity": q.expected} for q in batch]}},
+                paid=True)
+            results = self._set_results(answer, batch)
+            if results is not None:
+                return results
+            # The key's first attempt failed (nothing applied): the same call, a new key.
+            key = f"{key}:{uuid.uuid4().hex[:12]}"
+        return [WriteResult(Outcome.FAILED, error="idempotency key refused twice")] * len(batch)
+
+    def _set_results(self, answer: Answer,
+                     batch: Sequence[_Queued]) -> list[WriteResult | None] | None:
+        """What one call's answer means for each of its writes (None: send the call again
+        under a new key)."""
+        size = len(batch)
         if answer.code() == "THROTTLED":
-            return WriteResult(Outcome.THROTTLED, retry_after=answer.throttle_delay(),
-                               error="THROTTLED")
+            return [WriteResult(Outcome.THROTTLED, retry_after=answer.throttle_delay(),
+                                error="THROTTLED")] * size
         if answer.errors:
-            return WriteResult(Outcome.FAILED, error=f"{answer.code() or 'error'}: "
-                               f"{answer.message()}")
+            return [WriteResult(Outcome.FAILED, error=f"{answer.code() or 'error'}: "
+                                f"{answer.message()}")] * size
         payload = answer.data.get("inventorySetQuantities")
         if not isinstance(payload, dict) or not isinstance(payload.get("userErrors"), list):
-            return WriteResult(Outcome.FAILED, error="inventorySetQuantities: no payload")
-        codes = [e.get("code") for e in payload["userErrors"] if isinstance(e, dict)]
-        text = "; ".join(f"{e.get('code')}: {e.get('message')}" for e in payload["userErrors"]
-                         if isinstance(e, dict))
-        if "CHANGE_FROM_QUANTITY_STALE" in codes:
-            actual = await self.read_available(write.sku, write.location_id)
-            if actual == write.available:
-                return WriteResult(Outcome.DONE, actual=actual)
-            return WriteResult(Outcome.STALE, actual=actual, error=text)
-        if "IDEMPOTENCY_PREVIOUS_ATTEMPT_FAILED" in codes:
-            return None
-        if "IDEMPOTENCY_CONCURRENT_REQUEST" in codes:
-            return WriteResult(Outcome.THROTTLED, retry_after=0.5, error=text)
-        if any(c in _UNMAPPED_CODES for c in codes):
-            return WriteResult(Outcome.UNMAPPED, error=text)
-        if codes:
-            return WriteResult(Outcome.FAILED, error=text)
+            return [WriteResult(Outcome.FAILED,
+                                error="inventorySetQuantities: no payload")] * size
+        errors = [e for e in payload["userErrors"] if isinstance(e, dict)]
+        if errors:
+            general: list[dict[str, Any]] = []
+            own: dict[int, list[dict[str, Any]]] = {}
+            for error in errors:
+                index = _quantity_index(error, size)
+                (general if index is None else own.setdefault(index, [])).append(error)
+            codes = {e.get("code") for e in general}
+            if "IDEMPOTENCY_PREVIOUS_ATTEMPT_FAILED" in codes:
+                return None
+            text = "; ".join(f"{e.get('code')}: {e.get('message')}" for e in general)
+            if "IDEMPOTENCY_CONCURRENT_REQUEST" in codes:
+                return [WriteResult(Outcome.THROTTLED, retry_after=0.5, error=text)] * size
+            if general:
+                return [WriteResult(Outcome.FAILED, error=text)] * size
+            out: list[WriteResult | None] = []
+            for index in range(size):
+                mine = own.get(index)
+                if not mine:
+                    out.append(None)
+                    continue
+                mine_codes = {e.get("code") for e in mine}
+                mine_text = "; ".join(f"{e.get('code')}: {e.get('message')}" for e in mine)
+                if "CHANGE_FROM_QUANTITY_STALE" in mine_codes:  # re-read by set_available
+                    out.append(WriteResult(Outcome.STALE, error=mine_text))
+                elif mine_codes & _UNMAPPED_CODES:
+                    out.append(WriteResult(Outcome.UNMAPPED, error=mine_text))
+                else:
+                    out.append(WriteResult(Outcome.FAILED, error=mine_text))
+            return out
         group = payload.get("inventoryAdjustmentGroup")
         changes = group.get("changes") if isinstance(group, dict) else None
-        after = [c.get("quantityAfterChange") for c in changes or []
-                 if isinstance(c, dict) and c.get("name") == "available"]
-        actual = after[0] if after and isinstance(after[0], int) else write.available
-        return WriteResult(Outcome.DONE, actual=actual)
+        after: dict[tuple[str, str], int] = {}
+        for change in changes if isinstance(changes, list) else []:
+            if not isinstance(change, dict) or change.get("name") != "available" \
+                    or not isinstance(change.get("quantityAfterChange"), int):
+                continue
+            item, loc = change.get("item"), change.get("location")
+            item_id = _GID.fullmatch(str(item.get("id"))) if isinstance(item, dict) else None
+            loc_id = _GID.fullmatch(str(loc.get("id"))) if isinstance(loc, dict) else None
+            if item_id is not None and loc_id is not None:
+                after[item_id.group(2), loc_id.group(2)] = change["quantityAfterChange"]
+        return [WriteResult(Outcome.DONE, actual=after.get((q.item, q.location),
+                                                           q.write.available))
+                for q in batch]
 
     async def update_item(self, write: ItemWrite) -> WriteResult:
         """The item's name as its product's title (the only item-master field the shop

@@ -66,6 +66,7 @@ FEED_MAXLEN = 10_000
 ONCE_TTL = 7 * 24 * 3600
 KEPT_ACTIONS = 200_000  # the audit trail keeps this many finished actions
 LATENCIES_KEPT = 2000
+EARLIER_WRITES_TTL = 24 * 3600  # an echo later than this is the target's own change
 
 
 def action_key(action_id: str) -> str:
@@ -104,21 +105,32 @@ redis.call('SET', KEYS[2], id, 'EX', ARGV[1])
 return id
 """.replace("@PREFIX@", PREFIX)
 
-# The target's own change of a cell. KEYS: cell state, check, due.
+# The target's own change of a cell. KEYS: cell state, check, due, earlier writes.
 # ARGV: cell, reported value, then cause field/value pairs.
 # Returns {1, action id} for our own write coming back (the echo: confirmed, nothing else),
-# {0, ''} when a drift check was scheduled.
+# {1, ''} for the echo of an earlier write of ours still on its way while a later one was
+# made (nothing changes: the later write's echo is still to come), {0, ''} when a drift
+# check was scheduled.
 OBSERVE_LUA = """
 local written = redis.call('HGET', KEYS[1], 'written')
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 if written and written == ARGV[2] then
   local action = redis.call('HGET', KEYS[1], 'action') or ''
+  redis.call('DEL', KEYS[4])
   if action ~= '' and redis.call('HGET', KEYS[1], 'confirmed') ~= action then
     redis.call('HSET', KEYS[1], 'confirmed', action)
     local key = '@PREFIX@a:' .. action
     if redis.call('EXISTS', key) == 1 then redis.call('HSET', key, 'confirmedAt', now) end
     return {1, action}
+  end
+  return {1, ''}
+end
+if ARGV[2] ~= '' and redis.call('HEXISTS', KEYS[4], ARGV[2]) == 1 then
+  local earlier = redis.call('HGET', KEYS[4], ARGV[2])
+  local key = '@PREFIX@a:' .. earlier
+  if redis.call('EXISTS', key) == 1 and redis.call('HEXISTS', key, 'confirmedAt') == 0 then
+    redis.call('HSET', key, 'confirmedAt', now)
   end
   return {1, ''}
 end
@@ -130,6 +142,18 @@ for i = 3, #ARGV, 2 do redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1]) end
 redis.call('ZADD', KEYS[3], 'NX', now, ARGV[1])
 return {0, ''}
 """.replace("@PREFIX@", PREFIX)
+
+# About to write a cell. KEYS: cell state, earlier writes. ARGV: value, action, TTL (s).
+# The write before it, if its echo has not come back, joins the earlier writes.
+WRITING_LUA = """
+local last = redis.call('HMGET', KEYS[1], 'written', 'action', 'confirmed')
+if last[1] and last[2] and last[2] ~= last[3] then
+  redis.call('HSET', KEYS[2], last[1], last[2])
+  redis.call('EXPIRE', KEYS[2], ARGV[3])
+end
+redis.call('HSET', KEYS[1], 'written', ARGV[1], 'action', ARGV[2])
+return 1
+"""
 
 # Claim due cells: KEYS: due, paused. ARGV: how many, lease ms, token, scan limit.
 CLAIM_LUA = """
@@ -292,6 +316,7 @@ class Outbox:
         self.token = token
         self._record = redis.register_script(RECORD_LUA)
         self._observe = redis.register_script(OBSERVE_LUA)
+        self._writing = redis.register_script(WRITING_LUA)
         self._claim = redis.register_script(CLAIM_LUA)
         self._finish = redis.register_script(FINISH_LUA)
         self._renew = redis.register_script(RENEW_LUA)
@@ -311,13 +336,14 @@ class Outbox:
         """The target's own level changed to ``reported``: our write coming back (returns the
         action it confirms, '' when already confirmed) or a drift check scheduled (None)."""
         echo, action = await self._observe(
-            keys=[f"{PREFIX}c:{cell}", f"{PREFIX}chk:{cell}", DUE_KEY],
+            keys=[f"{PREFIX}c:{cell}", f"{PREFIX}chk:{cell}", DUE_KEY, f"{PREFIX}w:{cell}"],
             args=[cell, str(reported), *cause.fields()])
         return _s(action) if int(echo) else None
 
     async def request_check(self, cell: str, cause: Cause) -> None:
         """A drift check of ``cell`` (a discrepancy found by a re-check or a run)."""
-        await self._observe(keys=[f"{PREFIX}c:{cell}", f"{PREFIX}chk:{cell}", DUE_KEY],
+        await self._observe(keys=[f"{PREFIX}c:{cell}", f"{PREFIX}chk:{cell}", DUE_KEY,
+                                  f"{PREFIX}w:{cell}"],
                             args=[cell, "", *cause.fields()])
 
     # -- executing -------------------------------------------------------------------------
@@ -366,9 +392,13 @@ class Outbox:
         await self.redis.hset(action_key(action_id), mapping=flat)
 
     async def writing(self, cell: str, action_id: str, value: int) -> None:
-        """About to write ``value``: the target's webhook reporting it is our own echo."""
-        await self.redis.hset(f"{PREFIX}c:{cell}", mapping={"written": str(value),
-                                                            "action": action_id})
+        """About to write ``value``: the target's webhook reporting it is our own echo.
+
+        The values written before it whose echoes have not come back are kept too (until
+        the last write's echo): an earlier write's echo arriving after a later write was
+        made is ours as well, not the target changing by itself."""
+        await self._writing(keys=[f"{PREFIX}c:{cell}", f"{PREFIX}w:{cell}"],
+                            args=[str(value), action_id, EARLIER_WRITES_TTL])
 
     async def unconfirmed_write(self, cell: str) -> int | None:
         """The value last written to ``cell`` (the target said done) while its echo has not

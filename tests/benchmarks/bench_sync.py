@@ -75,13 +75,15 @@ def read_actions(redis_url: str) -> list[dict[str, str]]:
 
 
 def due(redis_url: str) -> int:
+    """Events acknowledged but not applied yet, plus cells with sync work due."""
     import redis
 
     from resolvers.store.keys import OUTBOX_DUE_KEY as DUE_KEY
+    from resolvers.store.keys import PENDING_KEY
 
     client = redis.Redis.from_url(redis_url)
     try:
-        return int(client.zcard(DUE_KEY))
+        return int(client.zcard(DUE_KEY)) + int(client.zcard(PENDING_KEY))
     finally:
         client.close()
 
@@ -96,7 +98,13 @@ def one_run(redis_url: str, rate: float, args: argparse.Namespace) -> dict[str, 
     redis.Redis.from_url(redis_url).flushall()
     tmp = Path(tempfile.mkdtemp(prefix=f"bench-sync-{int(rate)}-"))
     os.environ["RETAILGRAPH_SYNC_ENABLED"] = "true"
-    with Replicas(redis_url, tmp, 1, skus=args.skus, stores=2, warehouses=2) as replicas:
+    from gateway.simulators.webhooks import DeliveryOptions
+
+    # Shopify delivers webhooks concurrently (no ordering guarantee); the simulator's default
+    # of one delivery at a time would make its own queue what the echo waits for.
+    delivery = {"commerce": DeliveryOptions(concurrency=args.shop_delivery)}
+    with Replicas(redis_url, tmp, 1, skus=args.skus, stores=2, warehouses=2,
+                  delivery=delivery) as replicas:
         world = replicas.world
         skus = [world.items[i].sku for i in range(args.skus)]
         cells = [(i, w) for i in range(args.skus) for w in range(len(world.warehouses))]
@@ -110,7 +118,13 @@ def one_run(redis_url: str, rate: float, args: argparse.Namespace) -> dict[str, 
         deadline = time.monotonic() + 120
         while due(redis_url) and time.monotonic() < deadline:
             time.sleep(0.2)
-        time.sleep(args.settle)  # the last echoes
+        # The last echoes: until no more confirmations come in for ``settle`` seconds.
+        confirmed, quiet = -1, time.monotonic()
+        while time.monotonic() - quiet < args.settle and time.monotonic() < deadline + 60:
+            now_confirmed = sum(1 for a in read_actions(redis_url) if a.get("confirmedAt"))
+            if now_confirmed != confirmed:
+                confirmed, quiet = now_confirmed, time.monotonic()
+            time.sleep(0.5)
         cpu_used = round(cpu_seconds(gateway_pid) - cpu_before, 1)
         actions = read_actions(redis_url)
         with httpx.Client(base_url=shop.base_url, headers=auth_headers(shop), timeout=30) as client:
@@ -244,6 +258,8 @@ def main() -> None:
     parser.add_argument("--skus", type=int, default=200)
     parser.add_argument("--settle", type=float, default=3)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--shop-delivery", type=int, default=8,
+                        help="webhooks the shop simulator delivers at once")
     parser.add_argument("--json", default="", help="also write the report here")
     parser.add_argument("--demo", type=float, default=0, metavar="MINUTES",
                         help="instead: the demo with --activity 20, sync off then on")

@@ -26,6 +26,7 @@ import redis
 import websockets
 
 from gateway.config import Settings, demo_settings
+from gateway.simulators.webhooks import DeliveryOptions
 from gateway.simulators.world import World
 from resolvers.connectors.http import auth_headers
 from tests.e2e.test_subscriptions import (
@@ -72,8 +73,10 @@ class Replicas:
     """
 
     def __init__(self, redis_url: str, workdir: Path, replicas: int = 2, *, skus: int = 40,
-                 stores: int = 3, warehouses: int = 2, **gateway: Any) -> None:
+                 stores: int = 3, warehouses: int = 2,
+                 delivery: dict[str, DeliveryOptions] | None = None, **gateway: Any) -> None:
         self.world = World(7, skus, stores, warehouses)
+        self.delivery = delivery or {}  # per simulator (backend name): its webhook delivery
         self.ports = [free_port() for _ in range(replicas)]
         self.settings = demo_settings("127.0.0.1", self.ports[0], environ={})
         for backend in self.settings.backends.values():
@@ -94,7 +97,7 @@ class Replicas:
         try:
             for name, backend in self.settings.backends.items():
                 app = simulator_app(self.world, backend,
-                                    f"{self.url(0)}/webhooks/{name}")
+                                    f"{self.url(0)}/webhooks/{name}", self.delivery.get(name))
                 port = int(backend.base_url.rsplit(":", 1)[1])
                 self.sims.append(ServerThread(app, port).start())
             for k in range(len(self.ports)):

@@ -172,6 +172,19 @@ async def test_retries_back_off_honour_throttling_then_dead_letter(
     assert await executor.outbox.dead() == []
 
 
+async def test_a_throttling_target_is_waited_for_never_dead_lettered(
+        client: aioredis.Redis) -> None:
+    shop = Shop(answers=[WriteResult(Outcome.THROTTLED, retry_after=0.02)] * 4)
+    executor = build(client, shop, Inputs(record={("SKU-1", "WH01"): 9}), max_attempts=2)
+    action_id = await executor.outbox.record(CELL, cause(1))
+    await drain(executor, client)
+    (action,) = await executor.outbox.get([action_id])
+    assert action is not None
+    assert (action.status, action.attempts) == (Status.DONE, 5)
+    assert shop.levels[("SKU-1", "WH01")] == 9
+    assert await executor.outbox.dead() == []
+
+
 async def test_a_lost_answer_retried_by_another_replica_takes_effect_once(
         client: aioredis.Redis) -> None:
     shop = Shop(levels={("SKU-1", "WH01"): 5}, gate=asyncio.Event())
@@ -251,3 +264,35 @@ async def test_echo_is_recognised_and_drift_is_pushed_back(client: aioredis.Redi
     newest = (await executor.outbox.newest(None, 1))[0]
     (drift,) = [a for a in await executor.outbox.get([newest]) if a]
     assert (drift.event_id, drift.source, drift.status) == ("ev4", "commerce", Status.DONE)
+
+
+async def test_an_earlier_writes_echo_arriving_after_a_later_write_is_ours(
+        client: aioredis.Redis) -> None:
+    """Two writes of one cell before the first one's echo is back: the first echo is ours
+    too (no drift check; what the shop holds is still the later write), and the later
+    write's echo confirms it."""
+    shop = Shop(levels={("SKU-1", "WH01"): 5})
+    inputs = Inputs(record={("SKU-1", "WH01"): 10}, online={("SKU-1", "WH01"): 5})
+    executor = build(client, shop, inputs)
+    outbox = executor.outbox
+    first = await outbox.record(CELL, cause(1))
+    await drain(executor, client)
+    inputs.record[("SKU-1", "WH01")] = 12
+    second = await outbox.record(CELL, cause(2))
+    await drain(executor, client)
+    assert [(w.available, w.expected) for w in shop.calls] == [(10, 5), (12, 10)]
+    # The first write's echo reaches the cache now: ours, nothing to check.
+    inputs.online[("SKU-1", "WH01")] = 10
+    assert await outbox.observe(CELL, 10, cause(3, "commerce")) == ""
+    assert await client.zcard(DUE_KEY) == 0
+    assert await outbox.unconfirmed_write(CELL) == 12  # still the belief to write against
+    # The second write's echo confirms it.
+    inputs.online[("SKU-1", "WH01")] = 12
+    assert await outbox.observe(CELL, 12, cause(4, "commerce")) == second
+    assert await outbox.unconfirmed_write(CELL) is None
+    found = {a.id: a for a in await outbox.get([first, second]) if a}
+    assert found[first].confirmed_ms is not None
+    assert found[second].confirmed_ms is not None
+    # A value no write of ours had is the shop changing by itself: a drift check.
+    assert await outbox.observe(CELL, 10, cause(5, "commerce")) is None
+    assert await client.zcard(DUE_KEY) == 1

@@ -205,6 +205,50 @@ async def test_an_unknown_belief_reads_first_and_compares_with_that(shop: Shop) 
     assert len((await shop.writes())["writes"]) == 1
 
 
+async def test_concurrent_writes_share_calls_and_each_applies_once(shop: Shop) -> None:
+    import asyncio
+
+    items = [WORLD.item(i) for i in range(6, 30)]
+    before = {item.sku: await shop.conn.read_available(item.sku, "WH01") for item in items}
+    calls = await shop.graphql_requests()
+    writes = [StockWrite(item.sku, "WH01", (before[item.sku] or 0) + 5, before[item.sku],
+                         f"batch-{n}") for n, item in enumerate(items)]
+    results = await asyncio.gather(*(shop.conn.set_available(w) for w in writes))
+    assert [(r.outcome, r.actual) for r in results] == [
+        (Outcome.DONE, w.available) for w in writes]
+    # 24 writes in a handful of calls (the first goes alone, the rest queue behind it).
+    assert await shop.graphql_requests() - calls <= 3
+    log = await shop.writes()
+    assert all(n == 1 for n in log["byKey"].values())
+    assert sorted(c["sku"] for w in log["writes"] for c in w["changes"]) == sorted(
+        i.sku for i in items)
+    assert len(await shop.level_updates()) >= 24  # one echo per level, as Shopify sends
+
+
+async def test_a_stale_write_in_a_batch_holds_back_only_itself(shop: Shop) -> None:
+    import asyncio
+
+    items = [WORLD.item(i) for i in range(10, 16)]
+    before = {item.sku: await shop.conn.read_available(item.sku, "WH01") for item in items}
+    stale = items[2]
+    await shop.http.post("/_sim/shop/admin-edit", json={
+        "sku": stale.sku, "location_id": L1, "delta": -1})
+    writes = [StockWrite(item.sku, "WH01", (before[item.sku] or 0) + 3, before[item.sku],
+                         f"held-{n}") for n, item in enumerate(items)]
+    results = await asyncio.gather(*(shop.conn.set_available(w) for w in writes))
+    for write, result in zip(writes, results, strict=True):
+        if write.sku == stale.sku:  # re-read, never overwritten
+            assert (result.outcome, result.actual) == (Outcome.STALE,
+                                                       (before[stale.sku] or 0) - 1)
+        else:
+            assert (result.outcome, result.actual) == (Outcome.DONE, write.available)
+    assert await shop.conn.read_available(stale.sku, "WH01") == (before[stale.sku] or 0) - 1
+    log = await shop.writes()
+    assert sorted(c["sku"] for w in log["writes"] for c in w["changes"]) == sorted(
+        i.sku for i in items if i is not stale)
+    assert all(n == 1 for n in log["byKey"].values())
+
+
 async def test_unmapped_cells_are_not_written(shop: Shop) -> None:
     for sku, loc in (("SKU-NOT-THERE", "WH01"), (ITEM.sku, "ST001"), (ITEM.sku, "WH99")):
         result = await shop.conn.set_available(StockWrite(sku, loc, 5, 4, "action-x"))

@@ -77,6 +77,12 @@ def test_backoff_grows_is_capped_jittered_and_honours_retry_after() -> None:
     assert rules.backoff_seconds(1, 0.25, 4.0, 9.0, lambda: 0.0) == 9.0
 
 
+def test_a_throttled_write_waits_what_the_target_asked_not_a_growing_backoff() -> None:
+    assert rules.throttled_seconds(0.4, 0.25, lambda: 0.0) == 0.4
+    assert rules.throttled_seconds(0.4, 0.25, lambda: 0.5) == 0.525
+    assert rules.throttled_seconds(-1, 0.25, lambda: 0.0) == 0.0
+
+
 def test_sync_settings_from_toml_and_env() -> None:
     settings = from_mapping({"sync": {"enabled": True, "buffer": 2, "online_stores": ["ST001"],
                                       "location_buffers": {"WH01": 5}}})
