@@ -83,6 +83,11 @@ class SyncAction:
     confirmed_at: datetime | None = strawberry.field(
         description="When the target's webhook reported the value written (its echo).")
     latency_ms: int | None = strawberry.field(
+        description="DONE: from the receipt of the causing event to the target's "
+                    "confirmation: the shop's echo (inventory_levels/update) of a stock write, "
+                    "null until it comes; the target's answer for a push no echo confirms "
+                    "(an item update, a cell that already held the value).")
+    written_ms: int | None = strawberry.field(
         description="DONE: from the receipt of the causing event to the target's answer.")
     error: str | None = strawberry.field(description="The last failure.")
     note: str | None = strawberry.field(description="e.g. the target already held it.")
@@ -99,7 +104,8 @@ class SyncAction:
                    status=SyncActionStatus(a.status.value), attempts=a.attempts,
                    event_id=a.event_id, source=a.source, created_at=_at(a.created_ms)
                    or datetime.now(UTC), completed_at=_at(a.completed_ms),
-                   confirmed_at=_at(a.confirmed_ms), latency_ms=a.latency_ms, error=a.error,
+                   confirmed_at=_at(a.confirmed_ms), latency_ms=a.latency_ms,
+                   written_ms=a.written_ms, error=a.error,
                    note=a.note)
 
 

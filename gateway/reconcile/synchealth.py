@@ -417,7 +417,9 @@ class SyncHealth:
             dedupe_id, envelopes = NORMALIZERS[backend.format](delivery,
                                                                self.graph.catalog.identity)
         except (Malformed, Unappliable) as exc:
-            log.warning("%s event from the Events API not applied: %s", backend.name, exc)
+            # Nobody will send it again (a webhook's sender retries a 400): into the dead
+            # letters like a webhook that cannot be applied (replayable the same way).
+            await self._dead_letter_event(backend, delivery, event, f"from the Events API: {exc}")
             return 0
         if not dedupe_id or not envelopes:
             return 0
@@ -426,6 +428,16 @@ class SyncHealth:
             return 0  # its webhook arrived after all
         await self.applier.apply_all(list(zip(appended.ids, envelopes, strict=True)))
         return len(envelopes)
+
+    async def _dead_letter_event(self, backend: BackendSettings, delivery: Delivery,
+                                 event: Any, reason: str) -> None:
+        topic = event.get("type") if isinstance(event, dict) else None
+        # The same key as its webhook's letter would have: kept once whichever came first.
+        await self.events.dead_letter(backend.name, delivery.raw_ref, reason,
+                                      topic if isinstance(topic, str) else "",
+                                      delivery.received_at, delivery.body, {})
+        await self.dead_lettered(backend.name)
+        log.warning("%s event from the Events API dead-lettered: %s", backend.name, reason)
 
     async def _square_changes(self, backend: BackendSettings, since: datetime) -> int:
         """Ask the POS what changed since ``since`` and apply those cells as read now."""

@@ -121,6 +121,29 @@ class Targets:
     shop: str  # the web shop's backend name: the target of available-to-sell
 
 
+async def pushed(outbox: Outbox, action_id: str) -> None:
+    """A push's latency and span, from the causing event's receipt to the target's
+    confirmation (its echo, or its answer where none comes), once both are in."""
+    action = await outbox.settle_latency(action_id)
+    if action is None or action.latency_ms is None:
+        return
+    received = action.received_ms or action.created_ms
+    t = telemetry.current()
+    t.m.sync_latency.record(action.latency_ms / 1000, {"target": action.target})
+    if t.tracer is not None:
+        span = t.tracer.start_span(
+            f"sync.push {action.target}", start_time=received * 1_000_000,
+            attributes={"retailgraph.sync.action": action.id,
+                        "retailgraph.sync.target": action.target,
+                        "retailgraph.sync.cell": action.cell,
+                        "retailgraph.sync.event": action.event_id or "",
+                        "retailgraph.sync.attempts": action.attempts,
+                        "retailgraph.sync.written_ms": action.written_ms or 0,
+                        "retailgraph.sync.confirmed_by": "echo" if action.awaits_echo
+                        else "answer"})
+        span.end(end_time=(received + action.latency_ms) * 1_000_000)
+
+
 class Recorder:
     """The applier's sync step: derives the actions an applied event asks for and records
     them before the event leaves the pending set (see :mod:`resolvers.store.outbox`)."""
@@ -168,6 +191,7 @@ class Recorder:
                 echo = await self.outbox.observe(shop_cell, reported, cause)
                 if echo:
                     await self.outbox.count(self.targets.shop, "echoes")
+                    await pushed(self.outbox, echo)
                 recorded = echo is None
         elif e.kind is EventKind.MASTER_UPDATE and e.sku and e.data is not None and \
                 e.source == self.erp:
@@ -424,7 +448,8 @@ class Executor:
             result = await target.set_available(write)
             if result.outcome is Outcome.DONE:
                 await self.outbox.written(cell, action.id)
-                await self._done(action, holds, desired)
+                # Confirmed by the shop's echo (inventory_levels/update), unless nothing changed.
+                await self._done(action, holds, desired, echo=result.actual != holds)
                 await self.outbox.count(target_name, "writes")
                 await self.outbox.finish(cell, taken, turn.check_generation)
                 return
@@ -481,22 +506,12 @@ class Executor:
         assert found is not None
         return found
 
-    async def _done(self, action: Action, holds: Any, desired: Any, note: str = "") -> None:
-        now = await self.outbox.completed(action, Status.DONE, previous=holds, desired=desired,
-                                          error=None, note=note or None)
-        received = action.received_ms or action.created_ms
-        t = telemetry.current()
-        t.m.sync_actions.add(1, {"target": action.target, "status": "DONE"})
-        t.m.sync_latency.record(max(0, now - received) / 1000, {"target": action.target})
-        if t.tracer is not None:
-            span = t.tracer.start_span(
-                f"sync.push {action.target}", start_time=received * 1_000_000,
-                attributes={"retailgraph.sync.action": action.id,
-                            "retailgraph.sync.target": action.target,
-                            "retailgraph.sync.cell": action.cell,
-                            "retailgraph.sync.event": action.event_id or "",
-                            "retailgraph.sync.attempts": action.attempts})
-            span.end(end_time=now * 1_000_000)
+    async def _done(self, action: Action, holds: Any, desired: Any, note: str = "",
+                    echo: bool = False) -> None:
+        await self.outbox.completed(action, Status.DONE, previous=holds, desired=desired,
+                                    error=None, note=note or None, echo=echo)
+        telemetry.current().m.sync_actions.add(1, {"target": action.target, "status": "DONE"})
+        await pushed(self.outbox, action.id)
 
     async def _dead(self, action: Action, error: str, holds: Any, desired: Any) -> None:
         await self.outbox.completed(action, Status.DEAD, error=error, previous=holds,

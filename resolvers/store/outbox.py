@@ -108,9 +108,9 @@ return id
 # The target's own change of a cell. KEYS: cell state, check, due, earlier writes.
 # ARGV: cell, reported value, then cause field/value pairs.
 # Returns {1, action id} for our own write coming back (the echo: confirmed, nothing else),
-# {1, ''} for the echo of an earlier write of ours still on its way while a later one was
-# made (nothing changes: the later write's echo is still to come), {0, ''} when a drift
-# check was scheduled.
+# the same for the echo of an earlier write of ours that was on its way while a later one
+# was made (only that action is confirmed: the later write's echo is still to come; {1, ''}
+# when already confirmed), {0, ''} when a drift check was scheduled.
 OBSERVE_LUA = """
 local written = redis.call('HGET', KEYS[1], 'written')
 local t = redis.call('TIME')
@@ -131,6 +131,7 @@ if ARGV[2] ~= '' and redis.call('HEXISTS', KEYS[4], ARGV[2]) == 1 then
   local key = '@PREFIX@a:' .. earlier
   if redis.call('EXISTS', key) == 1 and redis.call('HEXISTS', key, 'confirmedAt') == 0 then
     redis.call('HSET', key, 'confirmedAt', now)
+    return {1, earlier}
   end
   return {1, ''}
 end
@@ -229,17 +230,32 @@ class Action:
     note: str | None
     key_seq: int
     key_input: str | None
+    awaits_echo: bool = False  # DONE by a write whose echo (the target's webhook) confirms it
 
     @property
     def cell(self) -> str:
         return cell_id(self.target, self.kind, self.sku, self.location_id or "")
 
     @property
-    def latency_ms(self) -> int | None:
-        """From the triggering event's receipt (or the action's creation) to completion."""
+    def written_ms(self) -> int | None:
+        """DONE: from the triggering event's receipt (or the action's creation) to the
+        target's answer."""
         if self.completed_ms is None or self.status is not Status.DONE:
             return None
         return max(0, self.completed_ms - (self.received_ms or self.created_ms))
+
+    @property
+    def latency_ms(self) -> int | None:
+        """DONE: from the triggering event's receipt to the target's confirmation: the
+        echo of a write that has one (the shop's ``inventory_levels/update``; None until it
+        comes), else the target's answer (an item update; a cell that already held it)."""
+        if self.written_ms is None:
+            return None
+        if not self.awaits_echo:
+            return self.written_ms
+        if self.confirmed_ms is None:
+            return None
+        return max(0, self.confirmed_ms - (self.received_ms or self.created_ms))
 
     @property
     def idempotency_key(self) -> str:
@@ -265,7 +281,8 @@ class Action:
                    created_ms=int(d["created"]), received_ms=num("received"),
                    completed_ms=num("completed"), confirmed_ms=num("confirmedAt"),
                    error=d.get("error") or None, note=d.get("note") or None,
-                   key_seq=int(d.get("keySeq", 0)), key_input=d.get("keyInput") or None)
+                   key_seq=int(d.get("keySeq", 0)), key_input=d.get("keyInput") or None,
+                   awaits_echo=d.get("echo") == "1")
 
 
 @dataclass(frozen=True, slots=True)
@@ -413,23 +430,40 @@ class Outbox:
         """The target answered done to the write of ``action_id``."""
         await self.redis.hset(f"{PREFIX}c:{cell}", "done", action_id)
 
-    async def completed(self, action: Action, status: Status, **fields: Any) -> int:
-        """A final status for ``action``; counters, latency, dead letters and the feed follow."""
+    async def completed(self, action: Action, status: Status, *, echo: bool = False,
+                        **fields: Any) -> int:
+        """A final status for ``action``; counters, dead letters and the feed follow.
+        ``echo``: DONE by a write whose echo is still to confirm it (:attr:`Action.
+        latency_ms`); the push latency is taken by :meth:`settle_latency`."""
         now = int(time.time() * 1000)
+        if echo:
+            fields["echo"] = "1"
         await self.update(action.id, status=status, completed=now, **fields)
         raw = await self.redis.hgetall(action_key(action.id))
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.xadd(FEED_KEY, {"a": orjson.dumps({_s(k): _s(v) for k, v in raw.items()})},
                       maxlen=FEED_MAXLEN, approximate=True)
             pipe.hincrby(f"{PREFIX}n:{action.target}", status.value.lower(), 1)
-            if status is Status.DONE:
-                latency = max(0, now - (action.received_ms or action.created_ms))
-                pipe.lpush(f"{PREFIX}lat:{action.target}", f"{now}:{latency}")
-                pipe.ltrim(f"{PREFIX}lat:{action.target}", 0, LATENCIES_KEPT - 1)
             if status is Status.DEAD:
                 pipe.zadd(DLQ_KEY, {action.id: now})
             await pipe.execute()
         return now
+
+    async def settle_latency(self, action_id: str) -> Action | None:
+        """The action, once, when its push latency is known (DONE, and confirmed if it
+        awaits an echo: its answer and its echo can come in either order); the latency joins
+        the target's recent ones (``syncStatus``). None otherwise, or when taken already."""
+        found = (await self.get([action_id]))[0]
+        if found is None or found.latency_ms is None:
+            return None
+        if not await self.redis.hsetnx(action_key(action_id), "latencyTaken", 1):
+            return None
+        at = found.confirmed_ms if found.awaits_echo else found.completed_ms
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.lpush(f"{PREFIX}lat:{found.target}", f"{at}:{found.latency_ms}")
+            pipe.ltrim(f"{PREFIX}lat:{found.target}", 0, LATENCIES_KEPT - 1)
+            await pipe.execute()
+        return found
 
     async def count(self, target: str, what: str, n: int = 1) -> None:
         await self.redis.hincrby(f"{PREFIX}n:{target}", what, n)

@@ -119,11 +119,11 @@ def one_run(redis_url: str, rate: float, args: argparse.Namespace) -> dict[str, 
         while due(redis_url) and time.monotonic() < deadline:
             time.sleep(0.2)
         # The last echoes: until no more confirmations come in for ``settle`` seconds.
-        confirmed, quiet = -1, time.monotonic()
+        seen, quiet = -1, time.monotonic()
         while time.monotonic() - quiet < args.settle and time.monotonic() < deadline + 60:
             now_confirmed = sum(1 for a in read_actions(redis_url) if a.get("confirmedAt"))
-            if now_confirmed != confirmed:
-                confirmed, quiet = now_confirmed, time.monotonic()
+            if now_confirmed != seen:
+                seen, quiet = now_confirmed, time.monotonic()
             time.sleep(0.5)
         cpu_used = round(cpu_seconds(gateway_pid) - cpu_before, 1)
         actions = read_actions(redis_url)
@@ -135,6 +135,8 @@ def one_run(redis_url: str, rate: float, args: argparse.Namespace) -> dict[str, 
             last[sku, loc] = on_hand
         safety = {item.sku: item.safety_stock for item in world.items}
         wrong = 0
+        wrong_cells: list[dict[str, Any]] = []
+        from_simulator = 0
         with httpx.Client(base_url=shop.base_url, headers=auth_headers(shop), timeout=30) as client:
             for (sku, loc), on_hand in last.items():
                 item = next(x for x in world.items if x.sku == sku)
@@ -144,11 +146,33 @@ def one_run(redis_url: str, rate: float, args: argparse.Namespace) -> dict[str, 
                     "location_ids": site.shopify_id}).json()["inventory_levels"][0]
                 if int(level["available"]) != max(0, on_hand - safety[sku]):
                     wrong += 1
+                    # The WMS simulator never saw the bench's synthetic events: where the
+                    # gateway read a cell through to it (its cached copy unreadable in time),
+                    # it computed from the simulator's own, older level.
+                    wms = replicas.settings.backends["wms"]
+                    balance = httpx.post(f"{wms.base_url}/api/v1/balances/query",
+                                         headers=auth_headers(wms), timeout=30, json={
+                                             "gtins": [item.gtin14], "glns": [site.gln]}
+                                         ).json()["balances"][0]
+                    sim_ats = max(0, int(balance["available"]) - safety[sku])
+                    if int(level["available"]) == sim_ats:
+                        from_simulator += 1
+                    if len(wrong_cells) < 5:
+                        wrong_cells.append({"sku": sku, "location": loc,
+                                            "shop": int(level["available"]),
+                                            "ats": max(0, on_hand - safety[sku]),
+                                            "wms_simulator_ats": sim_ats})
     done = [a for a in actions if a.get("status") == "DONE"]
     confirmed = [int(a["confirmedAt"]) - int(a["received"]) for a in done
                  if a.get("confirmedAt") and a.get("received")]
     answered = [int(a["completed"]) - int(a["received"]) for a in done
                 if a.get("completed") and a.get("received")]
+    # Where the time goes: receipt -> the applier recorded the action (intake and apply),
+    # recorded -> the shop answered (the executor and the shop's API).
+    recorded = [int(a["created"]) - int(a["received"]) for a in actions
+                if a.get("created") and a.get("received")]
+    executed = [int(a["completed"]) - int(a["created"]) for a in done
+                if a.get("completed") and a.get("created")]
     by_status: dict[str, int] = {}
     for a in actions:
         by_status[a.get("status", "?")] = by_status.get(a.get("status", "?"), 0) + 1
@@ -161,7 +185,15 @@ def one_run(redis_url: str, rate: float, args: argparse.Namespace) -> dict[str, 
             "keys_written_more_than_once": sum(1 for n in writes.values() if n > 1),
             "received_to_confirmed_ms": stats([float(x) for x in confirmed]),
             "received_to_answered_ms": stats([float(x) for x in answered]),
-            "cells_wrong_at_the_end": wrong, "gateway_cpu_seconds": cpu_used,
+            "received_to_recorded_ms": stats([float(x) for x in recorded]),
+            "recorded_to_answered_ms": stats([float(x) for x in executed]),
+            "cells_wrong_at_the_end": wrong,
+            "wrong_holding_the_wms_simulators_own_level": from_simulator, "wrong_cells": [
+                {**w, "actions": [{k: a.get(k) for k in ("status", "desired", "previous",
+                                                         "note", "error", "attempts")}
+                                  for a in actions if a.get("cell", "").endswith(
+                                      f"{w['sku']}|{w['location']}")][-6:]}
+                for w in wrong_cells], "gateway_cpu_seconds": cpu_used,
             "on_hand_base": BASE_ON_HAND, "logs": str(tmp)}
 
 

@@ -253,6 +253,42 @@ def test_a_silent_pos_is_healed_from_its_events_api(redis_url: str) -> None:
         assert requests.get("POST /v2/inventory/changes/batch-retrieve", 0) == 0
 
 
+def test_an_events_api_event_that_cannot_be_applied_is_dead_lettered(redis_url: str) -> None:
+    import copy
+
+    import orjson
+
+    from gateway.simulators.pos import record_event
+    from resolvers.store.keys import DLQ_KEY
+
+    s = Stack(redis_url, skus=8, stores=2, warehouses=1)
+    s.settings.backends["pos"].heartbeat_seconds = 1.0
+    with s:
+        store = s.world.stores[1].code
+        before = level(s, 3, store)["available"]
+        faults(s, "pos", drop_rate=1.0)
+        client = redis.Redis.from_url(redis_url)
+        # Just checked: the heartbeat finds both events below in one search.
+        client.hset("rg:{sync}:src:pos", "beat", datetime.now(UTC).isoformat())
+        pos_sale(s, 3, store, 2)  # its webhook is lost
+        state = s.sims["pos"].server.config.app.state.sim
+        # A count of a catalog object the gateway does not know, as the Events API keeps it.
+        stranger = copy.deepcopy(state.events[-1])
+        stranger["event_id"] = str(uuid.uuid4())
+        for count in stranger["data"]["object"]["inventory_counts"]:
+            count["catalog_object_id"] = "NOT-IN-THE-CATALOG"
+        record_event(state, stranger)
+        wait_for(lambda: status(s)["pos"]["gapsHealed"] >= 1)
+        assert level(s, 3, store)["available"] == before - 2  # the good one applied
+        letters = [orjson.loads(fields[b"e"]) for _, fields in client.xrange(DLQ_KEY)]
+        client.close()
+        (letter,) = [x for x in letters if x["source"] == "pos"]
+        assert letter["reason"].startswith("from the Events API: ")
+        assert "unmapped" in letter["reason"]
+        assert orjson.loads(letter["body"]) == stranger  # the event itself, to replay
+        assert letter["topic"] == "inventory.count.updated"
+
+
 def test_a_pos_silent_longer_than_its_events_are_kept_is_polled_for_changes(
         redis_url: str) -> None:
     s = Stack(redis_url, skus=8, stores=2, warehouses=1)

@@ -9,6 +9,7 @@ end-to-end tests against the shop simulator are in tests/e2e/test_sync.py.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -283,7 +284,8 @@ async def test_an_earlier_writes_echo_arriving_after_a_later_write_is_ours(
     assert [(w.available, w.expected) for w in shop.calls] == [(10, 5), (12, 10)]
     # The first write's echo reaches the cache now: ours, nothing to check.
     inputs.online[("SKU-1", "WH01")] = 10
-    assert await outbox.observe(CELL, 10, cause(3, "commerce")) == ""
+    assert await outbox.observe(CELL, 10, cause(3, "commerce")) == first
+    assert await outbox.observe(CELL, 10, cause(3, "commerce")) == ""  # a duplicate
     assert await client.zcard(DUE_KEY) == 0
     assert await outbox.unconfirmed_write(CELL) == 12  # still the belief to write against
     # The second write's echo confirms it.
@@ -296,3 +298,32 @@ async def test_an_earlier_writes_echo_arriving_after_a_later_write_is_ours(
     # A value no write of ours had is the shop changing by itself: a drift check.
     assert await outbox.observe(CELL, 10, cause(5, "commerce")) is None
     assert await client.zcard(DUE_KEY) == 1
+
+
+async def test_a_pushs_latency_runs_to_the_shops_echo_and_is_taken_once(
+        client: aioredis.Redis) -> None:
+    from gateway.sync.executor import pushed
+
+    shop = Shop(levels={("SKU-1", "WH01"): 5})
+    executor = build(client, shop, Inputs(record={("SKU-1", "WH01"): 10},
+                                          online={("SKU-1", "WH01"): 5}))
+    outbox = executor.outbox
+    action_id = await outbox.record(CELL, Cause(entry_id="1-0", event_id="ev1", source="wms",
+                                                received_ms=int(time.time() * 1000)))
+    await drain(executor, client)
+    (answered,) = await outbox.get([action_id])
+    assert answered is not None
+    assert answered.status is Status.DONE
+    assert answered.awaits_echo
+    assert answered.written_ms is not None
+    assert answered.latency_ms is None  # not confirmed yet
+    assert await outbox.latencies("commerce", 0) == []
+    await asyncio.sleep(0.05)
+    assert await outbox.observe(CELL, 10, cause(2, "commerce")) == action_id
+    await pushed(outbox, action_id)
+    await pushed(outbox, action_id)  # a duplicate echo: taken once
+    (confirmed,) = await outbox.get([action_id])
+    assert confirmed is not None
+    assert confirmed.latency_ms is not None
+    assert confirmed.latency_ms >= answered.written_ms + 50
+    assert await outbox.latencies("commerce", 0) == [confirmed.latency_ms]
