@@ -33,7 +33,7 @@ from resolvers.store.keys import LOG_KEY, PENDING_KEY, RECONCILE_LOCK_KEY, views
 from resolvers.store.keys import RECONCILE_LAST_RUN_KEY as LAST_RUN_KEY
 from resolvers.types import StockView
 from resolvers.values import version_number
-from tests.support import Stack
+from tests.support import Stack, stream_entries
 
 STOCK_FIELDS = ("onHand", "available", "committed", "incoming", "qualityControl", "damaged")
 QUANTITY_OF = {"onHand": "on_hand", "available": "available", "committed": "committed",
@@ -223,11 +223,11 @@ async def soak(stack: Stack, rate: float, seconds: float, seed: int = 11,
         result.runs = sorted(seen.values(), key=lambda r: str(r["finishedAt"]))
 
         entries = []
-        for entry_id, fields in await redis.xrange(LOG_KEY):
+        for entry_id, fields in stream_entries(await redis.xrange(LOG_KEY)):
             entries.append((entry_id.decode(), Envelope.decode(fields[b"e"])))
         result.events_logged = len(entries)
         result.repairs = _explain_repairs(entries)
-        for _, fields in await redis.xrange(FEED_KEY):
+        for _, fields in stream_entries(await redis.xrange(FEED_KEY)):
             d = orjson.loads(fields[b"d"])
             if d["kind"] == Kind.CACHE_DRIFT.value and fields[b"t"] != b"RESOLVED":
                 result.drift_findings[d["status"]] += 1

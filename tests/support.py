@@ -19,6 +19,8 @@ import uvicorn
 from starlette.types import ASGIApp
 
 if TYPE_CHECKING:
+    from redis.typing import StreamRangeResponse
+
     from gateway.simulators.world import World
 
 # Loopback ports for test servers: below the kernel's ephemeral range (32768+ on Linux), so no
@@ -127,6 +129,7 @@ class ServerThread:
         :func:`listening_socket`), it serves on a fresh listening socket."""
         if sock is None and port is None:
             sock = listening_socket()
+        self.app = app
         self.sock = sock
         self.port = int(sock.getsockname()[1]) if sock is not None else port or 0
         self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}"
@@ -317,3 +320,20 @@ def fresh_stack(redis_url: str, api_keys: dict[str, Any] | None = None,
         running.settings.api_keys = api_keys
     with running:
         yield running
+
+
+def stream_entries(found: StreamRangeResponse | None) -> list[tuple[bytes, dict[bytes, bytes]]]:
+    """What XRANGE / XREVRANGE answered to a client without ``decode_responses``: each entry's
+    id and fields as bytes (redis-py types them ``bytes | str | None``, for every client)."""
+    assert found is not None, "no reply to a stream range"
+    entries = []
+    for entry_id, fields in found:
+        assert isinstance(entry_id, bytes), entry_id
+        assert fields is not None, entry_id
+        raw = {}
+        for name, value in fields.items():
+            assert isinstance(name, bytes), name
+            assert isinstance(value, bytes), (name, value)
+            raw[name] = value
+        entries.append((entry_id, raw))
+    return entries

@@ -123,7 +123,7 @@ def test_read_through_that_started_before_an_event_keeps_the_event(stack: Stack)
     sku, warehouse = stack.world.items[i].sku, stack.world.warehouses[0].code
     before = stack.world.warehouse_balance(i, stack.world.warehouses[0].index).on_hand
     gate = Gate()
-    gateway_runtime(stack).cache.before_fill = gate  # type: ignore[union-attr]
+    gateway_runtime(stack).cache.before_fill = gate
     stack.reset_requests()
     slow = in_background(stock_level, stack.url, sku, warehouse)
     gate.wait_reached()  # the backend has answered `before`; the fill is held
@@ -145,7 +145,7 @@ def test_square_read_through_that_started_before_a_sale_keeps_the_sale(stack: St
     sku, store = world.items[i].sku, world.stores[0].code
     before = world.store_counts(i, 0)[0]
     gate = Gate()
-    gateway_runtime(stack).cache.before_fill = gate  # type: ignore[union-attr]
+    gateway_runtime(stack).cache.before_fill = gate
     slow = in_background(stock_level, stack.url, sku, store)
     gate.wait_reached()
     square_sale(stack, i, 0, 2)
@@ -165,7 +165,7 @@ def test_replica_reading_before_an_event_on_the_other_replica_keeps_it(redis_url
         i = 5
         sku = stack.world.items[i].sku
         gate = Gate()
-        gateway_runtime(stack, 1).cache.before_fill = gate  # type: ignore[union-attr]
+        gateway_runtime(stack, 1).cache.before_fill = gate
         slow = in_background(stock_level, stack.gateways[1].url, sku, "WH01")
         gate.wait_reached()
         delivery = signer.epcis([signer.epcis_event(i, 0, 999, 50)])
@@ -306,7 +306,7 @@ def test_fifty_concurrent_misses_make_one_backend_call(stack: Stack, source: str
         await asyncio.sleep(0.3)
 
     with serve(counted) as server:
-        runtime_of(app).cache.before_fill = hold_until_all_arrived  # type: ignore[union-attr]
+        runtime_of(app).cache.before_fill = hold_until_all_arrived
         sku = stack.world.items[11].sku
         stack.reset_requests()
 
@@ -392,7 +392,7 @@ def test_response_computed_while_an_event_arrives_is_not_stored(stack: Stack) ->
     world, signer = stack.world, Signer(stack.settings, stack.world)
     variables = {"a": world.items[4].sku, "b": world.items[6].sku}
     gate = Gate()
-    gateway_runtime(stack).cache.before_fill = gate  # type: ignore[union-attr]
+    gateway_runtime(stack).cache.before_fill = gate
     slow = in_background(_ask, stack.url, variables)
     gate.wait_reached()  # executing: the backend has been read, nothing filled or stored
     assert post(stack.url, signer.epcis([signer.epcis_event(4, 0, 5151, 9)])).status_code == 200

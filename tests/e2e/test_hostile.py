@@ -41,7 +41,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from jwt.algorithms import RSAAlgorithm
 
 from tests.helpers_webhooks import Delivery, Signer, now, redis_state
-from tests.support import ErrorLog, Stack
+from tests.support import ErrorLog, Stack, stream_entries
 
 ADMIN = "hostile-admin-key-0123456789"
 READER = "hostile-reader-key-0123456789"
@@ -1005,7 +1005,7 @@ class TestValues:
         for word in words:
             assert word in body["reason"], (word, body["reason"])
         assert h.redis.xlen("rg:{ev}:dlq") == letters + 1
-        [(_, fields)] = h.redis.xrevrange("rg:{ev}:dlq", count=1)
+        [(_, fields)] = stream_entries(h.redis.xrevrange("rg:{ev}:dlq", count=1))
         letter = orjson.loads(fields[b"e"])
         assert (letter["reason"], letter["body"].encode()) == (body["reason"], delivery.body)
 

@@ -22,7 +22,7 @@ from websockets.typing import Subprotocol
 
 from gateway.cli import main as cli_main
 from resolvers.discrepancies import Kind
-from tests.support import Stack
+from tests.support import Stack, stream_entries
 
 SHOPIFY = "/admin/api/2025-01"
 
@@ -52,7 +52,7 @@ def in_gateway(stack: Stack, make: Callable[[Any], Coroutine[Any, Any, Any]]) ->
 
 
 def _runtime(stack: Stack) -> Any:
-    app = stack.gateways[0].server.config.app
+    app: Any = stack.gateways[0].app  # the gateway, maybe inside middleware: walked to its state
     while not hasattr(app, "state") or not hasattr(app.state, "runtime"):
         app = app.app
     return app.state.runtime
@@ -308,7 +308,8 @@ def test_snapshot_behind_movements_is_lagging_and_unexplained_units_are_wrong(
 def log_entries(stack: Stack) -> list[dict[str, Any]]:
     client = redis.Redis.from_url(stack.settings.redis_url)
     try:
-        return [orjson.loads(fields[b"e"]) for _, fields in client.xrange("rg:{ev}:log")]
+        return [orjson.loads(fields[b"e"]) for _, fields in stream_entries(
+            client.xrange("rg:{ev}:log"))]
     finally:
         client.close()
 
@@ -366,7 +367,7 @@ def test_dropped_webhook_is_cache_drift_repaired_as_a_logged_event(stack: Stack)
     assert views_of(stack, i, code)["SYSTEM_OF_RECORD"]["onHand"] == 11
     client = redis.Redis.from_url(stack.settings.redis_url)
     try:
-        last = orjson.loads(client.xrevrange("rg:{ev}:log", count=1)[0][1][b"e"])
+        last = orjson.loads(stream_entries(client.xrevrange("rg:{ev}:log", count=1))[0][1][b"e"])
     finally:
         client.close()
     assert (last["kind"], last["movement"]["type"], last["sku"]) == ("LEVEL_SNAPSHOT", "REPAIR",

@@ -58,7 +58,7 @@ from tests.helpers_webhooks import (
     hash_of,
     level_data,
 )
-from tests.support import Stack, free_port, serve
+from tests.support import Stack, free_port, serve, stream_entries
 
 FREEZE_SECONDS = 10.0
 READ_DEADLINE = Settings().redis_read_timeout_ms / 1000
@@ -651,7 +651,7 @@ async def _until_nothing_pending(url: str, within: float = 20) -> None:
 def _logged(url: str) -> list[tuple[str, str]]:
     client = redis.Redis.from_url(url)
     try:
-        entries = client.xrange(LOG)
+        entries = stream_entries(client.xrange(LOG))
     finally:
         client.close()
     out = []

@@ -237,7 +237,7 @@ def test_the_truth_wins_over_an_admin_edit_at_once(synced: Stack) -> None:
             "sku": synced.world.items[8].sku, "location_id": synced.world.warehouses[1].shopify_id,
             "delta": -2})
     time.sleep(1.0)
-    assert shop_available(synced, 8, 1) == expected - 2  # type: ignore[operator]
+    assert shop_available(synced, 8, 1) == expected - 2
     assert len(actions(synced)) == 1
 
 

@@ -28,7 +28,7 @@ import websockets
 from websockets.asyncio.client import ClientConnection
 from websockets.typing import Subprotocol
 
-from gateway.http.persisted import KEY_PREFIX as APQ_PREFIX
+from resolvers.store.keys import PERSISTED_QUERY_PREFIX as APQ_PREFIX
 from tests.e2e.test_subscriptions import (
     LEGACY_WS,
     PROTOCOLS,

@@ -22,7 +22,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from gateway.simulators.commerce import Shop, create_app
+from gateway.simulators.commerce import create_app
+from gateway.simulators.shop import Shop
 from gateway.simulators.webhooks import DeliveryOptions
 from gateway.simulators.world import World
 from resolvers.connectors import commerce

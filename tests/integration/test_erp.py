@@ -341,8 +341,9 @@ async def test_a_location_code_of_the_form_of_a_global_id_is_refused() -> None:
     """A location's id is its code; other types' global ids are base64 of "Type:key"
     (schema Node). A code of that form would make ``Query.node`` ambiguous."""
     clash = node_id("Product", "SKU-000001")
-    rows = [{"code": code, "name": code, "type": "STORE", "gln": None, "externalIds": {},
-             "updatedAt": "2025-01-01T00:00:00Z"} for code in ("ST001", clash, "QUJD")]
+    rows: list[dict[str, Any]] = [
+        {"code": code, "name": code, "type": "STORE", "gln": None, "externalIds": {},
+         "updatedAt": "2025-01-01T00:00:00Z"} for code in ("ST001", clash, "QUJD")]
     erp, identity = mock_erp({"locations": rows})
     assert [loc.id for loc in await erp.locations()] == ["ST001", "QUJD"]  # "ABC": no colon
     assert identity.unmapped[("erp", "location_code", clash)].reason.startswith(

@@ -19,7 +19,8 @@ import pytest
 from starlette.applications import Starlette
 from starlette.routing import Route
 
-from gateway.simulators.commerce import Shop, create_app
+from gateway.simulators.commerce import create_app
+from gateway.simulators.shop import Shop
 from gateway.simulators.webhooks import DeliveryOptions
 from gateway.simulators.world import World
 from resolvers.settings import BackendSettings
@@ -408,7 +409,7 @@ def test_a_stopped_shop_refuses_connections_and_comes_back_with_its_state(sim: S
     current = sim.quantities(15)["available"]
     sim.set("before-down", [q(15, current - 1, current)])
     sim.drain()
-    app = sim.server.server.config.app
+    app = sim.server.app
     port = sim.server.port
     sim.server.stop()
     with pytest.raises(httpx.ConnectError):

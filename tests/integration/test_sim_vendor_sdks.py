@@ -334,7 +334,8 @@ def test_squareup_batch_changes_are_idempotent_and_timestamp_ordered(
     count = {"type": "PHYSICAL_COUNT", "physical_count": {
         "catalog_object_id": vid, "state": "IN_STOCK", "location_id": store,
         "quantity": "30", "occurred_at": _occurred(10)}}
-    sale = {"type": "ADJUSTMENT", "adjustment": {
+    # a JSON body as Square documents it: the SDK's own TypedDict knows no "location_id"
+    sale: dict[str, Any] = {"type": "ADJUSTMENT", "adjustment": {
         "catalog_object_id": vid, "from_state": "IN_STOCK", "to_state": "SOLD",
         "location_id": store, "quantity": "2", "occurred_at": _occurred(5)}}
     first = client.inventory.batch_create_changes(idempotency_key="sdk-1",

@@ -21,7 +21,6 @@ import pytest
 from starlette.applications import Starlette
 from starlette.routing import Route
 
-from gateway.config import BackendSettings
 from gateway.simulators.commerce import create_app
 from gateway.simulators.pos import create_app as create_pos_app
 from gateway.simulators.webhooks import DeliveryOptions
@@ -29,6 +28,7 @@ from gateway.simulators.world import World
 from resolvers.connectors.commerce import GRAPHQL_PATH, CommerceConnector, Throttled, shop_key
 from resolvers.connectors.pos import PosConnector
 from resolvers.errors import BackendStatusError
+from resolvers.settings import BackendSettings
 from resolvers.writes import ItemTarget, ItemWrite, Outcome, StockTarget, StockWrite
 from tests.integration.test_commerce import SECRET, TOKEN, WORLD, Receiver, master_identity
 from tests.integration.test_pos import identity_for as pos_identity

@@ -215,10 +215,11 @@ def test_shopify_level_without_updated_at_is_ordered_by_its_receipt_not_a_header
 
 
 def test_shopify_order_lines_are_movements() -> None:
-    order = {"id": 820982911946154508, "name": "#9999", "created_at": "2026-11-30T06:58:00-05:00",
-             "line_items": [{"id": 866550311766439020, "variant_id": 808950810,
-                             "product_id": 632910392, "sku": "SKU-000042", "quantity": 2,
-                             "price": "66.59"}]}
+    order: dict[str, Any] = {
+        "id": 820982911946154508, "name": "#9999", "created_at": "2026-11-30T06:58:00-05:00",
+        "line_items": [{"id": 866550311766439020, "variant_id": 808950810,
+                        "product_id": 632910392, "sku": "SKU-000042", "quantity": 2,
+                        "price": "66.59"}]}
     headers = {**SHOPIFY_HEADERS, "x-shopify-topic": "orders/create"}
     _, env = one(shopify(delivery("shopify", order, headers), identity()))
     assert (env.kind, env.sku) == (EventKind.MOVEMENT, "SKU-000042")

@@ -26,8 +26,8 @@ NOT_DECIMALS = ["1e30", "1e100000", "1E5", "NaN", "nan", "-Infinity", "sNaN", " 
 def test_plain_decimals_only() -> None:
     for bad in NOT_DECIMALS:
         assert plain_decimal(bad) is None, repr(bad)
-    for bad in (None, 5, 5.0, True, b"5", ["5"]):
-        assert plain_decimal(bad) is None, repr(bad)
+    for not_text in (None, 5, 5.0, True, b"5", ["5"]):
+        assert plain_decimal(not_text) is None, repr(not_text)
     assert plain_decimal("1.000001", places=5) is None
     fine = {"0": 0, "-3": -3, "007": 7, "19.99": Decimal("19.99"), "9" * 20: 10**20 - 1,
             "2.50000": Decimal("2.5"), "-0": 0, "1." + "0" * 12: 1}
