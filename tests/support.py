@@ -10,7 +10,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -337,3 +337,23 @@ def stream_entries(found: StreamRangeResponse | None) -> list[tuple[bytes, dict[
             raw[name] = value
         entries.append((entry_id, raw))
     return entries
+
+
+def texts(found: Iterable[object]) -> list[str]:
+    """Members a ``decode_responses`` client answered (ZRANGE, SMEMBERS...), checked to be
+    text: redis-py types them ``bytes | str`` (or score pairs), whatever the client."""
+    members = []
+    for member in found:
+        assert isinstance(member, str), member
+        members.append(member)
+    return members
+
+
+def text_fields(found: Mapping[bytes | str, bytes | str]) -> dict[str, str]:
+    """A hash a ``decode_responses`` client answered (HGETALL), checked to be text."""
+    fields = {}
+    for name, value in found.items():
+        assert isinstance(name, str), name
+        assert isinstance(value, str), (name, value)
+        fields[name] = value
+    return fields

@@ -60,6 +60,7 @@ def run_sims(gateway_port: int, ports: list[int], skus: int) -> None:
 def run_gateway(config: str) -> None:
     from starlette.responses import Response
     from starlette.routing import Route
+    from starlette.types import Message, Receive, Scope, Send
 
     from gateway import config as cfg
     from gateway.app import create_app
@@ -72,8 +73,16 @@ def run_gateway(config: str) -> None:
     async def ceiling(request: object) -> Response:
         return Response(static, media_type="application/json")
 
-    app.router.routes.insert(0, Route("/_bench/static", ceiling, methods=["POST"]))
-    asyncio.run(run_together([[make_server(app, settings.host, settings.port)]]))
+    async def with_ceiling(scope: Scope, receive: Receive, send: Send) -> None:
+        """The gateway, with the static route first among its own once it has started (it
+        builds its routes in its lifespan): served by the same server, same middleware."""
+        async def started(message: Message) -> None:
+            if message["type"] == "lifespan.startup.complete":
+                app.routes.insert(0, Route("/_bench/static", ceiling, methods=["POST"]))
+            await send(message)
+        await app(scope, receive, started if scope["type"] == "lifespan" else send)
+
+    asyncio.run(run_together([[make_server(with_ceiling, settings.host, settings.port)]]))
 
 
 # -- driver ----------------------------------------------------------------------------------

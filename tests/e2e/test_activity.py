@@ -163,6 +163,7 @@ async def test_activity_keeps_the_graph_exactly_in_step_with_the_systems(
             by_state[c["catalog_object_id"], c["location_id"]][c["state"]] = int(c["quantity"])
         for i, loc in store_cells:
             item, site = world.item(i), world.locations[loc]
+            assert site.square_id is not None, site  # a store: Square knows it
             states = by_state[item.square_variation_id, site.square_id]
             expected[item.sku, site.code] = {
                 k: sum(states.get(s, 0) for s in names) for k, names in STORE_FIELDS.items()}

@@ -142,8 +142,9 @@ def test_no_or_bad_credentials_get_401(secured: Stack, keys: Keys) -> None:
     expired = hs256("admin", ttl=-3600)
     forged = hs256("admin", secret="not-the-gateway-secret-but-long-enough-000")
     no_exp = jwt.encode({"sub": "x", "scope": "admin"}, SECRET, algorithm="HS256")
+    # No key: PyJWT takes "" for None with alg "none" (its annotations do not allow None).
     unsigned = jwt.encode({"sub": "x", "scope": "admin", "exp": int(time.time()) + 60},
-                          None, algorithm="none")
+                          "", algorithm="none")
     bad_locations = hs256("admin", locations="ST001")  # type: ignore[arg-type]
     unknown_kid = signed(keys.rsa, "RS256", "rsa-2", "admin")
     # An RS256 token whose kid names the EC key: algorithm and key must agree.

@@ -26,6 +26,7 @@ import subprocess
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -98,6 +99,15 @@ class Node:
         return redis.Redis(host="127.0.0.1", port=self.port)
 
 
+def pings(node: Node) -> bool:
+    return node.admin().ping()
+
+
+def cluster_ok(node: Node) -> bool:
+    info: dict[str, Any] = node.admin().cluster("info")
+    return info.get("cluster_state") == "ok"
+
+
 def start_node(directory: Path, port: int, *extra: str) -> Node:
     directory.mkdir(parents=True, exist_ok=True)
     user, _, rules = compose_acl()
@@ -163,7 +173,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
                                                                  "nodes.conf"),
                                     "--cluster-node-timeout", "5000"))
         for node in nodes:
-            wait_for(f"redis node {node.port}", lambda n=node: n.admin().ping(), timeout=20)
+            wait_for(f"redis node {node.port}", partial(pings, node), timeout=20)
         assert REDIS_CLI is not None
         created = subprocess.run(
             [REDIS_CLI, "--cluster", "create", *(f"127.0.0.1:{n.port}" for n in nodes),
@@ -171,8 +181,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
             capture_output=True, text=True, timeout=60, check=False)
         assert created.returncode == 0, created.stdout + created.stderr
         for node in nodes:
-            wait_for("cluster_state:ok", lambda n=node: n.admin().cluster("info")
-                     .get("cluster_state") == "ok", timeout=30)
+            wait_for("cluster_state:ok", partial(cluster_ok, node), timeout=30)
         yield Cluster(nodes)
     finally:
         for node in nodes:

@@ -38,6 +38,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, fields
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -55,6 +56,7 @@ from websockets.typing import Subprotocol
 
 from gateway import cli, config
 from gateway.simulators.world import World
+from resolvers.settings import BackendSettings
 from tests.support import ServerThread, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -177,7 +179,7 @@ def setting_names(backends: list[str]) -> dict[str, tuple[str | None, str]]:
         f"{config.ENV_PREFIX}{f.name.upper()}": (None, f.name)
         for f in fields(config.Settings) if f.name != "backends"}
     for backend in backends:
-        for f in fields(config.BackendSettings):
+        for f in fields(BackendSettings):
             if f.name != "name":
                 names[f"{config.ENV_PREFIX}{backend.upper()}_{f.name.upper()}"] = (backend,
                                                                                     f.name)
@@ -412,6 +414,10 @@ def _base_env() -> dict[str, str]:
 def _local(argv: list[str]) -> list[str]:
     """A container's command line for a process here: the compose TOML from the repo."""
     return [str(COMPOSE_TOML) if a == CONTAINER_TOML else a for a in argv]
+
+
+def answers_stats(sim: Proc) -> bool:
+    return httpx.get(f"{sim.url}/_sim/stats").status_code == 200
 
 
 def wait_for(what: str, check: Callable[[], T | None], timeout: float = 60.0,
@@ -666,8 +672,7 @@ def _start_topology(tmp: Path) -> Topology:
     for sim in sims.values():
         sim.start()
     for sim in sims.values():
-        wait_for(f"{sim.name} simulator", lambda s=sim: httpx.get(f"{s.url}/_sim/stats")
-                 .status_code == 200)
+        wait_for(f"{sim.name} simulator", partial(answers_stats, sim))
     for gateway in gateways:
         gateway.start()
     for replica in range(len(gateways)):
@@ -984,11 +989,14 @@ def test_readyz_names_redis_while_it_is_down_and_recovers(topology: Topology) ->
     logged, _ = topology.stock_events(1, [sku], None)
     assert logged
     topology.redis_proc.stop()
+
+    def unready(replica: int) -> tuple[int, dict[str, Any]] | None:
+        answer = topology.ready(replica)
+        return answer if answer[0] == 503 else None
+
     try:
         for replica in (0, 1):
-            status, report = wait_for(
-                "503 from /readyz", lambda r=replica: (lambda s: s if s[0] == 503 else None)(
-                    topology.ready(r)), timeout=30)
+            status, report = wait_for("503 from /readyz", partial(unready, replica), timeout=30)
             assert status == 503
             assert report["ready"] is False
             assert "redis" in report["failing"]

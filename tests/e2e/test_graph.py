@@ -66,7 +66,7 @@ class Truth:
         with stack.sim("erp") as erp:
             self.items = {i["sku"]: i for i in erp.get("/api/v1/items",
                                                        params={"limit": 1000}).json()["items"]}
-            self.locations = {loc["code"]: loc
+            self.locations: dict[str, dict[str, Any]] = {loc["code"]: loc
                               for loc in erp.get("/api/v1/locations").json()["locations"]}
             self.purchase_orders = erp.get("/api/v1/purchase-orders",
                                            params={"limit": 1000}).json()["purchaseOrders"]

@@ -24,7 +24,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import timedelta
@@ -280,7 +280,10 @@ def ws_errors(message: dict[str, Any]) -> list[dict[str, Any]]:
     graphql-transport-ws, one error on graphql-ws) or a result's ``errors``."""
     payload = message.get("payload")
     if message.get("type") == "error":
-        return payload if isinstance(payload, list) else [payload]
+        if isinstance(payload, list):
+            return payload
+        assert isinstance(payload, dict), message
+        return [payload]
     errors: list[dict[str, Any]] = (payload or {}).get("errors") or []
     return errors
 
@@ -985,7 +988,8 @@ class TestValues:
         return level
 
     def _view(self, h: Hostile, i: int, loc: str, role: str) -> dict[str, Any]:
-        [view] = [v for v in self._cell(h, i, loc)["views"] if v["role"] == role]
+        views: list[dict[str, Any]] = self._cell(h, i, loc)["views"]
+        [view] = [v for v in views if v["role"] == role]
         return view
 
     def _accepted(self, h: Hostile, delivery: Delivery) -> None:
@@ -1013,13 +1017,14 @@ class TestValues:
 
     def test_quantities_past_32_bits_are_dead_lettered(self, hostile: Hostile) -> None:
         h, big = hostile, str(2**31)
-        cases: list[tuple[Any, str, tuple[str, ...]]] = [
+        far_sequence: dict[str, Any] = {"wms:sequence": 2**53}
+        cases: list[tuple[Callable[[int], Delivery], str, tuple[str, ...]]] = [
             (lambda i: self._epcis(h, i, 2**31), "WH01", (big,)),
             (lambda i: self._epcis(h, i, 5, balance={"available": 2**31}), "WH01",
              ("available", big)),
             (lambda i: self._epcis(h, i, 5, balance={"incoming": 2**40}), "WH01",
              ("incoming", str(2**40))),
-            (lambda i: self._epcis(h, i, 5, **{"wms:sequence": 2**53}), "WH01",
+            (lambda i: self._epcis(h, i, 5, **far_sequence), "WH01",
              ("wms:sequence", str(2**53))),
             (lambda i: self._square(h, i, big), "ST001", ("count quantity", big)),
             (lambda i: self._square(h, i, str(-2**31 - 1)), "ST001", ("-2147483649",)),
@@ -1108,7 +1113,8 @@ class TestValues:
         is still shown."""
         h, far = hostile, self.FAR
         soon = (now() + timedelta(minutes=10)).isoformat()
-        genuine = {"erp": ("WH01", "ERP_SNAPSHOT", "onHand",
+        genuine: dict[str, tuple[str, str, str, Callable[[int, int], Delivery]]] = {
+                   "erp": ("WH01", "ERP_SNAPSHOT", "onHand",
                            lambda i, v: self._erp_stock(h, i, v)),
                    "commerce": ("WH01", "ONLINE", "available",
                                 lambda i, v: self._shopify_level(h, i, v)),
@@ -1116,7 +1122,7 @@ class TestValues:
                            lambda i, v: self._square(h, i, str(v))),
                    "wms": ("WH01", "SYSTEM_OF_RECORD", "onHand",
                            lambda i, v: self._epcis(h, i, v))}
-        cases: list[tuple[Any, tuple[str, ...]]] = [
+        cases: list[tuple[Callable[[int], Delivery], tuple[str, ...]]] = [
             (lambda i: self._erp_stock(h, i, 7, data={"adjustedAt": None}, occurredAt=far),
              ("occurredAt", "9999-12-31", "max_clock_skew_seconds")),
             (lambda i: self._erp_stock(h, i, 7, data={"adjustedAt": far}), ("adjustedAt",)),

@@ -6,6 +6,7 @@ so Strawberry's validation cache keeps hitting. Introspection and GraphiQL can b
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Iterator
 from typing import Any
 
@@ -112,6 +113,7 @@ def test_page_size_limit(tight: Stack) -> None:
 
 def test_validation_cache_keeps_hitting(tight: Stack) -> None:
     cache = _get_validate_cache(256)
+    assert isinstance(cache, functools._lru_cache_wrapper), cache  # typed Callable[..., Any]
     query = "query CacheProbe { locations(type: STORE) { id name gln } }"
     ask(tight, query)
     before = cache.cache_info()

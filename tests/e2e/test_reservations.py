@@ -16,12 +16,14 @@ from typing import Any
 import httpx
 import pytest
 import websockets
+from websockets.typing import Subprotocol
 
 from tests.support import Stack, fresh_stack
 
 ADMIN_KEY = "admin-key-0123456789abcdef"
 STORE_KEY = "store-key-0123456789abcdef"
 READER_KEY = "reader-key-0123456789abcdef"
+TRANSPORT_WS = Subprotocol("graphql-transport-ws")
 RESERVE = """
 mutation R($input: ReserveStockInput!) {
   reserveStock(input: $input) {
@@ -142,7 +144,8 @@ def test_checkout_flow(stack: Stack) -> None:
 def test_user_errors_change_nothing(stack: Stack) -> None:
     sku, loc = cell(stack, 2, 0)
     set_store_stock(stack, 2, 0, 4)
-    cases = [({"quantity": 0}, "INVALID_QUANTITY", ["input", "quantity"]),
+    cases: list[tuple[dict[str, Any], str, list[str]]] = [
+             ({"quantity": 0}, "INVALID_QUANTITY", ["input", "quantity"]),
              ({"quantity": -3}, "INVALID_QUANTITY", ["input", "quantity"]),
              ({"quantity": 5}, "INSUFFICIENT_STOCK", ["input", "quantity"]),
              ({"quantity": 1, "sku": "NO-SUCH-SKU"}, "UNKNOWN_SKU", ["input", "sku"]),
@@ -157,7 +160,7 @@ def test_user_errors_change_nothing(stack: Stack) -> None:
              ({"quantity": 1, "reference": "r" * 300}, "INVALID_REFERENCE",
               ["input", "reference"])]
     for change, code, field in cases:
-        given = {"sku": sku, "locationId": loc, **change}
+        given: dict[str, Any] = {"sku": sku, "locationId": loc, **change}
         payload = reserve(stack, **given)
         assert payload["reservation"] is None, change
         assert [(e["code"], e["field"]) for e in payload["userErrors"]] == [(code, field)]
@@ -182,7 +185,7 @@ def test_idempotent_retries_on_both_paths(stack: Stack) -> None:
     sku, loc = cell(stack, 3, 0)
     set_store_stock(stack, 3, 0, 6)
     key = str(uuid.uuid4())
-    given = {"sku": sku, "locationId": loc, "quantity": 2, "idempotencyKey": key}
+    given: dict[str, Any] = {"sku": sku, "locationId": loc, "quantity": 2, "idempotencyKey": key}
     first = reserve(stack, **given)
     again = [reserve(stack, **given) for _ in range(5)]
     assert {a["reservation"]["id"] for a in again} == {first["reservation"]["id"]}
@@ -315,12 +318,12 @@ def test_batched_and_websocket_mutations(stack: Stack) -> None:
                           headers={"authorization": f"Bearer {ADMIN_KEY}"}, timeout=30)
     results = response.json()
     made = [r for r in results if r["data"]["reserveStock"]["reservation"]]
-    refused = [r for r in results if r["data"]["reserveStock"]["userErrors"]]
-    assert (len(made), len(refused)) == (3, 2)
+    turned_down = [r for r in results if r["data"]["reserveStock"]["userErrors"]]
+    assert (len(made), len(turned_down)) == (3, 2)
 
     async def over_websocket() -> dict[str, Any]:
         url = stack.url.replace("http", "ws") + "/graphql"
-        async with websockets.connect(url, subprotocols=["graphql-transport-ws"]) as ws:
+        async with websockets.connect(url, subprotocols=[TRANSPORT_WS]) as ws:
             await ws.send(json.dumps({"type": "connection_init",
                                       "payload": {"Authorization": f"Bearer {ADMIN_KEY}"}}))
             assert json.loads(await ws.recv())["type"] == "connection_ack"
@@ -349,7 +352,7 @@ def test_subscribers_see_holds(stack: Stack) -> None:
 
     async def run() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         url = stack.url.replace("http", "ws") + "/graphql"
-        async with websockets.connect(url, subprotocols=["graphql-transport-ws"]) as ws:
+        async with websockets.connect(url, subprotocols=[TRANSPORT_WS]) as ws:
             await ws.send(json.dumps({"type": "connection_init",
                                       "payload": {"Authorization": f"Bearer {ADMIN_KEY}"}}))
             assert json.loads(await ws.recv())["type"] == "connection_ack"

@@ -27,6 +27,7 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,7 @@ from gateway.config import ConfigError, Settings, apply_env, demo_settings, load
 from resolvers.store.client import (
     REDIS_MAX_CONNECTIONS,
     Deadlines,
+    GuardedRedis,
     RedisDeadlineExceeded,
     RedisNotAnswering,
     connect,
@@ -138,10 +140,16 @@ def own_redis(tmp_path: Path) -> Iterator[RedisProcess]:
 # -- the client: every command has a deadline, a frozen server holds nothing -----------------
 
 
+async def guarded(url: str, deadlines: Deadlines) -> GuardedRedis:
+    client = await connect(url, deadlines)
+    assert isinstance(client, GuardedRedis), client  # a redis:// URL: not a cluster client
+    return client
+
+
 async def test_frozen_server_every_command_meets_its_deadline_and_the_pool_recovers(
         own_redis: RedisProcess) -> None:
     deadlines = Deadlines(read=0.25, write=1.0)
-    client = await connect(own_redis.url, deadlines)
+    client = await guarded(own_redis.url, deadlines)
     try:
         assert await client.set("k", "before")
         own_redis.freeze()
@@ -176,7 +184,7 @@ async def test_frozen_server_every_command_meets_its_deadline_and_the_pool_recov
         calls: list[tuple[str, Callable[[], Awaitable[Any]]]] = []
         for n in range(REDIS_MAX_CONNECTIONS * 3):
             calls.append(("read", optional_get) if n % 3 == 0 else
-                         ("write", lambda n=n: client.set("k", n)) if n % 3 == 1 else
+                         ("write", partial(client.set, "k", n)) if n % 3 == 1 else
                          ("read", cache_lookup))
         results = await asyncio.gather(*(timed(what, call) for what, call in calls),
                                        timed("block", lambda: client.xread({"s": "$"},
@@ -238,7 +246,7 @@ async def test_an_answer_that_came_while_the_event_loop_was_busy_is_kept(
         own_redis: RedisProcess) -> None:
     """Our own event loop held up past the read deadline is not a late Redis: the answer
     arrived in time, and is used."""
-    client = await connect(own_redis.url, Deadlines(read=0.1, write=1.0))
+    client = await guarded(own_redis.url, Deadlines(read=0.1, write=1.0))
     try:
         assert await client.set("k", "v")
 
@@ -266,11 +274,11 @@ return 1
 async def test_one_slow_command_does_not_switch_reads_off(own_redis: RedisProcess) -> None:
     """Redis busy for a moment (a slow script elsewhere): the read that waited on it misses
     its deadline, the PING that follows is answered, and reads go on using Redis."""
-    client = await connect(own_redis.url, Deadlines(read=0.1, write=1.0))
+    client = await guarded(own_redis.url, Deadlines(read=0.1, write=1.0))
     other = redis.asyncio.Redis.from_url(own_redis.url)
     try:
         assert await client.set("k", "v")
-        busy = asyncio.create_task(other.eval(BUSY_LUA, 0, 300_000))
+        busy = asyncio.ensure_future(other.eval(BUSY_LUA, 0, 300_000))
         await asyncio.sleep(0.05)
         with optional(), pytest.raises(RedisDeadlineExceeded):
             await client.get("k")
@@ -285,7 +293,7 @@ async def test_one_slow_command_does_not_switch_reads_off(own_redis: RedisProces
 
 async def test_a_blocking_read_gets_its_block_time_on_top_of_the_deadline(
         own_redis: RedisProcess) -> None:
-    client = await connect(own_redis.url, Deadlines(read=0.1, write=0.3))
+    client = await guarded(own_redis.url, Deadlines(read=0.1, write=0.3))
     try:
         started = time.monotonic()
         assert await client.xread({"nothing": "$"}, block=600) in (None, [], {})

@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ from gateway.simulators.wms import epc_class
 from resolvers.store.keys import OUTBOX_ALL_KEY as ALL_KEY
 from resolvers.store.keys import OUTBOX_DUE_KEY as DUE_KEY
 from resolvers.store.outbox import action_key
-from tests.support import Stack
+from tests.support import Stack, text_fields, texts
 
 SHOP_API = "/admin/api/2025-01"
 
@@ -89,6 +90,15 @@ def ats(stack: Stack, i: int, w: int) -> int:
     return max(0, wms_available(stack, i, w) - safety(stack, i))
 
 
+def pushed(stack: Stack, i: int, w: int) -> bool:
+    """The shop holds what is available to sell of item ``i`` at warehouse ``w``."""
+    return shop_available(stack, i, w) == ats(stack, i, w)
+
+
+def holds(stack: Stack, i: int, w: int, value: int) -> bool:
+    return shop_available(stack, i, w) == value
+
+
 def writes_by_key(stack: Stack) -> dict[str, int]:
     with stack.sim("commerce") as shop:
         found: dict[str, int] = shop.get("/_sim/shop/writes").json()["byKey"]
@@ -98,8 +108,8 @@ def writes_by_key(stack: Stack) -> dict[str, int]:
 def actions(stack: Stack) -> list[dict[str, str]]:
     client = redis.Redis.from_url(stack.settings.redis_url, decode_responses=True)
     try:
-        ids = client.zrange(ALL_KEY, 0, -1)
-        return [dict(client.hgetall(action_key(i))) for i in ids]
+        ids = texts(client.zrange(ALL_KEY, 0, -1))
+        return [text_fields(client.hgetall(action_key(i))) for i in ids]
     finally:
         client.close()
 
@@ -179,8 +189,7 @@ def test_sync_now_the_audit_trail_and_scopes(redis_url: str) -> None:
         queued = stack.graphql(SYNC_NOW, {"skus": [sku], "targets": ["commerce"]}, headers=ops)
         assert queued["data"]["syncNow"]["queued"] >= 2, queued
         for w in (0, 1):
-            wait_for(lambda w=w: shop_available(stack, 5, w) == ats(stack, 5, w),
-                     what="the pushes")
+            wait_for(partial(pushed, stack, 5, w), what="the pushes")
         wait_for(lambda: idle(stack), what="the actions to finish")
         listed = stack.graphql(ACTIONS, {"skus": [sku], "status": ["DONE", "SUPERSEDED"]},
                                headers=ops)
@@ -310,8 +319,7 @@ def test_the_shop_down_for_30_seconds_gets_everything_when_back(synced: Stack) -
              what="a failed attempt")
     assert time.monotonic() - started < 30
     for i in range(20, 26):
-        wait_for(lambda i=i: shop_available(synced, i, 0) == ats(synced, i, 0), timeout=60,
-                 what="the pushes after the outage")
+        wait_for(partial(pushed, synced, i, 0), timeout=60, what="the pushes after the outage")
     assert time.monotonic() - started >= 30
     assert all(n == 1 for n in writes_by_key(synced).values())
     assert len(writes_by_key(synced)) <= 6  # at most one write per cell: bursts coalesced
@@ -325,8 +333,7 @@ def test_throttling_is_waited_out(synced: Stack) -> None:
     for i in range(30, 34):
         count(synced, i, 1, wms_available(synced, i, 1) + 9)
     for i in range(30, 34):
-        wait_for(lambda i=i: shop_available(synced, i, 1) == ats(synced, i, 1), timeout=30,
-                 what="the throttled pushes")
+        wait_for(partial(pushed, synced, i, 1), timeout=30, what="the throttled pushes")
     push = next(s["push"] for s in synced.graphql(PUSH)["data"]["syncStatus"]
                 if s["source"] == "commerce")
     assert push["deadLetters"] == 0
@@ -352,8 +359,7 @@ def test_two_replicas_share_the_work(redis_url: str) -> None:
             assert response.status_code == 200, response.text
             wanted[cell] = max(0, on_hand - stack.world.items[i].safety_stock)
         for (i, w), value in wanted.items():
-            wait_for(lambda i=i, w=w, value=value: shop_available(stack, i, w) == value,
-                     what="the pushes")
+            wait_for(partial(holds, stack, i, w, value), what="the pushes")
         wait_for(lambda: idle(stack), what="the actions to finish")
         done = [a for a in actions(stack) if a["status"] == "DONE"]
         assert len(done) == 16
@@ -407,15 +413,18 @@ def test_kill_9_of_a_replica_during_pushes(redis_url: str, tmp_path: Path,
                     "location_ids": site.shopify_id}).json()["inventory_levels"][0]
             return int(level["available"])
 
+        def shop_holds_wanted(cell: tuple[int, int], wanted: int) -> bool:
+            return shop_holds(cell) == wanted
+
         for cell in cells:
             wanted = max(0, last[cell] - world.items[cell[0]].safety_stock)
-            wait_for(lambda cell=cell, wanted=wanted: shop_holds(cell) == wanted, timeout=120,
+            wait_for(partial(shop_holds_wanted, cell, wanted), timeout=120,
                      what=f"the push of {cell}")
         client = redis.Redis.from_url(redis_url, decode_responses=True)
         try:
             wait_for(lambda: client.zcard(DUE_KEY) == 0, timeout=60, what="nothing due")
             statuses = [client.hget(action_key(i), "status")
-                        for i in client.zrange(ALL_KEY, 0, -1)]
+                        for i in texts(client.zrange(ALL_KEY, 0, -1))]
         finally:
             client.close()
         assert set(statuses) <= {"DONE", "SUPERSEDED"}

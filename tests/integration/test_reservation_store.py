@@ -190,7 +190,10 @@ async def test_expiry_by_the_sweep(client: aioredis.Redis) -> None:
     assert {c.reservation.seq for c in expiring} == {1, 2}
     assert expiring[-1].held == 2
     # Next due: the long one at its expiry, the expired one at the end of its retention.
-    scores = dict(await client.zrange(RESERVATIONS_DUE, 0, -1, withscores=True))
+    scores = {}
+    for entry in await client.zrange(RESERVATIONS_DUE, 0, -1, withscores=True):
+        assert isinstance(entry, tuple), entry  # withscores: (member, score)
+        scores[entry[0]] = entry[1]
     assert scores[long.id.encode()] == pytest.approx(
         long.expires_at.timestamp() * 1000, abs=2)
 

@@ -201,6 +201,7 @@ async def test_a_lost_answer_retried_by_another_replica_takes_effect_once(
     assert (await second.outbox.claim(1, second.lease_ms))[0] == []  # leased by the first
     await asyncio.sleep(0.4)  # the first replica is gone; its lease expires
     crashed.cancel()
+    assert shop.gate is not None
     shop.gate.set()  # the first write reaches the shop after all; its answer is lost
     await drain(second, client)
     assert len(shop.calls) == 2
