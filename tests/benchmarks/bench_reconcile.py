@@ -36,8 +36,8 @@ from typing import Any
 import httpx
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import contract  # noqa: E402
+sys.path.insert(0, str(ROOT))
+from tests.benchmarks import contract  # noqa: E402
 
 
 def free_port() -> int:

@@ -29,8 +29,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import contract  # noqa: E402
+from tests.benchmarks import contract  # noqa: E402
 
 
 async def fill(redis: object, entries: int, skus: int, locations: int) -> None:

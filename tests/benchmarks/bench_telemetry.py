@@ -20,8 +20,7 @@ import httpx
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import contract  # noqa: E402
+from tests.benchmarks import contract  # noqa: E402
 
 PAGE = ("query Q{n} {{ locations {{ id name type gln externalIds {{ namespace value }} }} "
         "a: product(sku: \"SKU-000001\") {{ name stock {{ location {{ id }} available onHand }} "

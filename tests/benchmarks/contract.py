@@ -33,8 +33,9 @@ def machine() -> dict[str, Any]:
             "load_average": round(os.getloadavg()[0], 2)}
 
 
-def figure(name: str, value: float, unit: str, goal: str, met: bool,
+def figure(name: str, value: float, unit: str, goal: str | None, met: bool | None,
            **extra: Any) -> dict[str, Any]:
+    """One figure; ``goal`` None for a figure without one (``run_all.py``: "no goal")."""
     return {"name": name, "value": value, "unit": unit, "goal": goal, "met": bool(met),
             **extra}
 

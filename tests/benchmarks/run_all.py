@@ -36,8 +36,8 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
-sys.path.insert(0, str(HERE))
-import contract  # noqa: E402
+sys.path.insert(0, str(ROOT))  # run as a script: the repository's packages importable
+from tests.benchmarks import contract  # noqa: E402
 
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
 Figure = dict[str, Any]
