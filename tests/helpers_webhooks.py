@@ -23,6 +23,7 @@ import redis
 
 from gateway.config import Settings
 from gateway.simulators.world import COMPANY_PREFIX, World
+from tests.support import stream_entries
 
 LOG = "rg:{ev}:log"
 DLQ = "rg:{ev}:dlq"
@@ -252,8 +253,7 @@ def stream(url: str, key: str = LOG) -> list[dict[str, Any]]:
     """Decoded entries of the event log (envelopes) or the DLQ (letters), oldest first."""
     client = redis.Redis.from_url(url)
     try:
-        entries: list[tuple[bytes, dict[bytes, bytes]]] = client.xrange(key)  # type: ignore[assignment]
-        return [orjson.loads(fields[b"e"]) for _, fields in entries]
+        return [orjson.loads(fields[b"e"]) for _, fields in stream_entries(client.xrange(key))]
     finally:
         client.close()
 
@@ -261,8 +261,12 @@ def stream(url: str, key: str = LOG) -> list[dict[str, Any]]:
 def hash_of(url: str, key: str) -> dict[str, str]:
     client = redis.Redis.from_url(url)
     try:
-        raw: dict[bytes, bytes] = client.hgetall(key)  # type: ignore[assignment]
-        return {k.decode(): v.decode() for k, v in raw.items()}
+        fields = {}
+        for name, value in client.hgetall(key).items():
+            assert isinstance(name, bytes), name
+            assert isinstance(value, bytes), (name, value)
+            fields[name.decode()] = value.decode()
+        return fields
     finally:
         client.close()
 

@@ -33,6 +33,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse
 from starlette.routing import Route
 from websockets.asyncio.client import ClientConnection
+from websockets.typing import Subprotocol
 
 from gateway import cli
 from gateway.config import Settings
@@ -353,7 +354,7 @@ def ws_url(stack: Stack) -> str:
 
 async def init(stack: Stack, payload: dict[str, Any] | None,
                headers: dict[str, str] | None = None) -> tuple[ClientConnection, dict[str, Any]]:
-    ws = await websockets.connect(ws_url(stack), subprotocols=["graphql-transport-ws"],  # type: ignore[list-item]
+    ws = await websockets.connect(ws_url(stack), subprotocols=[Subprotocol("graphql-transport-ws")],
                                   additional_headers=headers, open_timeout=10)
     message: dict[str, Any] = {"type": "connection_init"}
     if payload is not None:

@@ -43,7 +43,7 @@ from tests.helpers_webhooks import (
     stock_level,
     stream,
 )
-from tests.support import ServerThread, Stack, free_port
+from tests.support import ServerThread, Stack, free_port, stream_entries
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -501,8 +501,7 @@ def test_kill_9_loses_nothing_acknowledged_and_applies_nothing_twice(
 def _entries(redis_url: str, key: str) -> list[tuple[bytes, dict[bytes, bytes]]]:
     client = redis.Redis.from_url(redis_url)
     try:
-        found: list[tuple[bytes, dict[bytes, bytes]]] = client.xrange(key)  # type: ignore[assignment]
-        return found
+        return stream_entries(client.xrange(key))
     finally:
         client.close()
 

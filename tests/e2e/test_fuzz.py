@@ -22,6 +22,7 @@ import redis
 import websockets
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
+from websockets.typing import Subprotocol
 
 from gateway.intake import signatures
 from tests.support import ErrorLog, Stack, errors_logged
@@ -272,7 +273,7 @@ async def _ws_session(url: str, protocol: str, init: bool, messages: list[str | 
     """Send ``messages`` (after a proper connection_init when ``init``); what came back
     within a short while, and the close code if the server closed."""
     received: list[Any] = []
-    async with websockets.connect(url, subprotocols=[protocol],  # type: ignore[list-item]
+    async with websockets.connect(url, subprotocols=[Subprotocol(protocol)],
                                   open_timeout=10, max_size=None) as ws:
         try:
             if init:

@@ -39,6 +39,7 @@ import websockets
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from jwt.algorithms import RSAAlgorithm
+from websockets.typing import Subprotocol
 
 from tests.helpers_webhooks import Delivery, Signer, now, redis_state
 from tests.support import ErrorLog, Stack, stream_entries
@@ -180,7 +181,7 @@ class Hostile:
 
     async def connect(self, protocol: str, *, init: bool = True,
                       credential: str = ADMIN) -> websockets.ClientConnection:
-        ws = await websockets.connect(self.ws_url, subprotocols=[protocol],  # type: ignore[list-item]
+        ws = await websockets.connect(self.ws_url, subprotocols=[Subprotocol(protocol)],
                                       open_timeout=10, max_size=None)
         if init:
             await ws.send(orjson.dumps({"type": "connection_init", "payload": {

@@ -16,6 +16,7 @@ import pytest
 import redis
 import websockets
 from strawberry.extensions.validation_cache import _get_validate_cache
+from websockets.typing import Subprotocol
 
 from tests.support import Stack
 
@@ -141,7 +142,7 @@ def test_introspection_and_graphiql_can_be_switched_off(tight: Stack) -> None:
 
 async def test_limits_apply_to_subscriptions_too(tight: Stack) -> None:
     url = tight.url.replace("http://", "ws://") + "/graphql"
-    async with websockets.connect(url, subprotocols=["graphql-transport-ws"],  # type: ignore[list-item]
+    async with websockets.connect(url, subprotocols=[Subprotocol("graphql-transport-ws")],
                                   open_timeout=10) as ws:
         await ws.send(orjson.dumps({"type": "connection_init"}).decode())
         assert orjson.loads(await asyncio.wait_for(ws.recv(), 10))["type"] == "connection_ack"

@@ -360,7 +360,9 @@ def test_while_redis_is_not_answering_concurrent_reads_share_one_backend_call(
             assert httpx.post(f"{server.url}/graphql", json=body, timeout=30).status_code == 200
             own_redis.freeze()
             try:
-                guard = runtime_of(app).cache.redis.guard  # type: ignore[union-attr]
+                client = runtime_of(app).cache.redis
+                assert isinstance(client, GuardedRedis), client  # not a cluster here
+                guard = client.guard
                 deadline = time.monotonic() + 10
                 while guard.sick_since is None:  # a first read notices, its PING confirms
                     assert time.monotonic() < deadline

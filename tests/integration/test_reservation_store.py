@@ -19,8 +19,10 @@ from resolvers.store.reservations import (
     CellMissing,
     HoldChange,
     HoldEnd,
+    Reservation,
     ReservationStatus,
     ReservationStore,
+    Reserved,
     parse_reservation_id,
     reservation_id,
 )
@@ -62,20 +64,27 @@ def store(client: aioredis.Redis, published: Published | None = None,
 
 async def reserve(s: ReservationStore, key: str, quantity: int, ttl_ms: int = 60_000,
                   safety: int = 0, reference: str | None = None, sku: str = SKU,
-                  loc: str = LOC) -> object:
+                  loc: str = LOC) -> Reserved:
     rid = reservation_id("caller", key, sku, loc)
     return await s.reserve(rid, sku, loc, quantity, ttl_ms, safety, reference, "fp")
+
+
+async def hold(s: ReservationStore, key: str, quantity: int, ttl_ms: int = 60_000) -> Reservation:
+    """:func:`reserve` where there is stock for it: the reservation made."""
+    made = await reserve(s, key, quantity, ttl_ms)
+    assert made.reservation is not None, made
+    return made.reservation
 
 
 async def test_exactly_what_is_available_is_held(client: aioredis.Redis) -> None:
     await put_cell(client, 50)
     s = store(client)
     results = await asyncio.gather(*(reserve(s, f"k{i}", 1) for i in range(200)))
-    made = [r for r in results if r.reservation is not None]  # type: ignore[attr-defined]
-    refused = [r for r in results if r.reservation is None]  # type: ignore[attr-defined]
+    made = [r for r in results if r.reservation is not None]
+    refused = [r for r in results if r.reservation is None]
     assert len(made) == 50
     assert len(refused) == 150
-    assert all(r.available_to_sell == 0 for r in refused)  # type: ignore[attr-defined]
+    assert all(r.available_to_sell == 0 for r in refused)
     assert (await s.held([SKU]))[SKU] == {LOC: 50}
     assert await HeldUnits(s).held(SKU, LOC) == 50  # what the sync rules read
     assert await HeldUnits(s).held(SKU, "ST009") == 0
@@ -84,11 +93,11 @@ async def test_exactly_what_is_available_is_held(client: aioredis.Redis) -> None
 async def test_safety_stock_and_existing_holds_count(client: aioredis.Redis) -> None:
     await put_cell(client, 10)
     s = store(client)
-    assert (await reserve(s, "a", 4, safety=3)).reservation is not None  # type: ignore[attr-defined]
+    assert (await reserve(s, "a", 4, safety=3)).reservation is not None
     refused = await reserve(s, "b", 4, safety=3)
-    assert refused.reservation is None  # type: ignore[attr-defined]
-    assert refused.available_to_sell == 3  # type: ignore[attr-defined]
-    assert (await reserve(s, "c", 3, safety=3)).reservation is not None  # type: ignore[attr-defined]
+    assert refused.reservation is None
+    assert refused.available_to_sell == 3
+    assert (await reserve(s, "c", 3, safety=3)).reservation is not None
 
 
 async def test_the_same_id_is_one_reservation(client: aioredis.Redis) -> None:
@@ -96,9 +105,9 @@ async def test_the_same_id_is_one_reservation(client: aioredis.Redis) -> None:
     published = Published()
     s = store(client, published)
     first, *again = await asyncio.gather(*(reserve(s, "same", 2) for _ in range(20)))
-    records = {r.reservation for r in [first, *again]}  # type: ignore[attr-defined]
+    records = {r.reservation for r in [first, *again]}
     assert len(records) == 1
-    assert sum(r.created for r in [first, *again]) == 1  # type: ignore[attr-defined]
+    assert sum(r.created for r in [first, *again]) == 1
     assert (await s.held([SKU]))[SKU] == {LOC: 2}
     assert len(published.changes) == 1
     assert published.changes[0].held == 2
@@ -127,8 +136,7 @@ async def test_release_frees_the_units_once(client: aioredis.Redis) -> None:
     await put_cell(client, 3)
     published = Published()
     s = store(client, published)
-    made = await reserve(s, "r", 3)
-    rid = made.reservation.id  # type: ignore[attr-defined]
+    rid = (await hold(s, "r", 3)).id
     released = await s.release(rid)
     assert released.reservation is not None
     assert released.reservation.status is ReservationStatus.RELEASED
@@ -146,8 +154,8 @@ async def test_a_commit_holds_until_the_system_of_record_shows_it(
         client: aioredis.Redis) -> None:
     await put_cell(client, 10, committed=2)
     s = store(client)
-    a = (await reserve(s, "a", 1)).reservation  # type: ignore[attr-defined]
-    b = (await reserve(s, "b", 2)).reservation  # type: ignore[attr-defined]
+    a = await hold(s, "a", 1)
+    b = await hold(s, "b", 2)
     assert not (await s.commit(a.id, "ORDER-A")).refused
     committed_b = await s.commit(b.id, "ORDER-B")
     assert committed_b.reservation is not None
@@ -174,9 +182,9 @@ async def test_expiry_by_the_sweep(client: aioredis.Redis) -> None:
     await put_cell(client, 4)
     published = Published()
     s = store(client, published, grace_ms=0)
-    short = (await reserve(s, "short", 2, ttl_ms=200)).reservation  # type: ignore[attr-defined]
-    long = (await reserve(s, "long", 1, ttl_ms=60_000)).reservation  # type: ignore[attr-defined]
-    committed = (await reserve(s, "c", 1, ttl_ms=60_000)).reservation  # type: ignore[attr-defined]
+    short = await hold(s, "short", 2, ttl_ms=200)
+    long = await hold(s, "long", 1, ttl_ms=60_000)
+    committed = await hold(s, "c", 1, ttl_ms=60_000)
     await s.commit(committed.id, "O-1")
     await asyncio.sleep(0.3)
     # Two sweepers at once (two replicas): each step happens once.
@@ -184,7 +192,9 @@ async def test_expiry_by_the_sweep(client: aioredis.Redis) -> None:
     expired = await s.get(short.id)
     assert expired is not None
     assert expired.status is ReservationStatus.EXPIRED
-    assert (await s.get(long.id)).status is ReservationStatus.ACTIVE  # type: ignore[union-attr]
+    kept = await s.get(long.id)
+    assert kept is not None
+    assert kept.status is ReservationStatus.ACTIVE
     assert (await s.held([SKU]))[SKU] == {LOC: 2}
     expiring = [c for c in published.changes if c.reservation.id == short.id]
     assert {c.reservation.seq for c in expiring} == {1, 2}
@@ -201,7 +211,7 @@ async def test_expiry_by_the_sweep(client: aioredis.Redis) -> None:
 async def test_a_committed_hold_ends_at_its_expiry(client: aioredis.Redis) -> None:
     await put_cell(client, 4)
     s = store(client, grace_ms=0, commit_hold_seconds=0)
-    r = (await reserve(s, "c", 2, ttl_ms=200)).reservation  # type: ignore[attr-defined]
+    r = await hold(s, "c", 2, ttl_ms=200)
     await s.commit(r.id, "O-1")
     await asyncio.sleep(0.3)
     await s.sweep()
@@ -216,7 +226,7 @@ async def test_a_committed_hold_ends_at_its_expiry(client: aioredis.Redis) -> No
 async def test_records_are_deleted_after_the_retention(client: aioredis.Redis) -> None:
     await put_cell(client, 4)
     s = store(client, grace_ms=0, retention_seconds=0)
-    r = (await reserve(s, "x", 1)).reservation  # type: ignore[attr-defined]
+    r = await hold(s, "x", 1)
     await s.release(r.id)
     await s.sweep()
     await s.sweep()
@@ -233,7 +243,8 @@ async def test_paging(client: aioredis.Redis) -> None:
         claim = await s.claim("caller", f"p{i}", "fp", SKU, LOC)
         assert claim.new
         made = await s.reserve(rid, SKU, LOC, 1, 60_000, 0, f"cart-{i % 2}", "fp")
-        ids.append(made.reservation.id)  # type: ignore[union-attr]
+        assert made.reservation is not None
+        ids.append(made.reservation.id)
         await asyncio.sleep(0.003)
     page, more = await s.page(lambda r: True, None, 3)
     assert [r.id for r in page] == ids[:3]
