@@ -15,7 +15,7 @@ import pytest
 import redis
 
 from tests.helpers_webhooks import Signer, post
-from tests.support import Stack
+from tests.support import Stack, stream_entries
 
 STATUS = """{ syncStatus { source system lastEventReceivedAt lastEventOccurredAt eventsReceived
   eventsPerMinute lagOccurredToReceived { p50Ms p95Ms samples }
@@ -257,8 +257,9 @@ def test_an_events_api_event_that_cannot_be_applied_is_dead_lettered(redis_url: 
     import copy
 
     import orjson
+    from starlette.applications import Starlette
 
-    from gateway.simulators.pos import record_event
+    from gateway.simulators.pos import PosState, record_event
     from resolvers.store.keys import DLQ_KEY
 
     s = Stack(redis_url, skus=8, stores=2, warehouses=1)
@@ -271,7 +272,9 @@ def test_an_events_api_event_that_cannot_be_applied_is_dead_lettered(redis_url: 
         # Just checked: the heartbeat finds both events below in one search.
         client.hset("rg:{sync}:src:pos", "beat", datetime.now(UTC).isoformat())
         pos_sale(s, 3, store, 2)  # its webhook is lost
-        state = s.sims["pos"].server.config.app.state.sim
+        pos_app = s.sims["pos"].app
+        assert isinstance(pos_app, Starlette), pos_app
+        state: PosState = pos_app.state.sim
         # A count of a catalog object the gateway does not know, as the Events API keeps it.
         stranger = copy.deepcopy(state.events[-1])
         stranger["event_id"] = str(uuid.uuid4())
@@ -280,7 +283,8 @@ def test_an_events_api_event_that_cannot_be_applied_is_dead_lettered(redis_url: 
         record_event(state, stranger)
         wait_for(lambda: status(s)["pos"]["gapsHealed"] >= 1)
         assert level(s, 3, store)["available"] == before - 2  # the good one applied
-        letters = [orjson.loads(fields[b"e"]) for _, fields in client.xrange(DLQ_KEY)]
+        letters = [orjson.loads(fields[b"e"]) for _, fields in stream_entries(
+            client.xrange(DLQ_KEY))]
         client.close()
         (letter,) = [x for x in letters if x["source"] == "pos"]
         assert letter["reason"].startswith("from the Events API: ")
