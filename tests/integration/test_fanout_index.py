@@ -67,7 +67,7 @@ async def test_a_change_is_offered_only_to_subscribers_that_can_want_it(
     cells = [("SKU-A", "L1", "wms"), ("SKU-B", "L2", "wms"), ("SKU-C", "L3", "wms"),
              ("SKU-C", "L1", "wms"), ("SKU-D", "L2", "wms")]
     try:
-        await publish(redis, cells)  # type: ignore[arg-type]
+        await publish(redis, cells)
         every = listeners["everything"]
         async with asyncio.timeout(10):
             while len(every.offered) < len(cells):

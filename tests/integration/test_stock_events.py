@@ -112,7 +112,7 @@ def envelope(n: int, sku: str, location: str, source: str) -> Envelope:
                     full=True)
 
 
-async def publish(redis: Counting, cells: list[tuple[str, str, str]],
+async def publish(redis: Counting | aioredis.Redis, cells: list[tuple[str, str, str]],
                   retention: int = 3600) -> None:
     publisher = ChangePublisher(redis, retention)
     for sku, location, source in cells:
