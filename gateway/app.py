@@ -20,10 +20,11 @@ from typing import Any
 import httpx
 from starlette.applications import Starlette
 from starlette.datastructures import State
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import BaseRoute, Route, WebSocketRoute
-from starlette.types import Receive, Scope, Send
+from starlette.routing import BaseRoute, Route, WebSocketRoute, request_response
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway import telemetry
 from gateway.config import Settings, browser_origins
@@ -32,7 +33,7 @@ from gateway.events.changes import ChangeFeed, ChangePublisher
 from gateway.events.holds import Holds
 from gateway.events.log import EventLog
 from gateway.http import graphiql
-from gateway.http.asgi import BodyGuard
+from gateway.http.asgi import BodyBudget, BodyGuard, Methods, send_json
 from gateway.http.auth import Authenticator, AuthMiddleware
 from gateway.http.batch import BatchMiddleware
 from gateway.http.cached_responses import CachedResponses
@@ -56,6 +57,7 @@ from gateway.sync import build as build_sync
 from gateway.sync.executor import HeldInStore
 from gateway.telemetry import logs
 from resolvers.abc import RedisClient
+from resolvers.access import METRICS_READ
 from resolvers.errors import BackendError
 from resolvers.graph import RetailGraph
 from resolvers.reservations import Reservations
@@ -226,6 +228,25 @@ async def build(settings: Settings, transport: httpx.AsyncBaseTransport | None =
         background=background)
 
 
+HEALTHZ_BODY = b'{"status":"ok"}'
+
+
+class Healthz:
+    """``/healthz`` (liveness): no middleware, no request object, the same bytes every time.
+    (A class: Starlette would wrap a function endpoint in a request/response adapter.)"""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send_json(send, 200, HEALTHZ_BODY)
+
+
+def _stack(endpoint: ASGIApp, layers: list[Middleware]) -> ASGIApp:
+    """``endpoint`` behind ``layers``, the first one outermost."""
+    app = endpoint
+    for cls, args, kwargs in map(tuple, reversed(layers)):
+        app = cls(app, *args, **kwargs)
+    return app
+
+
 def serve(runtime: Runtime) -> Starlette:
     """The HTTP side of a built runtime: the routes, each behind the middlewares it needs."""
     settings = runtime.settings
@@ -241,9 +262,6 @@ def serve(runtime: Runtime) -> Starlette:
                          keep_alive_interval=settings.ws_keepalive_seconds,
                          allowed_origins=sorted(origins))
 
-    async def healthz(request: Request) -> JSONResponse:
-        return JSONResponse({"status": "ok"})
-
     async def readyz(request: Request) -> JSONResponse:
         report = await runtime.readiness()
         return JSONResponse(report, status_code=200 if report["ready"] else 503)
@@ -253,30 +271,45 @@ def serve(runtime: Runtime) -> Starlette:
         with runtime.feed.deliveries.intake_first():
             return await telemetry.traced_webhook(request, runtime.intake, settings.backends)
 
+    # Each route behind exactly the middlewares it needs, outermost first (none of them
+    # looks at the path). One body budget for every route that reads bodies.
+    bodies = BodyBudget(timeout=settings.body_timeout_seconds,
+                        slots=settings.max_concurrent_bodies, limit=settings.max_body_bytes)
+    # /graphql over HTTP: metrics -> browser origins (CORS; preflights end here) -> auth
+    # (not the GraphiQL page) -> bodies read (within body_timeout_seconds,
+    # max_concurrent_bodies at once) -> batches taken apart -> (for each operation) rate
+    # limit -> persisted queries -> response cache -> the method check -> Strawberry.
+    graphql_http = _stack(Methods(graphql, ["GET", "POST"]), [
+        Middleware(telemetry.HttpMetrics),
+        Middleware(BrowserOrigins, origins=origins),
+        Middleware(AuthMiddleware, auth=auth, ide_page=True),
+        Middleware(BodyGuard, budget=bodies, graphql=True),
+        Middleware(BatchMiddleware, max_batch_size=settings.max_batch_size,
+                   max_body=settings.max_body_bytes),
+        Middleware(RateLimitMiddleware, limiter=limiter),
+        Middleware(PersistedQueryMiddleware, persisted=persisted,
+                   max_body=settings.max_body_bytes),
+        Middleware(CachedResponses, responses=runtime.responses,
+                   health=runtime.graph.health, enabled=settings.cache),
+    ])
+    # The WebSocket handshake: the origin check; the rest happens at connection_init and
+    # per operation (gateway/http/graphql.py, gateway/http/websocket.py).
+    graphql_ws = BrowserOrigins(graphql, origins=origins)
+    webhooks = _stack(Methods(request_response(webhook), ["POST"]), [
+        Middleware(telemetry.HttpMetrics),
+        Middleware(BodyGuard, budget=bodies, graphql=False),
+    ])
+    metrics = AuthMiddleware(Methods(request_response(telemetry.metrics_endpoint), ["GET"]),
+                             auth=auth, scope=METRICS_READ)
     app = Starlette(routes=[
-        Route("/graphql", graphql, methods=["GET", "POST"]),
-        WebSocketRoute("/graphql", graphql),
-        Route("/webhooks/{backend}", webhook, methods=["POST"]),
-        Route("/healthz", healthz),
+        Route("/graphql", graphql_http, methods=None),
+        WebSocketRoute("/graphql", graphql_ws),
+        Route("/webhooks/{backend}", webhooks, methods=None),
+        Route("/healthz", Healthz(), methods=["GET"]),
         Route("/readyz", readyz),
-        Route("/metrics", telemetry.metrics_endpoint),
+        Route("/metrics", metrics, methods=None),
         *([graphiql.assets()] if settings.graphiql else []),
     ])
-    app.add_middleware(CachedResponses, responses=runtime.responses,
-                       health=runtime.graph.health, enabled=settings.cache)
-    # Outermost last: metrics -> browser origins (CORS; preflights end here) -> auth ->
-    # bodies read (within body_timeout_seconds, max_concurrent_bodies at once) -> batches
-    # taken apart -> (for each operation) rate limit -> persisted queries -> response cache.
-    app.add_middleware(PersistedQueryMiddleware, persisted=persisted,
-                       max_body=settings.max_body_bytes)
-    app.add_middleware(RateLimitMiddleware, limiter=limiter)
-    app.add_middleware(BatchMiddleware, max_batch_size=settings.max_batch_size,
-                       max_body=settings.max_body_bytes)
-    app.add_middleware(BodyGuard, timeout=settings.body_timeout_seconds,
-                       slots=settings.max_concurrent_bodies, limit=settings.max_body_bytes)
-    app.add_middleware(AuthMiddleware, auth=auth)
-    app.add_middleware(BrowserOrigins, origins=origins)
-    app.add_middleware(telemetry.HttpMetrics)
     app.state.guard = guard
     return app
 

@@ -1,6 +1,10 @@
 """Small pure-ASGI helpers shared by the middleware: request bodies (the one reading loop,
 :func:`receive_body`; replaying what was read; :class:`BodyGuard`, which reads the bodies of
-``/graphql`` and ``/webhooks/*`` first), streamed responses."""
+``POST /graphql`` and ``POST /webhooks/*`` first), the per-route method check
+(:class:`Methods`), streamed responses.
+
+The composition root (gateway/app.py ``serve``) attaches each middleware only to the routes
+that need it, so none of them looks at ``scope["path"]``."""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import orjson
@@ -86,61 +91,67 @@ def replay(body: bytes | list[bytes], receive: Receive, more: bool = False) -> R
     return replayed
 
 
-def _guarded(scope: Scope) -> bool:
-    if scope["type"] != "http" or scope["method"] != "POST":
-        return False
-    path: str = scope["path"]
-    return path == "/graphql" or path.startswith("/webhooks/")
+@dataclass(slots=True)
+class BodyBudget:
+    """What every :class:`BodyGuard` shares (one per app): the settings, and how many bodies
+    are being read right now, over all the routes that read them."""
+
+    timeout: float
+    slots: int
+    limit: int
+    reading: int = 0
+    warned_at: float = -1e9
 
 
 class BodyGuard:
-    """Reads the body of every ``POST /graphql`` and ``POST /webhooks/*`` before the rest of
-    the stack sees the request, and hands it on whole (what is behind reads a replay).
+    """Reads the body of every ``POST`` to the route it guards (``/graphql``,
+    ``/webhooks/*``) before the rest of the route's chain sees the request, and hands it on
+    whole (what is behind reads a replay).
 
     - All of a body must arrive within ``timeout`` seconds of the guard starting to read it,
       else ``408`` (and the connection is closed).
-    - At most ``slots`` bodies are read at once. Beyond that, a request whose body is already
-      there (it came with the headers, as small bodies do) is still served; one that would
-      have to wait for the network gets ``503`` with ``Retry-After`` at once.
+    - At most ``slots`` bodies are read at once (over all guarded routes). Beyond that, a
+      request whose body is already there (it came with the headers, as small bodies do) is
+      still served; one that would have to wait for the network gets ``503`` with
+      ``Retry-After`` at once.
     - Reading stops after ``limit`` bytes: what is behind answers ``413`` as it always did.
 
-    The refusals name the setting: for ``/graphql`` a GraphQL error with ``extensions.code``
-    ``LIMIT_EXCEEDED`` and ``extensions.limit``, for webhooks ``{"error", "reason"}``.
+    The refusals name the setting: for ``/graphql`` (``graphql=True``) a GraphQL error with
+    ``extensions.code`` ``LIMIT_EXCEEDED`` and ``extensions.limit``, for webhooks
+    ``{"error", "reason"}``.
     """
 
-    def __init__(self, app: ASGIApp, timeout: float, slots: int, limit: int) -> None:
+    def __init__(self, app: ASGIApp, budget: BodyBudget, graphql: bool) -> None:
         self.app = app
-        self.timeout = timeout
-        self.slots = slots
-        self.limit = limit
-        self.reading = 0
-        self._warned_at = -1e9
+        self.budget = budget
+        self.graphql = graphql
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if not _guarded(scope):
+        if scope["type"] != "http" or scope["method"] != "POST":
             await self.app(scope, receive, send)
             return
-        if self.reading >= self.slots:
+        budget = self.budget
+        if budget.reading >= budget.slots:
             first = await self._arrived(receive)
             if first is None or first.get("more_body", False):
                 await self._refuse(scope, send, 503, "busy", "max_concurrent_bodies",
-                                   f"more than {self.slots} request bodies are being received "
-                                   f"at once; retry in {RETRY_AFTER_SECONDS}s")
+                                   f"more than {budget.slots} request bodies are being "
+                                   f"received at once; retry in {RETRY_AFTER_SECONDS}s")
                 return
             if first["type"] != "http.request":
                 return  # the client left
             chunks: list[bytes] = [first.get("body", b"")]
-            state: BodyState = "over" if len(chunks[0]) > self.limit else "complete"
+            state: BodyState = "over" if len(chunks[0]) > budget.limit else "complete"
         else:
-            self.reading += 1
+            budget.reading += 1
             try:
-                chunks, state = await receive_body(receive, self.limit, self.timeout)
+                chunks, state = await receive_body(receive, budget.limit, budget.timeout)
             except BodyTimeout as exc:
                 await self._refuse(scope, send, 408, "body_timeout", "body_timeout_seconds",
                                    str(exc))
                 return
             finally:
-                self.reading -= 1
+                budget.reading -= 1
         if state == "gone":
             return  # nobody to answer
         await self.app(scope, replay(chunks, receive, more=state == "over"), send)
@@ -158,21 +169,41 @@ class BodyGuard:
 
     async def _refuse(self, scope: Scope, send: Send, status: int, reason: str, setting: str,
                       message: str) -> None:
-        if time.monotonic() - self._warned_at > 30:  # once in a while, not per request
-            self._warned_at = time.monotonic()
+        budget = self.budget
+        if time.monotonic() - budget.warned_at > 30:  # once in a while, not per request
+            budget.warned_at = time.monotonic()
             log.warning("refusing request bodies (%s %s): %s", status, reason, message)
         headers = [(b"connection", b"close")]  # the rest of the body is not read
         if status == 503:
             headers.append((b"retry-after", str(RETRY_AFTER_SECONDS).encode()))
-        if scope["path"] != "/graphql":
+        if not self.graphql:
             await send_json(send, status, orjson.dumps({"error": message, "reason": reason}),
                             headers)
             return
-        value: Any = self.timeout if setting == "body_timeout_seconds" else self.slots
+        value: Any = budget.timeout if setting == "body_timeout_seconds" else budget.slots
         await send_errors(scope, send, status, orjson.dumps({"errors": [{
             "message": message,
             "extensions": {"code": "LIMIT_EXCEEDED", "limit": setting, "max": value}}]}),
             headers)
+
+
+class Methods:
+    """The method check of a route whose chain starts with middleware: it comes last, right
+    before the endpoint, so what is in front (a CORS preflight, authentication, the rate
+    limit) sees every request first, as it would in front of a Starlette route. Another
+    method gets ``405`` with ``Allow``, as Starlette answers it."""
+
+    def __init__(self, app: ASGIApp, methods: Iterable[str]) -> None:
+        self.app = app
+        self.methods = frozenset(methods) | ({"HEAD"} if "GET" in methods else set())
+        self.allow = ", ".join(sorted(self.methods)).encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] in self.methods:
+            await self.app(scope, receive, send)
+            return
+        await send_json(send, 405, b"Method Not Allowed", [(b"allow", self.allow)],
+                        b"text/plain; charset=utf-8")
 
 
 # -- streamed responses (gateway/http/streams.py) ----------------------------------------------

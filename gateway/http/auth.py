@@ -33,7 +33,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.config import Settings
 from gateway.http.cached_responses import SCOPE_STATE
-from resolvers.access import METRICS_READ, NOBODY, OPEN, Principal
+from resolvers.access import NOBODY, OPEN, Principal
 from resolvers.errors import RetailgraphError
 
 log = logging.getLogger("retailgraph.auth")
@@ -258,12 +258,9 @@ def issue_token(secret: str, subject: str, scopes: Iterable[str],
 
 # -- HTTP -------------------------------------------------------------------------------------
 
-PROTECTED_PATHS = ("/graphql", "/metrics")
-
-
 def _is_ide_page(scope: Scope) -> bool:
     """A plain browser GET of /graphql: the static GraphiQL page, which runs nothing."""
-    if scope["method"] != "GET" or scope["path"] != "/graphql" or scope.get("query_string"):
+    if scope["method"] != "GET" or scope.get("query_string"):
         return False
     accept = Headers(scope=scope).get("accept", "")
     return "text/html" in accept
@@ -280,20 +277,26 @@ async def _deny(send: Send, status: int, message: str, code: str) -> None:
 
 
 class AuthMiddleware:
-    """Authenticates ``/graphql`` and ``/metrics`` requests (WebSocket: ``on_ws_connect``).
+    """Authenticates every HTTP request to the route it is attached to (``/graphql``,
+    ``/metrics``; WebSocket: ``on_ws_connect``).
 
-    Puts the :class:`Principal` in ``scope["state"]`` and the response-cache scope next to it,
-    so a cached response is only served to callers allowed to see the same data.
+    ``scope``: a scope the caller must hold (``metrics:read`` on ``/metrics``), else 403.
+    ``ide_page``: a plain browser GET (the static GraphiQL page, which runs nothing) needs no
+    credential. Puts the :class:`Principal` in ``scope["state"]`` and the response-cache scope
+    next to it, so a cached response is only served to callers allowed to see the same data.
     """
 
-    def __init__(self, app: ASGIApp, auth: Authenticator) -> None:
+    def __init__(self, app: ASGIApp, auth: Authenticator, scope: str | None = None,
+                 ide_page: bool = False) -> None:
         self.app = app
         self.auth = auth
+        self.required = scope
+        self.ide_page = ide_page
         self.scope_state = SCOPE_STATE
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if (scope["type"] != "http" or not self.auth.enabled
-                or scope["path"] not in PROTECTED_PATHS or _is_ide_page(scope)):
+                or (self.ide_page and _is_ide_page(scope))):
             await self.app(scope, receive, send)
             return
         try:
@@ -303,8 +306,8 @@ class AuthMiddleware:
             log.info("unauthenticated request to %s: %s", scope["path"], exc)
             await _deny(send, 401, str(exc), exc.code)
             return
-        if scope["path"] == "/metrics" and not principal.has(METRICS_READ):
-            await _deny(send, 403, f"{METRICS_READ} scope required", "FORBIDDEN")
+        if self.required is not None and not principal.has(self.required):
+            await _deny(send, 403, f"{self.required} scope required", "FORBIDDEN")
             return
         state = scope.setdefault("state", {})
         state[PRINCIPAL_STATE] = principal

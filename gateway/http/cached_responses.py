@@ -69,8 +69,8 @@ class CachedResponses:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         responses = self.responses
-        if (scope["type"] != "http" or scope["path"] != "/graphql"
-                or scope["method"] != "POST" or not self.enabled or is_stream(scope)):
+        if (scope["type"] != "http" or scope["method"] != "POST" or not self.enabled
+                or is_stream(scope)):
             await self.app(scope, receive, send)
             return
         body = await read_body(receive) or b""

@@ -30,7 +30,6 @@ from strawberry.http.websocket_origin import is_same_origin, normalize_origin
 
 log = logging.getLogger("retailgraph.cors")
 
-CORS_PATHS = ("/graphql",)
 # What browser clients send besides the always-allowed Accept and Content-Type (whatever
 # their value: JSON, multipart subscriptions, graphql-sse): credentials (gateway/http/auth.py),
 # graphql-sse's resume and token headers, Apollo Client's, and W3C trace context
@@ -50,7 +49,9 @@ PREFLIGHT_MAX_AGE_SECONDS = 600
 
 
 class BrowserOrigins:
-    """Applies ``cors_origins`` (normalised, see config.browser_origins) to ``/graphql``."""
+    """Applies ``cors_origins`` (normalised, see config.browser_origins) to the route it is
+    attached to (``/graphql``): CORS on HTTP, the origin check on WebSocket handshakes. The
+    other routes have none of it (gateway/app.py ``serve``)."""
 
     def __init__(self, app: ASGIApp, origins: frozenset[str]) -> None:
         self.app = app
@@ -61,7 +62,7 @@ class BrowserOrigins:
             allow_credentials=True, max_age=PREFLIGHT_MAX_AGE_SECONDS)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"] in CORS_PATHS:
+        if scope["type"] == "http":
             await self.cors(scope, receive, send)
             return
         if scope["type"] == "websocket" and not self.websocket_allowed(scope):

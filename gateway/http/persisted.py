@@ -182,10 +182,9 @@ class PersistedQueryMiddleware:
         self.max_body = max_body
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] != "/graphql":
+        if scope["type"] != "http":
             await self.app(scope, receive, send)
-            return
-        if scope["method"] == "POST":
+        elif scope["method"] == "POST":
             await self._post(scope, receive, send)
         elif scope["method"] == "GET" and scope.get("query_string"):
             await self._get(scope, receive, send)

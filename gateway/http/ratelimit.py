@@ -38,8 +38,6 @@ from resolvers.store.keys import RATE_LIMIT_PREFIX as KEY_PREFIX
 
 log = logging.getLogger("retailgraph.ratelimit")
 
-LIMITED_PATHS = ("/graphql",)
-
 # KEYS[1] bucket; ARGV: capacity, refill per millisecond, cost.
 # Returns {allowed, tokens left (string), ms until one more token, ms until full}.
 TOKEN_BUCKET_LUA = """
@@ -165,7 +163,8 @@ class RateLimiter:
 
 
 class RateLimitMiddleware:
-    """Applies the bucket to GraphQL requests over HTTP; runs after authentication. (A
+    """Applies the bucket to every HTTP request of its route (``/graphql``); runs after
+    authentication. (A
     WebSocket takes a token at ``connection_init`` and one per operation:
     gateway/http/graphql.py.)"""
 
@@ -174,7 +173,7 @@ class RateLimitMiddleware:
         self.limiter = limiter
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] not in LIMITED_PATHS:
+        if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         try:
