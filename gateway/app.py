@@ -279,18 +279,19 @@ def serve(runtime: Runtime) -> Starlette:
     # (not the GraphiQL page) -> bodies read (within body_timeout_seconds,
     # max_concurrent_bodies at once) -> batches taken apart -> (for each operation) rate
     # limit -> persisted queries -> response cache -> the method check -> Strawberry.
-    graphql_http = _stack(Methods(graphql, ["GET", "POST"]), [
+    cached = CachedResponses(Methods(graphql, ["GET", "POST"]), responses=runtime.responses,
+                             health=runtime.graph.health, enabled=settings.cache)
+    graphql_http = _stack(cached, [
         Middleware(telemetry.HttpMetrics),
         Middleware(BrowserOrigins, origins=origins),
         Middleware(AuthMiddleware, auth=auth, ide_page=True),
         Middleware(BodyGuard, budget=bodies, graphql=True),
         Middleware(BatchMiddleware, max_batch_size=settings.max_batch_size,
                    max_body=settings.max_body_bytes),
-        Middleware(RateLimitMiddleware, limiter=limiter),
+        # The response cache's lookup travels in the bucket's round trip.
+        Middleware(RateLimitMiddleware, limiter=limiter, lookahead=cached.lookahead),
         Middleware(PersistedQueryMiddleware, persisted=persisted,
                    max_body=settings.max_body_bytes),
-        Middleware(CachedResponses, responses=runtime.responses,
-                   health=runtime.graph.health, enabled=settings.cache),
     ])
     # The WebSocket handshake: the origin check; the rest happens at connection_init and
     # per operation (gateway/http/graphql.py, gateway/http/websocket.py).

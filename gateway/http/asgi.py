@@ -25,6 +25,9 @@ from resolvers.errors import RetailgraphError
 log = logging.getLogger("retailgraph.asgi")
 
 BodyState = Literal["complete", "over", "gone"]
+# scope["state"] key of a reply a stage fetched for a later one in its own Redis round trip
+# (the rate limit, for the response cache): ``(command, reply)``.
+PREFETCH_STATE = "retailgraph_prefetched"
 # While every body slot is taken, a request whose body arrives within this long (it came with
 # the headers) is still read; one that would have to wait for the network gets 503.
 FULL_GRACE_SECONDS = 0.05

@@ -1,10 +1,12 @@
 """Pure ASGI middleware serving repeated GraphQL queries from Redis without executing them.
 
 The key is the query document, variables, operation name and the caller's scope. A hit is
-one Redis GET and the stored bytes; only ``extensions.freshness.responseCache`` is rewritten
-to say ``hit``. A miss executes normally and stores the response, tagged with the entities it
-read, unless it has errors, stale values, or an event touched one of its entities while it
-was being computed (see :class:`resolvers.store.cache.ResponseStore`).
+one Redis round trip (the lookup, an MGET of the entry and the invalidation epoch, travels in
+the rate limit's pipeline: ``lookahead``) and the stored bytes; only
+``extensions.freshness.responseCache`` is rewritten to say ``hit``. A miss executes
+normally and stores the response, tagged with the entities it read, unless it has errors,
+stale values, or an event touched one of its entities while it was being computed (see
+:class:`resolvers.store.responses.ResponseStore`).
 
 A hit carries the same freshness truth as an execution: a stored response was fresh when it
 was stored (stale ones are never stored), and each entry names the backends it depends on
@@ -28,7 +30,13 @@ from redis.exceptions import RedisError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway import telemetry
-from gateway.http.asgi import is_stream, is_stream_response, read_body, replay
+from gateway.http.asgi import (
+    PREFETCH_STATE,
+    is_stream,
+    is_stream_response,
+    read_body,
+    replay,
+)
 from resolvers.graph import BackendHealth, Freshness
 from resolvers.store.responses import CachedResponse, ResponseStore
 
@@ -81,12 +89,12 @@ class CachedResponses:
         epoch: int | None = None
         if digest is not None:
             try:
-                hit = servable(await responses.get(digest), self.health)
-                if hit is not None:
+                hit, epoch = await self._lookup(state, digest)
+                served = servable(hit, self.health)
+                if served is not None:
                     _count("hit")
-                    await _send_hit(send, hit)
+                    await _send_hit(send, served)
                     return
-                epoch = await responses.epoch()
             except (RedisError, OSError) as exc:
                 log.debug("response cache unavailable: %s", exc)
                 digest = None
@@ -118,6 +126,26 @@ class CachedResponses:
                                     freshness.consulted | set(freshness.sources))
             except (RedisError, OSError) as exc:
                 log.debug("response cache put failed: %s", exc)
+
+
+    async def _lookup(self, state: dict[str, Any], digest: str
+                      ) -> tuple[CachedResponse | None, int]:
+        """The entry and the epoch: from the rate limit's round trip when it sent this very
+        lookup along (:meth:`lookahead`), else in one round trip of its own."""
+        command = self.responses.lookup_command(digest)
+        prefetched = state.pop(PREFETCH_STATE, None)
+        if prefetched is not None and tuple(prefetched[0]) == command:
+            return self.responses.parse_lookup(prefetched[1])
+        return await self.responses.lookup(digest)
+
+    def lookahead(self, scope: Scope, body: bytes) -> tuple[str, ...] | None:
+        """The lookup this stage will send for a request with ``body``, as seen before the
+        persisted queries (which may rewrite it): for the rate limit to send it along
+        (gateway/http/ratelimit.py ``RateLimitMiddleware``)."""
+        if not self.enabled or scope["method"] != "POST" or is_stream(scope):
+            return None
+        digest = cache_key(body, str(scope.get("state", {}).get(SCOPE_STATE, "public")))
+        return None if digest is None else self.responses.lookup_command(digest)
 
 
 def _count(result: str) -> None:

@@ -78,17 +78,30 @@ class ResponseStore:
         self._put = client.register_script(RESPONSE_PUT_LUA)
         self._invalidate = client.register_script(RESPONSE_INVALIDATE_LUA)
 
-    async def get(self, digest: str) -> CachedResponse | None:
-        with optional():  # a miss executes the query
-            value = await self.redis.get(response_key(digest))
-        if value is None or not bytes(value).startswith(RESPONSE_HEAD):
-            return None
-        head, _, body = bytes(value)[len(RESPONSE_HEAD):].partition(b"\n")
-        return CachedResponse(body, frozenset(head.decode().split(",")) - {""})
+    @staticmethod
+    def lookup_command(digest: str) -> tuple[str, ...]:
+        """The one command a lookup is: the entry and the invalidation sequence, read
+        together (one slot: ``{rc}``), so a miss knows the epoch to store under without a
+        second round trip. Another part may send it in its own round trip (the rate limit
+        pipelines it with its bucket: gateway/http/ratelimit.py) and hand the reply to
+        :meth:`parse_lookup`."""
+        return ("MGET", response_key(digest), RESPONSE_SEQ_KEY)
 
-    async def epoch(self) -> int:
-        with optional():
-            return int(await self.redis.get(RESPONSE_SEQ_KEY) or 0)
+    @staticmethod
+    def parse_lookup(reply: Any) -> tuple[CachedResponse | None, int]:
+        """The stored response (None: none, or written by an older version) and the epoch."""
+        value, seq = reply
+        epoch = int(seq or 0)
+        if value is None or not bytes(value).startswith(RESPONSE_HEAD):
+            return None, epoch
+        head, _, body = bytes(value)[len(RESPONSE_HEAD):].partition(b"\n")
+        return CachedResponse(body, frozenset(head.decode().split(",")) - {""}), epoch
+
+    async def lookup(self, digest: str) -> tuple[CachedResponse | None, int]:
+        """:meth:`lookup_command`, sent on its own."""
+        with optional():  # a miss executes the query
+            return self.parse_lookup(await self.redis.execute_command(
+                *self.lookup_command(digest)))
 
     async def put(self, digest: str, body: bytes, tags: Iterable[str], epoch: int,
                   sources: Iterable[str] = ()) -> bool:
