@@ -24,7 +24,7 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route, WebSocketRoute, request_response
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
 
 from gateway import telemetry
 from gateway.config import Settings, browser_origins
@@ -36,7 +36,7 @@ from gateway.http import graphiql
 from gateway.http.asgi import BodyBudget, BodyGuard, Methods, send_json
 from gateway.http.auth import Authenticator, AuthMiddleware
 from gateway.http.batch import BatchMiddleware
-from gateway.http.cached_responses import CachedResponses
+from gateway.http.cached_responses import CachedResponses, response_lookahead
 from gateway.http.cors import BrowserOrigins
 from gateway.http.graphql import GraphQLApp
 from gateway.http.operations import OperationGuard
@@ -239,14 +239,6 @@ class Healthz:
         await send_json(send, 200, HEALTHZ_BODY)
 
 
-def _stack(endpoint: ASGIApp, layers: list[Middleware]) -> ASGIApp:
-    """``endpoint`` behind ``layers``, the first one outermost."""
-    app = endpoint
-    for cls, args, kwargs in map(tuple, reversed(layers)):
-        app = cls(app, *args, **kwargs)
-    return app
-
-
 def serve(runtime: Runtime) -> Starlette:
     """The HTTP side of a built runtime: the routes, each behind the middlewares it needs."""
     settings = runtime.settings
@@ -271,44 +263,48 @@ def serve(runtime: Runtime) -> Starlette:
         with runtime.feed.deliveries.intake_first():
             return await telemetry.traced_webhook(request, runtime.intake, settings.backends)
 
-    # Each route behind exactly the middlewares it needs, outermost first (none of them
-    # looks at the path). One body budget for every route that reads bodies.
+    # Each route behind exactly the middlewares it needs (Starlette's per-route middleware,
+    # outermost first; none of them looks at the path). /graphql and /metrics take every
+    # method to their chain, which ends in the method check (Methods), so a CORS preflight,
+    # the credential check and the rate limit see a request first, as they did in front of
+    # the router. One body budget for every route that reads bodies.
     bodies = BodyBudget(timeout=settings.body_timeout_seconds,
                         slots=settings.max_concurrent_bodies, limit=settings.max_body_bytes)
     # /graphql over HTTP: metrics -> browser origins (CORS; preflights end here) -> auth
     # (not the GraphiQL page) -> bodies read (within body_timeout_seconds,
     # max_concurrent_bodies at once) -> batches taken apart -> (for each operation) rate
-    # limit -> persisted queries -> response cache -> the method check -> Strawberry.
-    cached = CachedResponses(Methods(graphql, ["GET", "POST"]), responses=runtime.responses,
-                             health=runtime.graph.health, enabled=settings.cache)
-    graphql_http = _stack(cached, [
+    # limit, which sends the response cache's lookup in its round trip -> persisted
+    # queries -> response cache -> the method check -> Strawberry.
+    graphql_http = [
         Middleware(telemetry.HttpMetrics),
         Middleware(BrowserOrigins, origins=origins),
         Middleware(AuthMiddleware, auth=auth, ide_page=True),
         Middleware(BodyGuard, budget=bodies, graphql=True),
         Middleware(BatchMiddleware, max_batch_size=settings.max_batch_size,
                    max_body=settings.max_body_bytes),
-        # The response cache's lookup travels in the bucket's round trip.
-        Middleware(RateLimitMiddleware, limiter=limiter, lookahead=cached.lookahead),
+        Middleware(RateLimitMiddleware, limiter=limiter,
+                   lookahead=response_lookahead(runtime.responses, settings.cache)),
         Middleware(PersistedQueryMiddleware, persisted=persisted,
                    max_body=settings.max_body_bytes),
-    ])
-    # The WebSocket handshake: the origin check; the rest happens at connection_init and
-    # per operation (gateway/http/graphql.py, gateway/http/websocket.py).
-    graphql_ws = BrowserOrigins(graphql, origins=origins)
-    webhooks = _stack(Methods(request_response(webhook), ["POST"]), [
-        Middleware(telemetry.HttpMetrics),
-        Middleware(BodyGuard, budget=bodies, graphql=False),
-    ])
-    metrics = AuthMiddleware(Methods(request_response(telemetry.metrics_endpoint), ["GET"]),
-                             auth=auth, scope=METRICS_READ)
+        Middleware(CachedResponses, responses=runtime.responses,
+                   health=runtime.graph.health, enabled=settings.cache),
+        Middleware(Methods, methods=["GET", "POST"]),
+    ]
     app = Starlette(routes=[
-        Route("/graphql", graphql_http, methods=None),
-        WebSocketRoute("/graphql", graphql_ws),
-        Route("/webhooks/{backend}", webhooks, methods=None),
+        Route("/graphql", graphql, methods=None, middleware=graphql_http),
+        # The WebSocket handshake: the origin check; the rest happens at connection_init
+        # and per operation (gateway/http/graphql.py, gateway/http/websocket.py).
+        WebSocketRoute("/graphql", graphql,
+                       middleware=[Middleware(BrowserOrigins, origins=origins)]),
+        Route("/webhooks/{backend}", webhook, methods=["POST"], middleware=[
+            Middleware(telemetry.HttpMetrics), Middleware(BodyGuard, budget=bodies,
+                                                          graphql=False)]),
         Route("/healthz", Healthz(), methods=["GET"]),
         Route("/readyz", readyz),
-        Route("/metrics", metrics, methods=None),
+        # Its credential is checked before its method (a preflight gets 401).
+        Route("/metrics", Methods(request_response(telemetry.metrics_endpoint), ["GET"]),
+              methods=None, middleware=[
+                  Middleware(AuthMiddleware, auth=auth, scope=METRICS_READ)]),
         *([graphiql.assets()] if settings.graphiql else []),
     ])
     app.state.guard = guard

@@ -2,7 +2,7 @@
 
 The key is the query document, variables, operation name and the caller's scope. A hit is
 one Redis round trip (the lookup, an MGET of the entry and the invalidation epoch, travels in
-the rate limit's pipeline: ``lookahead``) and the stored bytes; only
+the rate limit's pipeline: :func:`response_lookahead`) and the stored bytes; only
 ``extensions.freshness.responseCache`` is rewritten to say ``hit``. A miss executes
 normally and stores the response, tagged with the entities it read, unless it has errors,
 stale values, or an event touched one of its entities while it was being computed (see
@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from redis.exceptions import RedisError
@@ -131,21 +132,28 @@ class CachedResponses:
     async def _lookup(self, state: dict[str, Any], digest: str
                       ) -> tuple[CachedResponse | None, int]:
         """The entry and the epoch: from the rate limit's round trip when it sent this very
-        lookup along (:meth:`lookahead`), else in one round trip of its own."""
+        lookup along (:func:`response_lookahead`), else in one round trip of its own."""
         command = self.responses.lookup_command(digest)
         prefetched = state.pop(PREFETCH_STATE, None)
         if prefetched is not None and tuple(prefetched[0]) == command:
             return self.responses.parse_lookup(prefetched[1])
         return await self.responses.lookup(digest)
 
-    def lookahead(self, scope: Scope, body: bytes) -> tuple[str, ...] | None:
-        """The lookup this stage will send for a request with ``body``, as seen before the
-        persisted queries (which may rewrite it): for the rate limit to send it along
-        (gateway/http/ratelimit.py ``RateLimitMiddleware``)."""
-        if not self.enabled or scope["method"] != "POST" or is_stream(scope):
+
+
+def response_lookahead(responses: ResponseStore, enabled: bool = True
+                       ) -> Callable[[Scope, bytes], tuple[str, ...] | None]:
+    """The lookup :class:`CachedResponses` will send for a request with ``body``, as seen
+    before the persisted queries (which may rewrite it): for the rate limit to send it in
+    its round trip (gateway/http/ratelimit.py ``RateLimitMiddleware``)."""
+
+    def lookahead(scope: Scope, body: bytes) -> tuple[str, ...] | None:
+        if not enabled or scope["method"] != "POST" or is_stream(scope):
             return None
         digest = cache_key(body, str(scope.get("state", {}).get(SCOPE_STATE, "public")))
-        return None if digest is None else self.responses.lookup_command(digest)
+        return None if digest is None else responses.lookup_command(digest)
+
+    return lookahead
 
 
 def _count(result: str) -> None:
