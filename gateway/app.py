@@ -63,7 +63,7 @@ from resolvers.graph import RetailGraph
 from resolvers.reservations import Reservations
 from resolvers.store.cache import Cache
 from resolvers.store.client import Deadlines, connect
-from resolvers.store.reservations import ReservationStore
+from resolvers.store.reservations import HeldUnitsStore, ReservationStore
 from resolvers.store.responses import ResponseStore
 
 log = logging.getLogger("retailgraph.app")
@@ -107,6 +107,7 @@ class Runtime:
     feed: ChangeFeed
     applier: Applier
     holds: Holds
+    reservations: Reservations
     reconciliation: ReconcileStage
     sync: Sync
     intake: WebhookIntake
@@ -185,7 +186,7 @@ async def build(settings: Settings, transport: httpx.AsyncBaseTransport | None =
     responses = ResponseStore(redis)
     events = EventLog(redis)
     graph = RetailGraph.from_settings(settings, cache if settings.cache else None, transport,
-                                      telemetry.ResolverTelemetry())
+                                      telemetry.ResolverTelemetry(), HeldUnitsStore(redis))
 
     def is_record(location_id: str, source: str) -> bool:
         return graph.system_of_record(location_id) == source
@@ -199,7 +200,6 @@ async def build(settings: Settings, transport: httpx.AsyncBaseTransport | None =
     # Sync (gateway/sync/): what reservations hold is not offered online; the applier
     # records each event's actions, a re-check or run finding an oversell asks for a push.
     sync = build_sync(settings, graph, redis, HeldInStore(store))
-    graph.sync = sync
     index = DiscrepancyIndex(redis, [sync.recorder.judged])
     history = MovementHistory(redis)
     rechecker = Rechecker(settings, graph, index, history)
@@ -211,9 +211,9 @@ async def build(settings: Settings, transport: httpx.AsyncBaseTransport | None =
                    ReconcileBookkeeping(history, rechecker, is_record), AppliedLag(redis)],
         before_done=[sync.recorder])
     # The reservations' own wiring (issue 14): the holds publish through the applier that
-    # observes them, and the graph's loaders read the held units.
+    # observes them.
     holds.bind(applier, store)
-    graph.reservations = Reservations(graph, store)
+    reservations = Reservations(graph, store)
     runner = ReconcileRunner(settings, graph, cache, events, applier, index, history)
     health = SyncHealth(redis, settings, graph, events, applier, runner.heal_source)
     reconciliation = ReconcileStage(settings, redis, index,
@@ -222,7 +222,7 @@ async def build(settings: Settings, transport: httpx.AsyncBaseTransport | None =
     return Runtime(
         settings=settings, redis_url=url, embedded=embedded, redis=redis, cache=cache,
         responses=responses, events=events, graph=graph, feed=feed, applier=applier,
-        holds=holds, reconciliation=reconciliation, sync=sync,
+        holds=holds, reservations=reservations, reconciliation=reconciliation, sync=sync,
         intake=WebhookIntake(settings, graph, events, applier, health),
         sweeper=PendingSweeper(events, applier), loop_lag=telemetry.LoopLag(),
         background=background)
@@ -249,7 +249,8 @@ def serve(runtime: Runtime) -> Starlette:
     # The per-operation checks every transport applies (gateway/http/operations.py).
     guard = OperationGuard(limiter, persisted)
     graphql = GraphQLApp(settings, runtime.graph, auth=auth, guard=guard, feed=runtime.feed,
-                         reconciliation=runtime.reconciliation, keep_alive=True,
+                         reconciliation=runtime.reconciliation, sync=runtime.sync,
+                         reservations=runtime.reservations, keep_alive=True,
                          graphql_ide="graphiql" if settings.graphiql else None,
                          keep_alive_interval=settings.ws_keepalive_seconds,
                          allowed_origins=sorted(origins))

@@ -13,10 +13,13 @@ The gateway (``gateway.app``) builds the implementations and hands them in:
 - :class:`Reconciliation`: discrepancies, their live transitions and the sync status
   (``gateway.reconcile.runner.ReconcileStage``: :class:`DiscrepancyIndex`,
   :class:`DiscrepancyFeed`, :class:`SyncStatus`);
+- :class:`SyncControl`: what the schema reads and steers of sync (``gateway.sync.Sync``);
+- :class:`HeldUnits`: the units reservations hold, which the graph's loaders read
+  (``resolvers.store.reservations.HeldUnitsStore``);
 - :data:`RedisClient`: the Redis client every store is given (single server or Cluster).
 
-The schema reaches the change feed and reconciliation through the request's context
-(``resolvers.graph.RequestContext``); both are absent while Redis is not connected.
+The schema reaches the change feed, reconciliation, sync and reservations through the
+request's context (``resolvers.graph.RequestContext``), each given to it at construction.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from resolvers.discrepancies import DiscrepancyEvent, DiscrepancyFilter, Page
 from resolvers.errors import ServiceUnavailable
 from resolvers.identity import IdentityMap
 from resolvers.settings import BackendFormat, BackendSettings
+from resolvers.store.outbox import Finished, Outbox
 from resolvers.syncstatus import SourceStatus
 from resolvers.types import StockView
 
@@ -201,6 +205,36 @@ class Observer(Protocol):
                           backend: str) -> httpx.AsyncBaseTransport: ...
 
 
+class SyncControl(Protocol):
+    """What the schema reads and steers of sync: the audit trail, each target's push health,
+    ``syncNow`` and the finished actions' feed (``gateway.sync.Sync``)."""
+
+    @property
+    def outbox(self) -> Outbox: ...
+
+    @property
+    def enabled(self) -> bool: ...
+
+    def pushes_to(self, source: str) -> bool:
+        """Whether sync writes to this backend (stock or items)."""
+        ...
+
+    async def now(self, skus: Sequence[str], locations: set[str] | None,
+                  targets: frozenset[str] | None, items: bool) -> list[str]:
+        """``Mutation.syncNow``: the ids of the actions recorded."""
+        ...
+
+    def finished(self, accept: Callable[[Finished], bool]) -> AsyncGenerator[Finished, None]:
+        """The finished actions ``accept`` takes, on every replica."""
+        ...
+
+
+class HeldUnits(Protocol):
+    """The units held by reservations, per location, of each SKU."""
+
+    async def held(self, skus: Sequence[str]) -> dict[str, dict[str, int]]: ...
+
+
 class _NoLookup:
     def hits(self, hits: int) -> None:
         pass
@@ -222,6 +256,6 @@ class NullObserver:
 NO_OBSERVER: Observer = NullObserver()
 
 __all__ = ["NO_OBSERVER", "CacheUnavailable", "ChangeFeed", "Connector", "Deliveries",
-           "DiscrepancyFeed", "DiscrepancyIndex", "Fetch", "GraphSettings", "Lookup", "MasterFetch",
-           "NullObserver", "Observer", "Reconciliation", "RedisClient", "StockCache",
-           "SubscriptionQuota", "SyncStatus", "ViewsResult"]
+           "DiscrepancyFeed", "DiscrepancyIndex", "Fetch", "GraphSettings", "HeldUnits", "Lookup",
+           "MasterFetch", "NullObserver", "Observer", "Reconciliation", "RedisClient", "StockCache",
+           "SubscriptionQuota", "SyncControl", "SyncStatus", "ViewsResult"]

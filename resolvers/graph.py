@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from typing import Any, NamedTuple, TypeVar
 
 import httpx
+from redis.exceptions import RedisError
 from strawberry.dataloader import DataLoader
 
 from resolvers import merge
@@ -26,9 +27,11 @@ from resolvers.abc import (
     ChangeFeed,
     Connector,
     GraphSettings,
+    HeldUnits,
     Observer,
     Reconciliation,
     StockCache,
+    SyncControl,
 )
 from resolvers.access import OPEN, Principal
 from resolvers.connectors import erp as erp_connector
@@ -39,6 +42,7 @@ from resolvers.connectors.wms import WmsConnector
 from resolvers.discrepancies import Role
 from resolvers.errors import BackendError
 from resolvers.identity import IdentityMap
+from resolvers.reservations import Reservations
 from resolvers.store.client import optional
 from resolvers.types import (
     LocationRecord,
@@ -177,24 +181,25 @@ class RetailGraph:
     """Process-wide service behind the schema; cheap per-request state lives in Loaders."""
 
     def __init__(self, settings: GraphSettings, backends: Backends,
-                 cache: StockCache | None = None, observer: Observer = NO_OBSERVER) -> None:
+                 cache: StockCache | None = None, observer: Observer = NO_OBSERVER,
+                 held: HeldUnits | None = None) -> None:
         self.settings = settings
         self.backends = backends
         self.cache = cache
         self.observer = observer
+        # The units reservations hold (resolvers/store/reservations.py); None: no Redis.
+        self.held = held
         self.catalog: Catalog | None = None
         self.health = BackendHealth()
-        # Reservations (resolvers/reservations.py) once Redis is up.
-        self.reservations: Any = None
-        self.sync: Any = None  # gateway.sync.Sync, once Redis is connected
         self._refresh_lock = asyncio.Lock()
 
     @classmethod
     def from_settings(cls, settings: GraphSettings, cache: StockCache | None = None,
                       transport: httpx.AsyncBaseTransport | None = None,
-                      observer: Observer = NO_OBSERVER) -> RetailGraph:
+                      observer: Observer = NO_OBSERVER,
+                      held: HeldUnits | None = None) -> RetailGraph:
         return cls(settings, Backends.from_settings(settings, IdentityMap(), transport, observer),
-                   cache, observer)
+                   cache, observer, held)
 
     async def aclose(self) -> None:
         await self.backends.aclose()
@@ -368,11 +373,15 @@ class Loaders:
         self.reserved = DataLoader(load_fn=self._load_reserved, max_batch_size=1000)
 
     async def _load_reserved(self, skus: list[str]) -> list[dict[str, int]]:
-        reservations = self.graph.reservations
-        if reservations is None:
+        units = self.graph.held
+        if units is None:
             return [{} for _ in skus]
-        with optional():  # a read does without them (the read deadline; none while sick)
-            held: dict[str, dict[str, int]] = await reservations.held(skus)
+        try:
+            with optional():  # a read does without them (the read deadline; none while sick)
+                held = await units.held(skus)
+        except (RedisError, OSError) as exc:
+            log.debug("reservations not read (%s): stock shown without holds", exc)
+            return [{} for _ in skus]
         return [held.get(sku, {}) for sku in skus]
 
     async def _backend(self, name: str, call: Awaitable[V]) -> V:
@@ -550,6 +559,9 @@ class RequestContext:
     # The replica's live stock changes and its reconciliation (None: Redis not connected).
     feed: ChangeFeed | None = None
     reconciliation: Reconciliation | None = None
+    # Sync's audit trail and controls, and the reservations service (None: not running).
+    sync: SyncControl | None = None
+    reservations: Reservations | None = None
     request: Any = None
     response: Any = None
     # WebSocket connection_init payload (credentials live here, see gateway/http/auth.py).

@@ -19,7 +19,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import logging
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, ParamSpec, TypeVar
 
@@ -122,14 +122,6 @@ class Reservations:
     def __init__(self, graph: Any, store: ReservationStore) -> None:
         self.graph = graph
         self.store = store
-
-    async def held(self, skus: Sequence[str]) -> dict[str, dict[str, int]]:
-        """Units held per location of each SKU (none while Redis cannot be asked)."""
-        try:
-            return await self.store.held(skus)
-        except (RedisError, OSError) as exc:
-            log.debug("reservations not read (%s): stock shown without holds", exc)
-            return {}
 
     # -- reserve -------------------------------------------------------------------------------
 

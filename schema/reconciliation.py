@@ -16,7 +16,7 @@ from typing import Annotated, Any, TypeVar
 
 import strawberry
 
-from resolvers.abc import Reconciliation
+from resolvers.abc import Reconciliation, SyncControl
 from resolvers.access import DISCREPANCIES_READ, SYNC_READ
 from resolvers.discrepancies import DiscrepancyEvent as EventRecord
 from resolvers.discrepancies import DiscrepancyFilter, Finding, Side
@@ -341,7 +341,7 @@ def _percentile(values: list[int], q: float) -> float | None:
     return float(ordered[min(len(ordered) - 1, int(q * len(ordered)))])
 
 
-async def push_status(sync: Any, target: str) -> PushStatus:
+async def push_status(sync: SyncControl, target: str) -> PushStatus:
     outbox = sync.outbox
     now = int(time.time() * 1000)
     pending = await outbox.pending_by_target()
@@ -409,9 +409,9 @@ class SourceStatus:
                                   "location). Needs sync:read.",
                       extensions=[requires(SYNC_READ)])
     async def push(self, info: Ctx) -> PushStatus | None:
-        sync = getattr(info.context.graph, "sync", None)
-        if sync is None or info.context.principal.locations is not None or (
-                self.source not in sync.targets.stock and self.source not in sync.targets.items):
+        sync = info.context.sync
+        if (sync is None or info.context.principal.locations is not None
+                or not sync.pushes_to(self.source)):
             return None
         return await push_status(sync, self.source)
 

@@ -113,7 +113,7 @@ def _no_store(info: Ctx) -> None:
 
 
 def _service(info: Ctx) -> rules.Reservations:
-    service: rules.Reservations | None = info.context.graph.reservations
+    service = info.context.reservations
     if service is None:
         raise ServiceUnavailable("reservations unavailable (Redis not connected)")
     return service

@@ -16,6 +16,7 @@ from typing import Annotated, Any
 
 import strawberry
 
+from resolvers.abc import SyncControl
 from resolvers.access import SYNC_READ, SYNC_WRITE
 from resolvers.errors import BadUserInput, ServiceUnavailable
 from resolvers.store.keys import VOLATILE_TAG
@@ -121,10 +122,10 @@ class SyncActionConnection:
     page_info: PageInfo = strawberry.field(description="Where this page is.")
 
 
-def sync_of(info: Ctx) -> Any:
+def sync_of(info: Ctx) -> SyncControl:
     """The replica's sync; the response is marked never to be cached (actions change
     without an event on the SKUs the response shows)."""
-    found = getattr(info.context.graph, "sync", None)
+    found = info.context.sync
     if found is None:
         raise ServiceUnavailable("sync unavailable (Redis not connected)")
     info.context.loaders.freshness.tags.add(VOLATILE_TAG)
@@ -234,10 +235,10 @@ async def sync_now(
         None if wanted_locations is None else sorted(wanted_locations))
     sync = sync_of(info)
     await _never_cached(info)
-    if not sync.rules.enabled:
+    if not sync.enabled:
         raise ServiceUnavailable("sync is off (sync.enabled = false)")
     try:
-        recorded = await sync.recorder.now(
+        recorded = await sync.now(
             sorted(wanted_skus), None if allowed is None else set(allowed),
             _ids(targets, "targets"), items=info.context.principal.locations is None)
     except ValueError as exc:
@@ -273,7 +274,7 @@ async def sync_action_completed(
 
     async def finished() -> AsyncGenerator[SyncAction, None]:
         with quota.hold(owner) if quota is not None else contextlib.nullcontext():
-            async with contextlib.aclosing(sync.feed.subscribe(accept)) as events:
+            async with contextlib.aclosing(sync.finished(accept)) as events:
                 async for event in events:
                     yield SyncAction.of(event.action)
 

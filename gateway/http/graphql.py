@@ -54,9 +54,10 @@ from gateway.http.websocket import (
     socket_of,
 )
 from gateway.telemetry import OperationTelemetry
-from resolvers.abc import ChangeFeed, Reconciliation
+from resolvers.abc import ChangeFeed, Reconciliation, SyncControl
 from resolvers.errors import RetailgraphError
 from resolvers.graph import RequestContext, RetailGraph
+from resolvers.reservations import Reservations
 from schema import build_schema
 from schema.permissions import ForbiddenErrors
 
@@ -195,7 +196,7 @@ class GraphQLApp(GraphQL[RequestContext, None]):
 
     def __init__(self, settings: Settings, graph: RetailGraph, auth: Authenticator,
                  guard: OperationGuard, feed: ChangeFeed, reconciliation: Reconciliation,
-                 **kwargs: Any) -> None:
+                 sync: SyncControl, reservations: Reservations, **kwargs: Any) -> None:
         kwargs.setdefault("connection_init_wait_timeout",
                           timedelta(seconds=settings.ws_init_timeout_seconds))
         kwargs.setdefault("subscription_protocols",
@@ -208,6 +209,8 @@ class GraphQLApp(GraphQL[RequestContext, None]):
         self.guard = guard
         self.feed = feed
         self.reconciliation = reconciliation
+        self.sync = sync
+        self.reservations = reservations
 
     async def execute_single(self, request: Request, request_adapter: Any,
                              sub_response: Response, context: RequestContext,
@@ -241,6 +244,7 @@ class GraphQLApp(GraphQL[RequestContext, None]):
         principal = principal_of(request.scope, self.auth)
         return RequestContext(graph=self.graph, loaders=self.graph.loaders(freshness, principal),
                               feed=self.feed, reconciliation=self.reconciliation,
+                              sync=self.sync, reservations=self.reservations,
                               request=request, response=response)
 
     async def on_ws_connect(self, context: RequestContext) -> UnsetType | dict[str, object] | None:

@@ -11,7 +11,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Coroutine
+from collections.abc import AsyncGenerator, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,6 +38,22 @@ class Sync:
     executor: Executor
     targets: Targets
     feed: KeyedFeed[Finished]  # Subscription.syncActionCompleted
+
+    # -- resolvers.abc.SyncControl (what the schema sees) --------------------------------
+
+    @property
+    def enabled(self) -> bool:
+        return self.rules.enabled
+
+    def pushes_to(self, source: str) -> bool:
+        return source in self.targets.stock or source in self.targets.items
+
+    async def now(self, skus: Sequence[str], locations: set[str] | None,
+                  targets: frozenset[str] | None, items: bool) -> list[str]:
+        return await self.recorder.now(skus, locations, targets, items)
+
+    def finished(self, accept: Callable[[Finished], bool]) -> AsyncGenerator[Finished, None]:
+        return self.feed.subscribe(accept)
 
     def background(self) -> list[Coroutine[Any, Any, None]]:
         return [self.feed.run(), *([self.executor.run()] if self.rules.enabled else [])]

@@ -392,6 +392,27 @@ def _cell(fields: Sequence[Any]) -> tuple[Quantities | None, datetime | None]:
             datetime.fromisoformat(_text(as_of)) if as_of is not None else None)
 
 
+class HeldUnitsStore:
+    """The units held per location of each SKU (:class:`resolvers.abc.HeldUnits`): what the
+    graph's loaders subtract from available-to-sell. Needs nothing but Redis, so the graph
+    gets it before the reservations' store exists."""
+
+    def __init__(self, redis: Any) -> None:
+        self.redis = redis
+
+    async def held(self, skus: Sequence[str]) -> dict[str, dict[str, int]]:
+        """Units held per location, for each SKU."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for sku in skus:
+                pipe.hgetall(holds_key(sku))
+            rows: list[dict[bytes, bytes]] = await pipe.execute()
+        out: dict[str, dict[str, int]] = {}
+        for sku, row in zip(skus, rows, strict=True):
+            out[sku] = {_text(k)[2:]: int(v) for k, v in row.items()
+                        if _text(k).startswith("h:") and int(v) > 0}
+        return out
+
+
 class ReservationStore:
     """The reservations' Redis part: claims, the cell scripts, the sweep and listing.
 
@@ -415,6 +436,7 @@ class ReservationStore:
         self._change = redis.register_script(CHANGE_LUA)
         self._observe = redis.register_script(OBSERVE_LUA)
         self._reschedule = redis.register_script(RESCHEDULE_LUA)
+        self._units = HeldUnitsStore(redis)
 
     def _views(self, sku: str, location_id: str) -> str:
         source = self.record_source(location_id)
@@ -534,15 +556,7 @@ class ReservationStore:
 
     async def held(self, skus: Sequence[str]) -> dict[str, dict[str, int]]:
         """Units held per location, for each SKU."""
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for sku in skus:
-                pipe.hgetall(holds_key(sku))
-            rows: list[dict[bytes, bytes]] = await pipe.execute()
-        out: dict[str, dict[str, int]] = {}
-        for sku, row in zip(skus, rows, strict=True):
-            out[sku] = {_text(k)[2:]: int(v) for k, v in row.items()
-                        if _text(k).startswith("h:") and int(v) > 0}
-        return out
+        return await self._units.held(skus)
 
     # -- the sweep -----------------------------------------------------------------------------
 
