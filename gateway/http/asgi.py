@@ -271,8 +271,7 @@ def wants_multipart(headers: Headers) -> bool:
 
 def is_stream(scope: Scope) -> bool:
     """Whether the request asks for a streamed response (SSE or multipart subscription)."""
-    headers = Headers(scope=scope)
-    return wants_sse(headers) or wants_multipart(headers)
+    return stream_protocol(Headers(scope=scope).get("accept", "")) is not None
 
 
 def is_stream_response(headers: Iterable[tuple[bytes, bytes]]) -> bool:
