@@ -54,9 +54,12 @@ class SyncSettings:
     # have them as locations). Warehouses always do, unless listed in exclude_locations.
     online_stores: list[str] = field(default_factory=list)
     exclude_locations: list[str] = field(default_factory=list)
-    # Item master (name, list price) from the ERP to the shop (name only: the online price is
-    # the shop's) and the POS catalog.
+    # Item master from the ERP: the name to the shop (the online price is the shop's) and the
+    # POS catalog.
     items: bool = True
+    # The store shelf price is the POS's (the merge table): an ERP item update renames the
+    # POS catalog item but leaves its price, unless the ERP's list price is the shelf price.
+    pos_price_from_erp: bool = False
     # Attempts of one action before it goes to the dead-letter list (retailgraph sync dlq).
     max_attempts: int = 20
     # Retry backoff: first delay, doubling up to the cap, with full jitter; a target's

@@ -64,7 +64,7 @@ class Sync:
 
 def targets_of(graph: RetailGraph) -> Targets:
     """The connectors' write side (resolvers/writes.py): the shop takes available-to-sell and
-    item names, the POS catalog item names and list prices."""
+    item names, the POS catalog item names (and list prices: ``sync.pos_price_from_erp``)."""
     b = graph.backends
     return Targets(stock={b.commerce.name: b.commerce},
                    items={b.commerce.name: b.commerce, b.pos.name: b.pos},

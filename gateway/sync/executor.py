@@ -228,7 +228,7 @@ class Recorder:
                     if targets is not None and target not in targets:
                         continue
                     fields = rules.item_fields(self.targets.formats.get(target, ""), item.name,
-                                               item.list_price)
+                                               item.list_price, self.rules.pos_price_from_erp)
                     if not fields.empty:
                         out.append(await self.outbox.record(
                             cell_id(target, ActionKind.ITEM, sku), cause,
@@ -265,7 +265,8 @@ class Recorder:
                 price = Decimal(str(data["listPrice"])) if data.get("listPrice") else None
             for target in self.targets.items:
                 fields = rules.item_fields(self.targets.formats.get(target, ""),
-                                           name if isinstance(name, str) else None, price)
+                                           name if isinstance(name, str) else None, price,
+                                           self.rules.pos_price_from_erp)
                 if fields.empty:
                     continue
                 await self.outbox.record(cell_id(target, ActionKind.ITEM, sku), cause,

@@ -6,8 +6,9 @@
 - **The truth wins** (trigger: the shop's own level above what the system of record allows:
   an admin edit, a lost push, an ``ONLINE_OVERSELL_RISK`` from a re-check or a run): the same
   push, at once.
-- **Item master** (trigger: an ERP ``item.updated``): name and list price to the shop's
-  product and the POS catalog item, per field ownership (:func:`item_fields`); a changed
+- **Item master** (trigger: an ERP ``item.updated``): the name to the shop's product and the
+  POS catalog item (the list price to the POS too only with ``sync.pos_price_from_erp``),
+  per field ownership (:func:`item_fields`); a changed
   safety stock recomputes available-to-sell everywhere the item is sold online.
 
 Available-to-sell = the system of record's ``available`` (which already excludes units
@@ -42,13 +43,15 @@ class Rules:
     online_stores: frozenset[str] = frozenset()
     exclude_locations: frozenset[str] = frozenset()
     items: bool = True
+    pos_price_from_erp: bool = False
 
     @classmethod
     def of(cls, sync: SyncSettings) -> Rules:
         return cls(enabled=sync.enabled, buffer=sync.buffer,
                    location_buffers=tuple(sorted(sync.location_buffers.items())),
                    online_stores=frozenset(sync.online_stores),
-                   exclude_locations=frozenset(sync.exclude_locations), items=sync.items)
+                   exclude_locations=frozenset(sync.exclude_locations), items=sync.items,
+                   pos_price_from_erp=sync.pos_price_from_erp)
 
     def buffer_at(self, location_id: str) -> int:
         return dict(self.location_buffers).get(location_id, self.buffer)
@@ -98,18 +101,24 @@ class ItemFields:
         return self.name is None and self.list_price is None
 
 
-# Per-field ownership of the item master in each target role: the ERP owns the name
-# everywhere and the list price at the till; the online price belongs to the shop (its own
-# pricing and promotions) and is never overwritten.
+# Per-field ownership of the item master in each target role (the merge table in README.md):
+# the ERP owns the name everywhere; the online price belongs to the shop (its own pricing and
+# promotions) and the store shelf price to the POS, neither overwritten, unless
+# ``sync.pos_price_from_erp`` says the ERP's list price is the shelf price.
 ITEM_OWNERSHIP: dict[str, frozenset[str]] = {
     "shopify": frozenset({"name"}),
-    "square": frozenset({"name", "list_price"}),
+    "square": frozenset({"name"}),
 }
+ERP_PRICED_TILL: dict[str, frozenset[str]] = {**ITEM_OWNERSHIP,
+                                              "square": frozenset({"name", "list_price"})}
 
 
-def item_fields(target_format: str, name: str | None, list_price: Decimal | None) -> ItemFields:
-    """What of an ERP item update a target takes (``ITEM_OWNERSHIP``)."""
-    owned = ITEM_OWNERSHIP.get(target_format, frozenset())
+def item_fields(target_format: str, name: str | None, list_price: Decimal | None,
+                pos_price_from_erp: bool = False) -> ItemFields:
+    """What of an ERP item update a target takes (``ITEM_OWNERSHIP``; with
+    ``pos_price_from_erp`` the POS takes the list price as its shelf price too)."""
+    owned = (ERP_PRICED_TILL if pos_price_from_erp else ITEM_OWNERSHIP).get(
+        target_format, frozenset())
     return ItemFields(name=name if "name" in owned else None,
                       list_price=list_price if "list_price" in owned else None)
 

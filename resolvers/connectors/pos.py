@@ -332,8 +332,9 @@ class PosConnector(BackendConnector):
         return out
 
     async def update_item(self, write: ItemWrite) -> WriteResult:
-        """The item's name and list price on its catalog variation (the store's shelf price
-        is the ERP's list price), by UpsertCatalogObject with the object's ``version``;
+        """The item's name and, when given, its price on its catalog variation (the store's
+        shelf price: the sync rules send the ERP list price only with
+        ``sync.pos_price_from_erp``), by UpsertCatalogObject with the object's ``version``;
         ``VERSION_MISMATCH`` (someone changed it meanwhile) re-reads and retries once, and
         a second one is :attr:`Outcome.STALE`."""
         variation = self.identity.native_sku(SQUARE_VARIATION, write.sku)

@@ -250,37 +250,59 @@ def test_the_truth_wins_over_an_admin_edit_at_once(synced: Stack) -> None:
     assert len(actions(synced)) == 1
 
 
-def test_an_erp_item_update_renames_in_the_shop_and_reprices_at_the_till(synced: Stack) -> None:
-    item = synced.world.items[11]
-    with synced.sim("commerce") as shop:
+def erp_item_update(stack: Stack, i: int) -> tuple[str, int]:
+    """The ERP renames and reprices item ``i``: the name pushed everywhere (the shop's
+    online price never changes); the till's price in minor units as it ends up."""
+    item = stack.world.items[i]
+    with stack.sim("commerce") as shop:
         before = shop.get(f"{SHOP_API}/products.json").json()["products"]
     online_price = next(v["price"] for p in before for v in p["variants"] if v["sku"] == item.sku)
-    with synced.sim("erp") as erp:
+
+    def till() -> dict[str, Any]:
+        with stack.sim("pos") as pos:
+            found: dict[str, Any] = pos.get(
+                f"/v2/catalog/object/{item.square_variation_id}").json()["object"]
+        return found
+
+    shelf_before = till()["item_variation_data"]["price_money"]["amount"]
+    assert shelf_before != 4150
+    with stack.sim("erp") as erp:
         response = erp.patch(f"/api/v1/items/{item.sku}",
                              json={"description": "Kettle, brushed steel", "listPrice": "41.50"})
     assert response.status_code == 200, response.text
 
     def shop_product() -> dict[str, Any]:
-        with synced.sim("commerce") as shop:
+        with stack.sim("commerce") as shop:
             products = shop.get(f"{SHOP_API}/products.json").json()["products"]
         return next(p for p in products if any(v["sku"] == item.sku for v in p["variants"]))
 
     wait_for(lambda: shop_product()["title"] == "Kettle, brushed steel", what="the rename")
     # The online price is the shop's: untouched.
     assert shop_product()["variants"][0]["price"] == online_price
-
-    def till() -> dict[str, Any]:
-        with synced.sim("pos") as pos:
-            found: dict[str, Any] = pos.get(
-                f"/v2/catalog/object/{item.square_variation_id}").json()["object"]
-        return found
-
     wait_for(lambda: till()["item_variation_data"]["name"] == "Kettle, brushed steel",
              what="the till's name")
-    assert till()["item_variation_data"]["price_money"]["amount"] == 4150
-    done = {a["cell"].split("|")[0] for a in actions(synced) if a["status"] == "DONE"
+    done = {a["cell"].split("|")[0] for a in actions(stack) if a["status"] == "DONE"
             and "|ITEM|" in a["cell"]}
     assert done == {"commerce", "pos"}
+    return item.sku, int(till()["item_variation_data"]["price_money"]["amount"]) - shelf_before
+
+
+def test_an_erp_item_update_renames_everywhere_and_leaves_the_shelf_price(
+        synced: Stack) -> None:
+    _, moved = erp_item_update(synced, 11)
+    assert moved == 0  # the store shelf price is the POS's
+
+
+def test_with_pos_price_from_erp_the_till_takes_the_list_price(redis_url: str) -> None:
+    stack = Stack(redis_url, sync=True)
+    stack.settings.sync.pos_price_from_erp = True
+    with stack:
+        sku, moved = erp_item_update(stack, 12)
+        assert moved != 0
+        with stack.sim("pos") as pos:
+            variation = stack.world.items[12].square_variation_id
+            found = pos.get(f"/v2/catalog/object/{variation}").json()["object"]
+        assert found["item_variation_data"]["price_money"]["amount"] == 4150, sku
 
 
 def test_a_stale_compare_and_set_is_resolved_by_recompute(synced: Stack) -> None:

@@ -65,7 +65,11 @@ def test_item_fields_respect_ownership() -> None:
     shop = rules.item_fields("shopify", "Kettle", Decimal("19.99"))
     assert (shop.name, shop.list_price) == ("Kettle", None)  # the online price is the shop's
     till = rules.item_fields("square", "Kettle", Decimal("19.99"))
-    assert (till.name, till.list_price) == ("Kettle", Decimal("19.99"))
+    assert (till.name, till.list_price) == ("Kettle", None)  # the shelf price is the POS's
+    priced = rules.item_fields("square", "Kettle", Decimal("19.99"), pos_price_from_erp=True)
+    assert (priced.name, priced.list_price) == ("Kettle", Decimal("19.99"))
+    online = rules.item_fields("shopify", "Kettle", Decimal("19.99"), pos_price_from_erp=True)
+    assert (online.name, online.list_price) == ("Kettle", None)  # never the shop's price
     assert rules.item_fields("epcis", "Kettle", Decimal(1)).empty
 
 
