@@ -14,7 +14,8 @@ the warehouse's available-to-sell, so every one asks for a push to the shop simu
 
 The headline (``--demo MINUTES``): ``retailgraph demo --activity 20`` run twice, with sync off
 (the simulators' own WMS -> shop stock feed moves the shop's numbers, as before sync) and on
-(retailgraph is the only thing that does), polling ``discrepancies(kinds:
+(retailgraph is the only thing that does), both at once on their own ports and embedded
+Redis (``--sequential``: one after the other), polling ``discrepancies(kinds:
 [ONLINE_OVERSELL_RISK])`` every 2 s: how many there are and the units at risk over time, and
 how long each one lasted (first to last poll that saw it).
 
@@ -208,8 +209,10 @@ def demo_run(sync: bool, minutes: float, port: int) -> dict[str, Any]:
 
     import httpx
 
-    env = {**os.environ, "RETAILGRAPH_SYNC_ENABLED": "true" if sync else "false",
-           "PYTHONUNBUFFERED": "1"}
+    # Each demo on its own ports (PORT..PORT+4) and its own embedded Redis.
+    env = {k: v for k, v in os.environ.items() if k != "RETAILGRAPH_REDIS_URL"}
+    env.update({"RETAILGRAPH_SYNC_ENABLED": "true" if sync else "false",
+                "PYTHONUNBUFFERED": "1"})
     log = Path(tempfile.mkdtemp(prefix="bench-sync-demo-")) / "demo.log"
     with log.open("wb") as out:
         proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "demo", "--port", str(port),
@@ -266,7 +269,7 @@ def demo_run(sync: bool, minutes: float, port: int) -> dict[str, Any]:
             proc.kill()
     minute = [(t, n, u) for t, n, u in samples]
     per_minute = []
-    for m in range(int(minutes)):
+    for m in range(max(1, round(minutes))):
         window = [x for x in minute if m * 60 <= x[0] < (m + 1) * 60]
         per_minute.append({"minute": m + 1,
                            "max_discrepancies": max((n for _, n, _ in window), default=0),
@@ -279,8 +282,48 @@ def demo_run(sync: bool, minutes: float, port: int) -> dict[str, Any]:
             "max_units_at_risk": max((u for _, _, u in samples), default=0),
             "distinct_discrepancies": distinct,
             "lasting_s": stats(durations), "per_minute": per_minute,
+            "samples": [{"t": t, "discrepancies": n, "units_at_risk": u} for t, n, u in samples],
             "push": [s for s in status.get("data", {}).get("syncStatus", [])
                      if s.get("push")], "log": str(log)}
+
+
+def demo_table(demo: list[dict[str, Any]]) -> str:
+    """The sync-off / sync-on comparison as a Markdown table (README-ready)."""
+    off, on = (next(d for d in demo if d["sync"] is flag) for flag in (False, True))
+
+    def lasting(d: dict[str, Any]) -> str:
+        x = d["lasting_s"]
+        return "-" if not x["n"] else f"{x['p50']} s / {x['p99']} s / {x['max']} s"
+
+    def push(d: dict[str, Any]) -> str:
+        shop = next((s["push"] for s in d["push"] if s.get("source") == "commerce"), None)
+        if not shop:
+            return "-"
+        return (f"{shop['writes']} writes, {shop['echoes']} echoes, {shop['drift']} drift, "
+                f"{shop['deadLetters']} dead; p50 {shop['latencyP50Ms']} ms / "
+                f"p99 {shop['latencyP99Ms']} ms")
+
+    rows = [
+        "| | sync off | sync on |", "|---|---:|---:|",
+        f"| polls (every 2 s; failed) | {off['polls']} ({off['failed_polls']}) | "
+        f"{on['polls']} ({on['failed_polls']}) |",
+        f"| polls seeing any ONLINE_OVERSELL_RISK | {off['polls_with_any']} | "
+        f"{on['polls_with_any']} |",
+        f"| distinct discrepancies | {off['distinct_discrepancies']} | "
+        f"{on['distinct_discrepancies']} |",
+        f"| most at once | {off['max_discrepancies']} | {on['max_discrepancies']} |",
+        f"| most units at risk at once | {off['max_units_at_risk']} | "
+        f"{on['max_units_at_risk']} |",
+        f"| lasting p50 / p99 / max (first to last poll seeing it) | {lasting(off)} | "
+        f"{lasting(on)} |",
+        f"| shop pushes (syncStatus) | {push(off)} | {push(on)} |",
+    ]
+    for a, b in zip(off["per_minute"], on["per_minute"], strict=False):
+        rows.append(f"| minute {a['minute']}: most at once / units at risk max, mean | "
+                    f"{a['max_discrepancies']} / {a['max_units_at_risk']}, "
+                    f"{a['mean_units_at_risk']} | {b['max_discrepancies']} / "
+                    f"{b['max_units_at_risk']}, {b['mean_units_at_risk']} |")
+    return "\n".join(rows)
 
 
 def main() -> None:
@@ -295,15 +338,30 @@ def main() -> None:
     parser.add_argument("--json", default="", help="also write the report here")
     parser.add_argument("--demo", type=float, default=0, metavar="MINUTES",
                         help="instead: the demo with --activity 20, sync off then on")
-    parser.add_argument("--port", type=int, default=18000, help="the demo's port (--demo)")
+    parser.add_argument("--port", type=int, default=18000,
+                        help="the demos' ports (--demo): PORT..PORT+4 and PORT+10..PORT+14")
+    parser.add_argument("--sequential", action="store_true",
+                        help="--demo: sync off, then sync on (default: both at once)")
     args = parser.parse_args()
     from gateway.redis_server import start_server
 
     host = machine()
     if args.demo:
-        demo = [demo_run(sync, args.demo, args.port) for sync in (False, True)]
-        text = json.dumps({"machine": host, "demo": demo}, indent=2)
+        if args.sequential:
+            demo = [demo_run(sync, args.demo, args.port) for sync in (False, True)]
+        else:  # both at once, on ports PORT.. and PORT+10..: half the wall time
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(2) as pool:
+                halves = [pool.submit(demo_run, sync, args.demo, args.port + 10 * n)
+                          for n, sync in enumerate((False, True))]
+                demo = [h.result() for h in halves]
+        table = demo_table(demo)
+        text = json.dumps({"machine": host, "concurrent": not args.sequential, "demo": demo,
+                           "table": table}, indent=2)
         print(text)
+        print()
+        print(table)
         if args.json:
             Path(args.json).write_text(text)
         return
