@@ -30,7 +30,7 @@ from gateway import telemetry
 from gateway.config import Settings, browser_origins
 from gateway.events.applier import Applier, PendingSweeper
 from gateway.events.changes import ChangeFeed, ChangePublisher
-from gateway.events.holds import Holds
+from gateway.events.holds import HoldLog, HoldSettlement, HoldSweeper
 from gateway.events.log import EventLog
 from gateway.http import graphiql
 from gateway.http.asgi import BodyBudget, BodyGuard, Methods, send_json
@@ -63,7 +63,7 @@ from resolvers.graph import RetailGraph
 from resolvers.reservations import Reservations
 from resolvers.store.cache import Cache
 from resolvers.store.client import Deadlines, connect
-from resolvers.store.reservations import HeldUnitsStore, ReservationStore
+from resolvers.store.reservations import HoldsStore, ReservationStore
 from resolvers.store.responses import ResponseStore
 
 log = logging.getLogger("retailgraph.app")
@@ -106,7 +106,7 @@ class Runtime:
     graph: RetailGraph
     feed: ChangeFeed
     applier: Applier
-    holds: Holds
+    holds: HoldSweeper
     reservations: Reservations
     reconciliation: ReconcileStage
     sync: Sync
@@ -131,7 +131,7 @@ class Runtime:
             asyncio.create_task(_probe_backends(self.graph,
                                                 self.settings.probe_interval_seconds)),
             asyncio.create_task(self.sweeper.run()),
-            asyncio.create_task(self.holds.sweep_forever()),
+            asyncio.create_task(self.holds.run()),
             asyncio.create_task(self.feed.run()),
             asyncio.create_task(self.loop_lag.run()),
             *map(asyncio.create_task, self.reconciliation.background()),
@@ -185,34 +185,33 @@ async def build(settings: Settings, transport: httpx.AsyncBaseTransport | None =
     cache = Cache(redis)
     responses = ResponseStore(redis)
     events = EventLog(redis)
+    # The units reservations hold: the graph's loaders and the sync rules subtract them.
+    held = HoldsStore(redis)
     graph = RetailGraph.from_settings(settings, cache if settings.cache else None, transport,
-                                      telemetry.ResolverTelemetry(), HeldUnitsStore(redis))
+                                      telemetry.ResolverTelemetry(), held)
 
     def is_record(location_id: str, source: str) -> bool:
         return graph.system_of_record(location_id) == source
 
     feed = ChangeFeed(redis, settings.subscriber_buffer,
                       max_per_owner=settings.max_subscriptions_per_principal)
-    # Reservations: their holds in Redis, every change of one on the event path.
-    holds = Holds(graph, events)
-    store = ReservationStore(redis, graph.system_of_record, holds,
-                             commit_hold_seconds=settings.reservation_commit_hold_seconds)
     # Sync (gateway/sync/): what reservations hold is not offered online; the applier
     # records each event's actions, a re-check or run finding an oversell asks for a push.
-    sync = build_sync(settings, graph, redis, HeldInStore(store))
+    sync = build_sync(settings, graph, redis, HeldInStore(held))
     index = DiscrepancyIndex(redis, [sync.recorder.judged])
     history = MovementHistory(redis)
     rechecker = Rechecker(settings, graph, index, history)
     applier = Applier(
         cache, responses,
         ChangePublisher(redis, settings.change_retention_seconds, graph.current_view, is_record),
-        holds=holds,
+        holds=HoldSettlement(graph, held), hold_log=HoldLog(graph, events),
         observers=[telemetry.ApplierTelemetry(),
                    ReconcileBookkeeping(history, rechecker, is_record), AppliedLag(redis)],
         before_done=[sync.recorder])
-    # The reservations' own wiring (issue 14): the holds publish through the applier that
-    # observes them.
-    holds.bind(applier, store)
+    # Reservations (issue 14): every change of a hold goes out on the one event path, through
+    # the applier.
+    store = ReservationStore(redis, graph.system_of_record, applier.publish_hold, units=held,
+                             commit_hold_seconds=settings.reservation_commit_hold_seconds)
     reservations = Reservations(graph, store)
     runner = ReconcileRunner(settings, graph, cache, events, applier, index, history)
     health = SyncHealth(redis, settings, graph, events, applier, runner.heal_source)
@@ -222,7 +221,8 @@ async def build(settings: Settings, transport: httpx.AsyncBaseTransport | None =
     return Runtime(
         settings=settings, redis_url=url, embedded=embedded, redis=redis, cache=cache,
         responses=responses, events=events, graph=graph, feed=feed, applier=applier,
-        holds=holds, reservations=reservations, reconciliation=reconciliation, sync=sync,
+        holds=HoldSweeper(store), reservations=reservations, reconciliation=reconciliation,
+        sync=sync,
         intake=WebhookIntake(settings, graph, events, applier, health),
         sweeper=PendingSweeper(events, applier), loop_lag=telemetry.LoopLag(),
         background=background)

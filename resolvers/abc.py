@@ -15,7 +15,7 @@ The gateway (``gateway.app``) builds the implementations and hands them in:
   :class:`DiscrepancyFeed`, :class:`SyncStatus`);
 - :class:`SyncControl`: what the schema reads and steers of sync (``gateway.sync.Sync``);
 - :class:`HeldUnits`: the units reservations hold, which the graph's loaders read
-  (``resolvers.store.reservations.HeldUnitsStore``);
+  (``resolvers.store.reservations.HoldsStore``);
 - :data:`RedisClient`: the Redis client every store is given (single server or Cluster).
 
 The schema reaches the change feed, reconciliation, sync and reservations through the

@@ -65,12 +65,17 @@ class ApplierObserver(Protocol):
 
 
 class HoldObserver(Protocol):
-    """Reservations' side of a stock event (gateway/events/holds.py)."""
+    """Reservations' side of a stock event (gateway/events/holds.py ``HoldSettlement``)."""
 
     async def observe(self, envelope: Envelope, cell: StockView | None,
                       ) -> tuple[int | None, list[HoldChange]]: ...
 
-    async def __call__(self, change: HoldChange) -> None: ...
+
+class HoldLog(Protocol):
+    """A hold change as a logged ``HOLD`` envelope (gateway/events/holds.py ``HoldLog``);
+    None when that change was logged already."""
+
+    async def logged(self, change: HoldChange) -> tuple[str, Envelope] | None: ...
 
 
 class Applier:
@@ -78,6 +83,7 @@ class Applier:
 
     def __init__(self, cache: Cache, responses: ResponseStore,
                  publish: Publisher | None = None, holds: HoldObserver | None = None,
+                 hold_log: HoldLog | None = None,
                  observers: Sequence[ApplierObserver] = (),
                  before_done: Sequence[Publisher] = ()) -> None:
         self.cache = cache
@@ -87,6 +93,7 @@ class Applier:
         # Reservations: the units held at a cell go with its change; committed holds the
         # system of record now shows end (their changes are published after it).
         self.holds = holds
+        self.hold_log = hold_log
         self.observers = tuple(observers)
         # Each runs after the cache write and before the entry leaves the pending set: what
         # it records is as durable as the event (a crash in between leaves the entry pending,
@@ -145,9 +152,18 @@ class Applier:
         else:
             await self.redis.zrem(PENDING_KEY, entry_id)
         for change in ended:
-            assert self.holds is not None
-            await self.holds(change)
+            await self.publish_hold(change)
         return written
+
+    async def publish_hold(self, change: HoldChange) -> None:
+        """A reservation's hold changed: its ``HOLD`` envelope is logged once and applied
+        like any event (the reservations' store publishes through this:
+        :class:`resolvers.store.reservations.HoldPublisher`)."""
+        if self.hold_log is None:
+            return
+        logged = await self.hold_log.logged(change)
+        if logged is not None:
+            await self.apply(*logged)
 
     async def apply_all(self, entries: Sequence[tuple[str, Envelope]]) -> None:
         for entry_id, envelope in entries:

@@ -9,7 +9,7 @@ envelope carries the system of record's cell as the cache holds it and, in
 ``extra["reserved"]``, the units held there after the change.
 
 The other direction: after the applier wrote a system of record's event for a cell,
-:meth:`Holds.observe` ends the holds of committed reservations the system of record now
+:meth:`HoldSettlement.observe` ends the holds of committed reservations the system of record now
 shows, and gives the units held at the cell, which the published change carries.
 """
 
@@ -18,27 +18,24 @@ from __future__ import annotations
 import asyncio
 import logging
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
 
 from redis.exceptions import RedisError
 from ulid import ULID
 
 from gateway.events.envelope import Envelope, EventKind, Movement, MovementType
 from gateway.events.log import EventLog
+from resolvers.graph import RetailGraph
 from resolvers.store.client import Backoff
 from resolvers.store.reservations import (
     HOLDS_SOURCE,
     HoldChange,
     HoldEnd,
+    HoldsStore,
     Reservation,
     ReservationStatus,
     ReservationStore,
 )
 from resolvers.types import Quantities, StockView
-
-if TYPE_CHECKING:
-    from gateway.events.applier import Applier
-    from resolvers.graph import RetailGraph
 
 log = logging.getLogger("retailgraph.holds")
 
@@ -56,22 +53,18 @@ def movement_of(r: Reservation) -> MovementType:
         else MovementType.COMMIT
 
 
-class Holds:
-    """Publishes hold changes (the store's port) and settles committed holds when the
-    system of record shows them (the applier's)."""
+class HoldLog:
+    """Puts a hold change on the one event path: a ``HOLD`` envelope appended to the event
+    log once per change (the applier applies and publishes it: :meth:`Applier.publish_hold`,
+    which is the reservations' store's publishing port)."""
 
     def __init__(self, graph: RetailGraph, events: EventLog) -> None:
         self.graph = graph
         self.events = events
-        self.applier: Applier | None = None
-        self.store: ReservationStore | None = None
 
-    def bind(self, applier: Applier, store: ReservationStore) -> None:
-        self.applier = applier
-        self.store = store
-
-    async def __call__(self, change: HoldChange) -> None:
-        assert self.applier is not None
+    async def logged(self, change: HoldChange) -> tuple[str, Envelope] | None:
+        """The change's log entry and envelope; None when it was logged already (a sweeper
+        publishing again what a stopped replica might not have)."""
         r = change.reservation
         quantities, as_of = change.quantities, change.as_of
         if quantities is None:  # the cache holds none of the cell: read it through
@@ -92,8 +85,17 @@ class Holds:
             extra={"reserved": change.held, "status": r.status.value,
                    "record_source": self.graph.system_of_record(r.location_id)})
         appended = await self.events.append(HOLDS_SOURCE, f"{r.id}:{r.seq}", [envelope])
-        if appended.new:
-            await self.applier.apply(appended.ids[0], envelope)
+        return (appended.ids[0], envelope) if appended.new else None
+
+
+class HoldSettlement:
+    """The applier's :class:`gateway.events.applier.HoldObserver`: after a system of
+    record's event, the units held at its cell, having ended the committed holds it now
+    shows."""
+
+    def __init__(self, graph: RetailGraph, holds: HoldsStore) -> None:
+        self.graph = graph
+        self.holds = holds
 
     async def observe(self, envelope: Envelope, cell: StockView | None,
                       ) -> tuple[int | None, list[HoldChange]]:
@@ -101,20 +103,25 @@ class Holds:
         the system of record's), having ended the committed holds it now shows; and those
         hold changes, to publish after the event's own change."""
         e = envelope
-        if (self.store is None or e.sku is None or e.location_id is None
+        if (e.sku is None or e.location_id is None
                 or self.graph.system_of_record(e.location_id) != e.source):
             return None, []
         quantities = cell.quantities if cell is not None else e.quantities
         committed = quantities.committed if quantities is not None else None
         documents = [doc for _, doc in e.movement.documents] if e.movement else []
-        held, ended = await self.store.observe(e.sku, e.location_id, committed, documents)
+        held, ended = await self.holds.observe(e.sku, e.location_id, committed, documents)
         as_of = cell.as_of if cell is not None else e.occurred_at
         return held, [HoldChange(r, held, quantities, as_of) for r in ended]
 
-    async def sweep_forever(self) -> None:
-        """Expire holds, end lapsed committed ones and publish what a stopped replica did
-        not, on every replica (each step is idempotent), every half second."""
-        assert self.store is not None
+
+class HoldSweeper:
+    """Expires holds, ends lapsed committed ones and publishes what a stopped replica did
+    not, on every replica (each step is idempotent), every half second."""
+
+    def __init__(self, store: ReservationStore) -> None:
+        self.store = store
+
+    async def run(self) -> None:
         backoff = Backoff("reservation sweeper")
         while True:
             delay = SWEEP_INTERVAL_SECONDS
@@ -127,4 +134,3 @@ class Holds:
             except (RedisError, OSError) as exc:
                 delay = max(delay, backoff.failed(exc))
             await asyncio.sleep(delay)
-

@@ -40,6 +40,7 @@ from gateway.config import SyncSettings
 from gateway.events.envelope import Envelope, EventKind
 from gateway.sync import rules
 from gateway.sync.rules import Rules
+from resolvers.abc import HeldUnits
 from resolvers.discrepancies import CellUpdate, Kind
 from resolvers.errors import BackendError
 from resolvers.store.client import Backoff
@@ -53,7 +54,6 @@ from resolvers.store.outbox import (
     cell_id,
     parse_cell,
 )
-from resolvers.store.reservations import ReservationStore
 from resolvers.types import LocationRecord, MasterItem, StockView
 from resolvers.writes import ItemTarget, ItemWrite, Outcome, StockTarget, StockWrite, WriteResult
 
@@ -88,9 +88,10 @@ class NoReservations:
 
 
 class HeldInStore:
-    """:class:`Reservations` from the reservations' store (resolvers/store/reservations.py)."""
+    """:class:`Reservations` from the units reservations hold (resolvers/store/reservations.py
+    ``HoldsStore``)."""
 
-    def __init__(self, store: ReservationStore) -> None:
+    def __init__(self, store: HeldUnits) -> None:
         self.store = store
 
     async def held(self, sku: str, location_id: str) -> int:

@@ -392,13 +392,15 @@ def _cell(fields: Sequence[Any]) -> tuple[Quantities | None, datetime | None]:
             datetime.fromisoformat(_text(as_of)) if as_of is not None else None)
 
 
-class HeldUnitsStore:
-    """The units held per location of each SKU (:class:`resolvers.abc.HeldUnits`): what the
-    graph's loaders subtract from available-to-sell. Needs nothing but Redis, so the graph
-    gets it before the reservations' store exists."""
+class HoldsStore:
+    """The units held at each cell, which needs nothing but Redis: read them
+    (:class:`resolvers.abc.HeldUnits`, the graph's loaders) and end the committed holds a
+    system of record now shows (the applier's side, ``gateway/events/holds.py``). Built
+    before the graph and the applier, which the reservations' own store comes after."""
 
     def __init__(self, redis: Any) -> None:
         self.redis = redis
+        self._observe = redis.register_script(OBSERVE_LUA)
 
     async def held(self, skus: Sequence[str]) -> dict[str, dict[str, int]]:
         """Units held per location, for each SKU."""
@@ -412,6 +414,18 @@ class HeldUnitsStore:
                         if _text(k).startswith("h:") and int(v) > 0}
         return out
 
+    async def observe(self, sku: str, location_id: str, committed: int | None,
+                      documents: Sequence[str] = ()) -> tuple[int, list[Reservation]]:
+        """After the system of record's cell changed: end the holds of committed
+        reservations it now shows; the units then held at the cell, and the reservations
+        whose hold ended."""
+        held, changed = await self._observe(
+            keys=[reservations_key(sku), holds_key(sku)],
+            args=[location_id, "" if committed is None else committed, *documents])
+        ended = [Reservation.decode(_text(changed[i]), sku, changed[i + 1])
+                 for i in range(0, len(changed), 2)]
+        return int(held), ended
+
 
 class ReservationStore:
     """The reservations' Redis part: claims, the cell scripts, the sweep and listing.
@@ -422,7 +436,7 @@ class ReservationStore:
     """
 
     def __init__(self, redis: Any, record_source: Callable[[str], str | None],
-                 publish: HoldPublisher | None = None, *,
+                 publish: HoldPublisher | None = None, *, units: HoldsStore | None = None,
                  retention_seconds: int = 7 * 86_400, commit_hold_seconds: int = 3600,
                  grace_ms: int = 5000) -> None:
         self.redis = redis
@@ -434,9 +448,8 @@ class ReservationStore:
         self._claim = redis.register_script(CLAIM_LUA)
         self._reserve = redis.register_script(RESERVE_LUA)
         self._change = redis.register_script(CHANGE_LUA)
-        self._observe = redis.register_script(OBSERVE_LUA)
         self._reschedule = redis.register_script(RESCHEDULE_LUA)
-        self._units = HeldUnitsStore(redis)
+        self._units = units or HoldsStore(redis)
 
     def _views(self, sku: str, location_id: str) -> str:
         source = self.record_source(location_id)
@@ -544,15 +557,8 @@ class ReservationStore:
 
     async def observe(self, sku: str, location_id: str, committed: int | None,
                       documents: Sequence[str] = ()) -> tuple[int, list[Reservation]]:
-        """After the system of record's cell changed: end the holds of committed
-        reservations it now shows; the units then held at the cell, and the reservations
-        whose hold ended."""
-        held, changed = await self._observe(
-            keys=[reservations_key(sku), holds_key(sku)],
-            args=[location_id, "" if committed is None else committed, *documents])
-        ended = [Reservation.decode(_text(changed[i]), sku, changed[i + 1])
-                 for i in range(0, len(changed), 2)]
-        return int(held), ended
+        """See :meth:`HoldsStore.observe`."""
+        return await self._units.observe(sku, location_id, committed, documents)
 
     async def held(self, skus: Sequence[str]) -> dict[str, dict[str, int]]:
         """Units held per location, for each SKU."""

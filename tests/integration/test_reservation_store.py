@@ -57,9 +57,12 @@ async def put_cell(client: aioredis.Redis, available: int, committed: int = 0,
     await Cache(client).apply_view(view, full=True)
 
 
-def store(client: aioredis.Redis, published: Published | None = None,
-          **options: int) -> ReservationStore:
-    return ReservationStore(client, lambda loc: "pos", published, **options)
+def store(client: aioredis.Redis, published: Published | None = None, *,
+          grace_ms: int = 5000, commit_hold_seconds: int = 3600,
+          retention_seconds: int = 7 * 86_400) -> ReservationStore:
+    return ReservationStore(client, lambda loc: "pos", published, grace_ms=grace_ms,
+                            commit_hold_seconds=commit_hold_seconds,
+                            retention_seconds=retention_seconds)
 
 
 async def reserve(s: ReservationStore, key: str, quantity: int, ttl_ms: int = 60_000,
