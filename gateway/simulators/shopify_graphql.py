@@ -69,6 +69,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 from graphql import (
+    DocumentNode,
     FieldNode,
     FragmentDefinitionNode,
     FragmentSpreadNode,
@@ -1086,6 +1087,10 @@ class ShopifyAdmin:
         self.bulk: list[BulkOp] = []
         self.base_url = ""
         self.schema = build_schema(SDL)
+        # Parsed and validated documents by query text (a GraphQL server's document cache:
+        # a client sends the same few queries again and again, and validating one costs
+        # several times its execution).
+        self._documents: OrderedDict[str, DocumentNode | list[dict[str, Any]]] = OrderedDict()
         self._wire()
 
     # -- schema wiring -----------------------------------------------------------------------
@@ -1530,13 +1535,9 @@ class ShopifyAdmin:
     def run(self, query: str, variables: dict[str, Any] | None,
             operation_name: str | None) -> dict[str, Any]:
         """Parse, validate, cost, throttle, execute: the response body (always HTTP 200)."""
-        try:
-            document = parse(query)
-        except GraphQLError as exc:
-            return {"errors": [exc.formatted]}
-        problems = validate(self.schema, document)
-        if problems:
-            return {"errors": [p.formatted for p in problems]}
+        document = self._document(query)
+        if isinstance(document, list):
+            return {"errors": document}
         operations = [d for d in document.definitions if isinstance(d, OperationDefinitionNode)]
         chosen = [o for o in operations if operation_name is None
                   or (o.name and o.name.value == operation_name)]
@@ -1581,6 +1582,24 @@ class ShopifyAdmin:
                                        "actualQueryCost": actual,
                                        "throttleStatus": self.bucket.status()}}
         return body
+
+    def _document(self, query: str) -> DocumentNode | list[dict[str, Any]]:
+        """The query parsed and validated, or its errors; the last 256 queries are kept."""
+        known = self._documents.get(query)
+        if known is not None:
+            self._documents.move_to_end(query)
+            return known
+        try:
+            document = parse(query)
+        except GraphQLError as exc:
+            return [dict(exc.formatted)]
+        problems = validate(self.schema, document)
+        found: DocumentNode | list[dict[str, Any]] = (
+            [dict(p.formatted) for p in problems] if problems else document)
+        self._documents[query] = found
+        if len(self._documents) > 256:
+            self._documents.popitem(last=False)
+        return found
 
     async def endpoint(self, request: Request) -> Response:
         raw = await request.body()
