@@ -42,6 +42,7 @@ log = logging.getLogger("retailgraph.discrepancies")
 FEED_MAXLEN = 100_000
 HISTORY_ENTRIES = 32
 HISTORY_TTL = 3 * 24 * 3600
+UPDATES_PER_PIPELINE = 250  # cells judged per Redis pipeline of index updates
 
 
 # -- movement history ------------------------------------------------------------------------
@@ -188,15 +189,19 @@ class DiscrepancyIndex:
         if not updates:
             return 0
         stamp = iso_time(now or datetime.now(UTC))
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for u in updates:
-                args: list[Any] = [FEED_MAXLEN, stamp, f"{u.location_id}|{u.sku}|",
-                                   len(u.slots), *u.slots]
-                for f in u.findings:
-                    args += [f.slot, f.encode(), f.signature]
-                await self._update(keys=[ITEMS_KEY, ORDER_KEY, FEED_KEY], args=args,
-                                   client=pipe)
-            results = await pipe.execute()
+        results: list[Any] = []
+        # In pipelines of at most UPDATES_PER_PIPELINE cells: a run's thousand-cell chunk in
+        # one pipeline missed the Redis write deadline on a loaded machine.
+        for n in range(0, len(updates), UPDATES_PER_PIPELINE):
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for u in updates[n:n + UPDATES_PER_PIPELINE]:
+                    args: list[Any] = [FEED_MAXLEN, stamp, f"{u.location_id}|{u.sku}|",
+                                       len(u.slots), *u.slots]
+                    for f in u.findings:
+                        args += [f.slot, f.encode(), f.signature]
+                    await self._update(keys=[ITEMS_KEY, ORDER_KEY, FEED_KEY], args=args,
+                                       client=pipe)
+                results += await pipe.execute()
         for observer in self.observers:
             await observer(updates)
         return sum(int(r) for r in results)

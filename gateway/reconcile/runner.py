@@ -78,6 +78,8 @@ TOP_OFFENDERS = 20
 READ_THROUGH_SECONDS = 10.0  # a re-check reads one SKU's missing view through at most this often
 REPAIRS_LISTED = 1000
 IN_FLIGHT_POLL_SECONDS = 0.1  # how often a run looks whether in-flight webhooks arrived
+PIPELINE_ENTRIES = 250  # cache entries read per Redis pipeline
+YIELD_EVERY = 50  # SKUs judged between turns given back to the event loop
 
 
 @dataclass(frozen=True, slots=True)
@@ -370,12 +372,17 @@ class ReconcileRunner:
 
     async def _entries(self, pairs: Sequence[tuple[str, str]]
                        ) -> dict[tuple[str, str], dict[bytes, bytes]]:
-        """The cache entries of these (SKU, source) pairs, in one pipeline."""
-        async with self.cache.redis.pipeline(transaction=False) as pipe:
-            for sku, name in pairs:
-                pipe.hgetall(views_key(sku, name))
-            raws = await pipe.execute()
-        return dict(zip(pairs, raws, strict=True))
+        """The cache entries of these (SKU, source) pairs, in pipelines of at most
+        ``PIPELINE_ENTRIES`` (each answers within the Redis deadline on a loaded machine)."""
+        out: dict[tuple[str, str], dict[bytes, bytes]] = {}
+        for n in range(0, len(pairs), PIPELINE_ENTRIES):
+            part = pairs[n:n + PIPELINE_ENTRIES]
+            async with self.cache.redis.pipeline(transaction=False) as pipe:
+                for sku, name in part:
+                    pipe.hgetall(views_key(sku, name))
+                raws = await pipe.execute()
+            out.update(zip(part, raws, strict=True))
+        return out
 
     async def _chunk(self, chunk: list[str], locations: dict[str, LocationRecord],
                      sources: set[str], scope: Scope, existing: dict[str, set[tuple[str, str]]],
@@ -393,7 +400,11 @@ class ReconcileRunner:
         pos_views, wms_views = read.backend.get(b.pos.name, {}), read.backend.get(b.wms.name, {})
         erp_views = read.backend.get(b.erp.name, {})
         shop_views = read.backend.get(b.commerce.name, {})
-        for sku in chunk:
+        for done, sku in enumerate(chunk):
+            if done and not done % YIELD_EVERY:
+                # Judging is CPU work: the other chunks' reads (and their Redis deadlines)
+                # get the loop between SKUs, not only once this chunk is judged.
+                await asyncio.sleep(0)
             # Most cells are in no cache and agree: judged on the spot, without building views.
             quick = sku not in existing and not any((sku, n) in read.gens for n in ok_sources)
             for loc_id, loc in locations.items():
