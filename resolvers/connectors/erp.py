@@ -31,6 +31,8 @@ from resolvers.identity import (
 )
 from resolvers.settings import BackendSettings
 from resolvers.types import (
+    INT_MAX,
+    INT_MIN,
     ExternalRef,
     LocationRecord,
     LocationType,
@@ -53,6 +55,17 @@ T = TypeVar("T")
 def chunks(values: Sequence[str], size: int) -> list[list[str]]:
     unique = list(dict.fromkeys(values))
     return [unique[n:n + size] for n in range(0, len(unique), size)]
+
+
+def _plain_row(row: Any) -> bool:
+    """A snapshot row with string sku, itemNumber and locationCode and an int onHand within
+    GraphQL's Int: what :meth:`ErpConnector._rows` reads without a checked reader."""
+    if type(row) is not dict:
+        return False
+    on_hand = row.get("onHand")
+    return (type(on_hand) is int and INT_MIN <= on_hand <= INT_MAX
+            and type(row.get("sku")) is str and type(row.get("itemNumber")) is str
+            and type(row.get("locationCode")) is str)
 
 
 class Payload:
@@ -284,6 +297,16 @@ class ErpConnector(BackendConnector):
 
     def _rows(self, page: Payload) -> list[StockView]:
         version, as_of = page.text("snapshotId"), page.time("asOf")
+        rows = page.get("rows", list)
+        if all(_plain_row(row) for row in rows):
+            # Every row well-formed (the usual case): read straight from the dicts, without a
+            # checked reader per row; a page with any odd row takes the checked path below,
+            # which names what is wrong with it.
+            known, name = self._known, self.name
+            return [StockView(sku=row["sku"], location_id=row["locationCode"], source=name,
+                              quantities=Quantities(on_hand=row["onHand"]), as_of=as_of,
+                              version=version)
+                    for row in rows if known(row["sku"], row["itemNumber"], row["locationCode"])]
         return [StockView(sku=row.text("sku"), location_id=row.text("locationCode"),
                           source=self.name, quantities=Quantities(on_hand=row.quantity("onHand")),
                           as_of=as_of, version=version)

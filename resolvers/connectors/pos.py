@@ -17,6 +17,7 @@ changes a call, an idempotency key), for when stores are sync targets.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
@@ -48,9 +49,33 @@ SQUARE_PLACES = 5  # Square's quantities are decimal strings with up to 5 decima
 MAX_CHANGES = 100  # changes per inventory/changes/batch-create call
 
 
+def _count_time(source: str, value: Any) -> datetime:
+    """A count's ``calculated_at`` (:func:`backend_time`); a bulk read meets the same few
+    stamps many times, so the parsed ones are remembered."""
+    if type(value) is str:
+        return _count_time_text(source, value)
+    return backend_time(source, value, "calculated_at")
+
+
+@functools.lru_cache(maxsize=4096)
+def _count_time_text(source: str, value: str) -> datetime:
+    return backend_time(source, value, "calculated_at")
+
+
 def _quantity(source: str, value: Any) -> int:
     """Square's decimal string (up to 5 decimals) as an integer, checked before it is
     converted (resolvers/values.py); fractional stock is not something we model."""
+    if type(value) is str:
+        return _quantity_text(source, value)
+    return _checked_quantity(source, value)
+
+
+@functools.lru_cache(maxsize=4096)
+def _quantity_text(source: str, value: str) -> int:
+    return _checked_quantity(source, value)
+
+
+def _checked_quantity(source: str, value: Any) -> int:
     q = plain_decimal(value, places=SQUARE_PLACES)
     if q is None:
         raise BackendProtocolError(source, f"count quantity {shown(value)} is not a decimal "
@@ -64,6 +89,7 @@ def _quantity(source: str, value: Any) -> int:
         raise ValueOutOfRange(source, str(exc)) from exc
 
 
+@functools.lru_cache(maxsize=4096)
 def _version(moment: datetime) -> str:
     """Fixed-width UTC timestamp: versions of one source compare correctly as strings."""
     return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
@@ -102,7 +128,7 @@ def counts_to_views(counts: list[dict[str, Any]], identity: IdentityMap, source:
                                        "location_id or state")
         variation, location, state = (str(v) for v in ids)
         entry = (_quantity(source, count.get("quantity")),
-                 backend_time(source, count.get("calculated_at"), "calculated_at"))
+                 _count_time(source, count.get("calculated_at")))
         states = cells.setdefault((variation, location), {})
         if state not in states or states[state][1] <= entry[1]:
             states[state] = entry
