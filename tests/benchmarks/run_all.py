@@ -128,8 +128,9 @@ def adapt_cache(text: str) -> list[Figure]:
     ceiling, cached = rows.get("static ceiling"), rows.get("single SKU, response cache")
     if ceiling and cached:
         ratio = round(cached / ceiling, 2)
-        out.append(contract.figure("cached query vs a bare static answer, same server", ratio,
-                                   "x", ">= 0.5", ratio >= 0.5,
+        # The goal's figure (against a bare Starlette app) is bench_http.py's.
+        out.append(contract.figure("cached query vs a static route in the gateway app", ratio,
+                                   "x", None, None,
                                    note=f"{cached:,.0f} vs {ceiling:,.0f} req/s"))
     if not out:
         raise ValueError("no rows read from bench_cache.py's output")
@@ -143,6 +144,7 @@ BENCHES = [
     Bench("cache", "bench_cache.py", ["--duration", "10"], ["--duration", "3",
                                                             "--webhooks", "2000"], 300,
           stdout=True),
+    Bench("http", "bench_http.py", [], ["--duration", "2", "--rounds", "1", "--no-hive"], 420),
     Bench("fanout", "bench_subscriptions.py",
           ["--subscribers", "10000", "--rate", "500", "--duration", "60"],
           ["--subscribers", "100", "--rate", "100", "--duration", "5", "--settle", "2"],
