@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import random
 import time
@@ -122,10 +123,10 @@ class Targets:
     shop: str  # the web shop's backend name: the target of available-to-sell
 
 
-async def pushed(outbox: Outbox, action_id: str) -> None:
+async def pushed(outbox: Outbox, action_id: str, record: Action | None = None) -> None:
     """A push's latency and span, from the causing event's receipt to the target's
     confirmation (its echo, or its answer where none comes), once both are in."""
-    action = await outbox.settle_latency(action_id)
+    action = await outbox.settle_latency(action_id, record)
     if action is None or action.latency_ms is None:
         return
     received = action.received_ms or action.created_ms
@@ -384,12 +385,11 @@ class Executor:
             await self._item(turn, target, sku)
 
     async def _supersede(self, older: Iterable[Action], newest: Action) -> None:
-        for action in older:
-            if not action.status.final:
-                await self.outbox.completed(action, Status.SUPERSEDED,
-                                            note=f"superseded by {newest.id}")
-                telemetry.current().m.sync_actions.add(
-                    1, {"target": action.target, "status": "SUPERSEDED"})
+        superseded = [a for a in older if not a.status.final]
+        await self.outbox.superseded(superseded, newest.id)
+        for action in superseded:
+            telemetry.current().m.sync_actions.add(
+                1, {"target": action.target, "status": "SUPERSEDED"})
 
     async def desired(self, sku: str, location_id: str) -> int:
         available, safety, held = await asyncio.gather(
@@ -504,16 +504,17 @@ class Executor:
         await self.outbox.update(action.id, attempts=attempts, keySeq=key_seq,
                                  keyInput=key_input, desired=desired, previous=holds,
                                  by=self.outbox.token)
-        found = (await self.outbox.get([action.id]))[0]
-        assert found is not None
-        return found
+        # What was just written (this replica holds the cell's lease): no read back.
+        return dataclasses.replace(action, attempts=attempts, key_seq=key_seq,
+                                   key_input=key_input, desired=desired, previous=holds)
 
     async def _done(self, action: Action, holds: Any, desired: Any, note: str = "",
                     echo: bool = False) -> None:
-        await self.outbox.completed(action, Status.DONE, previous=holds, desired=desired,
-                                    error=None, note=note or None, echo=echo)
+        record = await self.outbox.completed(action, Status.DONE, previous=holds,
+                                             desired=desired, error=None, note=note or None,
+                                             echo=echo)
         telemetry.current().m.sync_actions.add(1, {"target": action.target, "status": "DONE"})
-        await pushed(self.outbox, action.id)
+        await pushed(self.outbox, action.id, record)
 
     async def _dead(self, action: Action, error: str, holds: Any, desired: Any) -> None:
         await self.outbox.completed(action, Status.DEAD, error=error, previous=holds,

@@ -431,10 +431,11 @@ class Outbox:
         await self.redis.hset(f"{PREFIX}c:{cell}", "done", action_id)
 
     async def completed(self, action: Action, status: Status, *, echo: bool = False,
-                        **fields: Any) -> int:
+                        **fields: Any) -> Action:
         """A final status for ``action``; counters, dead letters and the feed follow.
         ``echo``: DONE by a write whose echo is still to confirm it (:attr:`Action.
-        latency_ms`); the push latency is taken by :meth:`settle_latency`."""
+        latency_ms`); the push latency is taken by :meth:`settle_latency`. Returns the
+        action as recorded now."""
         now = int(time.time() * 1000)
         if echo:
             fields["echo"] = "1"
@@ -447,13 +448,36 @@ class Outbox:
             if status is Status.DEAD:
                 pipe.zadd(DLQ_KEY, {action.id: now})
             await pipe.execute()
-        return now
+        return Action.decode(raw)
 
-    async def settle_latency(self, action_id: str) -> Action | None:
+    async def superseded(self, actions: Sequence[Action], by: str) -> None:
+        """``actions`` SUPERSEDED by action ``by`` (a burst coalescing into its newest), in
+        two round trips whatever their number (:meth:`completed` for each, in effect)."""
+        if not actions:
+            return
+        now = int(time.time() * 1000)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for action in actions:
+                pipe.hset(action_key(action.id), mapping={
+                    "status": Status.SUPERSEDED.value, "completed": now,
+                    "note": f"superseded by {by}"})
+                pipe.hgetall(action_key(action.id))
+            replies = await pipe.execute()
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for raw in replies[1::2]:
+                pipe.xadd(FEED_KEY, {"a": orjson.dumps({_s(k): _s(v) for k, v in raw.items()})},
+                          maxlen=FEED_MAXLEN, approximate=True)
+            pipe.hincrby(f"{PREFIX}n:{actions[0].target}", Status.SUPERSEDED.value.lower(),
+                         len(actions))
+            await pipe.execute()
+
+    async def settle_latency(self, action_id: str,
+                             record: Action | None = None) -> Action | None:
         """The action, once, when its push latency is known (DONE, and confirmed if it
         awaits an echo: its answer and its echo can come in either order); the latency joins
-        the target's recent ones (``syncStatus``). None otherwise, or when taken already."""
-        found = (await self.get([action_id]))[0]
+        the target's recent ones (``syncStatus``). None otherwise, or when taken already.
+        ``record``: the action as just read (else it is read)."""
+        found = record if record is not None else (await self.get([action_id]))[0]
         if found is None or found.latency_ms is None:
             return None
         if not await self.redis.hsetnx(action_key(action_id), "latencyTaken", 1):
