@@ -14,6 +14,7 @@ from collections import defaultdict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from functools import cached_property
 from typing import Any, NamedTuple, TypeVar
 
 import httpx
@@ -332,45 +333,56 @@ class SourceReading(NamedTuple):
     system: str
 
 
-@dataclass(slots=True)
+@dataclass
 class Loaders:
-    """Per-request DataLoaders, one per kind of backend data, reading through the cache."""
+    """Per-request DataLoaders, one per kind of backend data, reading through the cache.
+
+    Each is built when first used: every subscription event renews its context's loaders,
+    and most events (a shared payload, schema/events.py) read none."""
 
     graph: RetailGraph
     freshness: Freshness
     # Who is asking: every read below is limited to the principal's locations.
     principal: Principal = OPEN
-    master: DataLoader[str, MasterItem | None] = field(init=False)
-    store_stock: DataLoader[str, list[StockView]] = field(init=False)
-    warehouse_stock: DataLoader[str, list[StockView]] = field(init=False)
-    purchase_orders: DataLoader[str, list[PurchaseOrderLine]] = field(init=False)
-    # The other systems' views, for discrepancies (Shopify: warehouses; ERP snapshot: all).
-    online_stock: DataLoader[str, list[StockView]] = field(init=False)
-    erp_snapshot: DataLoader[str, list[StockView]] = field(init=False)
-    # Units held by reservations, per location, of each SKU.
-    reserved: DataLoader[str, dict[str, int]] = field(init=False)
 
-    def __post_init__(self) -> None:
-        b = self.graph.backends
-        self.master = DataLoader(load_fn=self._load_master, max_batch_size=1000)
-        self.store_stock = DataLoader(
-            load_fn=lambda skus: self._load_views(b.pos.name, b.pos.counts,
-                                                  LocationType.STORE, skus),
+    @cached_property
+    def master(self) -> DataLoader[str, MasterItem | None]:
+        return DataLoader(load_fn=self._load_master, max_batch_size=1000)
+
+    @cached_property
+    def store_stock(self) -> DataLoader[str, list[StockView]]:
+        pos = self.graph.backends.pos
+        return DataLoader(load_fn=lambda skus: self._load_views(
+            pos.name, pos.counts, LocationType.STORE, skus), max_batch_size=1000)
+
+    @cached_property
+    def warehouse_stock(self) -> DataLoader[str, list[StockView]]:
+        wms = self.graph.backends.wms
+        return DataLoader(load_fn=lambda skus: self._load_views(
+            wms.name, wms.balances, LocationType.WAREHOUSE, skus), max_batch_size=1000)
+
+    @cached_property
+    def purchase_orders(self) -> DataLoader[str, list[PurchaseOrderLine]]:
+        return DataLoader(load_fn=self._load_purchase_orders, max_batch_size=1000)
+
+    # The other systems' views, for discrepancies (Shopify: warehouses; ERP snapshot: all).
+    @cached_property
+    def online_stock(self) -> DataLoader[str, list[StockView]]:
+        commerce = self.graph.backends.commerce
+        return DataLoader(load_fn=lambda skus: self._load_views(
+            commerce.name, commerce.levels, LocationType.WAREHOUSE, skus),
             max_batch_size=1000)
-        self.warehouse_stock = DataLoader(
-            load_fn=lambda skus: self._load_views(b.wms.name, b.wms.balances,
-                                                  LocationType.WAREHOUSE, skus),
-            max_batch_size=1000)
-        self.purchase_orders = DataLoader(load_fn=self._load_purchase_orders,
-                                          max_batch_size=1000)
-        self.online_stock = DataLoader(
-            load_fn=lambda skus: self._load_views(b.commerce.name, b.commerce.levels,
-                                                  LocationType.WAREHOUSE, skus),
-            max_batch_size=1000)
-        self.erp_snapshot = DataLoader(
-            load_fn=lambda skus: self._load_views(b.erp.name, b.erp.snapshot, None, skus),
-            max_batch_size=1000)
-        self.reserved = DataLoader(load_fn=self._load_reserved, max_batch_size=1000)
+
+    @cached_property
+    def erp_snapshot(self) -> DataLoader[str, list[StockView]]:
+        erp = self.graph.backends.erp
+        return DataLoader(load_fn=lambda skus: self._load_views(
+            erp.name, erp.snapshot, None, skus), max_batch_size=1000)
+
+    # Units held by reservations, per location, of each SKU.
+    @cached_property
+    def reserved(self) -> DataLoader[str, dict[str, int]]:
+        return DataLoader(load_fn=self._load_reserved, max_batch_size=1000)
 
     async def _load_reserved(self, skus: list[str]) -> list[dict[str, int]]:
         units = self.graph.held
