@@ -25,7 +25,15 @@ request's context (``resolvers.graph.RequestContext``), each given to it at cons
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import (
+    AsyncGenerator,
+    Awaitable,
+    Callable,
+    Hashable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeAlias
 
@@ -144,7 +152,7 @@ class ChangeFeed(Protocol):
 
     async def check_cursor(self, after: str) -> None: ...
 
-    async def shared(self, change: Any, what: str,
+    async def shared(self, change: Any, what: Hashable,
                      compute: Callable[[], Awaitable[Any]]) -> Any: ...
 
 

@@ -9,6 +9,7 @@ import strawberry
 from graphql import GraphQLObjectType, GraphQLSchema, print_schema, specified_directives
 from strawberry.extensions import SchemaExtension
 
+from schema.events import SharedEvents
 from schema.query import Query
 from schema.reservations import Mutation
 from schema.subscription import Subscription
@@ -19,7 +20,9 @@ def build_schema(extensions: Sequence[type[SchemaExtension] | Any] = ()) -> stra
     Product keyed by ``sku``, Location by ``id``, StockLevel by ``sku location { id }``)."""
     return strawberry.federation.Schema(query=Query, mutation=Mutation,
                                         subscription=Subscription,
-                                        extensions=list(extensions))
+                                        extensions=list(extensions),
+                                        # A grouped subscription's event: once per group.
+                                        execution_context_class=SharedEvents)
 
 
 schema = build_schema()

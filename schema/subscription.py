@@ -230,11 +230,22 @@ async def _safety_stock(info: Ctx, change: Any) -> int:
     return int(found[change.sku])
 
 
+async def _shared_graphql(info: Ctx, change: Any) -> StockChange | None:
+    """A change as the API shows it, built once for all of its subscribers: one object, so
+    the subscribers of a group share its executed payload (schema/events.py)."""
+    async def build() -> StockChange | None:
+        return to_graphql(info, change, await _safety_stock(info, change))
+
+    found: StockChange | None = await _feed(info).shared(
+        change, ("graphql", change.conflated), build)
+    return found
+
+
 async def _stock_changes(info: Ctx, changes: AsyncGenerator[Any, None]
                          ) -> AsyncGenerator[StockChange, None]:
     async with contextlib.aclosing(changes):
         async for change in changes:
-            out = to_graphql(info, change, await _safety_stock(info, change))
+            out = await _shared_graphql(info, change)
             if out is not None:
                 yield out
 

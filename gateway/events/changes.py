@@ -22,7 +22,7 @@ import heapq
 import logging
 import re
 from collections import Counter, OrderedDict, deque
-from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator
+from collections.abc import AsyncGenerator, Awaitable, Callable, Hashable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, TypeVar
@@ -49,7 +49,8 @@ from resolvers.types import Quantities, StockView
 log = logging.getLogger("retailgraph.subscriptions")
 
 _ID_PART = re.compile(r"[0-9]{1,20}")
-MEMO_SIZE = 4096
+# Per change: its safety stock, its StockChange, each group's payload (schema/events.py).
+MEMO_SIZE = 8192
 T = TypeVar("T")
 # The change stream's indexes: per SKU and per location, a stream with the same entry ids
 # whose entries name their cell ("sku|location|source"), so a filtered history reads only
@@ -411,7 +412,7 @@ class ChangeFeed:
         self.deliveries = Deliveries()
         # What every subscriber of one change would otherwise read again (its SKU's safety
         # stock): computed once per change, shared.
-        self._memo: OrderedDict[tuple[str, str], asyncio.Future[Any]] = OrderedDict()
+        self._memo: OrderedDict[tuple[str, Hashable], asyncio.Future[Any]] = OrderedDict()
         self.fanout: StreamFanout[Change, Subscriber] = StreamFanout(
             redis, CHANGES_KEY, decode_change, "change feed", page, routes=change_routes)
 
@@ -571,9 +572,10 @@ class ChangeFeed:
         end = out[-1].cursor if more else scanned or "0-0"
         return HistoryPage(out, end, more)
 
-    async def shared(self, change: Change, what: str,
+    async def shared(self, change: Any, what: Hashable,
                      compute: Callable[[], Awaitable[T]]) -> T:
-        """``compute()`` once per change and ``what``, for all of its subscribers."""
+        """``compute()`` once per change (anything with its ``cursor``) and ``what``, for all
+        of its subscribers."""
         key = (change.cursor, what)
         found = self._memo.get(key)
         if found is None:

@@ -17,7 +17,6 @@ from collections.abc import Callable, Iterator
 from datetime import timedelta
 from typing import Any
 
-import orjson
 import strawberry
 from cross_web import HTTPException
 from graphql import DocumentNode, GraphQLError, GraphQLSyntaxError, parse
@@ -59,6 +58,7 @@ from resolvers.errors import RetailgraphError
 from resolvers.graph import RequestContext, RetailGraph
 from resolvers.reservations import Reservations
 from schema import build_schema
+from schema.events import encode
 from schema.permissions import ForbiddenErrors
 
 log = logging.getLogger("retailgraph.graphql")
@@ -279,7 +279,7 @@ class GraphQLApp(GraphQL[RequestContext, None]):
         return graphiql.page()
 
     def encode_json(self, data: object) -> bytes:
-        return orjson.dumps(data)
+        return encode(data)  # a shared subscription payload's data is written once
 
     def decode_json(self, data: str | bytes) -> object:
         # orjson.JSONDecodeError is a json.JSONDecodeError, which Strawberry answers with 400

@@ -34,7 +34,6 @@ import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, cast
 
-import orjson
 from starlette.websockets import (
     WebSocket,
     WebSocketDisconnect,
@@ -50,6 +49,7 @@ from strawberry.types.execution import PreExecutionError
 
 from gateway.http.operations import Admitted, OperationRefused
 from resolvers.graph import RequestContext
+from schema.events import encode
 
 if TYPE_CHECKING:
     from strawberry.http.async_base_view import AsyncBaseHTTPView
@@ -94,7 +94,7 @@ class TextFrames(ASGIWebSocketAdapter):
             await self.close(*EXPIRED)
             return
         try:
-            await self.ws.send_text(orjson.dumps(message).decode())
+            await self.ws.send_text(encode(message).decode())
         except (WebSocketDisconnect, WebSocketDisconnected):
             # The client left (or the socket closed) while an operation was sending: nothing
             # more can be delivered; the receive loop sees the disconnect and ends every
