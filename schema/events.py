@@ -45,6 +45,10 @@ GROUPED: dict[str, frozenset[str]] = {
 }
 
 
+MAX_GROUPS = 4096
+_GROUPS: dict[Hashable, Hashable] = {}
+
+
 class _Variables(Visitor):
     def __init__(self) -> None:
         super().__init__()
@@ -87,9 +91,17 @@ def group_of(executor: Any) -> Hashable | None:
                                  option=orjson.OPT_SORT_KEYS)
     except TypeError:  # a value orjson cannot write: no group
         return None
-    return (root.alias.value if root.alias else "", root.name.value,
-            tuple(print_ast(node) for node in parts), variables,
-            principal.scopes, principal.locations)
+    group = (root.alias.value if root.alias else "", root.name.value,
+             tuple(print_ast(node) for node in parts), variables,
+             principal.scopes, principal.locations)
+    # Every member holds the group's one key (a few KB of printed selection otherwise per
+    # subscription); the table forgets the oldest groups past its size.
+    found = _GROUPS.get(group)
+    if found is None:
+        found = _GROUPS[group] = group
+        while len(_GROUPS) > MAX_GROUPS:
+            del _GROUPS[next(iter(_GROUPS))]
+    return found
 
 
 class SharedEvents(StrawberryGraphQLCoreExecutionContext):
