@@ -20,6 +20,7 @@ from typing import Any
 import strawberry
 from cross_web import HTTPException
 from graphql import DocumentNode, GraphQLError, GraphQLSyntaxError, parse
+from redis.exceptions import RedisError
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.websockets import WebSocket
@@ -54,7 +55,7 @@ from gateway.http.websocket import (
 )
 from gateway.telemetry import OperationTelemetry
 from resolvers.abc import ChangeFeed, Reconciliation, SyncControl
-from resolvers.errors import RetailgraphError
+from resolvers.errors import RetailgraphError, ServiceUnavailable
 from resolvers.graph import RequestContext, RetailGraph
 from resolvers.reservations import Reservations
 from schema import build_schema
@@ -103,6 +104,13 @@ class ErrorCodes(SchemaExtension):
             extensions = dict(error.extensions or {})
             if isinstance(original, RetailgraphError):
                 extensions.update(original.extensions())
+            elif isinstance(original, RedisError):
+                # A Redis command that missed its deadline (a subscription's replay, a
+                # reservation's script) where no fallback exists: retry, not a bug.
+                log.warning("Redis did not answer for %s: %s", error.path, original)
+                error.message = ("Redis did not answer in time; retry (a subscription resumes "
+                                 "after its last cursor)")
+                extensions["code"] = ServiceUnavailable.code
             elif original is not None and not isinstance(original, GraphQLError):
                 log.error("unexpected error in %s", error.path, exc_info=original)
                 error.message = "Internal error"
