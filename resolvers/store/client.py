@@ -221,15 +221,123 @@ class GuardedPipeline(Pipeline):
             raise_on_error), f"pipeline of {len(self.command_stack)}")
 
 
+# Never sent in a shared batch: they block, hold or change their connection's state.
+_NOT_BATCHED = frozenset({
+    "BLPOP", "BRPOP", "BLMOVE", "BRPOPLPUSH", "BZPOPMIN", "BZPOPMAX", "BLMPOP", "BZMPOP",
+    "WAIT", "WAITAOF", "WATCH", "UNWATCH", "MULTI", "EXEC", "DISCARD", "SUBSCRIBE",
+    "PSUBSCRIBE", "SSUBSCRIBE", "MONITOR", "SELECT", "AUTH", "HELLO", "CLIENT", "RESET",
+    "QUIT", "SHUTDOWN"})
+
+
+class CommandBatcher:
+    """Commands that tasks issue in the same turn of the event loop, sent together as one
+    pipeline (one write, one round trip) instead of one round trip each: under concurrent
+    webhooks, their log appends, cache writes and publishes share the wire.
+
+    Nothing changes for the caller: each command keeps its own deadline (the guard runs
+    around waiting for its answer), its own result or error (a failing command fails
+    alone), and the order in which it was issued; a task's next command is issued only
+    after the answer to its previous one, so per task the order is the one it awaited.
+    A lone command goes out by itself. Blocking commands, those that change their
+    connection (:data:`_NOT_BATCHED`) and optional ones (:func:`optional`) never join a
+    batch; a batch whose callers all gave up before it got a connection is not sent."""
+
+    def __init__(self, client: GuardedRedis) -> None:
+        self.client = client
+        self.pending: list[tuple[tuple[Any, ...], dict[str, Any], asyncio.Future[Any]]] = []
+        self.batches = 0  # batches of two or more sent (and their commands): for benchmarks
+        self.batched = 0
+
+    def submit(self, args: tuple[Any, ...], options: dict[str, Any]) -> asyncio.Future[Any]:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        if not self.pending:
+            loop.call_soon(self._flush)
+        self.pending.append((args, options, future))
+        return future
+
+    def _flush(self) -> None:
+        batch, self.pending = self.pending, []
+        batch = [entry for entry in batch if not entry[2].done()]  # given up on meanwhile
+        if len(batch) == 1:
+            batch[0][2].set_result(ALONE)  # its caller sends it, as if never batched
+        elif batch:
+            task = asyncio.get_running_loop().create_task(self._send(batch))
+            _batches_running.add(task)
+            task.add_done_callback(_batches_running.discard)
+
+            def given_up(_: asyncio.Future[Any]) -> None:
+                # Every caller gave up (deadline) while the batch waits for a connection:
+                # it is not sent at all, as their commands alone would not have been.
+                if not task.done() and all(f.done() for _, _, f in batch):
+                    task.cancel()
+
+            for _, _, future in batch:
+                future.add_done_callback(given_up)
+
+    async def _send(self, batch: list[tuple[tuple[Any, ...], dict[str, Any],
+                                            asyncio.Future[Any]]]) -> None:
+        pool = self.client.connection_pool
+        try:
+            conn = await pool.get_connection()  # type: ignore[no-untyped-call]
+            # Only what is still awaited is sent (a caller may have given up meanwhile).
+            live = [entry for entry in batch if not entry[2].done()]
+            pipe = Pipeline(pool, self.client.response_callbacks, False, None)
+            pipe.connection = conn  # released by the pipeline when done
+            if not live:
+                await pipe.reset()  # type: ignore[no-untyped-call]
+                return
+            self.batches += 1
+            self.batched += len(live)
+            for args, options, _ in live:
+                pipe.execute_command(*args, **options)
+            results = await pipe.execute(raise_on_error=False)
+        except Exception as exc:  # the connection failed: every command on it did
+            for _, _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        for (_, _, future), result in zip(live, results, strict=True):
+            if future.done():
+                continue
+            if isinstance(result, Exception):
+                future.set_exception(result)
+            else:
+                future.set_result(result)
+
+
+ALONE = object()  # a batch of one: its caller sends it by itself
+_batches_running: set[asyncio.Task[None]] = set()
+
+
 class GuardedRedis(aioredis.Redis):
-    """redis-py's client with a :class:`CommandGuard` on every command and pipeline."""
+    """redis-py's client with a :class:`CommandGuard` on every command and pipeline, and
+    concurrent commands sent in shared batches (:class:`CommandBatcher`)."""
 
     guard: CommandGuard
+    batcher: CommandBatcher | None = None
 
     async def execute_command(self, *args: Any, **options: Any) -> Any:
-        return await self.guard.run(_block_seconds(args), lambda: super(GuardedRedis, self)
-                                    .execute_command(*args, **options),  # type: ignore[no-untyped-call]
-                                    _name(args))
+        block = _block_seconds(args)
+        name = _name(args)
+        batcher = self.batcher
+        # What a request can do without (optional(): cache reads, rate-limit tokens) goes out
+        # at once: its short deadline counts from now, and waiting one loop turn for a
+        # batch could spend it on our own busy loop rather than on Redis.
+        if batcher is None or block or name in _NOT_BATCHED or _OPTIONAL.get():
+            return await self.guard.run(block, lambda: self.direct(*args, **options), name)
+        return await self.guard.run(0.0, lambda: self._batched(batcher, args, options), name)
+
+    async def _batched(self, batcher: CommandBatcher, args: tuple[Any, ...],
+                       options: dict[str, Any]) -> Any:
+        answer = await _answer(batcher.submit(args, options))
+        if answer is ALONE:
+            return await self.direct(*args, **options)
+        return answer
+
+    async def direct(self, *args: Any, **options: Any) -> Any:
+        """The command on a connection of its own (no batch)."""
+        return await super().execute_command(*args, **options)  # type: ignore[no-untyped-call]
 
     async def unguarded_ping(self) -> object:
         return await super().execute_command("PING")  # type: ignore[no-untyped-call]
@@ -289,17 +397,27 @@ class GuardedCluster(RedisCluster):
         return pipe
 
 
+async def _answer(future: asyncio.Future[Any]) -> Any:
+    try:
+        return await asyncio.shield(future)
+    except asyncio.CancelledError:
+        future.cancel()  # deadline missed: not sent if still waiting for its batch
+        raise
+
+
 def _name(args: Sequence[Any]) -> str:
     first = args[0].decode() if isinstance(args[0], bytes) else str(args[0])
     return first.split(" ", 1)[0].upper()
 
 
-async def connect(url: str, deadlines: Deadlines | None = None,
+async def connect(url: str, deadlines: Deadlines | None = None, batch: bool = True,
                   ) -> aioredis.Redis | RedisCluster:
     """A client for ``redis://``, ``rediss://`` (TLS), ``unix://`` or ``redis+cluster://``.
 
     Credentials (ACL user and password) go in the URL: ``redis://user:pass@host:6379/0``.
-    Every command and pipeline runs under ``deadlines`` (see :class:`CommandGuard`).
+    Every command and pipeline runs under ``deadlines`` (see :class:`CommandGuard`);
+    concurrent commands share round trips (:class:`CommandBatcher`) unless ``batch`` is
+    False (one server only: a Cluster routes each command to its slot's node).
     """
     guard = CommandGuard(deadlines or Deadlines())
     if url.startswith(("redis+cluster://", "rediss+cluster://")):
@@ -323,5 +441,7 @@ async def connect(url: str, deadlines: Deadlines | None = None,
         health_check_interval=10, socket_connect_timeout=2)
     client = cast("GuardedRedis", GuardedRedis.from_pool(pool))
     client.guard = guard
+    if batch:
+        client.batcher = CommandBatcher(client)
     guard.ping = client.unguarded_ping
     return client
