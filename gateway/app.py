@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import traceback
 from dataclasses import dataclass, field
 from typing import Any
@@ -228,15 +229,16 @@ async def build(settings: Settings, transport: httpx.AsyncBaseTransport | None =
         background=background)
 
 
-HEALTHZ_BODY = b'{"status":"ok"}'
-
-
 class Healthz:
-    """``/healthz`` (liveness): no middleware, no request object, the same bytes every time.
+    """``/healthz`` (liveness): no middleware, no request object, the same bytes every time:
+    ``{"status":"ok","pid":N}``, N the process that answers (one of ``--workers``).
     (A class: Starlette would wrap a function endpoint in a request/response adapter.)"""
 
+    def __init__(self) -> None:
+        self.body = b'{"status":"ok","pid":%d}' % os.getpid()
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await send_json(send, 200, HEALTHZ_BODY)
+        await send_json(send, 200, self.body)
 
 
 def serve(runtime: Runtime) -> Starlette:

@@ -27,6 +27,7 @@ from resolvers.errors import RetailgraphError
 from resolvers.settings import BACKEND_FORMATS, BackendFormat, BackendSettings
 
 ENV_PREFIX = "RETAILGRAPH_"
+EVENT_LOOPS = ("uvloop", "asyncio")
 
 
 class ConfigError(RetailgraphError, ValueError):
@@ -97,6 +98,9 @@ class Settings:
     # unless the body came whole with the headers).
     body_timeout_seconds: float = 10.0
     max_concurrent_bodies: int = 64
+    # The event loop each gateway process runs on: "uvloop" or "asyncio" (the standard one);
+    # measured side by side in tests/benchmarks/README.md (webhook intake).
+    event_loop: str = "asyncio"
     webhook_tolerance_seconds: int = 300
     # A delivery whose signed timestamps (the versions that order events) lie further ahead
     # of the gateway's clock than this is dead-lettered: it would outrank every later event.
@@ -180,6 +184,9 @@ class Settings:
                 )
             if not backend.base_url:
                 raise ConfigError(f"backends.{backend.name}.base_url is required")
+        if self.event_loop not in EVENT_LOOPS:
+            raise ConfigError(f"event_loop: {self.event_loop!r} is not one of "
+                              f"{', '.join(EVENT_LOOPS)}")
         _check_access(self)
         browser_origins(self)
         return self

@@ -7,18 +7,32 @@ webhooks from the simulators to the gateway.
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import importlib
 import secrets
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from types import ModuleType
+from typing import Any
 from urllib.parse import urlsplit
 
+import httpx
 from starlette.applications import Starlette
 
 from gateway.app import create_app
 from gateway.config import Settings, demo_settings
 from gateway.http.auth import Authenticator, issue_token
-from gateway.serving import Server, make_server, run_together
+from gateway.redis_server import EmbeddedRedis, start_server
+from gateway.serving import (
+    Server,
+    Workers,
+    default_workers,
+    make_server,
+    run_together,
+    shared_port_socket,
+)
+from gateway.serving import run as run_loop
 from gateway.simulators.activity import Activity
 from gateway.simulators.webhooks import DeliveryOptions
 from gateway.simulators.world import World
@@ -55,6 +69,9 @@ class DemoOptions:
     activity: float = 0.0
     auth: bool = False  # require credentials; print a token per role
     reconcile_interval: float = 30.0  # a full reconciliation every N s (0 = off)
+    workers: int = 0  # gateway processes sharing the port (0: one per core)
+    log_format: str = "text"  # how the gateway's worker processes log
+    log_level: str = "INFO"
 
 
 def demo_tokens(settings: Settings, store: str | None) -> dict[str, str]:
@@ -126,16 +143,22 @@ async def run(opts: DemoOptions) -> None:
         app = simulator_app(world, backend, webhook_url(settings, name))
         url = urlsplit(backend.base_url)
         simulators.append(make_server(app, url.hostname or opts.host, url.port or 80))
-    gateway_app = create_app(settings)
-    gateway = make_server(gateway_app, settings.host, settings.port,
-                          ws_per_message_deflate=settings.ws_per_message_deflate)
-    background = []
-    stopping = []
+    activity = None
     if opts.activity > 0:
         # With sync on, retailgraph is the only thing that moves stock numbers between the
         # systems: the simulated WMS -> shop stock feed stays off.
         activity = Activity(settings, world, opts.activity, seed=opts.seed,
                             shop_stock_feed=not settings.sync.enabled)
+    workers = opts.workers or default_workers()
+    if workers > 1:
+        await _run_workers(settings, opts, workers, simulators, activity, tokens)
+        return
+    gateway_app = create_app(settings)
+    gateway = make_server(gateway_app, settings.host, settings.port,
+                          ws_per_message_deflate=settings.ws_per_message_deflate)
+    background = []
+    stopping = []
+    if activity is not None:
         background.append(activity.run)
         stopping.append(activity.stop)  # finishes the request under way, then returns
     # Simulators first, so the gateway's first catalog load finds them.
@@ -144,3 +167,73 @@ async def run(opts: DemoOptions) -> None:
                                                        gateway_app.state.runtime.redis_url,
                                                        tokens),
                                                 flush=True))
+
+
+def demo_worker(settings: Settings, log_format: str, log_level: str) -> None:
+    """One gateway worker process of the demo: the whole gateway on the shared port."""
+    import logging
+
+    from gateway.telemetry import logs
+
+    logs.configure(log_format, log_level)
+    logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.getLogger().level))
+    sock = shared_port_socket(settings.host, settings.port)
+    server = make_server(create_app(settings), settings.host, settings.port,
+                         ws_per_message_deflate=settings.ws_per_message_deflate,
+                         sockets=[sock])
+    run_loop(run_together([[server]]), settings.event_loop)
+
+
+async def _answers(url: str, runner: asyncio.Task[None]) -> bool:
+    """Wait until ``url`` answers 200 (False if ``runner``, the workers, ends first)."""
+    async with httpx.AsyncClient(timeout=2) as client:
+        while not runner.done():
+            try:
+                if (await client.get(url)).status_code == 200:
+                    return True
+            except httpx.HTTPError:
+                pass
+            await asyncio.sleep(0.1)
+    return False
+
+
+async def _run_workers(settings: Settings, opts: DemoOptions, workers: int,
+                       simulators: list[Server], activity: Activity | None,
+                       tokens: dict[str, str] | None) -> None:
+    """The simulators (and activity) in this process, the gateway in ``workers`` processes
+    sharing its port and one Redis (a private one here if none is configured)."""
+    embedded = None
+    shared = dataclasses.replace(settings)
+    if not settings.redis_url:
+        embedded = await asyncio.to_thread(start_server, **EmbeddedRedis().options)
+        shared.redis_url = str(embedded.connection_url)
+    pool = Workers(workers, demo_worker, (shared, opts.log_format, opts.log_level))
+
+    async def gateway() -> None:
+        runner = asyncio.create_task(pool.run())
+        jobs: list[asyncio.Task[None]] = [runner]
+        try:
+            if not await _answers(f"http://{settings.host}:{settings.port}/healthz", runner):
+                return
+            print(banner(settings, opts, shared.redis_url, tokens)
+                  + f"\n  ({workers} gateway worker processes)", flush=True)
+            if activity is not None:
+                jobs.append(asyncio.create_task(activity.run()))
+            await asyncio.wait(jobs, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            # The activity finishes its request first, then the workers stop.
+            if activity is not None:
+                activity.stop()
+            await asyncio.gather(*jobs[1:], return_exceptions=True)
+            pool.stop()
+            await asyncio.gather(runner, return_exceptions=True)
+
+    # Asked to stop: the activity first (the gateway job then stops the workers), or the
+    # workers straight away when there is none.
+    stopping: list[Callable[[], None]] = [activity.stop if activity is not None else pool.stop]
+    jobs: list[Callable[[], Coroutine[Any, Any, None]]] = [gateway]
+    try:
+        await run_together([simulators], jobs, on_stopping=stopping)
+    finally:
+        if embedded is not None:
+            await asyncio.to_thread(embedded.stop)

@@ -35,6 +35,19 @@ class Parser(argparse.ArgumentParser):
         return parsed
 
 
+def _workers_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--workers", type=_positive, default=0, metavar="N",
+                   help="gateway processes sharing the port (default: one per core; 1 = "
+                        "this process alone)")
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
 def _logging_args(p: argparse.ArgumentParser, default: object) -> None:
     p.add_argument("--log-level", default=default if default is argparse.SUPPRESS else "INFO")
     p.add_argument("--log-format", choices=["text", "json"],
@@ -63,6 +76,7 @@ def build_parser() -> Parser:
                       help="background sales, orders, receipts and transfers (0 = none)")
     demo.add_argument("--auth", action="store_true",
                       help="require credentials and print a ready token for each role")
+    _workers_arg(demo)
     demo.add_argument("--reconcile-interval", type=float, default=30.0, metavar="SECONDS",
                       help="a full reconciliation every SECONDS (0 = off)")
 
@@ -72,6 +86,7 @@ def build_parser() -> Parser:
     serve.add_argument("--port", type=int, default=None, help="overrides [gateway].port")
     serve.add_argument("--check", action="store_true",
                        help="validate the configuration, print it without secrets and exit")
+    _workers_arg(serve)
     serve.add_argument("--insecure-no-auth", action="store_true",
                        help="serve even though no credentials are configured: anyone who can "
                             "reach the port can read everything")

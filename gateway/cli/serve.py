@@ -3,13 +3,23 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
+import logging
 import sys
 
 from gateway import config
 from gateway.app import create_app
+from gateway.config import Settings
 from gateway.http.auth import Authenticator
-from gateway.serving import make_server, run_together
+from gateway.redis_server import EmbeddedRedis, start_server
+from gateway.serving import (
+    Workers,
+    default_workers,
+    make_server,
+    run_together,
+    shared_port_socket,
+)
+from gateway.serving import run as run_loop
+from gateway.telemetry import logs
 
 
 def run(args: argparse.Namespace) -> int:
@@ -42,8 +52,42 @@ def run(args: argparse.Namespace) -> int:
               "(RETAILGRAPH_JWT_SECRET) or a JWKS, or pass --insecure-no-auth",
               file=sys.stderr)
         return 2
+    workers = args.workers or default_workers()
+    if workers == 1:
+        server = make_server(create_app(settings), settings.host, settings.port,
+                             ws_per_message_deflate=settings.ws_per_message_deflate)
+        print(f"retailgraph serving http://{settings.host}:{settings.port}/graphql", flush=True)
+        run_loop(run_together([[server]]), settings.event_loop)
+        return 0
+    embedded = None
+    if not settings.redis_url:
+        # One private Redis for all the workers (each would otherwise start its own).
+        embedded = start_server(**EmbeddedRedis().options)
+        settings.redis_url = str(embedded.connection_url)
+    pool = Workers(workers, serve_worker, (settings, *log_options(args)))
+    print(f"retailgraph serving http://{settings.host}:{settings.port}/graphql "
+          f"({workers} worker processes)", flush=True)
+    try:
+        run_loop(run_together([], [pool.run], on_stopping=[pool.stop]), settings.event_loop)
+    finally:
+        if embedded is not None:
+            embedded.stop()
+    return 1 if pool.failed else 0
+
+
+def log_options(args: argparse.Namespace) -> tuple[str, str]:
+    """What a worker process needs to log as its supervisor does."""
+    return (args.log_format or ("json" if args.command == "serve" else "text"),
+            args.log_level)
+
+
+def serve_worker(settings: Settings, log_format: str, log_level: str) -> None:
+    """One worker process: the whole gateway (``gateway.app.build`` in its lifespan) on the
+    port it shares with the other workers."""
+    logs.configure(log_format, log_level)
+    logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.getLogger().level))
+    sock = shared_port_socket(settings.host, settings.port)
     server = make_server(create_app(settings), settings.host, settings.port,
-                         ws_per_message_deflate=settings.ws_per_message_deflate)
-    print(f"retailgraph serving http://{settings.host}:{settings.port}/graphql", flush=True)
-    asyncio.run(run_together([[server]]))
-    return 0
+                         ws_per_message_deflate=settings.ws_per_message_deflate,
+                         sockets=[sock])
+    run_loop(run_together([[server]]), settings.event_loop)

@@ -70,15 +70,16 @@ def main() -> None:
         print("msgspec not installed: compared without it", file=sys.stderr)
     print("| payload | bytes | " + " | ".join(f"{n} µs" for n in decoders) + " |")
     print("|---|---:|" + "---:|" * len(decoders))
+    def timed(call: Callable[[Any], Any], value: Any) -> str:
+        return f"{best_us(lambda: call(value), args.rounds):.2f}"
+
     for name, body in bodies.items():
         assert all(d(body) == orjson.loads(body) for d in decoders.values())
-        cells = [f"{best_us(lambda d=d, body=body: d(body), args.rounds):.2f}"
-                 for d in decoders.values()]
+        cells = [timed(d, body) for d in decoders.values()]
         print(f"| decode {name} | {len(body)} | " + " | ".join(cells) + " |")
     for name, body in bodies.items():
         value = orjson.loads(body)
-        cells = [f"{best_us(lambda e=e, value=value: e(value), args.rounds):.2f}"
-                 for e in encoders.values()]
+        cells = [timed(e, value) for e in encoders.values()]
         print(f"| encode {name} | {len(body)} | " + " | ".join(cells) + " |")
 
 
