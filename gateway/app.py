@@ -182,7 +182,7 @@ async def build(settings: Settings, transport: httpx.AsyncBaseTransport | None =
     if not url:
         embedded = EmbeddedRedis()
         url = await embedded.start()
-    redis = await connect(url, Deadlines.of(settings))
+    redis = await connect(url, Deadlines.of(settings), batch=settings.redis_batching)
     cache = Cache(redis)
     responses = ResponseStore(redis)
     events = EventLog(redis)

@@ -88,6 +88,10 @@ class Settings:
     # sender retries). The change feeds' blocking reads get their block time on top.
     redis_read_timeout_ms: int = 250
     redis_write_timeout_ms: int = 2000
+    # Concurrent commands share round trips (resolvers/store/client.py, CommandBatcher); off
+    # by default until it has run through more of the suite under load (see
+    # tests/benchmarks/README.md, webhook intake).
+    redis_batching: bool = False
     backends: dict[str, BackendSettings] = field(default_factory=dict)
     # Identifiers the systems' own catalogs cannot resolve: {"system:kind:value": "unified id"}.
     mapping_file: str = ""

@@ -207,7 +207,7 @@ async def _run_workers(settings: Settings, opts: DemoOptions, workers: int,
     if not settings.redis_url:
         embedded = await asyncio.to_thread(start_server, **EmbeddedRedis().options)
         shared.redis_url = str(embedded.connection_url)
-    pool = Workers(workers, demo_worker, (shared, opts.log_format, opts.log_level))
+    pool = Workers(workers, demo_worker, (shared, opts.log_format, opts.log_level), "spawn")
 
     async def gateway() -> None:
         runner = asyncio.create_task(pool.run())

@@ -13,7 +13,7 @@ import signal
 import socket
 import time
 from collections.abc import Callable, Coroutine, Generator, Sequence
-from multiprocessing.context import ForkProcess
+from multiprocessing.process import BaseProcess
 from typing import Any
 
 import uvicorn
@@ -112,11 +112,12 @@ def _worker(target: Callable[..., None], args: tuple[Any, ...], parent: int) -> 
 class Workers:
     """``count`` processes, each running ``target(*args)`` (a server that binds its port
     with :func:`shared_port_socket`) and building everything itself from its arguments (the
-    one composition root, ``gateway.app.build``, in its lifespan). They are forked (from a
+    one composition root, ``gateway.app.build``, in its lifespan). ``method`` "fork" (from a
     thread of the supervisor that runs no event loop, so a worker starts its own): the
     imported code is shared, not imported again per worker, which on a busy machine is most
-    of a start-up; nothing else of the supervisor's is used (it holds no Redis or backend
-    connection).
+    of a start-up; for a supervisor that holds nothing a worker could trip over (``serve``:
+    no connection, no server of its own). "spawn": a fresh interpreter (the demo, whose
+    supervisor runs the simulators).
 
     :meth:`run` (a background job of :func:`run_together`) supervises them until it is
     asked to stop (:meth:`stop`: SIGTERM to every worker, each stopping gracefully) or
@@ -125,19 +126,21 @@ class Workers:
 
     RESTART_WINDOW = 10.0
 
-    def __init__(self, count: int, target: Callable[..., None], args: tuple[Any, ...]) -> None:
+    def __init__(self, count: int, target: Callable[..., None], args: tuple[Any, ...],
+                 method: str = "fork") -> None:
         self.count = count
         self.target = target
         self.args = args
-        self.context = multiprocessing.get_context("fork")
-        self.procs: list[ForkProcess] = []
+        self.context = multiprocessing.get_context(method)
+        self.procs: list[BaseProcess] = []
         self.started: list[float] = []
         self.stopping = False
         self.failed = False
 
-    def _spawn(self) -> ForkProcess:
-        proc = self.context.Process(target=_worker, args=(self.target, self.args, os.getpid()),
-                                    daemon=False)
+    def _spawn(self) -> BaseProcess:
+        process: type[BaseProcess] = self.context.Process  # type: ignore[attr-defined]
+        proc = process(target=_worker, args=(self.target, self.args, os.getpid()),
+                       daemon=False)
         proc.start()
         return proc
 

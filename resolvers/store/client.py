@@ -410,14 +410,14 @@ def _name(args: Sequence[Any]) -> str:
     return first.split(" ", 1)[0].upper()
 
 
-async def connect(url: str, deadlines: Deadlines | None = None, batch: bool = True,
+async def connect(url: str, deadlines: Deadlines | None = None, batch: bool = False,
                   ) -> aioredis.Redis | RedisCluster:
     """A client for ``redis://``, ``rediss://`` (TLS), ``unix://`` or ``redis+cluster://``.
 
     Credentials (ACL user and password) go in the URL: ``redis://user:pass@host:6379/0``.
     Every command and pipeline runs under ``deadlines`` (see :class:`CommandGuard`);
-    concurrent commands share round trips (:class:`CommandBatcher`) unless ``batch`` is
-    False (one server only: a Cluster routes each command to its slot's node).
+    with ``batch``, concurrent commands share round trips (:class:`CommandBatcher`; one
+    server only: a Cluster routes each command to its slot's node).
     """
     guard = CommandGuard(deadlines or Deadlines())
     if url.startswith(("redis+cluster://", "rediss+cluster://")):

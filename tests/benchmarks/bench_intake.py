@@ -5,7 +5,8 @@ Run (not part of the suite):
 
     python tests/benchmarks/bench_intake.py                      # workers 1 and 2, 20,000 each
     python tests/benchmarks/bench_intake.py --workers 2 --webhooks 40000 --json out.json
-    python tests/benchmarks/bench_intake.py --env RETAILGRAPH_EVENT_LOOP=asyncio,uvloop
+    python tests/benchmarks/bench_intake.py --env RETAILGRAPH_EVENT_LOOP=asyncio,uvloop \
+        --env RETAILGRAPH_REDIS_BATCHING=false,true
 
 Topology, all on loopback and all on the same cores: a private Valkey (append-only,
 ``appendfsync everysec``: what an acknowledged event is durable against), the four simulators

@@ -7,7 +7,7 @@ A private Valkey, a counting TCP proxy in front of it, and a :class:`tests.suppo
 proxy. With one webhook in flight, each is acknowledged before the next is sent, so what
 the proxy counts while they run, minus what the gateway's background tasks do in the same
 time when idle (measured just before), is the intake's own. ``--concurrency 1 16``: one webhook at a
-time, then 16 in flight (where concurrent commands share round trips).
+time, then 16 in flight (where, with ``--batching``, concurrent commands share round trips).
 
 - *round trips*: request flights (one write of the client answered by the server before it
   writes again: a single command, a pipeline or a script are each one);
@@ -124,6 +124,8 @@ def main() -> None:
     parser.add_argument("--idle", type=float, default=3.0)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 16],
                         help="webhooks in flight at once (each value measured)")
+    parser.add_argument("--batching", action="store_true",
+                        help="redis_batching on (concurrent commands share round trips)")
     parser.add_argument("--json", default="")
     args = parser.parse_args()
 
@@ -138,7 +140,9 @@ def main() -> None:
     proxy = CountingProxy(valkey.port)
     report: dict[str, Any] = {}
     try:
-        with Stack(f"redis://127.0.0.1:{proxy.port}/0", skus=60) as stack:
+        stack = Stack(f"redis://127.0.0.1:{proxy.port}/0", skus=60)
+        stack.settings.redis_batching = args.batching
+        with stack:
             signer = Signer(stack.settings, stack.world)
             stack.drain_webhooks()
             kinds = {
