@@ -3,8 +3,8 @@
 Run (not part of the suite):  python tests/benchmarks/bench_cache.py [--duration 10]
 
 Topology, all on loopback: a private Valkey, the four simulators in one process, the gateway
-in its own process (uvicorn, httptools, the standard asyncio loop), and wrk as the load generator (Debian's
-``wrk``; it shares the machine's cores with everything else).
+in its own process (uvicorn, httptools, the standard asyncio loop), and wrk as the load
+generator (Debian's ``wrk``; it shares the machine's cores with everything else).
 """
 
 from __future__ import annotations
