@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import importlib
+import logging
 import secrets
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
@@ -36,6 +37,7 @@ from gateway.serving import run as run_loop
 from gateway.simulators.activity import Activity
 from gateway.simulators.webhooks import DeliveryOptions
 from gateway.simulators.world import World
+from gateway.telemetry import logs
 from resolvers.settings import BackendSettings
 from resolvers.store import keys
 from resolvers.store.client import connect
@@ -171,10 +173,6 @@ async def run(opts: DemoOptions) -> None:
 
 def demo_worker(settings: Settings, log_format: str, log_level: str) -> None:
     """One gateway worker process of the demo: the whole gateway on the shared port."""
-    import logging
-
-    from gateway.telemetry import logs
-
     logs.configure(log_format, log_level)
     logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.getLogger().level))
     sock = shared_port_socket(settings.host, settings.port)
