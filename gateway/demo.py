@@ -71,7 +71,7 @@ class DemoOptions:
     activity: float = 0.0
     auth: bool = False  # require credentials; print a token per role
     reconcile_interval: float = 30.0  # a full reconciliation every N s (0 = off)
-    workers: int = 0  # gateway processes sharing the port (0: one per core)
+    workers: int = 1  # gateway processes sharing the port (0: one per core)
     log_format: str = "text"  # how the gateway's worker processes log
     log_level: str = "INFO"
 

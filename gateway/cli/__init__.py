@@ -36,15 +36,15 @@ class Parser(argparse.ArgumentParser):
 
 
 def _workers_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--workers", type=_positive, default=0, metavar="N",
-                   help="gateway processes sharing the port (default: one per core; 1 = "
-                        "this process alone)")
+    p.add_argument("--workers", type=_workers, default=1, metavar="N",
+                   help="gateway processes sharing the port (default 1: this process "
+                        "alone; 0: one per core)")
 
 
-def _positive(text: str) -> int:
+def _workers(text: str) -> int:
     value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 (one per core) or more, not {value}")
     return value
 
 

@@ -113,9 +113,18 @@ def test_demo_with_two_workers_answers_from_both_and_stops_on_ctrl_c() -> None:
     assert not [pid for pid in workers if alive(pid)]
 
 
-@pytest.mark.parametrize("value", ["0", "-1", "x"])
-def test_workers_must_be_a_positive_number(value: str) -> None:
+@pytest.mark.parametrize("value", ["-1", "x"])
+def test_workers_must_be_a_count(value: str) -> None:
     from gateway.cli import build_parser
 
     with pytest.raises(SystemExit):
         build_parser().parse_args(["serve", "--config", "x.toml", "--workers", value])
+
+
+def test_workers_default_to_one_and_zero_means_one_per_core() -> None:
+    from gateway.cli import build_parser
+    from gateway.serving import default_workers
+
+    assert build_parser().parse_args(["serve", "--config", "x.toml"]).workers == 1
+    assert build_parser().parse_args(["demo", "--workers", "0"]).workers == 0
+    assert default_workers() >= 1
