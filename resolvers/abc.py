@@ -19,7 +19,7 @@ The gateway (``gateway.app``) builds the implementations and hands them in:
 - :data:`RedisClient`: the Redis client every store is given (single server or Cluster).
 
 The schema reaches the change feed, reconciliation, sync and reservations through the
-request's context (``resolvers.graph.RequestContext``), each given to it at construction.
+request's context (``resolvers.loaders.RequestContext``), each given to it at construction.
 """
 
 from __future__ import annotations

@@ -1,10 +1,10 @@
-"""What every resolver gets: ``info.context`` is a :class:`resolvers.graph.RequestContext`."""
+"""What every resolver gets: ``info.context`` is a :class:`resolvers.loaders.RequestContext`."""
 
 from __future__ import annotations
 
 from strawberry.types import Info
 
-from resolvers.graph import RequestContext
+from resolvers.loaders import RequestContext
 
 Ctx = Info[RequestContext, None]
 

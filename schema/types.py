@@ -1,7 +1,7 @@
 """The unified retail model: GraphQL object types, each a thin view over a merged record.
 
 Leaf fields are plain attributes (sync, cheap); only fields that need another backend's data
-are async and go through the request's DataLoaders (see ``resolvers/graph.py``).
+are async and go through the request's DataLoaders (see ``resolvers/loaders.py``).
 """
 
 from __future__ import annotations

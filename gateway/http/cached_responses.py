@@ -38,7 +38,8 @@ from gateway.http.asgi import (
     read_body,
     replay,
 )
-from resolvers.graph import BackendHealth, Freshness
+from resolvers.graph import BackendHealth
+from resolvers.loaders import Freshness
 from resolvers.store.responses import CachedResponse, ResponseStore
 
 log = logging.getLogger("retailgraph.response_cache")

@@ -56,7 +56,8 @@ from gateway.http.websocket import (
 from gateway.telemetry import OperationTelemetry
 from resolvers.abc import ChangeFeed, Reconciliation, SyncControl
 from resolvers.errors import RetailgraphError, ServiceUnavailable
-from resolvers.graph import RequestContext, RetailGraph
+from resolvers.graph import RetailGraph
+from resolvers.loaders import RequestContext
 from resolvers.reservations import Reservations
 from schema import build_schema
 from schema.events import encode

@@ -48,7 +48,7 @@ from strawberry.subscriptions.protocols.graphql_ws.handlers import BaseGraphQLWS
 from strawberry.types.execution import PreExecutionError
 
 from gateway.http.operations import Admitted, OperationRefused
-from resolvers.graph import RequestContext
+from resolvers.loaders import RequestContext
 from schema.events import encode
 
 if TYPE_CHECKING:

@@ -101,7 +101,7 @@ async def test_a_result_being_sent_holds_no_delivery_slot(loaded: Stack) -> None
     order, because a slot is given back as soon as a result is computed, before any transport
     sends it. Driven on the gateway's own loop through the schema it serves."""
     from gateway.events.changes import DELIVERY_SLOTS
-    from resolvers.graph import RequestContext
+    from resolvers.loaders import RequestContext
 
     world = loaded.world
     item, store = 7, 0
