@@ -3,6 +3,7 @@
     python tests/benchmarks/run_all.py            # every figure at the issue's sizes (<= 20 min)
     python tests/benchmarks/run_all.py --quick    # a smoke version at small sizes (< 3 min)
     python tests/benchmarks/run_all.py --only reconcile cold_read
+    python tests/benchmarks/run_all.py --args 'reconcile=--skus 20000'   # other sizes
 
 Each ``bench_*.py`` runs in its own process, one after another (they would otherwise share
 the cores and measure each other), with ``--json PATH``; its result is read through the
@@ -174,9 +175,10 @@ def discover() -> list[Bench]:
     return [*BENCHES, *extra]
 
 
-def run_one(bench: Bench, quick: bool, tmp: Path) -> dict[str, Any]:
+def run_one(bench: Bench, quick: bool, tmp: Path,
+            override: list[str] | None = None) -> dict[str, Any]:
     out_path = tmp / f"{bench.name}.json"
-    args = bench.quick if quick else bench.full
+    args = override if override is not None else bench.quick if quick else bench.full
     cmd = [sys.executable, str(HERE / bench.script), *args]
     if not bench.stdout:
         cmd += ["--json", str(out_path)]
@@ -186,6 +188,8 @@ def run_one(bench: Bench, quick: bool, tmp: Path) -> dict[str, Any]:
     print(f"[run_all] {bench.name}: {' '.join(cmd[1:])}", file=sys.stderr, flush=True)
     result: dict[str, Any] = {"benchmark": bench.name, "command": " ".join(
         ["python", f"tests/benchmarks/{bench.script}", *args]), "load_average_at_start": load}
+    if override is not None:
+        result["sized"] = " ".join(override)
     try:
         proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True,
                               timeout=timeout)
@@ -253,6 +257,8 @@ def table(results: list[dict[str, Any]], quick: bool) -> str:
              "", "| benchmark | figure | value | goal | verdict | load | note |",
              "|---|---|---:|---|---|---:|---|"]
     for r in results:
+        if r.get("sized"):
+            r = {**r, "benchmark": f"{r['benchmark']} (`{r['sized']}`)"}
         if r.get("error"):
             lines.append(f"| {r['benchmark']} | - | - | - | **not measured**: "
                          f"{r['error'].replace('|', '/')} | {r['load_average_at_start']} | |")
@@ -286,10 +292,15 @@ def main() -> None:
     p.add_argument("--write", action="store_true",
                    help="with --quick or --only: still write the READMEs' table")
     p.add_argument("--out", default=str(HERE / "results-all.json"))
+    p.add_argument("--args", action="append", default=[], metavar="NAME=ARGS",
+                   help="run benchmark NAME with these arguments instead (e.g. "
+                        "'reconcile=--skus 20000'); the table shows the command it ran")
     args = p.parse_args()
+    overrides = {name: value.split() for name, _, value in
+                 (item.partition("=") for item in args.args)}
     benches = [b for b in discover() if not args.only or b.name in args.only]
     tmp = Path(tempfile.mkdtemp(prefix="run-all-"))
-    results = [run_one(b, args.quick, tmp) for b in benches]
+    results = [run_one(b, args.quick, tmp, overrides.get(b.name)) for b in benches]
     block = table(results, args.quick)
     print(block)
     print(f"[run_all] logs in {tmp}", file=sys.stderr)
