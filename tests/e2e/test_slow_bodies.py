@@ -55,8 +55,12 @@ async def slow_request(port: int, path: str, body: bytes, every: float,
     started = time.monotonic()
 
     async def trickle() -> None:
+        # Byte i goes at started + (i + 1) * every: on schedule, never early, and a late
+        # wake-up on a busy machine does not push every later byte back (sleeping ``every``
+        # per byte added each oversleep up, and a body meant to take half the deadline
+        # could take all of it).
         for i in range(len(body)):
-            await asyncio.sleep(every)
+            await asyncio.sleep(max(0.0, started + (i + 1) * every - time.monotonic()))
             writer.write(body[i:i + 1])
             await writer.drain()
 
