@@ -53,6 +53,8 @@ from gateway.reconcile.runner import (
 )
 from gateway.reconcile.synchealth import AppliedLag, SyncHealth
 from gateway.redis_server import EmbeddedRedis
+from gateway.serving import make_server, run_together, shared_port_socket
+from gateway.serving import run as run_loop
 from gateway.sync import Sync
 from gateway.sync import build as build_sync
 from gateway.sync.executor import HeldInStore
@@ -375,3 +377,15 @@ class Gateway:
 def create_app(settings: Settings, transport: httpx.AsyncBaseTransport | None = None) -> Gateway:
     logs.protect(logs.secrets_of(settings))
     return Gateway(settings, transport)
+
+
+def run_worker(settings: Settings, log_format: str, log_level: str) -> None:
+    """One worker process of ``serve`` or ``demo --workers N``: the whole gateway
+    (:func:`build` in its lifespan) on the port it shares with the other workers."""
+    logs.configure(log_format, log_level)
+    logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.getLogger().level))
+    sock = shared_port_socket(settings.host, settings.port)
+    server = make_server(create_app(settings), settings.host, settings.port,
+                         ws_per_message_deflate=settings.ws_per_message_deflate,
+                         sockets=[sock])
+    run_loop(run_together([[server]]), settings.event_loop)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import importlib
-import logging
 import secrets
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
@@ -21,7 +20,7 @@ from urllib.parse import urlsplit
 import httpx
 from starlette.applications import Starlette
 
-from gateway.app import create_app
+from gateway.app import create_app, run_worker
 from gateway.config import Settings, demo_settings
 from gateway.http.auth import Authenticator, issue_token
 from gateway.redis_server import EmbeddedRedis, start_server
@@ -31,13 +30,10 @@ from gateway.serving import (
     default_workers,
     make_server,
     run_together,
-    shared_port_socket,
 )
-from gateway.serving import run as run_loop
 from gateway.simulators.activity import Activity
 from gateway.simulators.webhooks import DeliveryOptions
 from gateway.simulators.world import World
-from gateway.telemetry import logs
 from resolvers.settings import BackendSettings
 from resolvers.store import keys
 from resolvers.store.client import connect
@@ -171,17 +167,6 @@ async def run(opts: DemoOptions) -> None:
                                                 flush=True))
 
 
-def demo_worker(settings: Settings, log_format: str, log_level: str) -> None:
-    """One gateway worker process of the demo: the whole gateway on the shared port."""
-    logs.configure(log_format, log_level)
-    logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.getLogger().level))
-    sock = shared_port_socket(settings.host, settings.port)
-    server = make_server(create_app(settings), settings.host, settings.port,
-                         ws_per_message_deflate=settings.ws_per_message_deflate,
-                         sockets=[sock])
-    run_loop(run_together([[server]]), settings.event_loop)
-
-
 async def _answers(url: str, runner: asyncio.Task[None]) -> bool:
     """Wait until ``url`` answers 200 (False if ``runner``, the workers, ends first)."""
     async with httpx.AsyncClient(timeout=2) as client:
@@ -205,7 +190,7 @@ async def _run_workers(settings: Settings, opts: DemoOptions, workers: int,
     if not settings.redis_url:
         embedded = await asyncio.to_thread(start_server, **EmbeddedRedis().options)
         shared.redis_url = str(embedded.connection_url)
-    pool = Workers(workers, demo_worker, (shared, opts.log_format, opts.log_level), "spawn")
+    pool = Workers(workers, run_worker, (shared, opts.log_format, opts.log_level), "spawn")
 
     async def gateway() -> None:
         runner = asyncio.create_task(pool.run())

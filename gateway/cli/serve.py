@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 
 from gateway import config
-from gateway.app import create_app
-from gateway.config import Settings
+from gateway.app import create_app, run_worker
 from gateway.http.auth import Authenticator
 from gateway.redis_server import EmbeddedRedis, start_server
 from gateway.serving import (
@@ -16,10 +14,8 @@ from gateway.serving import (
     default_workers,
     make_server,
     run_together,
-    shared_port_socket,
 )
 from gateway.serving import run as run_loop
-from gateway.telemetry import logs
 
 
 def run(args: argparse.Namespace) -> int:
@@ -64,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
         # One private Redis for all the workers (each would otherwise start its own).
         embedded = start_server(**EmbeddedRedis().options)
         settings.redis_url = str(embedded.connection_url)
-    pool = Workers(workers, serve_worker, (settings, *log_options(args)))
+    pool = Workers(workers, run_worker, (settings, *log_options(args)))
     print(f"retailgraph serving http://{settings.host}:{settings.port}/graphql "
           f"({workers} worker processes)", flush=True)
     try:
@@ -81,13 +77,3 @@ def log_options(args: argparse.Namespace) -> tuple[str, str]:
             args.log_level)
 
 
-def serve_worker(settings: Settings, log_format: str, log_level: str) -> None:
-    """One worker process: the whole gateway (``gateway.app.build`` in its lifespan) on the
-    port it shares with the other workers."""
-    logs.configure(log_format, log_level)
-    logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.getLogger().level))
-    sock = shared_port_socket(settings.host, settings.port)
-    server = make_server(create_app(settings), settings.host, settings.port,
-                         ws_per_message_deflate=settings.ws_per_message_deflate,
-                         sockets=[sock])
-    run_loop(run_together([[server]]), settings.event_loop)
