@@ -14,7 +14,6 @@ import asyncio
 import json
 import os
 import platform
-import re
 import subprocess
 import sys
 import tempfile
@@ -25,6 +24,11 @@ from pathlib import Path
 import httpx
 
 ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from tests.benchmarks import contract  # noqa: E402
+
 SINGLE = ('{ product(sku: "SKU-000001") { sku name stock { location { id } available '
           'committed onHand source asOf } availability(channel: ONLINE) { available } } }')
 PAGE = ('{ products(first: 50) { edges { node { sku name price { amount } '
@@ -96,16 +100,8 @@ def wrk(url: str, body: str, duration: int, connections: int) -> dict[str, float
                           "-s", script, url], capture_output=True, text=True, check=True).stdout
     os.unlink(script)
 
-    def ms(label: str) -> float:
-        m = re.search(rf"{label}%\s+([\d.]+)(us|ms|s)", out)
-        assert m, out
-        value, unit = float(m.group(1)), m.group(2)
-        return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
-
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
-    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    return {"rps": rps, "p50": ms("50"), "p99": ms("99"),
-            "non2xx": float(errors.group(1)) if errors else 0.0}
+    r = contract.wrk_report(out)
+    return {"rps": r["rps"], "p50": r["p50_ms"], "p99": r["p99_ms"], "non2xx": r["non2xx"]}
 
 
 def write_config(path: Path, port: int, ports: list[int], redis_url: str, cache: bool) -> None:

@@ -34,7 +34,6 @@ import argparse
 import contextlib
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -106,17 +105,9 @@ def wrk(url: str, duration: int, connections: int, script: str | None = None
         if path:
             os.unlink(path)
 
-    def ms(label: str) -> float:
-        m = re.search(rf"{label}%\s+([\d.]+)(us|ms|s)", out)
-        assert m, out
-        value, unit = float(m.group(1)), m.group(2)
-        return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
-
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
-    total = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
-    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    return {"requests": total, "rps": round(rps), "p50_ms": ms("50"), "p99_ms": ms("99"),
-            "non2xx": int(errors.group(1)) if errors else 0}
+    r = contract.wrk_report(out)
+    return {"requests": int(r["requests"]), "rps": round(r["rps"]), "p50_ms": r["p50_ms"],
+            "p99_ms": r["p99_ms"], "non2xx": int(r["non2xx"])}
 
 
 class Authed(Replicas):

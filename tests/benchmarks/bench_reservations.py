@@ -47,6 +47,7 @@ import redis  # noqa: E402
 
 from gateway.redis_server import start_server  # noqa: E402
 from resolvers.connectors.http import auth_headers  # noqa: E402
+from tests.benchmarks import contract  # noqa: E402
 from tests.benchmarks.bench_subscriptions import cpu_seconds, machine, note  # noqa: E402
 from tests.e2e.test_replicas import Replicas  # noqa: E402
 
@@ -102,19 +103,11 @@ def wrk(url: str, cells: list[tuple[str, str]], duration: int, connections: int
     finally:
         os.unlink(path)
 
-    def ms(label: str) -> float:
-        m = re.search(rf"{label}%\s+([\d.]+)(us|ms|s)", out)
-        assert m, out
-        value, unit = float(m.group(1)), m.group(2)
-        return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
-
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
-    total = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
-    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    r = contract.wrk_report(out)
     made = int(re.search(r"MADE (\d+)", out).group(1))  # type: ignore[union-attr]
-    return {"requests": total, "reservations_made": made, "rps": rps, "p50_ms": ms("50"),
-            "p90_ms": ms("90"), "p99_ms": ms("99"),
-            "non2xx": int(errors.group(1)) if errors else 0}
+    return {"requests": int(r["requests"]), "reservations_made": made, "rps": r["rps"],
+            "p50_ms": r["p50_ms"], "p90_ms": r["p90_ms"], "p99_ms": r["p99_ms"],
+            "non2xx": int(r["non2xx"])}
 
 
 def stock_cells(replicas: Replicas, cells: list[tuple[int, int]]) -> None:

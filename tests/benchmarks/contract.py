@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 from pathlib import Path
 from typing import Any
 
@@ -47,3 +48,24 @@ def write(path: str, benchmark: str, figures: list[dict[str, Any]],
     if path:
         Path(path).write_text(json.dumps(out, indent=2, default=str))
     return out
+
+
+def wrk_report(out: str) -> dict[str, float]:
+    """What ``wrk --latency`` printed: requests, requests/s, p50/p90/p99 latency in ms and
+    the non-2xx/3xx answers."""
+
+    def ms(label: str) -> float:
+        m = re.search(rf"{label}%\s+([\d.]+)(us|ms|s)", out)
+        assert m, out
+        value, unit = float(m.group(1)), m.group(2)
+        return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
+
+    def number(pattern: str) -> float:
+        m = re.search(pattern, out)
+        assert m, out
+        return float(m.group(1))
+
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    return {"requests": number(r"(\d+) requests in"), "rps": number(r"Requests/sec:\s+([\d.]+)"),
+            "p50_ms": ms("50"), "p90_ms": ms("90"), "p99_ms": ms("99"),
+            "non2xx": float(errors.group(1)) if errors else 0.0}
