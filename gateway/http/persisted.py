@@ -203,26 +203,29 @@ class PersistedQueryMiddleware:
         chunks: list[bytes] | None = []  # None: a stream, judged by its first result
 
         async def capture(message: Message) -> None:
+            # The text is stored before the answer's last byte (or a stream's first result)
+            # goes out: a client that has its answer finds the hash registered, on any replica.
             nonlocal status, chunks, register
             if message["type"] == "http.response.start":
                 status = message["status"]
                 if is_stream_response(message.get("headers", ())):
                     chunks = None
+            elif message["type"] == "http.response.body" and register is not None:
+                chunk = message.get("body", b"")
+                judged: bytes | None = None
+                if chunks is not None:
+                    chunks.append(chunk)
+                    if not message.get("more_body", False):
+                        judged = b"".join(chunks)
+                elif b'"payload"' in chunk or b"event: next" in chunk:  # not a keep-alive
+                    judged = chunk
+                if judged is not None:
+                    if status == 200 and not any(code in judged for code in _INVALID):
+                        await self.persisted.register(*register)
+                    register = None
             await send(message)
-            if message["type"] != "http.response.body" or register is None:
-                return
-            chunk = message.get("body", b"")
-            if chunks is not None:
-                chunks.append(chunk)
-            elif b'"payload"' in chunk or b"event: next" in chunk:  # not a keep-alive
-                if status == 200 and not any(code in chunk for code in _INVALID):
-                    await self.persisted.register(*register)
-                register = None
 
         await self.app(scope, receive, capture)
-        if chunks is not None and register is not None and status == 200 \
-                and not any(code in b"".join(chunks) for code in _INVALID):
-            await self.persisted.register(*register)
 
     async def _post(self, scope: Scope, receive: Receive, send: Send) -> None:
         body = await read_body(receive, self.max_body)
